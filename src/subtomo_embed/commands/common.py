@@ -1,0 +1,73 @@
+"""What every command shares: the config options, logging, and turning errors into exit codes.
+
+A command body runs inside :func:`guarded`: a :class:`SubtomoError` becomes one line on stderr
+(``error: <file>: <problem>``) and the error class's exit code; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..core.errors import ResourceError, SubtomoError
+
+log = logging.getLogger("subtomo_embed")
+
+ConfigFile = Annotated[
+    Optional[Path],
+    typer.Option("--config_file", "--config-file", "-c", help="The YAML config (CryoSiam's layout)."),
+]
+Overrides = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", help="Override a config key: --set key.sub=value (YAML value). Repeatable."),
+]
+Filename = Annotated[
+    Optional[str],
+    typer.Option("--filename", help="Process only this tomogram (a file name in data_folder)."),
+]
+Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")]
+
+
+def setup_logging(quiet: bool = False, log_file: Path | None = None) -> None:
+    level = logging.WARNING if quiet else logging.INFO
+    root = logging.getLogger("subtomo_embed")
+    root.setLevel(logging.INFO)
+    root.handlers.clear()
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(level)
+    console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    root.addHandler(console)
+    if log_file is not None:
+        with contextlib.suppress(OSError):
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(log_file)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+            root.addHandler(handler)
+    root.propagate = False
+
+
+@contextlib.contextmanager
+def guarded(debug: bool = False):
+    """Run a command body; expected failures print one line and exit with their code."""
+    try:
+        yield
+    except SubtomoError as err:
+        if debug:
+            raise
+        typer.echo(f"{err.kind}: {err}", err=True)
+        raise typer.Exit(err.exit_code) from None
+    except MemoryError:
+        if debug:
+            raise
+        err = ResourceError("out of memory; reduce hyper_parameters.batch_size or the number of tomograms at once")
+        typer.echo(f"{err.kind}: {err}", err=True)
+        raise typer.Exit(err.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None

@@ -1,0 +1,272 @@
+"""Instance regions and masked patches, with CryoSiam's semantics and without its cost.
+
+CryoSiam grows the labels over the whole tomogram (``skimage.segmentation.expand_labels``) and
+then compares the whole volume with each label in turn, so its cost is instances × volume.
+Here every step works inside one region's box:
+
+* the original labels' boxes come from one pass of ``scipy.ndimage.find_objects``;
+* a label grown by ``d`` voxels stays within ``d`` of its original voxels, and which label a
+  background voxel receives depends only on labelled voxels within ``d`` of it; so growing the
+  labels inside the box widened by ``2·d`` gives the grown region exactly (ties between two
+  equally near labels are broken as ``expand_labels`` breaks them inside that box);
+* area, bbox (max exclusive) and centroid are measured on the grown region, as
+  ``regionprops_table`` would measure them on the grown mask;
+* only the part of the box that survives the final centre crop is read from the tomogram.
+
+The cost is therefore the mask's size once plus the sum of the boxes.
+
+Patch contract (what the network was trained on, see ``docs/model.md``):
+``clip((x - min) / (max - min), 0, 1)``, then ``(x - mean) / std``, then voxels outside the
+region (``masking_type`` 2) or its convex hull (1) are set to 0, then the box is fitted to
+``patch_size`` by MONAI's constant-0 ``SpatialPad`` followed by ``CenterSpatialCrop``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from .errors import InputDataError
+from .io import REGION_COLUMNS
+
+log = logging.getLogger(__name__)
+
+Box = tuple[slice, slice, slice]
+
+
+@dataclass(frozen=True)
+class Normalization:
+    min: float = 0.0
+    max: float = 1.0
+    mean: float = 0.0
+    std: float = 1.0
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """CryoSiam's ``ScaleIntensityRanged(clip=True)`` then ``NormalizeIntensityd``, in float32."""
+        x = np.asarray(x, dtype=np.float32)
+        scaled = (x - np.float32(self.min)) / np.float32(self.max - self.min)
+        np.clip(scaled, 0.0, 1.0, out=scaled)
+        return (scaled - np.float32(self.mean)) / np.float32(self.std)
+
+
+@dataclass
+class Region:
+    """One instance after label growth: its box in the tomogram and its voxels inside the box."""
+
+    label: int
+    box: Box
+    voxels: np.ndarray  # bool, shape of the box
+
+    @property
+    def area(self) -> int:
+        return int(self.voxels.sum())
+
+
+# --------------------------------------------------------------------------------------------
+# regions
+
+
+def _widen(box: Box, margin: int, shape: tuple[int, ...]) -> Box:
+    return tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(box, shape))
+
+
+def _relative(inner: Box, outer: Box) -> Box:
+    return tuple(slice(i.start - o.start, i.stop - o.start) for i, o in zip(inner, outer))
+
+
+def _tight_box(voxels: np.ndarray, offset: Box) -> Box:
+    """Tight bounding box (tomogram coordinates) of the True voxels of a box-local mask."""
+    out = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        present = np.flatnonzero(voxels.any(axis=other))
+        out.append(slice(offset[axis].start + int(present[0]), offset[axis].start + int(present[-1]) + 1))
+    return tuple(out)
+
+
+def _label_boxes(mask: np.ndarray) -> dict[int, Box]:
+    """Bounding box of every label present in the mask, in ascending label order."""
+    if mask.size == 0:
+        return {}
+    max_label = int(mask.max())
+    if max_label == 0:
+        return {}
+    if max_label <= 16_000_000:
+        work = mask if mask.dtype.kind in "iu" and mask.dtype.itemsize <= 4 else mask.astype(np.int32)
+        objects = ndimage.find_objects(work)
+        return {i + 1: box for i, box in enumerate(objects) if box is not None}
+    # sparse, very large label ids: number them 1..n first
+    uniques, compact = np.unique(mask, return_inverse=True)
+    shift = 0 if uniques[0] == 0 else 1
+    objects = ndimage.find_objects((compact.reshape(mask.shape) + shift).astype(np.int32))
+    return {int(uniques[i + 1 - shift]): box for i, box in enumerate(objects) if box is not None}
+
+
+def grow_label(mask: np.ndarray, label: int, box: Box, distance: int) -> Region:
+    """The voxels of ``label`` after ``expand_labels(mask, distance)``, computed inside ``box``.
+
+    ``box`` must contain every voxel the grown label can reach (the label's own box widened by
+    ``distance``); the labels are grown inside that box widened by ``distance`` again.
+    """
+    if distance <= 0:
+        return Region(label, box, mask[box] == label)
+    from skimage.segmentation import expand_labels
+
+    context = _widen(box, distance, mask.shape)
+    grown = expand_labels(mask[context], distance=distance)
+    return Region(label, box, grown[_relative(box, context)] == label)
+
+
+def regions_from_mask(mask: np.ndarray, expand_labels: int = 0) -> list[Region]:
+    """Every instance of the mask, grown by ``expand_labels`` voxels, in ascending label order."""
+    regions = []
+    for label, box in _label_boxes(mask).items():
+        reach = _widen(box, expand_labels, mask.shape)
+        region = grow_label(mask, label, reach, expand_labels)
+        tight = _tight_box(region.voxels, reach)
+        regions.append(Region(label, tight, region.voxels[_relative(tight, reach)]))
+    return regions
+
+
+def regions_from_table(mask: np.ndarray, table: pd.DataFrame, expand_labels: int = 0) -> list[Region]:
+    """Regions whose boxes come from a CryoSiam regions CSV; voxels from the grown mask in that box.
+
+    This is what CryoSiam does when ``<stem>_instance_regions.csv`` sits beside the mask.
+    """
+    regions = []
+    shape = mask.shape
+    bounds = table[[f"bbox-{i}" for i in range(6)]].to_numpy(dtype=np.int64)
+    for label, row in zip(table["label"].to_numpy(), bounds):
+        lo, hi = row[:3], row[3:]
+        if any(a < 0 or b > n or a >= b for a, b, n in zip(lo, hi, shape)):
+            raise InputDataError(f"regions table: label {label} has a bbox {row.tolist()} outside the mask {shape}")
+        box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        regions.append(grow_label(mask, int(label), box, expand_labels))
+    return regions
+
+
+def measure(regions: list[Region]) -> pd.DataFrame:
+    """CryoSiam's regions table (label, area, bbox-0..5, centroid-0..2, hull_area=0)."""
+    rows = []
+    for r in regions:
+        coords = np.nonzero(r.voxels)
+        centroid = [float(c.mean()) + s.start for c, s in zip(coords, r.box)] if coords[0].size else [np.nan] * 3
+        rows.append(
+            [r.label, r.area, *[s.start for s in r.box], *[s.stop for s in r.box], *centroid, 0]
+        )
+    table = pd.DataFrame(rows, columns=REGION_COLUMNS)
+    return table.astype({c: np.int64 for c in REGION_COLUMNS if c == "label" or c.startswith("bbox")})
+
+
+def size_filter(areas: np.ndarray, min_size: int | None, max_size: int | None) -> np.ndarray:
+    """Rows to keep: ``min_size <= area <= max_size`` (None or 0 = no bound)."""
+    keep = np.ones(len(areas), dtype=bool)
+    if min_size:
+        keep &= areas >= min_size
+    if max_size:
+        keep &= areas <= max_size
+    return keep
+
+
+# --------------------------------------------------------------------------------------------
+# patches
+
+
+def fit_window(box_size: int, roi: int) -> tuple[int, int, int]:
+    """How a box of ``box_size`` maps onto a patch of ``roi`` after SpatialPad + CenterSpatialCrop.
+
+    Returns (source start in the box, destination start in the patch, length).
+    """
+    if box_size < roi:  # SpatialPad: (roi - s) // 2 zeros before
+        return 0, (roi - box_size) // 2, box_size
+    return box_size // 2 - roi // 2, 0, roi  # CenterSpatialCrop from s//2 - roi//2
+
+
+def convex_hull(voxels: np.ndarray) -> np.ndarray:
+    """``skimage.morphology.convex_hull_image`` of a region's box; the region itself if degenerate."""
+    from scipy.spatial import QhullError
+    from skimage.morphology import convex_hull_image
+
+    try:
+        return convex_hull_image(voxels)
+    except (QhullError, ValueError):
+        return voxels.copy()
+
+
+def cut_patch(
+    volume: np.ndarray,
+    region: Region,
+    patch_size: tuple[int, int, int],
+    masking_type: int,
+    norm: Normalization,
+    source: str = "tomogram",
+) -> tuple[np.ndarray, int]:
+    """One region's patch of ``patch_size`` (float32) and its hull area (0 unless masking_type 1)."""
+    windows = [fit_window(s.stop - s.start, roi) for s, roi in zip(region.box, patch_size)]
+    read = tuple(slice(s.start + src, s.start + src + n) for s, (src, _, n) in zip(region.box, windows))
+    local = tuple(slice(src, src + n) for src, _, n in windows)
+    data = norm.apply(volume[read])
+    if not np.all(np.isfinite(data)):
+        raise InputDataError(f"tomogram has NaN or Inf voxels in the box of instance {region.label}", source)
+    hull_area = 0
+    if masking_type == 1:
+        keep = convex_hull(region.voxels)
+        hull_area = int(keep.sum())
+        data[~keep[local]] = 0.0
+    elif masking_type == 2:
+        data[~region.voxels[local]] = 0.0
+    patch = np.zeros(patch_size, dtype=np.float32)
+    patch[tuple(slice(dst, dst + n) for _, dst, n in windows)] = data
+    return patch, hull_area
+
+
+@dataclass
+class Extraction:
+    """What one tomogram gives: the kept regions' table and a way to make their patches."""
+
+    table: pd.DataFrame  # one row per kept region, CryoSiam's columns
+    regions: list[Region]
+
+    def __len__(self) -> int:
+        return len(self.regions)
+
+
+def plan_extraction(
+    mask: np.ndarray,
+    expand_labels: int = 0,
+    min_size: int | None = None,
+    max_size: int | None = None,
+    regions_table: pd.DataFrame | None = None,
+) -> Extraction:
+    """Find, grow, measure and size-filter the instances of a mask (no tomogram needed)."""
+    if regions_table is not None:
+        regions = regions_from_table(mask, regions_table, expand_labels)
+        table = regions_table.reset_index(drop=True).copy()
+        table["hull_area"] = 0
+    else:
+        regions = regions_from_mask(mask, expand_labels)
+        table = measure(regions)
+    keep = size_filter(table["area"].to_numpy(), min_size, max_size)
+    kept = [r for r, k in zip(regions, keep) if k]
+    return Extraction(table[keep].reset_index(drop=True), kept)
+
+
+def iter_patches(
+    volume: np.ndarray,
+    extraction: Extraction,
+    patch_size: tuple[int, int, int],
+    masking_type: int,
+    norm: Normalization,
+    source: str = "tomogram",
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (row, patch) for every kept region; fills ``hull_area`` in the table as it goes."""
+    hull_col = extraction.table.columns.get_loc("hull_area")
+    for i, region in enumerate(extraction.regions):
+        patch, hull_area = cut_patch(volume, region, patch_size, masking_type, norm, source)
+        extraction.table.iat[i, hull_col] = hull_area
+        yield i, patch

@@ -1,0 +1,281 @@
+"""File formats: MRC tomograms and label volumes, CryoSiam HDF5 masks, regions tables, HDF5 outputs.
+
+Array-in/array-out code lives elsewhere; this module only reads and writes. Inputs are always
+opened read-only. Every output goes through :func:`atomic_output`: written to a temporary name
+in the destination folder and renamed when complete, so an interrupted run never leaves a
+file that looks finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import uuid
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import h5py
+import mrcfile
+import numpy as np
+import pandas as pd
+
+from .errors import InputDataError, ResourceError
+
+REGION_COLUMNS = [
+    "label",
+    "area",
+    *[f"bbox-{i}" for i in range(6)],
+    *[f"centroid-{i}" for i in range(3)],
+    "hull_area",
+]
+STAR_RENAMES = {
+    "label": "rlnLabel",
+    "area": "rlnArea",
+    **{f"bbox-{i}": f"rlnBbox-{i}" for i in range(6)},
+    "centroid-0": "rlnCoordinateZ",
+    "centroid-1": "rlnCoordinateY",
+    "centroid-2": "rlnCoordinateX",
+}
+TMP_MARK = ".subtomo-tmp-"
+
+
+# --------------------------------------------------------------------------------------------
+# atomic writes
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ResourceError(f"cannot create output folder: {err.strerror}", path.parent) from None
+    tmp = path.with_name(f"{TMP_MARK}{uuid.uuid4().hex[:8]}-{path.name}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as err:
+        _remove_quietly(tmp)
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ResourceError("no space left on the device while writing", path) from None
+        if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise ResourceError("output folder is not writable", path.parent) from None
+        raise
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def _remove_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+def check_writable_folder(folder: str | Path) -> Path:
+    """Create ``folder`` if needed and make sure we can write into it, before any work is done."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ResourceError(f"cannot create output folder ({err.strerror})", folder) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ResourceError("output folder is not writable", folder)
+    return folder
+
+
+def remove_stale_temporaries(folder: str | Path) -> int:
+    """Delete temporaries left by an interrupted run (they are never mistaken for outputs)."""
+    count = 0
+    folder = Path(folder)
+    if folder.is_dir():
+        for p in folder.glob(f"{TMP_MARK}*"):
+            _remove_quietly(p)
+            count += 1
+    return count
+
+
+# --------------------------------------------------------------------------------------------
+# MRC
+
+
+def open_mrc_volume(path: str | Path) -> tuple[np.ndarray, float]:
+    """Open a 3D MRC/REC volume memory-mapped and read-only; return (data z,y,x, voxel size in Å).
+
+    The header is validated; a corrupt or truncated file, 2D data or an unsupported mode
+    is an :class:`InputDataError` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError("file does not exist", path)
+    if not os.access(path, os.R_OK):
+        raise InputDataError("file is not readable", path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mrc = mrcfile.mmap(path, mode="r", permissive=True)
+    except (ValueError, OSError, EOFError) as err:
+        raise InputDataError(f"not a readable MRC file ({_short(err)})", path) from None
+    if mrc.data is None:
+        raise InputDataError("MRC header is corrupt or the file is truncated (no data block)", path)
+    try:
+        expected = int(mrc.header.nx) * int(mrc.header.ny) * int(mrc.header.nz)
+    except (ValueError, TypeError):
+        expected = -1
+    data = mrc.data
+    if data.size != expected:
+        raise InputDataError(
+            f"MRC data has {data.size} voxels but the header promises {expected}: truncated or corrupt", path
+        )
+    if data.ndim != 3 or min(data.shape) < 1 or (mrc.header.nz <= 1):
+        raise InputDataError(f"expected a 3D volume, got shape {tuple(data.shape)}", path)
+    if data.dtype.kind not in "iuf":
+        raise InputDataError(f"unsupported MRC data type {data.dtype} (mode {int(mrc.header.mode)})", path)
+    voxel = float(mrc.voxel_size.x) if mrc.voxel_size.x > 0 else 1.0
+    return data, voxel
+
+
+def write_mrc(path: str | Path, data: np.ndarray, voxel_size: float = 1.0) -> None:
+    with atomic_output(path) as tmp:
+        with mrcfile.new(tmp, overwrite=True) as mrc:
+            mrc.set_data(data)
+            mrc.voxel_size = voxel_size
+
+
+# --------------------------------------------------------------------------------------------
+# instance masks
+
+
+def mask_candidates(mask_folder: Path, stem: str, file_extension: str, suffix: str = "") -> list[Path]:
+    """Where a tomogram's mask may be, in order of preference."""
+    return [
+        mask_folder / f"{stem}_instance_preds{suffix}.h5",
+        mask_folder / f"{stem}{file_extension}",
+        mask_folder / f"{stem}.mrc",
+        mask_folder / f"{stem}.rec",
+    ]
+
+
+def find_mask(mask_folder: Path, stem: str, file_extension: str, suffix: str = "") -> Path | None:
+    for candidate in mask_candidates(mask_folder, stem, file_extension, suffix):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_instance_mask(path: str | Path) -> np.ndarray:
+    """Read an instance mask (CryoSiam HDF5 dataset ``instances``, or an MRC label volume).
+
+    Returns the labels in memory as a non-negative integer array. A float mask, negative
+    labels or a non-3D mask is an :class:`InputDataError`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError("mask file does not exist", path)
+    if path.suffix.lower() in (".h5", ".hdf5", ".hdf"):
+        try:
+            with h5py.File(path, "r") as f:
+                if "instances" not in f:
+                    raise InputDataError("HDF5 mask has no dataset 'instances'", path)
+                mask = f["instances"][()]
+        except InputDataError:
+            raise
+        except (OSError, KeyError, ValueError) as err:
+            raise InputDataError(f"not a readable HDF5 file ({_short(err)})", path) from None
+    else:
+        data, _ = open_mrc_volume(path)
+        mask = np.asarray(data)
+    if mask.ndim != 3:
+        raise InputDataError(f"mask must be a 3D label volume, got shape {mask.shape}", path)
+    if mask.dtype.kind == "f":
+        raise InputDataError(f"mask has a float data type ({mask.dtype}); expected integer instance labels", path)
+    if mask.dtype.kind not in "iub":
+        raise InputDataError(f"mask has an unsupported data type {mask.dtype}", path)
+    if mask.dtype.kind == "i" and mask.size and mask.min() < 0:
+        raise InputDataError(f"mask has negative labels (minimum {int(mask.min())})", path)
+    return mask
+
+
+# --------------------------------------------------------------------------------------------
+# regions tables
+
+
+def read_regions_csv(path: str | Path) -> pd.DataFrame:
+    """Read a CryoSiam regions CSV (label, area, bbox-*, centroid-*, ...)."""
+    path = Path(path)
+    try:
+        df = pd.read_csv(path)
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise InputDataError(f"not a readable regions CSV ({_short(err)})", path) from None
+    needed = ["label", "area", *[f"bbox-{i}" for i in range(6)]]
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise InputDataError(f"regions CSV lacks columns {missing}", path)
+    for c in df.columns:
+        if c == "label" or c.startswith("bbox"):
+            df[c] = df[c].astype(np.int64)
+    return df
+
+
+def write_regions_csv(path: str | Path, regions: pd.DataFrame) -> None:
+    with atomic_output(path) as tmp:
+        regions.to_csv(tmp, index=False)
+
+
+def regions_to_star_table(regions: pd.DataFrame) -> pd.DataFrame:
+    """CryoSiam's STAR columns for a regions table (``hull_area`` dropped, RELION names)."""
+    star = regions.drop(columns=[c for c in ("hull_area",) if c in regions.columns])
+    return star.rename(columns=STAR_RENAMES)
+
+
+def write_star(path: str | Path, table: pd.DataFrame | dict[str, pd.DataFrame]) -> None:
+    import starfile
+
+    with atomic_output(path) as tmp:
+        starfile.write(table, tmp, overwrite=True)
+
+
+def read_star(path: str | Path) -> pd.DataFrame | dict[str, pd.DataFrame]:
+    import starfile
+
+    path = Path(path)
+    try:
+        return starfile.read(path, always_dict=False)
+    except Exception as err:  # starfile raises many kinds
+        raise InputDataError(f"not a readable STAR file ({_short(err)})", path) from None
+
+
+# --------------------------------------------------------------------------------------------
+# HDF5
+
+
+def write_h5(path: str | Path, datasets: dict[str, np.ndarray], attrs: dict | None = None) -> None:
+    """Write datasets (and root attributes) to an HDF5 file atomically."""
+    with atomic_output(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            for name, data in datasets.items():
+                f.create_dataset(name, data=data)
+            for k, v in (attrs or {}).items():
+                f.attrs[k] = v
+
+
+def read_h5_dataset(path: str | Path, name: str) -> np.ndarray:
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError("file does not exist", path)
+    try:
+        with h5py.File(path, "r") as f:
+            if name not in f:
+                raise InputDataError(f"HDF5 file has no dataset '{name}'", path)
+            return f[name][()]
+    except InputDataError:
+        raise
+    except (OSError, KeyError, ValueError) as err:
+        raise InputDataError(f"not a readable HDF5 file ({_short(err)})", path) from None
+
+
+def _short(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0] if text else type(err).__name__)[:160]
