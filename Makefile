@@ -1,0 +1,40 @@
+# subtomo-embed: two commands on a fresh machine.
+#   make demo   install into .venv, simulate a small dataset, embed, cluster, draw (no GPU/Nextflow/internet)
+#   make test   install into .venv and run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.subtomo-installed
+NF_LANG_JAR := $(VENV)/share/nf-lang/language-server-all.jar
+
+.PHONY: install demo test test-fast nf-lang bench clean
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# the CPU build of torch; a looser pin would pull a multi-GB CUDA build
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -c requirements.lock -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+$(NF_LANG_JAR): | $(STAMP)
+	bash tests/pipeline/get_nf_language_server.sh $(NF_LANG_JAR)
+
+nf-lang: $(NF_LANG_JAR)
+
+demo: $(STAMP)
+	$(BIN)/subtomo-embed demo --output demo_output
+
+test: $(STAMP) $(NF_LANG_JAR)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_extract.py
+
+clean:
+	rm -rf demo_output .pytest_cache

@@ -1,0 +1,111 @@
+"""Commands of the per-tomogram stage: ``predict`` (= ``extract`` + ``embed`` in one process)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .common import ConfigFile, Debug, Filename, Overrides, Quiet, guarded, setup_logging
+
+Device = Annotated[
+    str,
+    typer.Option("--device", help="auto (parameters.gpu_devices, CPU fallback), cpu, cuda or cuda:N."),
+]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Redo tomograms whose outputs are already complete.")]
+OutputDir = Annotated[
+    Optional[Path], typer.Option("--output-dir", help="Where to write (default: prediction_folder).")
+]
+
+
+def _config(config_file, overrides):
+    from ..core.config import load_config
+
+    cfg = load_config(config_file, overrides)
+    log_dir = cfg.optional_path("log_dir")
+    return cfg, (log_dir / "subtomo-embed.log" if log_dir else None)
+
+
+def predict(
+    config_file: ConfigFile = None,
+    filename: Filename = None,
+    overrides: Overrides = None,
+    device: Device = "auto",
+    overwrite: Overwrite = False,
+    keep_going: Annotated[
+        bool, typer.Option("--keep-going", help="Report a failing tomogram and go on with the others.")
+    ] = False,
+    skip_missing_masks: Annotated[
+        bool, typer.Option("--skip-missing-masks", help="Skip tomograms without a mask instead of failing.")
+    ] = False,
+    debug: Debug = False,
+    quiet: Quiet = False,
+) -> None:
+    """Embed every instance of every tomogram (CryoSiam's simsiam_embeddings_predict)."""
+    setup_logging(quiet)
+    with guarded(debug):
+        cfg, log_file = _config(config_file, (overrides or []) + (["skip_missing_masks=true"] if skip_missing_masks else []))
+        setup_logging(quiet, log_file)
+        from ..stages.embedding import run_predict
+
+        summary = run_predict(cfg, filename, device, overwrite, keep_going)
+    if summary.failed:
+        raise typer.Exit(4)
+
+
+def extract(
+    config_file: ConfigFile = None,
+    filename: Filename = None,
+    overrides: Overrides = None,
+    tomogram: Annotated[Optional[Path], typer.Option("--tomogram", help="A tomogram (MRC), instead of data_folder.")] = None,
+    mask: Annotated[Optional[Path], typer.Option("--mask", help="Its instance mask (.h5 or MRC).")] = None,
+    regions: Annotated[
+        Optional[Path], typer.Option("--regions", help="CryoSiam's <stem>_instance_regions.csv for the boxes.")
+    ] = None,
+    output_dir: OutputDir = None,
+    overwrite: Overwrite = False,
+    debug: Debug = False,
+    quiet: Quiet = False,
+) -> None:
+    """Cut the masked, normalized patch of every instance into <stem>_patches.h5 (CPU step)."""
+    setup_logging(quiet)
+    with guarded(debug):
+        cfg, log_file = _config(config_file, overrides)
+        setup_logging(quiet, log_file)
+        from ..stages.embedding import run_extract
+
+        run_extract(cfg, tomogram, mask, regions, output_dir, filename, overwrite)
+
+
+def embed(
+    config_file: ConfigFile = None,
+    filename: Filename = None,
+    overrides: Overrides = None,
+    patches: Annotated[
+        Optional[list[Path]], typer.Option("--patches", help="<stem>_patches.h5 file(s) from `extract`.")
+    ] = None,
+    checkpoint: Annotated[
+        Optional[Path], typer.Option("--checkpoint", help="The model checkpoint (default: trained_model).")
+    ] = None,
+    output_dir: OutputDir = None,
+    device: Device = "auto",
+    overwrite: Overwrite = False,
+    debug: Debug = False,
+    quiet: Quiet = False,
+) -> None:
+    """Embed <stem>_patches.h5 files with the checkpoint; write CryoSiam's per-tomogram outputs (GPU step)."""
+    setup_logging(quiet)
+    with guarded(debug):
+        cfg, log_file = _config(config_file, overrides)
+        setup_logging(quiet, log_file)
+        from ..stages.embedding import run_embed
+
+        run_embed(cfg, patches, checkpoint, output_dir, device, filename, overwrite)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("predict")(predict)
+    app.command("simsiam_embeddings_predict", hidden=True)(predict)
+    app.command("extract")(extract)
+    app.command("embed")(embed)

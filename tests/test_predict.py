@@ -1,0 +1,170 @@
+"""`subtomo-embed predict`, `extract` and `embed` as a user runs them, with real files."""
+
+import subprocess
+
+import h5py
+import mrcfile
+import numpy as np
+import pandas as pd
+import pytest
+import starfile
+from reference import reference_embeddings, reference_patches
+from synthetic import make_checkpoint, write_config, write_h5_mask, write_mrc
+
+from subtomo_embed.core.model import load_model
+
+
+def run(args, env, cwd=None, ok=True):
+    proc = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True)
+    if ok:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def read_outputs(out, stem):
+    with h5py.File(out / f"{stem}_embeds.h5") as f:
+        emb = f["embeddings"][()]
+    with h5py.File(out / f"{stem}_instance_labels.h5") as f:
+        labels = f["labels"][()]
+    return emb, labels, pd.read_csv(out / f"{stem}_instance_regions.csv")
+
+
+def expected(dataset, stem, masking=1, expand=2, contrastive=True, patch=(12, 12, 12)):
+    image = mrcfile.read(dataset["data"] / f"{stem}.mrc")
+    with h5py.File(dataset["masks"] / f"{stem}_instance_preds.h5") as f:
+        mask = f["instances"][()]
+    patches, rows = reference_patches(image, mask, patch, masking, expand, min_size=10)
+    model, _ = load_model(dataset["ckpt"], contrastive)
+    return reference_embeddings(model, patches, contrastive), rows
+
+
+def cosine(a, b):
+    return np.sum(a * b, axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.mark.parametrize("contrastive,masking", [(True, 1), (False, 2), (True, 0)])
+def test_predict_matches_cryosiam(dataset, cli_env, contrastive, masking):
+    cfg = write_config(dataset["root"] / "c.yaml", data_folder=dataset["data"],
+                       instances_mask_folder=dataset["masks"], prediction_folder=dataset["out"],
+                       trained_model=dataset["ckpt"], contrastive=contrastive, masking_type=masking)
+    run(["subtomo-embed", "simsiam_embeddings_predict", "--config_file", str(cfg)], cli_env)
+    for stem in ["TS_01", "TS_02"]:
+        emb, labels, regions = read_outputs(dataset["out"], stem)
+        ref, rows = expected(dataset, stem, masking, contrastive=contrastive)
+        assert emb.shape == (16, len(rows))  # [dim, N], as CryoSiam
+        assert labels.dtype == np.int64 and labels.tolist() == [int(r["label"]) for r in rows]
+        assert regions["label"].tolist() == labels.tolist()
+        assert list(regions.columns) == ["label", "area", *[f"bbox-{i}" for i in range(6)],
+                                         *[f"centroid-{i}" for i in range(3)], "hull_area"]
+        assert np.all(cosine(emb.T, ref) >= 0.999)
+        star = starfile.read(dataset["out"] / f"{stem}_instance_regions.star")
+        assert star["rlnLabel"].tolist() == labels.tolist()
+        np.testing.assert_allclose(star["rlnCoordinateZ"], regions["centroid-0"], atol=1e-5)
+        assert "rlnBbox-5" in star.columns and "hull_area" not in star.columns
+
+
+def test_extract_then_embed_equals_predict(dataset, cli_env, tmp_path):
+    cfg = str(dataset["config"])
+    run(["subtomo-embed", "predict", "-c", cfg], cli_env)
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    run(["subtomo-extract", "--tomogram", str(dataset["data"] / "TS_02.mrc"),
+         "--mask", str(dataset["masks"] / "TS_02_instance_preds.h5"), "--output-dir", str(staged),
+         "--set", "min_particle_size=10", "--set", "expand_labels=2", "--set", "masking_type=1",
+         "--set", "parameters.data.patch_size=[12,12,12]"], cli_env, cwd=staged)
+    assert (staged / "TS_02_patches.h5").is_file()
+    run(["subtomo-embed-patches", "--patches", "TS_02_patches.h5", "--checkpoint", str(dataset["ckpt"]),
+         "--output-dir", str(staged), "--device", "cpu"], cli_env, cwd=staged)
+    a = read_outputs(dataset["out"], "TS_02")
+    b = read_outputs(staged, "TS_02")
+    np.testing.assert_allclose(a[0], b[0], atol=1e-5)
+    assert a[1].tolist() == b[1].tolist()
+    pd.testing.assert_frame_equal(a[2], b[2])
+
+
+def test_resume_skips_complete_and_redoes_changed(dataset, cli_env):
+    cfg = str(dataset["config"])
+    run(["subtomo-embed", "predict", "-c", cfg], cli_env)
+    target = dataset["out"] / "TS_01_embeds.h5"
+    first = target.stat().st_mtime_ns
+    proc = run(["subtomo-embed", "predict", "-c", cfg], cli_env)
+    assert target.stat().st_mtime_ns == first
+    assert "already complete" in proc.stderr
+    # a half-finished tomogram (one output missing) is redone
+    (dataset["out"] / "TS_02_instance_regions.star").unlink()
+    run(["subtomo-embed", "predict", "-c", cfg], cli_env)
+    assert (dataset["out"] / "TS_02_instance_regions.star").is_file()
+    assert target.stat().st_mtime_ns == first
+    # a changed setting redoes everything
+    proc = run(["subtomo-embed", "predict", "-c", cfg, "--set", "masking_type=2"], cli_env)
+    assert target.stat().st_mtime_ns != first and "changed" in proc.stderr
+    assert not list(dataset["out"].glob(".subtomo-tmp-*"))
+
+
+def test_filename_and_test_files_select_tomograms(dataset, cli_env):
+    run(["subtomo-embed", "predict", "-c", str(dataset["config"]), "--filename", "TS_02.mrc"], cli_env)
+    assert sorted(p.name for p in dataset["out"].glob("*_embeds.h5")) == ["TS_02_embeds.h5"]
+    (dataset["data"] / "notes.txt").write_text("not a tomogram")
+    run(["subtomo-embed", "predict", "-c", str(dataset["config"]), "--set", "test_files=[TS_01.mrc]"], cli_env)
+    assert sorted(p.name for p in dataset["out"].glob("*_embeds.h5")) == ["TS_01_embeds.h5", "TS_02_embeds.h5"]
+
+
+def test_mrc_label_volume_mask(tmp_path, cli_env):
+    from synthetic import make_dataset
+
+    data, masks = make_dataset(tmp_path, n_tomograms=1, mask_format="mrc")
+    ckpt = make_checkpoint(tmp_path / "m.ckpt")
+    cfg = write_config(tmp_path / "c.yaml", data_folder=data, instances_mask_folder=masks,
+                       prediction_folder=tmp_path / "out", trained_model=ckpt)
+    run(["subtomo-embed", "predict", "-c", str(cfg)], cli_env)
+    assert (tmp_path / "out" / "TS_01_embeds.h5").is_file()
+
+
+def _bad(dataset, cli_env, *extra):
+    proc = run(["subtomo-embed", "predict", "-c", str(dataset["config"]), *extra], cli_env, ok=False)
+    assert "Traceback" not in proc.stderr
+    assert not dataset["out"].exists() or not list(dataset["out"].glob("*.h5"))
+    return proc
+
+
+def test_mask_shape_mismatch(dataset, cli_env):
+    write_h5_mask(dataset["masks"] / "TS_01_instance_preds.h5", np.ones((5, 5, 5), np.int32))
+    proc = _bad(dataset, cli_env, "--filename", "TS_01.mrc")
+    assert proc.returncode == 4 and "TS_01_instance_preds.h5" in proc.stderr and "shape" in proc.stderr
+
+
+def test_float_mask(dataset, cli_env):
+    with h5py.File(dataset["masks"] / "TS_01_instance_preds.h5", "r+") as f:
+        data = f["instances"][()].astype(np.float32)
+        del f["instances"]
+        f["instances"] = data
+    proc = _bad(dataset, cli_env, "--filename", "TS_01.mrc")
+    assert proc.returncode == 4 and "float" in proc.stderr
+
+
+def test_missing_mask_error_or_skip(dataset, cli_env):
+    (dataset["masks"] / "TS_01_instance_preds.h5").unlink()
+    proc = _bad(dataset, cli_env)
+    assert proc.returncode == 4 and "no instance mask for TS_01.mrc" in proc.stderr
+    proc = run(["subtomo-embed", "predict", "-c", str(dataset["config"]), "--skip-missing-masks"], cli_env)
+    assert "skipped" in proc.stderr
+    assert sorted(p.name for p in dataset["out"].glob("*_embeds.h5")) == ["TS_02_embeds.h5"]
+
+
+def test_keep_going_finishes_the_others(dataset, cli_env):
+    write_mrc(dataset["data"] / "TS_01.mrc", np.full((32, 48, 40), np.nan, np.float32))
+    proc = run(["subtomo-embed", "predict", "-c", str(dataset["config"]), "--keep-going"], cli_env, ok=False)
+    assert proc.returncode == 4 and "NaN" in proc.stderr and "1 failed" in proc.stderr
+    assert sorted(p.name for p in dataset["out"].glob("*_embeds.h5")) == ["TS_02_embeds.h5"]
+
+
+def test_unknown_config_key(dataset, cli_env):
+    text = dataset["config"].read_text().replace("masking_type:", "masking_typo:")
+    dataset["config"].write_text(text)
+    proc = _bad(dataset, cli_env)
+    assert proc.returncode == 3 and "unknown key 'masking_typo'" in proc.stderr and "config.yaml" in proc.stderr
+
+
+def test_dim_mismatch_with_checkpoint(dataset, cli_env):
+    proc = _bad(dataset, cli_env, "--set", "parameters.network.dim=1024")
+    assert proc.returncode == 3 and "dim" in proc.stderr and "model.ckpt" in proc.stderr
