@@ -231,17 +231,30 @@ def _unique_half_integer_points(points: np.ndarray) -> np.ndarray:
     return points[first]
 
 
-def _hull_vertex_candidates(voxels: np.ndarray) -> np.ndarray:
-    """Voxels that can be vertices of the region's hull: the first or last along all three axes.
+_LATTICE_DIRECTIONS = [
+    d for d in ((i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)) if d > (0, 0, 0)
+]  # the 13 directions, one of each ± pair
 
-    A voxel strictly between two region voxels on one axis-parallel line is not a vertex, so
-    this set has the same convex hull as the region, with far fewer points for Qhull.
+
+def _hull_vertex_candidates(voxels: np.ndarray) -> np.ndarray:
+    """Voxels that can be vertices of the region's hull.
+
+    A vertex is not strictly between two region voxels on any line. So drop voxels that are
+    not the first or last along each axis, and voxels with region neighbours on both sides
+    along any of the 13 lattice directions. The rest has the same convex hull as the region,
+    with far fewer points for Qhull.
     """
-    keep = np.ones(voxels.shape, dtype=bool)
+    keep = voxels.copy()
     for axis in range(3):
         before = np.cumsum(voxels, axis=axis)
         total = np.take(before, [-1], axis=axis)
-        keep &= voxels & ((before == 1) | (before == total))
+        keep &= (before == 1) | (before == total)
+    padded = np.pad(voxels, 1)
+    n = voxels.shape
+    for dz, dy, dx in _LATTICE_DIRECTIONS:
+        ahead = padded[1 + dz:1 + dz + n[0], 1 + dy:1 + dy + n[1], 1 + dx:1 + dx + n[2]]
+        behind = padded[1 - dz:1 - dz + n[0], 1 - dy:1 - dy + n[1], 1 - dx:1 - dx + n[2]]
+        keep &= ~(ahead & behind)
     return np.argwhere(keep).astype(np.float64)
 
 
