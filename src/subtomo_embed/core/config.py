@@ -83,6 +83,8 @@ class NetworkConfig(_Section):
     num_filters: list[int] = Field(default_factory=lambda: [64, 128, 256, 512])
     no_max_pool: bool = True
     pred_dim: int = Field(512, ge=1)
+    conv1_t_size: int = Field(7, ge=1)
+    conv1_t_stride: int = Field(1, ge=1)
 
 
 class ParametersConfig(_Section):
@@ -94,7 +96,7 @@ class ParametersConfig(_Section):
 class HyperParametersConfig(_Section):
     batch_size: int = Field(10, ge=1)
     # extensions used by `train`
-    learning_rate: float = Field(0.05, gt=0)
+    learning_rate: float = Field(0.001, gt=0)
     max_steps: int = Field(1000, ge=1)
 
 
