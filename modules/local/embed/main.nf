@@ -1,0 +1,44 @@
+process EMBED {
+    tag "${meta.id}"
+    label 'process_gpu'
+
+    input:
+    tuple val(meta), path(patches)
+    path checkpoint
+    val settings
+
+    output:
+    tuple val(meta), path("${meta.id}_embeds.h5"), emit: embeddings
+    tuple val(meta), path("${meta.id}_instance_labels.h5"), emit: labels
+    tuple val(meta), path("${meta.id}_instance_regions.csv"), emit: regions
+    tuple val(meta), path("${meta.id}_instance_regions.star"), emit: star
+    path "versions.yml", emit: versions
+
+    script:
+    def args = task.ext.args ?: ''
+    // one image serves both: the GPU when the task was given one (the gpu profile), else the CPU
+    def device = task.accelerator ? 'cuda' : 'cpu'
+    """
+    subtomo-embed-patches \\
+        --patches ${patches} \\
+        --checkpoint ${checkpoint} \\
+        --output-dir . \\
+        --device ${device} \\
+        ${settings} \\
+        ${args}
+
+    cat <<-END_VERSIONS > versions.yml
+    "${task.process}":
+        subtomo-embed: \$(subtomo-embed --version | sed 's/subtomo-embed //')
+    END_VERSIONS
+    """
+
+    stub:
+    """
+    touch ${meta.id}_embeds.h5 ${meta.id}_instance_labels.h5 ${meta.id}_instance_regions.csv ${meta.id}_instance_regions.star
+    cat <<-END_VERSIONS > versions.yml
+    "${task.process}":
+        subtomo-embed: \$(subtomo-embed --version | sed 's/subtomo-embed //')
+    END_VERSIONS
+    """
+}
