@@ -1,0 +1,125 @@
+"""Commands of the global steps: ``merge``, ``visualize``, ``kmeans``, ``spectral``.
+
+CryoSiam's names (``simsiam_visualize_embeddings``, ``simsiam_embeddings_kmeans_clustering``,
+``simsiam_embeddings_spectral_clustering``) are hidden aliases. ``visualize``, ``kmeans`` and
+``spectral`` merge first when the input folder holds per-tomogram embeddings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .common import ConfigFile, Debug, Overrides, Quiet, guarded, setup_logging
+
+InputDir = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--input-dir",
+        help="Folder with <stem>_embeds.h5, _instance_labels.h5, _instance_regions.csv, or a merged "
+        "embeddings.h5 (default: prediction_folder).",
+    ),
+]
+OutputDir = Annotated[
+    Optional[Path], typer.Option("--output-dir", help="Where merged and cluster files go (default: prediction_folder).")
+]
+VisDir = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--vis-dir", help="Where figures and coordinates go (default: visualization.prediction_folder, else <output-dir>/vis)."
+    ),
+]
+
+
+def _setup(config_file, overrides, input_dir, output_dir, vis_dir, quiet):
+    from ..core.config import load_config
+    from ..stages.analysis import resolve_folders
+
+    cfg = load_config(config_file, overrides)
+    log_dir = cfg.optional_path("log_dir")
+    setup_logging(quiet, log_dir / "subtomo-embed.log" if log_dir else None)
+    return cfg, resolve_folders(cfg, input_dir, output_dir, vis_dir)
+
+
+def merge(
+    config_file: ConfigFile = None,
+    overrides: Overrides = None,
+    input_dir: InputDir = None,
+    output_dir: OutputDir = None,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if the merge is up to date.")] = False,
+    debug: Debug = False,
+    quiet: Quiet = False,
+) -> None:
+    """Merge every tomogram's embeddings into embeddings.h5 and the table embeddings_table.csv."""
+    setup_logging(quiet)
+    with guarded(debug):
+        cfg, folders = _setup(config_file, overrides, input_dir, output_dir, None, quiet)
+        from ..stages.analysis import run_merge
+
+        run_merge(cfg, folders, force=force)
+
+
+def visualize(
+    config_file: ConfigFile = None,
+    overrides: Overrides = None,
+    input_dir: InputDir = None,
+    output_dir: OutputDir = None,
+    vis_dir: VisDir = None,
+    debug: Debug = False,
+    quiet: Quiet = False,
+) -> None:
+    """UMAP/PCA projections (all tomograms and each tomogram), coordinates CSV, PNGs and distance maps."""
+    setup_logging(quiet)
+    with guarded(debug):
+        cfg, folders = _setup(config_file, overrides, input_dir, output_dir, vis_dir, quiet)
+        from ..stages.analysis import run_visualize
+
+        run_visualize(cfg, folders)
+
+
+def kmeans(
+    config_file: ConfigFile = None,
+    overrides: Overrides = None,
+    input_dir: InputDir = None,
+    output_dir: OutputDir = None,
+    vis_dir: VisDir = None,
+    debug: Debug = False,
+    quiet: Quiet = False,
+) -> None:
+    """KMeans clustering of the embeddings (clustering_kmeans.num_clusters; 0-based cluster ids)."""
+    setup_logging(quiet)
+    with guarded(debug):
+        cfg, folders = _setup(config_file, overrides, input_dir, output_dir, vis_dir, quiet)
+        from ..stages.analysis import run_kmeans
+
+        run_kmeans(cfg, folders)
+
+
+def spectral(
+    config_file: ConfigFile = None,
+    overrides: Overrides = None,
+    input_dir: InputDir = None,
+    output_dir: OutputDir = None,
+    vis_dir: VisDir = None,
+    debug: Debug = False,
+    quiet: Quiet = False,
+) -> None:
+    """Spectral clustering on a sparse k-NN graph (clustering_spectral; 1-based cluster ids as CryoSiam)."""
+    setup_logging(quiet)
+    with guarded(debug):
+        cfg, folders = _setup(config_file, overrides, input_dir, output_dir, vis_dir, quiet)
+        from ..stages.analysis import run_spectral
+
+        run_spectral(cfg, folders)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("merge")(merge)
+    app.command("visualize")(visualize)
+    app.command("kmeans")(kmeans)
+    app.command("spectral")(spectral)
+    app.command("simsiam_visualize_embeddings", hidden=True)(visualize)
+    app.command("simsiam_embeddings_kmeans_clustering", hidden=True)(kmeans)
+    app.command("simsiam_embeddings_spectral_clustering", hidden=True)(spectral)

@@ -1,0 +1,311 @@
+"""Projections (UMAP, PCA), distance maps and figures of embeddings.
+
+Array in, array out: projection functions return coordinates; figure functions return a
+matplotlib ``Figure`` (Agg backend) that the caller saves. Everything random is seeded.
+Large point sets are subsampled for drawing only (:func:`plot_subsample`); the projection
+and the clustering always use every embedding.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+UMAP_N_NEIGHBORS = 10  # as CryoSiam
+UMAP_MIN_DIST = 0.0  # as CryoSiam
+MIN_UMAP_POINTS = 16  # fewer points: PCA instead (UMAP's spectral init needs a few)
+MAX_DISTANCE_MAP_POINTS = 2000
+MAX_LEGEND_ENTRIES = 20
+
+
+# --------------------------------------------------------------------------------------------
+# projections
+
+
+def project(
+    embeddings: np.ndarray,
+    n_components: int = 2,
+    metric: str = "euclidean",
+    pca_components: int | None = None,
+    seed: int = 0,
+    n_neighbors: int = UMAP_N_NEIGHBORS,
+) -> tuple[np.ndarray, str]:
+    """2D/3D coordinates of the embeddings and the method used (``umap`` or ``pca``).
+
+    With ``pca_components`` the embeddings are reduced by PCA and the first ``n_components``
+    principal components are the coordinates (CryoSiam's behaviour); otherwise UMAP with
+    ``metric``. Very small sets (fewer than :data:`MIN_UMAP_POINTS`) fall back to PCA.
+    """
+    x = np.asarray(embeddings, dtype=np.float32)
+    n = x.shape[0]
+    if pca_components is not None or n < MIN_UMAP_POINTS:
+        if pca_components is None:
+            log.info("only %d points: PCA instead of UMAP", n)
+        return pca(x, max(n_components, pca_components or 0))[:, :n_components], "pca"
+    import umap
+
+    model = umap.UMAP(
+        n_components=n_components,
+        metric=metric,
+        n_neighbors=min(n_neighbors, n - 1),
+        min_dist=UMAP_MIN_DIST,
+        random_state=seed,
+        n_jobs=1,
+        verbose=False,
+    )
+    coords = model.fit_transform(x)
+    return np.asarray(coords, dtype=np.float64), "umap"
+
+
+def pca(embeddings: np.ndarray, n_components: int) -> np.ndarray:
+    """Principal-component scores [N, n_components]; columns past the data's rank are zero."""
+    from sklearn.decomposition import PCA
+
+    x = np.asarray(embeddings, dtype=np.float64)
+    n, d = x.shape
+    usable = max(0, min(n_components, n - 1, d))
+    out = np.zeros((n, n_components), dtype=np.float64)
+    if usable > 0:
+        out[:, :usable] = PCA(n_components=usable, svd_solver="full").fit_transform(x)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# subsampling and distance maps
+
+
+def plot_subsample(n: int, max_points: int, seed: int = 0) -> np.ndarray:
+    """Row indices to draw: all rows in random order, or a seeded random subset of ``max_points``.
+
+    The random order keeps one group from being painted over all the others.
+    """
+    rng = np.random.default_rng(seed)
+    if n <= max_points:
+        return rng.permutation(n)
+    return rng.choice(n, size=max_points, replace=False)
+
+
+def stratified_subsample(groups: np.ndarray, max_points: int, seed: int = 0) -> np.ndarray:
+    """Sorted row indices, at most ``max_points``, each group kept in proportion (at least one row each)."""
+    groups = np.asarray(groups)
+    n = groups.size
+    if n <= max_points:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    keep = []
+    ids, counts = np.unique(groups, return_counts=True)
+    quota = np.maximum(1, np.floor(counts * max_points / n).astype(int))
+    for g, q in zip(ids, quota):
+        rows = np.flatnonzero(groups == g)
+        keep.append(rng.choice(rows, size=min(q, rows.size), replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+def distance_map(
+    embeddings: np.ndarray, groups: np.ndarray, metric: str = "euclidean", max_points: int = MAX_DISTANCE_MAP_POINTS, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairwise distances of a stratified subsample, ordered by group.
+
+    Within a group rows are ordered by their distance to the group's mean, so that tight
+    groups show as dark blocks. Returns (distances [m, m], row indices [m], groups [m]).
+    """
+    from sklearn.metrics import pairwise_distances
+
+    x = np.asarray(embeddings)
+    groups = np.asarray(groups)
+    rows = stratified_subsample(groups, max_points, seed)
+    order = []
+    for g in np.unique(groups[rows]):
+        members = rows[groups[rows] == g]
+        centre = x[members].mean(axis=0, keepdims=True)
+        d = pairwise_distances(x[members], centre, metric=metric).ravel()
+        order.append(members[np.argsort(d, kind="stable")])
+    rows = np.concatenate(order) if order else rows
+    dist = pairwise_distances(x[rows], metric=metric)
+    return dist, rows, groups[rows]
+
+
+# --------------------------------------------------------------------------------------------
+# figures
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def marker_style(n: int) -> dict:
+    """Marker size and transparency that keep n points readable (no mud at 10^4-10^5)."""
+    s = float(np.clip(14.0 * np.sqrt(500.0 / max(n, 1)), 0.6, 14.0))
+    alpha = float(np.clip(np.sqrt(2000.0 / max(n, 1)), 0.3, 0.85))
+    return {"s": s, "alpha": alpha, "linewidths": 0, "rasterized": True}
+
+
+def _category_colours(n: int):
+    plt = _plt()
+    if n <= 10:
+        return [plt.get_cmap("tab10")(i) for i in range(n)]
+    if n <= 20:
+        return [plt.get_cmap("tab20")(i) for i in range(n)]
+    cmap = plt.get_cmap("turbo")
+    return [cmap(i / max(n - 1, 1)) for i in range(n)]
+
+
+def draw_categorical(ax, xy: np.ndarray, values: Sequence, title: str, legend_title: str, counts: dict | None = None) -> None:
+    """Scatter coloured by a category (cluster, tomogram); a legend up to 20 categories, a colour bar above."""
+    values = np.asarray(values)
+    cats = list(dict.fromkeys(sorted(values.tolist(), key=_sort_key)))
+    colours = _category_colours(len(cats))
+    index = {c: i for i, c in enumerate(cats)}
+    codes = np.array([index[v] for v in values.tolist()], dtype=int)
+    style = marker_style(len(values))
+    if len(cats) <= MAX_LEGEND_ENTRIES:
+        ax.scatter(xy[:, 0], xy[:, 1], c=[colours[i] for i in codes], **style)
+        plt = _plt()
+        handles = [
+            plt.Line2D([], [], marker="o", linestyle="", markersize=7, color=colours[i],
+                       label=f"{c}" + (f" (n={counts[c]})" if counts and c in counts else ""))
+            for i, c in enumerate(cats)
+        ]
+        ax.legend(handles=handles, title=legend_title, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                  fontsize=8, title_fontsize=9, frameon=False)
+    else:
+        sc = ax.scatter(xy[:, 0], xy[:, 1], c=codes, cmap="turbo", vmin=0, vmax=len(cats) - 1, **style)
+        _colour_bar(ax, sc, f"{legend_title} index (0-{len(cats) - 1}, sorted by name)")
+    ax.set_title(title, fontsize=11)
+
+
+def draw_continuous(ax, xy: np.ndarray, values: np.ndarray, title: str, label: str) -> None:
+    """Scatter coloured by a value; the colour range is the 1st-99th percentile (outliers saturate)."""
+    values = np.asarray(values, dtype=np.float64)
+    lo, hi = np.nanpercentile(values, [1, 99]) if values.size else (0.0, 1.0)
+    sc = ax.scatter(xy[:, 0], xy[:, 1], c=values, cmap="viridis", vmin=lo, vmax=hi if hi > lo else lo + 1,
+                    **marker_style(len(values)))
+    _colour_bar(ax, sc, label)
+    ax.set_title(title, fontsize=11)
+
+
+def _colour_bar(ax, mappable, label: str):
+    """An opaque colour bar for a (transparent) scatter."""
+    import matplotlib.cm as cm
+
+    plt = _plt()
+    solid = cm.ScalarMappable(norm=mappable.norm, cmap=mappable.get_cmap())
+    bar = plt.colorbar(solid, ax=ax, fraction=0.046, pad=0.02)
+    bar.set_label(label)
+    return bar
+
+
+def projection_figure(xy: np.ndarray, panels: Sequence[dict], title: str, axis_name: str, note: str | None = None):
+    """One scatter panel per colouring.
+
+    ``panels``: dicts with ``values``, ``title``, ``kind`` (``categorical``/``continuous``),
+    ``label`` (legend or colour-bar title) and optional ``counts``.
+    """
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 5.2), squeeze=False, layout="constrained")
+    for ax, panel in zip(axes[0], panels):
+        if panel["kind"] == "categorical":
+            draw_categorical(ax, xy, panel["values"], panel["title"], panel["label"], panel.get("counts"))
+        else:
+            draw_continuous(ax, xy, panel["values"], panel["title"], panel["label"])
+        ax.set_xlabel(f"{axis_name} 1")
+        ax.set_ylabel(f"{axis_name} 2")
+        ax.set_aspect("auto")
+        ax.tick_params(labelsize=8)
+    fig.suptitle(title + (f"\n{note}" if note else ""), fontsize=12)
+    return fig
+
+
+def projection3d_figure(xyz: np.ndarray, values: Sequence, title: str, axis_name: str, legend_title: str, categorical: bool):
+    plt = _plt()
+    fig = plt.figure(figsize=(7.5, 6.5), layout="constrained")
+    ax = fig.add_subplot(projection="3d")
+    style = marker_style(len(xyz))
+    if categorical:
+        values = np.asarray(values)
+        cats = list(dict.fromkeys(sorted(values.tolist(), key=_sort_key)))
+        colours = _category_colours(len(cats))
+        index = {c: i for i, c in enumerate(cats)}
+        ax.scatter(xyz[:, 0], xyz[:, 1], xyz[:, 2], c=[colours[index[v]] for v in values.tolist()], **style)
+        if len(cats) <= MAX_LEGEND_ENTRIES:
+            handles = [plt.Line2D([], [], marker="o", linestyle="", color=colours[i], label=str(c)) for i, c in enumerate(cats)]
+            ax.legend(handles=handles, title=legend_title, loc="upper left", fontsize=8)
+    else:
+        import matplotlib.cm as cm
+
+        sc = ax.scatter(xyz[:, 0], xyz[:, 1], xyz[:, 2], c=values, cmap="viridis", **style)
+        solid = cm.ScalarMappable(norm=sc.norm, cmap=sc.get_cmap())
+        fig.colorbar(solid, ax=ax, fraction=0.03, pad=0.08).set_label(legend_title)
+    ax.set_xlabel(f"{axis_name} 1")
+    ax.set_ylabel(f"{axis_name} 2")
+    ax.set_zlabel(f"{axis_name} 3")
+    ax.set_title(title, fontsize=11)
+    return fig
+
+
+def distance_map_figure(dist: np.ndarray, groups: np.ndarray, title: str, metric: str, group_name: str):
+    """Heatmap of a group-ordered distance matrix, with group boundaries and labels."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 6.5), layout="constrained")
+    vmax = float(np.percentile(dist, 99)) if dist.size else 1.0
+    im = ax.imshow(dist, cmap="magma_r", interpolation="nearest", vmin=0, vmax=vmax or 1.0)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).set_label(f"{metric} distance")
+    groups = np.asarray(groups)
+    change = np.flatnonzero(groups[1:] != groups[:-1]) + 1
+    edges = np.concatenate([[0], change, [groups.size]])
+    for e in change:
+        ax.axhline(e - 0.5, color="cyan", lw=0.6)
+        ax.axvline(e - 0.5, color="cyan", lw=0.6)
+    names = [str(groups[s]) for s in edges[:-1]]
+    centres = (edges[:-1] + edges[1:]) / 2 - 0.5
+    if len(names) <= 40:
+        ax.set_xticks(centres, names, rotation=90 if len(names) > 8 else 0, fontsize=7)
+        ax.set_yticks(centres, names, fontsize=7)
+    ax.set_xlabel(f"instances, ordered by {group_name}")
+    ax.set_ylabel(f"instances, ordered by {group_name}")
+    ax.set_title(f"{title}\n{dist.shape[0]} instances", fontsize=11)
+    return fig
+
+
+def central_slice(volume, centroid: Sequence[float], size: Sequence[int]) -> np.ndarray:
+    """The z slice through ``centroid`` (z, y, x), a ``size`` (y, x) window centred on it, zero-padded at edges."""
+    vz, vy, vx = volume.shape
+    z = int(np.clip(round(float(centroid[0])), 0, vz - 1))
+    hy, hx = int(size[0]), int(size[1])
+    y0 = int(round(float(centroid[1]))) - hy // 2
+    x0 = int(round(float(centroid[2]))) - hx // 2
+    out = np.zeros((hy, hx), dtype=np.float32)
+    ys, ye = max(y0, 0), min(y0 + hy, vy)
+    xs, xe = max(x0, 0), min(x0 + hx, vx)
+    if ye > ys and xe > xs:
+        out[ys - y0 : ye - y0, xs - x0 : xe - x0] = np.asarray(volume[z, ys:ye, xs:xe], dtype=np.float32)
+    return out
+
+
+def gallery_figure(images: Sequence[np.ndarray], titles: Sequence[str], suptitle: str, columns: int = 4):
+    plt = _plt()
+    n = max(len(images), 1)
+    cols = min(columns, n)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.5 * rows + 0.6), squeeze=False, layout="constrained")
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, img, t in zip(axes.ravel(), images, titles):
+        lo, hi = np.percentile(img, [1, 99]) if img.size else (0, 1)
+        ax.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
+        ax.set_title(t, fontsize=7)
+    fig.suptitle(suptitle, fontsize=10)
+    return fig
+
+
+def _sort_key(v):
+    return (0, float(v), "") if isinstance(v, (int, float, np.integer, np.floating)) else (1, 0.0, str(v))
