@@ -117,10 +117,16 @@ def grow_label(mask: np.ndarray, label: int, box: Box, distance: int) -> Region:
     """
     if distance <= 0:
         return Region(label, box, mask[box] == label)
+    context = _widen(box, distance, mask.shape)
+    labels = mask[context]
+    others = (labels != 0) & (labels != label)
+    if not others.any():
+        # alone: expand_labels gives every voxel within `distance` of the label (an EDT threshold)
+        own = labels[_relative(box, context)] == label
+        return Region(label, box, ndimage.distance_transform_edt(~own) <= distance)
     from skimage.segmentation import expand_labels
 
-    context = _widen(box, distance, mask.shape)
-    grown = expand_labels(mask[context], distance=distance)
+    grown = expand_labels(labels, distance=distance)
     return Region(label, box, grown[_relative(box, context)] == label)
 
 
