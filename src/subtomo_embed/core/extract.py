@@ -335,9 +335,10 @@ def cut_patch(
     windows = [fit_window(s.stop - s.start, roi) for s, roi in zip(region.box, patch_size)]
     read = tuple(slice(s.start + src, s.start + src + n) for s, (src, _, n) in zip(region.box, windows))
     local = tuple(slice(src, src + n) for src, _, n in windows)
-    data = norm.apply(volume[read])
-    if not np.all(np.isfinite(data)):
+    raw = np.asarray(volume[read])
+    if raw.dtype.kind == "f" and not np.all(np.isfinite(raw)):  # before clipping would hide an Inf
         raise InputDataError(f"tomogram has NaN or Inf voxels in the box of instance {region.label}", source)
+    data = norm.apply(raw)
     hull_area = 0
     if masking_type == 1:
         keep = convex_hull(region.voxels)

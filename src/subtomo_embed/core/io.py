@@ -59,14 +59,25 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     except OSError as err:
         _remove_quietly(tmp)
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or _says_no_space(err):
             raise ResourceError("no space left on the device while writing", path) from None
         if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise ResourceError("output folder is not writable", path.parent) from None
         raise
+    except RuntimeError as err:  # h5py reports failed writes as RuntimeError
+        _remove_quietly(tmp)
+        if _says_no_space(err):
+            raise ResourceError("no space left on the device while writing", path) from None
+        raise
     except BaseException:
         _remove_quietly(tmp)
         raise
+
+
+def _says_no_space(err: BaseException) -> bool:
+    """HDF5 reports a failed write without an errno; its message still says why."""
+    text = str(err).lower()
+    return any(s in text for s in ("no space left", "file too large", "disk quota"))
 
 
 def _remove_quietly(path: Path) -> None:
@@ -231,10 +242,15 @@ def regions_to_star_table(regions: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_star(path: str | Path, table: pd.DataFrame | dict[str, pd.DataFrame]) -> None:
+    """A STAR file (via ``starfile``), without its time-stamped header, so re-runs are byte-identical."""
     import starfile
 
     with atomic_output(path) as tmp:
         starfile.write(table, tmp, overwrite=True)
+        text = tmp.read_text()
+        if text.startswith("# Created by the starfile"):
+            text = "# Written by subtomo-embed" + text[text.index("\n"):]
+            tmp.write_text(text)
 
 
 def read_star(path: str | Path) -> pd.DataFrame | dict[str, pd.DataFrame]:

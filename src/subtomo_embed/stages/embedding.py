@@ -97,12 +97,23 @@ def load_tomogram_and_mask(inputs: TomogramInputs) -> tuple[np.ndarray, np.ndarr
     return volume, mask
 
 
+def check_patch_fits(cfg: Config, shape: tuple[int, ...], tomogram: Path) -> None:
+    """A patch larger than the tomogram itself is a mistake in the config, not something to pad."""
+    size = patch_size(cfg)
+    if any(p > s for p, s in zip(size, shape)):
+        raise ConfigError(
+            f"parameters.data.patch_size {list(size)} is larger than the tomogram {tomogram.name} {list(shape)}",
+            cfg.source,
+        )
+
+
 def plan_tomogram(cfg: Config, inputs: TomogramInputs, mask: np.ndarray) -> Extraction:
     table = io.read_regions_csv(inputs.regions) if inputs.regions is not None else None
     if table is not None:
         log.info("%s: boxes and areas from %s (CryoSiam's regions table)", inputs.stem, inputs.regions.name)
     if not mask.any():
         raise InputDataError("mask has no instances (all voxels are 0)", inputs.mask)
+    check_patch_fits(cfg, mask.shape, inputs.tomogram)
     plan = plan_extraction(mask, cfg.expand_labels, cfg.min_particle_bound, cfg.max_particle_bound, table)
     return plan
 
@@ -182,17 +193,25 @@ def is_done(folder: Path, stem: str, expected: str) -> bool:
 
 def write_outputs(folder: Path, stem: str, table: pd.DataFrame, embeddings: np.ndarray, stamp: str) -> list[Path]:
     """Write the four per-tomogram outputs (``_embeds.h5`` last, so it marks completion)."""
-    labels_path, csv_path, star_path, embeds_path = outputs_of(folder, stem)
+    labels_path, csv_path, star_path, embeds_path = paths = outputs_of(folder, stem)
     labels = table["label"].to_numpy(dtype=np.int64)
-    io.write_h5(labels_path, {"labels": labels})
-    io.write_regions_csv(csv_path, table)
-    io.write_star(star_path, io.regions_to_star_table(table))
-    io.write_h5(
-        embeds_path,
-        {"embeddings": np.ascontiguousarray(embeddings.T)},
-        {FINGERPRINT_ATTR: stamp, "tomogram": stem},
-    )
-    return [labels_path, csv_path, star_path, embeds_path]
+    writes = [
+        lambda: io.write_h5(labels_path, {"labels": labels}),
+        lambda: io.write_regions_csv(csv_path, table),
+        lambda: io.write_star(star_path, io.regions_to_star_table(table)),
+        lambda: io.write_h5(embeds_path, {"embeddings": np.ascontiguousarray(embeddings.T)},
+                            {FINGERPRINT_ATTR: stamp, "tomogram": stem}),
+    ]
+    done: list[Path] = []
+    try:
+        for path, write in zip(paths, writes):
+            write()
+            done.append(path)
+    except BaseException:
+        for path in done:  # all four or none: never a half-written tomogram
+            path.unlink(missing_ok=True)
+        raise
+    return paths
 
 
 def progress_bar(total: int, desc: str):
