@@ -11,8 +11,14 @@ include { SUBTOMO_EMBED } from './workflows/subtomo_embed'
 
 workflow {
     main:
-    if (!params.data_folder || !params.instances_mask_folder || !params.prediction_folder || !params.trained_model) {
-        error("Set data_folder, instances_mask_folder, prediction_folder and trained_model (e.g. -params-file my.yaml)")
+    if (!params.data_folder || !params.prediction_folder || !params.trained_model) {
+        error("Set data_folder, prediction_folder and trained_model (e.g. -params-file my.yaml)")
+    }
+    if (!params.picks && !params.instances_mask_folder) {
+        error("Set instances_mask_folder (masked instances) or picks (boxes around particle picks)")
+    }
+    if (params.picks && !params.centers_patch_size) {
+        error("Set centers_patch_size: the edge of the box cut around each pick (voxels)")
     }
     SUBTOMO_EMBED()
 

@@ -119,3 +119,22 @@ def write_config(path: Path, **values) -> Path:
         node[parts[-1]] = str(value) if isinstance(value, Path) else value
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+def write_picks(path: Path, masks: Path, voxel_size: float = 10.0) -> Path:
+    """RELION 5 picks (centred Å) at the centroids of the instances of every mask in ``masks``."""
+    import pandas as pd
+    import starfile
+    from scipy import ndimage
+
+    rows = []
+    for mask_path in sorted(masks.glob("*_instance_preds.h5")):
+        stem = mask_path.name[: -len("_instance_preds.h5")]
+        with h5py.File(mask_path) as f:
+            mask = f["instances"][()]
+        labels = [v for v in np.unique(mask) if v]
+        for c in ndimage.center_of_mass(mask > 0, mask, labels):
+            rows.append({"rlnTomoName": stem, **{f"rlnCenteredCoordinate{a}Angst": (c[i] - mask.shape[i] / 2) * voxel_size
+                                                 for i, a in ((2, "X"), (1, "Y"), (0, "Z"))}})
+    starfile.write({"particles": pd.DataFrame(rows)}, path, overwrite=True)
+    return path

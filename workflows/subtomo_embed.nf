@@ -1,6 +1,7 @@
 /*
  * The analysis graph, top to bottom:
  *   tomograms + masks -> EXTRACT_PATCHES (CPU, per tomogram) -> EMBED (GPU, per tomogram)
+ *   or, with params.picks, tomograms + picks -> PREDICT_CENTERS (GPU, per tomogram)
  *   -> MERGE_EMBEDDINGS (all) -> VISUALIZE, CLUSTER_KMEANS, CLUSTER_SPECTRAL
  *
  * Each process receives only the settings that change its result, as `--set key=value`
@@ -9,6 +10,7 @@
 
 include { EXTRACT_PATCHES  } from '../modules/local/extract_patches/main'
 include { EMBED            } from '../modules/local/embed/main'
+include { PREDICT_CENTERS  } from '../modules/local/predict_centers/main'
 include { MERGE_EMBEDDINGS } from '../modules/local/merge_embeddings/main'
 include { VISUALIZE        } from '../modules/local/visualize/main'
 include { CLUSTER_KMEANS   } from '../modules/local/cluster_kmeans/main'
@@ -38,7 +40,6 @@ workflow SUBTOMO_EMBED {
     def suffix = params.instances
         ? "_min-${params.instances.min_center_distance}_max-${params.instances.max_center_distance}" : ''
     def wanted = setting('test_files', null)
-    def maskFolder = file(params.instances_mask_folder)
 
     def extractFlags = flags([
         file_extension                 : extension,
@@ -56,6 +57,25 @@ workflow SUBTOMO_EMBED {
         contrastive               : setting('contrastive', true),
         'parameters.network.dim'  : setting('parameters.network.dim', 1024),
         mixed_precision           : setting('mixed_precision', false),
+    ])
+    def centersFlags = flags([
+        file_extension                 : extension,
+        centers_patch_size             : setting('centers_patch_size', null),
+        'centers.units'                : setting('centers.units', 'auto'),
+        'centers.origin'               : setting('centers.origin', 'auto'),
+        'centers.voxel_size'           : setting('centers.voxel_size', null),
+        'centers.picks_voxel_size'     : setting('centers.picks_voxel_size', null),
+        'centers.tomogram_column'      : setting('centers.tomogram_column', null),
+        'centers.mask_radius'          : setting('centers.mask_radius', null),
+        'centers.border'               : setting('centers.border', 'pad'),
+        'parameters.data.patch_size'   : setting('parameters.data.patch_size', [64, 64, 64]),
+        'parameters.data.min'          : setting('parameters.data.min', 0),
+        'parameters.data.max'          : setting('parameters.data.max', 1),
+        'parameters.data.mean'         : setting('parameters.data.mean', 0),
+        'parameters.data.std'          : setting('parameters.data.std', 1),
+        contrastive                    : setting('contrastive', true),
+        'parameters.network.dim'       : setting('parameters.network.dim', 1024),
+        mixed_precision                : setting('mixed_precision', false),
     ])
     def kmeansFlags = flags([
         seed                               : setting('seed', 0),
@@ -78,40 +98,56 @@ workflow SUBTOMO_EMBED {
         'visualization.max_plot_points'          : setting('visualization.max_plot_points', 20000),
     ])
 
-    // one (meta, tomogram, mask, regions table or []) per tomogram
-    ch_inputs = channel.fromPath("${params.data_folder}/*${extension}")
+    def checkpoint = file(params.trained_model, checkIfExists: true)
+    ch_tomograms = channel.fromPath("${params.data_folder}/*${extension}")
         .filter { tomogram -> !wanted || tomogram.name in wanted }
-        .map { tomogram ->
-            def stem = stemOf(tomogram.name, extension)
-            def h5 = maskFolder.resolve("${stem}_instance_preds${suffix}.h5")
-            def mrc = maskFolder.resolve("${stem}${extension}")
-            def mask = h5.exists() ? h5 : (mrc.exists() ? mrc : null)
-            if (mask == null) {
-                if (setting('skip_missing_masks', false)) {
-                    log.warn("${stem}: no instance mask in ${maskFolder}; skipped")
-                    return null
+
+    if (params.picks) {
+        // particles from picks: one file for all tomograms or a folder of per-tomogram files
+        PREDICT_CENTERS(
+            ch_tomograms.map { tomogram -> [[id: stemOf(tomogram.name, extension)], tomogram] },
+            file(params.picks, checkIfExists: true), checkpoint, centersFlags)
+        ch_embedded = PREDICT_CENTERS.out
+        ch_embed_versions = PREDICT_CENTERS.out.versions.first()
+    } else {
+        // one (meta, tomogram, mask, regions table or []) per tomogram
+        def maskFolder = file(params.instances_mask_folder)
+        ch_inputs = ch_tomograms
+            .map { tomogram ->
+                def stem = stemOf(tomogram.name, extension)
+                def h5 = maskFolder.resolve("${stem}_instance_preds${suffix}.h5")
+                def mrc = maskFolder.resolve("${stem}${extension}")
+                def mask = h5.exists() ? h5 : (mrc.exists() ? mrc : null)
+                if (mask == null) {
+                    if (setting('skip_missing_masks', false)) {
+                        log.warn("${stem}: no instance mask in ${maskFolder}; skipped")
+                        return null
+                    }
+                    error("${stem}: no instance mask in ${maskFolder} (expected ${h5.name} or ${mrc.name})")
                 }
-                error("${stem}: no instance mask in ${maskFolder} (expected ${h5.name} or ${mrc.name})")
+                def regions = maskFolder.resolve("${stem}_instance_regions${suffix}.csv")
+                [[id: stem], tomogram, mask, regions.exists() ? regions : []]
             }
-            def regions = maskFolder.resolve("${stem}_instance_regions${suffix}.csv")
-            [[id: stem], tomogram, mask, regions.exists() ? regions : []]
-        }
+        EXTRACT_PATCHES(ch_inputs, extractFlags)
+        EMBED(EXTRACT_PATCHES.out.patches, checkpoint, embedFlags)
+        ch_embedded = EMBED.out
+        ch_embed_versions = EXTRACT_PATCHES.out.versions.first().mix(EMBED.out.versions.first())
+    }
 
-    EXTRACT_PATCHES(ch_inputs, extractFlags)
-    EMBED(EXTRACT_PATCHES.out.patches, file(params.trained_model, checkIfExists: true), embedFlags)
-
-    ch_per_tomogram = EMBED.out.embeddings
-        .mix(EMBED.out.labels, EMBED.out.regions)
+    ch_per_tomogram = ch_embedded.embeddings
+        .mix(ch_embedded.labels, ch_embedded.regions)
         .map { _meta, f -> f }
         .collect()
+    // each tomogram's regions STAR: the clustered STAR files are its rows plus rlnClass
+    ch_stars = ch_embedded.star.map { _meta, f -> f }.collect()
     MERGE_EMBEDDINGS(ch_per_tomogram, flags([clustering_files: setting('clustering_files', null)]))
 
-    CLUSTER_KMEANS(MERGE_EMBEDDINGS.out.merged, kmeansFlags)
-    CLUSTER_SPECTRAL(MERGE_EMBEDDINGS.out.merged, spectralFlags)
+    CLUSTER_KMEANS(MERGE_EMBEDDINGS.out.merged, ch_stars, kmeansFlags)
+    CLUSTER_SPECTRAL(MERGE_EMBEDDINGS.out.merged, ch_stars, spectralFlags)
     VISUALIZE(MERGE_EMBEDDINGS.out.merged, visualizeFlags)
 
-    ch_versions = EXTRACT_PATCHES.out.versions.first()
-        .mix(EMBED.out.versions.first(), MERGE_EMBEDDINGS.out.versions, CLUSTER_KMEANS.out.versions,
+    ch_versions = ch_embed_versions
+        .mix(MERGE_EMBEDDINGS.out.versions, CLUSTER_KMEANS.out.versions,
              CLUSTER_SPECTRAL.out.versions, VISUALIZE.out.versions)
 
     emit:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from synthetic import make_checkpoint, make_dataset  # noqa: E402
+from synthetic import make_checkpoint, make_dataset, write_picks  # noqa: E402
 
 
 def main() -> None:
@@ -17,6 +17,7 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     make_dataset(root, n_tomograms=2, n_instances=10)
     make_checkpoint(root / "model.ckpt")
+    write_picks(root / "picks.star", root / "masks")  # RELION 5 picks at the instances' centroids (-profile test,picks)
     # placeholders for the module tests' stub runs (tests/nf-test/*.nf.test), which only stage them
     for name in ("TS_01_patches.h5", "TS_01_embeds.h5", "embeddings.h5", "embeddings_table.csv"):
         (root / name).touch()

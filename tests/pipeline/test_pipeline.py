@@ -214,9 +214,35 @@ def chain(tmp_path_factory):
         a = work[process] = root / process.lower()
         a.mkdir()
         stage(a, m / "embeddings.h5", m / "embeddings_table.csv")
+        if process.startswith("CLUSTER"):  # `path stars`: each tomogram's regions STAR
+            stage(a, *[work[f"embed_{s}"] / f"{s}_instance_regions.star" for s in ("TS_01", "TS_02")])
         run_block(process, "script", a, {"embeddings": "embeddings.h5", "table": "embeddings_table.csv",
                                          "settings": flags, "args": ""})
     return work
+
+
+def test_predict_centers_script_embeds_the_picks_of_its_tomogram(tmp_path):
+    from synthetic import make_checkpoint, make_dataset, write_picks
+
+    data, masks = make_dataset(tmp_path, n_tomograms=2, n_instances=10)
+    ckpt = make_checkpoint(tmp_path / "model.ckpt")
+    picks = write_picks(tmp_path / "particles.star", masks)
+    w = tmp_path / "work"
+    w.mkdir()
+    stage(w, data / "TS_02.mrc", ckpt)
+    stage(w, picks, into="picks")
+    run_block("PREDICT_CENTERS", "script", w, {
+        "meta.id": "TS_02", "tomogram": "TS_02.mrc", "picks.name": picks.name, "checkpoint": ckpt.name,
+        "device": "cpu", "settings": "--set 'centers_patch_size=9' --set 'parameters.data.patch_size=[12,12,12]' "
+                                     "--set 'parameters.network.dim=16'", "args": "--set hyper_parameters.batch_size=4"})
+    import pandas as pd
+    import starfile
+
+    star = starfile.read(w / "out" / "TS_02_instance_regions.star")
+    original = starfile.read(picks)
+    assert list(star.columns) == [*original.columns, "rlnLabel"]
+    assert len(star) == (original["rlnTomoName"] == "TS_02").sum() == len(pd.read_csv(w / "out" / "TS_02_instance_regions.csv"))
+    assert not list(w.glob("out/TS_01*"))
 
 
 def test_extract_and_embed_scripts_make_their_outputs(chain):
@@ -232,7 +258,12 @@ def test_merge_and_analysis_scripts_make_their_outputs(chain):
     with h5py.File(chain["merge"] / "embeddings.h5") as f:
         assert f["embeddings"].shape[1] == 16 and list(f["number_of_samples"][()]) and len(f["number_of_samples"]) == 2
     assert (chain["CLUSTER_KMEANS"] / "out" / "kmeans_clusters.h5").is_file()
-    assert list((chain["CLUSTER_KMEANS"] / "out").glob("*_instance_regions_kmeans_clustered.star"))
+    clustered = sorted((chain["CLUSTER_KMEANS"] / "out").glob("*_instance_regions_kmeans_clustered.star"))
+    assert len(clustered) == 2
+    import starfile
+
+    star = starfile.read(clustered[0])  # the tomogram's predict STAR rows (RELION 5 columns too) + rlnClass
+    assert {"rlnTomoName", "rlnCenteredCoordinateXAngst", "rlnLabel", "rlnClass"} <= set(star.columns)
     assert (chain["CLUSTER_SPECTRAL"] / "out" / "spectral_clusters.h5").is_file()
     assert list((chain["VISUALIZE"] / "vis").glob("*.png"))
 

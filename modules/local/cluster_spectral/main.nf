@@ -4,6 +4,7 @@ process CLUSTER_SPECTRAL {
 
     input:
     tuple path(embeddings), path(table)
+    path stars  // <stem>_instance_regions.star of predict: the clustered STAR files keep their columns
     val settings
 
     output:

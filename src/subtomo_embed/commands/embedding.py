@@ -54,6 +54,31 @@ def predict(
         raise typer.Exit(4)
 
 
+def predict_centers(
+    config_file: ConfigFile = None,
+    filename: Filename = None,
+    overrides: Overrides = None,
+    device: Device = "auto",
+    overwrite: Overwrite = False,
+    keep_going: Annotated[
+        bool, typer.Option("--keep-going", help="Report a failing tomogram and go on with the others.")
+    ] = False,
+    debug: Debug = False,
+    quiet: Quiet = False,
+) -> None:
+    """Embed a box of centers_patch_size around every pick in centers_file (STAR, CSV or copick JSON;
+    CryoSiam's simsiam_embeddings_from_centers_predict)."""
+    setup_logging(quiet)
+    with guarded(debug):
+        cfg, log_file = _config(config_file, overrides)
+        setup_logging(quiet, log_file)
+        from ..stages.centers import run_predict_centers
+
+        summary = run_predict_centers(cfg, filename, device, overwrite, keep_going)
+    if summary.failed:
+        raise typer.Exit(4)
+
+
 def extract(
     config_file: ConfigFile = None,
     filename: Filename = None,
@@ -107,5 +132,7 @@ def embed(
 def register(app: typer.Typer) -> None:
     app.command("predict")(predict)
     app.command("simsiam_embeddings_predict", hidden=True)(predict)
+    app.command("predict-centers")(predict_centers)
+    app.command("simsiam_embeddings_from_centers_predict", hidden=True)(predict_centers)
     app.command("extract")(extract)
     app.command("embed")(embed)

@@ -107,6 +107,18 @@ class InstancesConfig(_Section):
     max_center_distance: Any = None
 
 
+class CentersConfig(_Section):
+    """Extension: how ``predict-centers`` reads picks (docs/centers.md)."""
+
+    units: Literal["auto", "voxels", "angstrom"] = "auto"
+    origin: Literal["auto", "corner", "centered"] = "auto"
+    voxel_size: float | list[float] | None = None  # Å per tomogram voxel (number or [z, y, x]); null: MRC header
+    picks_voxel_size: float | list[float] | None = None  # Å per voxel of voxel-unit picks; null: the tomogram's
+    tomogram_column: str | None = None  # the column naming each pick's tomogram; null: rlnTomoName, ...
+    mask_radius: float | None = Field(None, gt=0)  # voxels; null: no sphere mask
+    border: Literal["pad", "skip"] = "pad"
+
+
 class Config(_Section):
     data_folder: str | None = None
     instances_mask_folder: str | None = None
@@ -131,6 +143,7 @@ class Config(_Section):
     # CryoSiam's centres-based prediction (simsiam_embeddings_from_centers_predict)
     centers_file: str | None = None
     centers_patch_size: int | None = Field(None, ge=1)
+    centers: CentersConfig = Field(default_factory=CentersConfig)
 
     clustering_kmeans: KMeansConfig = Field(default_factory=KMeansConfig)
     clustering_spectral: SpectralConfig = Field(default_factory=SpectralConfig)

@@ -403,3 +403,42 @@ def iter_patches(
     for i, (patch, hull_area) in enumerate(_thread_map(cut, extraction.regions, workers)):
         extraction.table.iat[i, hull_col] = hull_area
         yield i, patch
+
+
+# --------------------------------------------------------------------------------------------
+# boxes around picked centres
+
+
+def cut_centered_patch(
+    volume: np.ndarray,
+    start: np.ndarray,
+    size: int,
+    patch_size: tuple[int, int, int],
+    norm: Normalization,
+    position: np.ndarray | None = None,
+    mask_radius: float | None = None,
+    source: str = "tomogram",
+) -> np.ndarray:
+    """The patch of a cubic box of ``size`` voxels starting at ``start`` (z, y, x), fitted to
+    ``patch_size`` as :func:`cut_patch` fits a region's box (SpatialPad, CenterSpatialCrop).
+
+    Voxels of the box outside the tomogram are 0 in normalized units, as CryoSiam's padding makes
+    them; with ``mask_radius`` (voxels) every voxel farther than that from ``position`` is 0 too.
+    Inside the tomogram and without a sphere this is exactly ``cut_patch`` with ``masking_type`` 0.
+    """
+    windows = [fit_window(size, roi) for roi in patch_size]
+    want = [(int(s) + src, int(s) + src + n) for s, (src, _, n) in zip(start, windows)]
+    have = [(max(a, 0), min(b, dim)) for (a, b), dim in zip(want, volume.shape)]
+    data = np.zeros([n for _, _, n in windows], dtype=np.float32)
+    if all(a < b for a, b in have):
+        raw = np.asarray(volume[tuple(slice(a, b) for a, b in have)])
+        if raw.dtype.kind == "f" and not np.all(np.isfinite(raw)):
+            raise InputDataError(f"tomogram has NaN or Inf voxels in the box at {list(map(int, start))}", source)
+        data[tuple(slice(a - w0, b - w0) for (a, b), (w0, _) in zip(have, want))] = norm.apply(raw)
+    if mask_radius is not None and position is not None:
+        axes = [np.arange(a, b, dtype=np.float64) - p for (a, b), p in zip(want, position)]
+        dist2 = axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2 + axes[2][None, None, :] ** 2
+        data[dist2 > float(mask_radius) ** 2] = 0.0
+    patch = np.zeros(patch_size, dtype=np.float32)
+    patch[tuple(slice(dst, dst + n) for _, dst, n in windows)] = data
+    return patch

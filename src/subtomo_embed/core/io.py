@@ -148,6 +148,20 @@ def open_mrc_volume(path: str | Path) -> tuple[np.ndarray, float]:
     return data, voxel
 
 
+def mrc_voxel_size(path: str | Path) -> tuple[float, float, float]:
+    """The voxel size (z, y, x, Å) in an MRC header; 1.0 on an axis where the header has none."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with mrcfile.open(path, mode="r", permissive=True, header_only=True) as mrc:
+                v = mrc.voxel_size
+                values = (float(v.z), float(v.y), float(v.x))
+    except (ValueError, OSError, EOFError) as err:
+        raise InputDataError(f"not a readable MRC file ({_short(err)})", path) from None
+    return tuple(x if np.isfinite(x) and x > 0 else 1.0 for x in values)
+
+
 def write_mrc(path: str | Path, data: np.ndarray, voxel_size: float = 1.0) -> None:
     with atomic_output(path) as tmp:
         with mrcfile.new(tmp, overwrite=True) as mrc:
@@ -235,16 +249,50 @@ def write_regions_csv(path: str | Path, regions: pd.DataFrame) -> None:
         regions.to_csv(tmp, index=False)
 
 
-def regions_to_star_table(regions: pd.DataFrame) -> pd.DataFrame:
-    """CryoSiam's STAR columns for a regions table (``hull_area`` dropped, RELION names)."""
-    star = regions.drop(columns=[c for c in ("hull_area",) if c in regions.columns])
-    return star.rename(columns=STAR_RENAMES)
+def regions_to_star_table(
+    regions: pd.DataFrame,
+    tomogram: str | None = None,
+    shape: tuple[int, int, int] | None = None,
+    voxel_size: tuple[float, float, float] | None = None,
+) -> pd.DataFrame:
+    """CryoSiam's STAR columns for a regions table (``hull_area`` dropped, RELION names).
+
+    With the tomogram's name, size and voxel size (z, y, x, Å) it also gets ``rlnTomoName`` and
+    RELION 5's ``rlnCenteredCoordinateX/Y/ZAngst`` (Å from the tomogram's centre, ``n/2``
+    voxels), so it can go straight to subtomogram averaging.
+    """
+    star = regions.drop(columns=[c for c in regions.columns if c == "hull_area" or c.startswith("pick:")])
+    star = star.rename(columns=STAR_RENAMES)
+    if tomogram is not None:
+        star.insert(0, "rlnTomoName", tomogram)
+    if shape is not None and voxel_size is not None:
+        for axis, name in enumerate("ZYX"):
+            centroid = regions[f"centroid-{axis}"].to_numpy(np.float64)
+            star[f"rlnCenteredCoordinate{name}Angst"] = (centroid - shape[axis] / 2.0) * voxel_size[axis]
+    return star
 
 
-def write_star(path: str | Path, table: pd.DataFrame | dict[str, pd.DataFrame]) -> None:
-    """A STAR file (via ``starfile``), without its time-stamped header, so re-runs are byte-identical."""
+def exact_floats(table: pd.DataFrame) -> pd.DataFrame:
+    """Float columns as the shortest text that reads back as the same number (``-33.123456``,
+    ``90.0``): values read from another STAR file go back out unchanged, and stay floats."""
+    out = table.copy()
+    for column in out.columns:
+        if out[column].dtype.kind == "f":
+            out[column] = [np.format_float_positional(v, unique=True, trim="0") if np.isfinite(v) else str(v)
+                           for v in out[column].to_numpy()]
+    return out
+
+
+def write_star(path: str | Path, table: pd.DataFrame | dict[str, pd.DataFrame], exact: bool = False) -> None:
+    """A STAR file (via ``starfile``), without its time-stamped header, so re-runs are byte-identical.
+
+    Floats are written with 6 decimals, as RELION writes them; ``exact`` writes each float as the
+    shortest text of its value instead (:func:`exact_floats`).
+    """
     import starfile
 
+    if exact:
+        table = {k: exact_floats(v) for k, v in table.items()} if isinstance(table, dict) else exact_floats(table)
     with atomic_output(path) as tmp:
         starfile.write(table, tmp, overwrite=True)
         text = tmp.read_text()

@@ -32,6 +32,7 @@ from ..core.io import (
     read_h5_dataset,
     read_instance_mask,
     read_regions_csv,
+    read_star,
     regions_to_star_table,
     write_h5,
     write_mrc,
@@ -459,18 +460,24 @@ def _write_cluster_outputs(
         {"num_clusters": int(len(ids)), "seed": int(cfg.seed), "embeddings_key": merged.key, **attrs},
     )
     written["clusters"] = path
+    stars = []
     for i, stem in enumerate(_progress(merged.stems, f"{method} tables")):
         pred = labels[merged.offsets[i] : merged.offsets[i + 1]]
         write_h5(out / f"{stem}_clusters_{method}.h5", {"predictions": np.asarray(pred, dtype=np.int64)})
         regions = merged.regions(i)
         regions["semantic_class"] = pred
         write_regions_csv(out / f"{stem}_instance_regions_{method}_clustered.csv", regions)
-        star = regions_to_star_table(regions).rename(columns={"semantic_class": "rlnClass"})
-        write_star(out / f"{stem}_instance_regions_{method}_clustered.star", star)
-    particles = particles_table(cfg, merged.table, labels)
-    write_star(out / f"{method}_particles.star", particles)
+        star = clustered_star(folders.input_dir / f"{stem}_instance_regions.star", regions, pred)
+        write_star(out / f"{stem}_instance_regions_{method}_clustered.star", star, exact=True)
+        stars.append(star)
+    if all("rlnTomoName" in star.columns for star in stars):
+        particles = pd.concat(stars, ignore_index=True)  # the rows predict wrote, in their convention
+    else:
+        particles = particles_table(cfg, merged.table, labels)
+    write_star(out / f"{method}_particles.star", particles, exact=True)
     for c in ids:
-        write_star(out / f"{method}_cluster_{int(c)}_particles.star", particles[particles["rlnClass"] == c].reset_index(drop=True))
+        write_star(out / f"{method}_cluster_{int(c)}_particles.star",
+                   particles[particles["rlnClass"] == c].reset_index(drop=True), exact=True)
     log.info("wrote %s, per-tomogram tables and per-cluster STAR files to %s", path.name, out)
 
     volume_ids = labels + 1 if ids.min() == 0 else labels  # background stays 0
@@ -479,6 +486,25 @@ def _write_cluster_outputs(
     if section.visualization:
         written.update(cluster_figures(cfg, folders, merged, method, labels, ids, centers))
     return written
+
+
+def clustered_star(source: Path, regions: pd.DataFrame, classes: np.ndarray) -> pd.DataFrame:
+    """A tomogram's clustered STAR: the rows of its ``predict`` STAR (``source``: every column, in
+    its convention; for picks, the picks' own rows) with ``rlnClass``; without that file,
+    CryoSiam's columns from the regions table."""
+    labels = regions["label"].to_numpy(np.int64)
+    if source.is_file():
+        star = read_star(source)
+        if isinstance(star, dict):
+            star = star.get("particles", next(iter(star.values())))
+        if isinstance(star, pd.DataFrame) and "rlnLabel" in star.columns and not star["rlnLabel"].duplicated().any():
+            indexed = star.set_index(star["rlnLabel"].to_numpy(np.int64))
+            if np.isin(labels, indexed.index.to_numpy()).all():
+                rows = indexed.loc[labels].reset_index(drop=True)
+                return rows.assign(rlnClass=np.asarray(classes, dtype=np.int64))
+        log.info("%s does not describe the embedded instances: clustered STAR made from the regions table", source.name)
+    star = regions_to_star_table(regions.drop(columns=["semantic_class"], errors="ignore"))
+    return star.assign(rlnClass=np.asarray(classes, dtype=np.int64))
 
 
 def particles_table(cfg: Config, table: pd.DataFrame, labels: np.ndarray) -> pd.DataFrame:

@@ -191,14 +191,35 @@ def is_done(folder: Path, stem: str, expected: str) -> bool:
 # outputs
 
 
-def write_outputs(folder: Path, stem: str, table: pd.DataFrame, embeddings: np.ndarray, stamp: str) -> list[Path]:
+@dataclass(frozen=True)
+class TomogramGeometry:
+    """What the regions STAR needs to give RELION 5 coordinates: size and voxel size (z, y, x, Å)."""
+
+    shape: tuple[int, int, int]
+    voxel_size: tuple[float, float, float]
+
+    @classmethod
+    def of(cls, tomogram: Path, shape: tuple[int, ...]) -> "TomogramGeometry":
+        return cls(tuple(int(n) for n in shape), io.mrc_voxel_size(tomogram))
+
+
+def regions_star(stem: str, table: pd.DataFrame, geometry: TomogramGeometry | None) -> pd.DataFrame:
+    """The ``<stem>_instance_regions.star`` table: CryoSiam's columns + rlnTomoName + Å coordinates."""
+    if geometry is None:
+        return io.regions_to_star_table(table, stem)
+    return io.regions_to_star_table(table, stem, geometry.shape, geometry.voxel_size)
+
+
+def write_outputs(folder: Path, stem: str, table: pd.DataFrame, embeddings: np.ndarray, stamp: str,
+                  star: pd.DataFrame | None = None, exact_floats: bool = False) -> list[Path]:
     """Write the four per-tomogram outputs (``_embeds.h5`` last, so it marks completion)."""
     labels_path, csv_path, star_path, embeds_path = paths = outputs_of(folder, stem)
     labels = table["label"].to_numpy(dtype=np.int64)
+    star = io.regions_to_star_table(table, stem) if star is None else star
     writes = [
         lambda: io.write_h5(labels_path, {"labels": labels}),
         lambda: io.write_regions_csv(csv_path, table),
-        lambda: io.write_star(star_path, io.regions_to_star_table(table)),
+        lambda: io.write_star(star_path, star, exact_floats),
         lambda: io.write_h5(embeds_path, {"embeddings": np.ascontiguousarray(embeddings.T)},
                             {FINGERPRINT_ATTR: stamp, "tomogram": stem}),
     ]
@@ -322,7 +343,8 @@ def run_predict(
                     loaded.model, patches, len(plan), loaded.dim, torch_device,
                     cfg.hyper_parameters.batch_size, cfg.contrastive, cfg.mixed_precision, bar.update,
                 )
-            written = write_outputs(out, stem, plan.table, embeddings, stamp)
+            geometry = TomogramGeometry.of(inputs.tomogram, volume.shape)
+            written = write_outputs(out, stem, plan.table, embeddings, stamp, regions_star(stem, plan.table, geometry))
             seconds = time.perf_counter() - start
             log.info("%s: %d instances embedded in %.1f s (%.1f/s) → %s", stem, len(plan), seconds,
                      len(plan) / max(seconds, 1e-9), written[-1])
@@ -405,11 +427,22 @@ def write_patches(path: Path, stem: str, volume: np.ndarray, plan: Extraction, c
             f.attrs["columns"] = json.dumps(list(plan.table.columns))
             f.attrs["stem"] = stem
             f.attrs["settings"] = json.dumps(extraction_settings(cfg))
+            f.attrs["tomogram_shape"] = list(volume.shape)
+            f.attrs["voxel_size"] = list(io.mrc_voxel_size(source))
             f.attrs[FINGERPRINT_ATTR] = stamp
 
 
-def read_patches_table(path: Path) -> tuple[str, pd.DataFrame, int, str]:
-    """(stem, regions table, number of patches, extraction fingerprint) of a patches file."""
+@dataclass
+class PatchesFile:
+    stem: str
+    table: pd.DataFrame
+    count: int
+    stamp: str  # the extraction's fingerprint
+    geometry: TomogramGeometry | None
+
+
+def read_patches_table(path: Path) -> PatchesFile:
+    """What a patches file holds, but the patches themselves."""
     if not path.is_file():
         raise InputDataError("patches file does not exist", path)
     try:
@@ -419,8 +452,12 @@ def read_patches_table(path: Path) -> tuple[str, pd.DataFrame, int, str]:
             columns = json.loads(f.attrs["columns"])
             table = pd.DataFrame({c: f["regions"][c][()] for c in columns})
             stem = f.attrs["stem"]
-            return (stem.decode() if isinstance(stem, bytes) else str(stem)), table, f["patches"].shape[0], str(
-                f.attrs.get(FINGERPRINT_ATTR, ""))
+            geometry = None
+            if "tomogram_shape" in f.attrs and "voxel_size" in f.attrs:
+                geometry = TomogramGeometry(tuple(int(n) for n in f.attrs["tomogram_shape"]),
+                                            tuple(float(v) for v in f.attrs["voxel_size"]))
+            return PatchesFile((stem.decode() if isinstance(stem, bytes) else str(stem)), table,
+                               f["patches"].shape[0], str(f.attrs.get(FINGERPRINT_ATTR, "")), geometry)
     except InputDataError:
         raise
     except (OSError, KeyError, ValueError) as err:
@@ -456,8 +493,9 @@ def run_embed(
     torch_device = pick_device(device, cfg.parameters.gpu_devices)
     written = []
     for path in patches_files:
-        stem, table, count, extraction_stamp = read_patches_table(path)
-        stamp = fingerprint(extraction_stamp, cfg.contrastive, loaded.digest)
+        patches = read_patches_table(path)
+        stem, table, count = patches.stem, patches.table, patches.count
+        stamp = fingerprint(patches.stamp, cfg.contrastive, loaded.digest)
         if not overwrite and is_done(out, stem, stamp):
             log.info("%s: already complete, skipped", stem)
             continue
@@ -466,7 +504,7 @@ def run_embed(
             embeddings = embed_patches(loaded.model, iter_patch_file(path), count, loaded.dim, torch_device,
                                        cfg.hyper_parameters.batch_size, cfg.contrastive, cfg.mixed_precision,
                                        bar.update)
-        files = write_outputs(out, stem, table, embeddings, stamp)
+        files = write_outputs(out, stem, table, embeddings, stamp, regions_star(stem, table, patches.geometry))
         log.info("%s: %d instances embedded on %s in %.1f s → %s", stem, count, torch_device,
                  time.perf_counter() - start, files[-1])
         written.extend(files)

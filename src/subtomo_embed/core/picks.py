@@ -1,0 +1,252 @@
+"""Particle picks: read STAR/CSV/copick files, and convert coordinates explicitly.
+
+Every pick ends up as a position in *tomogram voxels*: z, y, x, 0-based, with the origin at the
+centre of voxel (0, 0, 0) of the tomogram being embedded. Each input convention maps to it by
+one explicit rule (:class:`Convention`), and back by its exact inverse:
+
+=====================  ==========================  ===================================================
+convention             columns (auto-detected)     to tomogram voxels (per axis)
+=====================  ==========================  ===================================================
+voxels, corner         ``rlnCoordinateX/Y/Z``,     ``v = p · picks_voxel_size / voxel_size``
+                       ``x,y,z``, ``centroid-*``   (the factor is 1 unless the picks come from a
+                                                   tomogram of another binning)
+ångström, corner       copick ``location``         ``v = a / voxel_size``
+ångström, centred      ``rlnCenteredCoordinate     ``v = a / voxel_size + n / 2`` (RELION 5: the
+                       X/Y/ZAngst``                origin is the tomogram's centre, ``n/2`` voxels)
+voxels, centred        (by option only)            ``v = p · factor + n / 2``
+=====================  ==========================  ===================================================
+
+``voxel_size`` is the tomogram's, per axis, from its MRC header unless overridden; ``n`` the
+tomogram's size along the axis. The original columns of every pick are kept (see
+:data:`PICK_PREFIX`) so outputs can carry them back unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigError, InputDataError
+
+log = logging.getLogger(__name__)
+
+PICK_PREFIX = "pick:"  # regions-table columns that hold a pick's original columns
+PICK_SUFFIXES = (".star", ".csv", ".json")
+TOMOGRAM_COLUMNS = ("rlnTomoName", "rlnMicrographName", "tomo", "tomogram", "tomo_name", "run_name")
+
+RELION5 = ("rlnCenteredCoordinateZAngst", "rlnCenteredCoordinateYAngst", "rlnCenteredCoordinateXAngst")
+RELION = ("rlnCoordinateZ", "rlnCoordinateY", "rlnCoordinateX")
+CRYOSIAM = ("centroid-0", "centroid-1", "centroid-2")
+PLAIN = ("z", "y", "x")
+COPICK = ("copick_z", "copick_y", "copick_x")  # columns made from copick's location (Å)
+
+
+@dataclass(frozen=True)
+class Convention:
+    """How a file's coordinates are written: which columns (z, y, x order), units and origin."""
+
+    columns: tuple[str, str, str]
+    units: str  # "voxels" | "angstrom"
+    origin: str  # "corner" | "centered"
+
+    def describe(self) -> str:
+        return f"{'/'.join(self.columns)} in {self.units}, {self.origin} origin"
+
+
+def detect_convention(table: pd.DataFrame, units: str = "auto", origin: str = "auto", source: Path | None = None) -> Convention:
+    """The coordinate columns of a picks table and their convention (``units``/``origin`` override)."""
+    known = [
+        (RELION5, "angstrom", "centered"),
+        (COPICK, "angstrom", "corner"),
+        (RELION, "voxels", "corner"),
+        (CRYOSIAM, "voxels", "corner"),
+        (PLAIN, "voxels", "corner"),
+    ]
+    for columns, default_units, default_origin in known:
+        if all(c in table.columns for c in columns):
+            return Convention(columns, default_units if units == "auto" else units,
+                              default_origin if origin == "auto" else origin)
+    raise InputDataError(
+        "picks have no coordinate columns (expected rlnCenteredCoordinateX/Y/ZAngst, rlnCoordinateX/Y/Z, "
+        "x,y,z or centroid-0..2)", source)
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+
+def read_picks(path: Path) -> pd.DataFrame:
+    """One picks file as a table of its original columns (STAR ``particles`` block, CSV or copick JSON)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError("picks file does not exist", path)
+    suffix = path.suffix.lower()
+    if suffix == ".star":
+        table = _read_star_particles(path)
+    elif suffix == ".csv":
+        try:
+            table = pd.read_csv(path)
+        except (OSError, ValueError, pd.errors.ParserError) as err:
+            raise InputDataError(f"not a readable CSV file ({str(err).splitlines()[0][:120]})", path) from None
+    elif suffix == ".json":
+        table = _read_copick(path)
+    else:
+        raise InputDataError(f"unknown picks format '{suffix}' (use .star, .csv or copick .json)", path)
+    if len(table) == 0:
+        log.warning("%s: no picks", path)
+    return table.reset_index(drop=True)
+
+
+def _read_star_particles(path: Path) -> pd.DataFrame:
+    from . import io
+
+    data = io.read_star(path)
+    if isinstance(data, dict):
+        if "particles" in data:
+            data = data["particles"]
+        else:
+            loops = [v for v in data.values() if isinstance(v, pd.DataFrame) and len(v.columns) > 1]
+            if len(loops) != 1:
+                raise InputDataError(f"STAR file has blocks {list(data)} but no 'particles' block", path)
+            data = loops[0]
+    if not isinstance(data, pd.DataFrame):
+        raise InputDataError("STAR file has no table of picks", path)
+    return data
+
+
+def _read_copick(path: Path) -> pd.DataFrame:
+    """copick points: ``{"points": [{"location": {"x","y","z"} (Å), ...}], "run_name": ...}``."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise InputDataError(f"not a readable JSON file ({str(err)[:120]})", path) from None
+    points = doc.get("points") if isinstance(doc, dict) else None
+    if not isinstance(points, list):
+        raise InputDataError("copick JSON has no 'points' list", path)
+    rows = []
+    for i, point in enumerate(points):
+        try:
+            loc = point["location"]
+            row = {"copick_x": float(loc["x"]), "copick_y": float(loc["y"]), "copick_z": float(loc["z"])}
+        except (KeyError, TypeError, ValueError):
+            raise InputDataError(f"copick point {i} has no numeric location x, y, z", path) from None
+        for key in ("instance_id", "score"):
+            if key in point:
+                row[key] = point[key]
+        if doc.get("run_name"):
+            row["run_name"] = doc["run_name"]
+        rows.append(row)
+    if str(doc.get("unit", "angstrom")).lower() not in ("angstrom", "å", "a"):
+        raise InputDataError(f"copick unit '{doc.get('unit')}' is not supported (angstrom only)", path)
+    return pd.DataFrame(rows, columns=["copick_x", "copick_y", "copick_z"] if not rows else None)
+
+
+def tomogram_name(value: object, file_extension: str) -> str:
+    """The tomogram stem a picks row names: path and ``:mrc`` dropped, then ``file_extension``."""
+    name = os.path.basename(str(value).strip())
+    if name.endswith(":mrc"):
+        name = name[:-4]
+    for ext in (file_extension, ".mrc", ".rec", ".st", ".tomostar"):
+        if ext and name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def tomogram_column(table: pd.DataFrame, wanted: str | None, source: Path) -> str | None:
+    if wanted:
+        if wanted not in table.columns:
+            raise InputDataError(f"picks have no column '{wanted}' (centers.tomogram_column)", source)
+        return wanted
+    return next((c for c in TOMOGRAM_COLUMNS if c in table.columns), None)
+
+
+def picks_file_for(folder: Path, stem: str) -> Path | None:
+    """In a folder of per-tomogram picks: ``<stem>.star|csv|json`` or ``<stem>_*.star|csv|json``."""
+    found = sorted(
+        p for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in PICK_SUFFIXES
+        and (p.stem == stem or p.name.startswith(stem + "_"))
+    )
+    exact = [p for p in found if p.stem == stem]
+    if exact:
+        found = exact
+    if len(found) > 1:
+        raise InputDataError(f"several picks files for {stem}: {[p.name for p in found]}", folder)
+    return found[0] if found else None
+
+
+# --------------------------------------------------------------------------------------------
+# conversion
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What converting a tomogram's picks needs: its size and voxel size (z, y, x, Å), and the
+    voxel size of voxel-unit picks (``None``: the tomogram's own)."""
+
+    shape: tuple[int, int, int]
+    voxel_size: tuple[float, float, float]
+    picks_voxel_size: tuple[float, float, float] | None = None
+
+    def scale(self) -> np.ndarray:
+        if self.picks_voxel_size is None:
+            return np.ones(3)
+        return np.asarray(self.picks_voxel_size, float) / np.asarray(self.voxel_size, float)
+
+
+def to_voxels(table: pd.DataFrame, convention: Convention, geometry: Geometry) -> np.ndarray:
+    """Positions [N, 3] (z, y, x) in tomogram voxels, 0-based, corner origin."""
+    values = table[list(convention.columns)].to_numpy(dtype=np.float64)
+    if convention.units == "angstrom":
+        positions = values / np.asarray(geometry.voxel_size, float)
+    else:
+        positions = values * geometry.scale()
+    if convention.origin == "centered":
+        positions = positions + np.asarray(geometry.shape, float) / 2.0
+    return positions
+
+
+def from_voxels(positions: np.ndarray, convention: Convention, geometry: Geometry) -> np.ndarray:
+    """The inverse of :func:`to_voxels`: values [N, 3] for ``convention.columns``."""
+    values = np.asarray(positions, dtype=np.float64)
+    if convention.origin == "centered":
+        values = values - np.asarray(geometry.shape, float) / 2.0
+    if convention.units == "angstrom":
+        return values * np.asarray(geometry.voxel_size, float)
+    return values / geometry.scale()
+
+
+def as_triple(value, key: str, source: str) -> tuple[float, float, float] | None:
+    """A voxel size given as one number or [z, y, x]."""
+    if value is None:
+        return None
+    values = [value] * 3 if isinstance(value, (int, float)) else list(value)
+    if len(values) != 3 or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values):
+        raise ConfigError(f"key '{key}' must be a positive number or [z, y, x] (got {value!r})", source)
+    return tuple(float(v) for v in values)
+
+
+def box_start(position: np.ndarray, size: int) -> np.ndarray:
+    """First voxel of a ``size``-voxel box centred on a position: the voxel holding it, minus ``size // 2``."""
+    return np.floor(np.asarray(position, float) + 0.5).astype(np.int64) - size // 2
+
+
+def with_original_columns(table: pd.DataFrame, picks: pd.DataFrame) -> pd.DataFrame:
+    """``table`` plus the picks' original columns, prefixed with :data:`PICK_PREFIX`."""
+    originals = picks.reset_index(drop=True).add_prefix(PICK_PREFIX)
+    return pd.concat([table.reset_index(drop=True), originals], axis=1)
+
+
+def original_columns(table: pd.DataFrame) -> pd.DataFrame | None:
+    """The picks' original columns (prefix dropped), or None for a table made from masks."""
+    cols = [c for c in table.columns if c.startswith(PICK_PREFIX)]
+    if not cols:
+        return None
+    return table[cols].rename(columns=lambda c: c[len(PICK_PREFIX):])

@@ -1,0 +1,226 @@
+"""Embeddings from particle picks (CryoSiam's ``simsiam_embeddings_from_centers_predict``).
+
+For every tomogram, its picks (one file for all tomograms or one per tomogram, see
+:mod:`subtomo_embed.core.picks`) become boxes of ``centers_patch_size`` voxels centred on each
+pick, normalized exactly as ``predict`` normalizes, optionally sphere-masked, fitted to
+``patch_size`` and embedded. The outputs keep ``predict``'s layout, so merge, visualize and
+clustering work unchanged:
+
+* ``<stem>_embeds.h5``, ``<stem>_instance_labels.h5`` (the running pick id, 1-based over the
+  picks input, or the input's own ``rlnLabel``/``label``);
+* ``<stem>_instance_regions.csv``: CryoSiam's columns (box as bbox, ``area`` = box volume,
+  centroid = the pick in tomogram voxels) plus every original column, prefixed ``pick:``;
+* ``<stem>_instance_regions.star``: the picks' original rows, in the convention they came in,
+  plus ``rlnLabel`` — the clustering steps add ``rlnClass`` to exactly these rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..core import io
+from ..core import picks as P
+from ..core.config import Config
+from ..core.errors import ConfigError, InputDataError, SubtomoError
+from ..core.extract import cut_centered_patch
+from .embedding import (
+    RunSummary, extraction_settings, file_identity, fingerprint, is_done, list_tomograms, load_checkpoint_for,
+    normalization, patch_size, progress_bar, write_outputs,
+)
+
+log = logging.getLogger(__name__)
+
+
+
+@dataclass
+class TomogramPicks:
+    stem: str
+    picks: pd.DataFrame  # original columns, this tomogram's rows
+    labels: np.ndarray  # pick ids
+    convention: P.Convention
+    source: Path
+
+
+def centers_box_size(cfg: Config) -> int:
+    """``centers_patch_size``: the edge of the cubic box cut around each pick (voxels)."""
+    if not cfg.centers_file:
+        raise ConfigError("key 'centers_file' must be set for predict-centers", cfg.source)
+    if not cfg.centers_patch_size:
+        raise ConfigError("key 'centers_patch_size' must be set for predict-centers", cfg.source)
+    return int(cfg.centers_patch_size)
+
+
+def pick_ids(table: pd.DataFrame, first: int) -> np.ndarray:
+    """The picks' own ``rlnLabel``/``label`` if they have one, else a running id from ``first``."""
+    for column in ("rlnLabel", "label"):
+        if column in table.columns:
+            return table[column].to_numpy(dtype=np.int64)
+    return np.arange(first, first + len(table), dtype=np.int64)
+
+
+class PicksSource:
+    """Where each tomogram's picks come from: one file (split by its tomogram column) or a folder."""
+
+    def __init__(self, cfg: Config, stems: list[str]):
+        self.cfg = cfg
+        self.path = cfg.path("centers_file")
+        self.folder = self.path.is_dir()
+        self.single: pd.DataFrame | None = None
+        if not self.folder:
+            table = P.read_picks(self.path)
+            self.labels = pick_ids(table, 1)
+            self.convention = P.detect_convention(table, cfg.centers.units, cfg.centers.origin, self.path)
+            column = P.tomogram_column(table, cfg.centers.tomogram_column, self.path)
+            if column is None:
+                if len(stems) > 1:
+                    raise InputDataError(
+                        f"picks name no tomogram (no column {', '.join(P.TOMOGRAM_COLUMNS)}) but {len(stems)} "
+                        "tomograms are selected: add the column, set centers.tomogram_column, or use --filename",
+                        self.path)
+                self.names = np.array([stems[0]] * len(table), dtype=object)
+            else:
+                self.names = np.array([P.tomogram_name(v, cfg.file_extension) for v in table[column]], dtype=object)
+            self.single = table
+            unknown = sorted(set(self.names) - set(stems))
+            if unknown:
+                log.info("picks for %d tomogram(s) not selected here (e.g. %s)", len(unknown), unknown[0])
+        elif not any(self.path.iterdir()):
+            raise InputDataError("centers_file is an empty folder", self.path)
+
+    def of(self, stem: str) -> TomogramPicks | None:
+        if self.single is not None:
+            rows = np.flatnonzero(self.names == stem)
+            if rows.size == 0:
+                return None
+            return TomogramPicks(stem, self.single.iloc[rows].reset_index(drop=True), self.labels[rows],
+                                 self.convention, self.path)
+        path = P.picks_file_for(self.path, stem)
+        if path is None:
+            return None
+        table = P.read_picks(path)
+        convention = P.detect_convention(table, self.cfg.centers.units, self.cfg.centers.origin, path)
+        return TomogramPicks(stem, table, pick_ids(table, 1), convention, path)
+
+
+def tomogram_geometry(cfg: Config, tomogram: Path, shape: tuple[int, ...]) -> P.Geometry:
+    c = cfg.centers
+    voxel = P.as_triple(c.voxel_size, "centers.voxel_size", cfg.source) or io.mrc_voxel_size(tomogram)
+    picks_voxel = P.as_triple(c.picks_voxel_size, "centers.picks_voxel_size", cfg.source)
+    return P.Geometry(tuple(int(n) for n in shape), voxel, picks_voxel)
+
+
+def plan_picks(picks: TomogramPicks, geometry: P.Geometry, size: int, border: str) -> tuple[pd.DataFrame, np.ndarray, dict]:
+    """The regions table of a tomogram's picks, which rows of ``picks`` it keeps, and the counts."""
+    positions = P.to_voxels(picks.picks, picks.convention, geometry)
+    shape = np.asarray(geometry.shape)
+    finite = np.isfinite(positions).all(axis=1)
+    inside = finite & ((positions >= -0.5) & (positions < shape - 0.5)).all(axis=1)
+    starts = P.box_start(np.where(finite[:, None], positions, 0), size)
+    whole = ((starts >= 0) & (starts + size <= shape)).all(axis=1)
+    keep = inside & (whole if border == "skip" else True)
+    counts = {"picks": len(positions), "outside the tomogram": int((~inside).sum()),
+              "box crossing the border": int((inside & ~whole).sum())}
+    rows = np.flatnonzero(keep)
+    table = pd.DataFrame({
+        "label": picks.labels[rows],
+        "area": np.full(rows.size, size ** 3, dtype=np.int64),
+        **{f"bbox-{i}": starts[rows, i] for i in range(3)},
+        **{f"bbox-{i + 3}": starts[rows, i] + size for i in range(3)},
+        **{f"centroid-{i}": positions[rows, i] for i in range(3)},
+        "hull_area": np.zeros(rows.size, dtype=np.int64),
+    })
+    if table["label"].duplicated().any():
+        raise InputDataError("picks have duplicate labels (rlnLabel/label)", picks.source)
+    return P.with_original_columns(table, picks.picks.iloc[rows]), rows, counts
+
+
+def picks_star(table: pd.DataFrame) -> pd.DataFrame:
+    """The picks' original rows (their columns, their convention) plus ``rlnLabel``."""
+    star = P.original_columns(table).copy()
+    if "rlnLabel" not in star.columns:
+        star["rlnLabel"] = table["label"].to_numpy(np.int64)
+    return star
+
+
+def centers_fingerprint(cfg: Config, digest: str, tomogram: Path, picks_file: Path, picks: pd.DataFrame) -> str:
+    settings = {**extraction_settings(cfg), "centers_patch_size": cfg.centers_patch_size,
+                "centers": cfg.centers.model_dump()}
+    rows = pd.util.hash_pandas_object(picks, index=False).to_numpy().tobytes()
+    return fingerprint(settings, cfg.contrastive, digest, file_identity(tomogram), file_identity(picks_file),
+                       fingerprint(rows.hex()))
+
+
+def run_predict_centers(
+    cfg: Config,
+    filename: str | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+    keep_going: bool = False,
+) -> RunSummary:
+    """Embed a box around every pick of every selected tomogram."""
+    from ..core.embed import embed_patches, pick_device
+
+    size = centers_box_size(cfg)
+    out = io.check_writable_folder(cfg.path("prediction_folder"))
+    io.remove_stale_temporaries(out)
+    tomograms = list_tomograms(cfg, filename)
+    source = PicksSource(cfg, [cfg.stem(t.name) for t in tomograms])
+    loaded = load_checkpoint_for(cfg)
+    torch_device = pick_device(device, cfg.parameters.gpu_devices)
+    log.info("embedding the picks of %d tomogram(s) from %s: boxes of %d³ voxels → patches %s, %s, on %s",
+             len(tomograms), source.path, size, "×".join(map(str, patch_size(cfg))),
+             f"sphere mask radius {cfg.centers.mask_radius:g}" if cfg.centers.mask_radius else "no mask",
+             torch_device)
+    summary = RunSummary()
+    for tomogram in tomograms:
+        stem = cfg.stem(tomogram.name)
+        try:
+            picks = source.of(stem)
+            if picks is None or len(picks.picks) == 0:
+                log.warning("%s: no picks, skipped", stem)
+                summary.skipped.append(stem)
+                continue
+            stamp = centers_fingerprint(cfg, loaded.digest, tomogram, picks.source, picks.picks)
+            if not overwrite and is_done(out, stem, stamp):
+                log.info("%s: already complete, skipped", stem)
+                summary.skipped.append(stem)
+                continue
+            start = time.perf_counter()
+            volume, _ = io.open_mrc_volume(tomogram)
+            geometry = tomogram_geometry(cfg, tomogram, volume.shape)
+            table, rows, counts = plan_picks(picks, geometry, size, cfg.centers.border)
+            scale = geometry.scale() if picks.convention.units == "voxels" else None
+            log.info("%s: %d picks (%s), tomogram %s voxels of %s Å%s; %d outside the tomogram (skipped), %d boxes "
+                     "crossing the border (%s)", stem, counts["picks"], picks.convention.describe(),
+                     "×".join(map(str, geometry.shape)), "×".join(f"{v:g}" for v in geometry.voxel_size),
+                     f", picks scaled by {'×'.join(f'{s:g}' for s in scale)}" if scale is not None and
+                     not np.allclose(scale, 1) else "", counts["outside the tomogram"],
+                     counts["box crossing the border"], "zero-padded" if cfg.centers.border == "pad" else "skipped")
+            if len(table) == 0:
+                raise InputDataError(f"none of the {counts['picks']} picks of {stem} can be cut (check the "
+                                     "coordinate convention in the log)", picks.source)
+            positions = table[[f"centroid-{i}" for i in range(3)]].to_numpy()
+            starts = table[[f"bbox-{i}" for i in range(3)]].to_numpy()
+            patches = (cut_centered_patch(volume, s, size, patch_size(cfg), normalization(cfg), p,
+                                          cfg.centers.mask_radius, str(tomogram)) for s, p in zip(starts, positions))
+            with progress_bar(len(table), stem) as bar:
+                embeddings = embed_patches(loaded.model, patches, len(table), loaded.dim, torch_device,
+                                           cfg.hyper_parameters.batch_size, cfg.contrastive, cfg.mixed_precision,
+                                           bar.update)
+            written = write_outputs(out, stem, table, embeddings, stamp, picks_star(table), exact_floats=True)
+            log.info("%s: %d picks embedded in %.1f s → %s", stem, len(table), time.perf_counter() - start,
+                     written[-1])
+            summary.done.append(stem)
+        except SubtomoError as err:
+            if not keep_going:
+                raise
+            summary.failed.append((stem, str(err)))
+            log.error("%s", err)
+    summary.report("predict-centers", out)
+    return summary
