@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
+import socket
+import time
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -22,6 +25,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputDataError, ResourceError
+
+log = logging.getLogger(__name__)
 
 REGION_COLUMNS = [
     "label",
@@ -53,7 +58,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ResourceError(f"cannot create output folder: {err.strerror}", path.parent) from None
-    tmp = path.with_name(f"{TMP_MARK}{uuid.uuid4().hex[:8]}-{path.name}")
+    tmp = path.with_name(f"{TMP_MARK}{_WRITER}~{uuid.uuid4().hex[:8]}-{path.name}")
     try:
         yield tmp
         os.replace(tmp, path)
@@ -97,14 +102,45 @@ def check_writable_folder(folder: str | Path) -> Path:
     return folder
 
 
+_WRITER = f"{os.getpid()}@{socket.gethostname()}"  # temporaries say who writes them
+STALE_AFTER_S = 24 * 3600  # a temporary of another host is stale after a day
+
+
+def _writer_is_gone(tmp: Path) -> bool:
+    """True if the process that made ``tmp`` has ended (same host), or it is old (another host)."""
+    writer = tmp.name[len(TMP_MARK):].partition("~")[0]
+    pid_text, _, host = writer.partition("@")
+    if host == socket.gethostname() and pid_text.isdigit():
+        pid = int(pid_text)
+        if pid == os.getpid():
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, someone else's
+            return False
+        return False
+    with contextlib.suppress(OSError):
+        return time.time() - tmp.stat().st_mtime > STALE_AFTER_S
+    return False
+
+
 def remove_stale_temporaries(folder: str | Path) -> int:
-    """Delete temporaries left by an interrupted run (they are never mistaken for outputs)."""
+    """Delete temporaries left by interrupted runs (they are never mistaken for outputs).
+
+    A temporary still being written by another live run on the same folder is left alone, so
+    two runs at once do not break each other.
+    """
     count = 0
     folder = Path(folder)
     if folder.is_dir():
         for p in folder.glob(f"{TMP_MARK}*"):
-            _remove_quietly(p)
-            count += 1
+            if _writer_is_gone(p):
+                _remove_quietly(p)
+                count += 1
+    if count:
+        log.info("removed %d temporary file(s) left by an interrupted run in %s", count, folder)
     return count
 
 

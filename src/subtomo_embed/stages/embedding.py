@@ -369,6 +369,7 @@ def run_extract(
 ) -> list[Path]:
     """Cut the patches of one or more tomograms into ``<stem>_patches.h5`` files."""
     out = io.check_writable_folder(output_dir or cfg.path("prediction_folder"))
+    io.remove_stale_temporaries(out)
     if tomogram is not None:
         if mask is None:
             raise ConfigError("--tomogram needs --mask")
@@ -485,6 +486,7 @@ def run_embed(
     from ..core.embed import embed_patches, pick_device
 
     out = io.check_writable_folder(output_dir or cfg.path("prediction_folder"))
+    io.remove_stale_temporaries(out)
     if not patches_files:
         folder = cfg.path("prediction_folder")
         stems = [cfg.stem(t.name) for t in list_tomograms(cfg, filename)]
