@@ -1,4 +1,4 @@
-"""Commands of the embedded default: ``simulate``, ``train``, ``demo``."""
+"""Commands of the embedded default: ``simulate``, ``train``, ``evaluate``, ``demo``."""
 
 from __future__ import annotations
 
@@ -9,24 +9,28 @@ import typer
 
 from .common import ConfigFile, Debug, Overrides, Quiet, guarded, setup_logging
 
+Device = Annotated[str, typer.Option("--device", help="auto (GPU if there is one), cpu, cuda or cuda:N.")]
+
 
 def simulate(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for data/, masks/ and truth.csv.")],
-    tomograms: Annotated[int, typer.Option(help="Number of tomograms.")] = 2,
+    tomograms: Annotated[int, typer.Option(min=1, help="Number of tomograms.")] = 2,
     shape: Annotated[tuple[int, int, int], typer.Option(help="Tomogram shape z y x (voxels).")] = (64, 192, 192),
-    particles: Annotated[int, typer.Option(help="Particles per tomogram.")] = 70,
-    snr: Annotated[float, typer.Option(help="Signal-to-noise ratio (variance ratio, unit contrast).")] = 3.0,
-    wedge: Annotated[float, typer.Option(help="Missing wedge: tilt range ±degrees (0 = none).")] = 0.0,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    particles: Annotated[int, typer.Option(min=1, help="Particles per tomogram (classes balanced).")] = 70,
+    snr: Annotated[float, typer.Option(min=1e-6, help="Signal-to-noise ratio (variance ratio, unit contrast).")] = 3.0,
+    wedge: Annotated[float, typer.Option(min=0, max=89, help="Missing wedge: tilt range ±degrees (0 = none).")] = 0.0,
+    min_size: Annotated[float, typer.Option(help="Smallest particle radius (voxels), every class.")] = 4.0,
+    max_size: Annotated[float, typer.Option(help="Largest particle radius (voxels), every class.")] = 7.5,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same files.")] = 0,
     debug: Debug = False,
     quiet: Quiet = False,
 ) -> None:
-    """Simulate tomograms of five particle shapes, with CryoSiam-layout instance masks and a truth table."""
+    """Simulate tomograms of five particle shapes with CryoSiam-layout instance masks and a truth table."""
     setup_logging(quiet)
     with guarded(debug):
         from ..stages.demo import run_simulate
 
-        run_simulate(output, tomograms, shape, particles, snr, wedge or None, seed)
+        run_simulate(output, tomograms, shape, particles, snr, wedge or None, seed, size_range=(min_size, max_size))
 
 
 def train(
@@ -35,35 +39,60 @@ def train(
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (resumed if it exists).")] = Path(
         "training/last.ckpt"),
     steps: Annotated[Optional[int], typer.Option(help="Total steps (default hyper_parameters.max_steps).")] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    device: Device = "auto",
     restart: Annotated[bool, typer.Option("--restart", help="Start from scratch even if the checkpoint exists.")] = False,
+    time_limit: Annotated[
+        Optional[float], typer.Option("--time-limit", help="Stop after this many minutes (saved; run again to go on).")
+    ] = None,
+    save_every: Annotated[int, typer.Option(min=1, help="Write the checkpoint every this many steps.")] = 25,
     export: Annotated[Optional[Path], typer.Option(help="Also write a copy without optimizer state here.")] = None,
     debug: Debug = False,
     quiet: Quiet = False,
 ) -> None:
-    """SimSiam training on simulated particles, patches cut exactly as predict cuts them (resumable)."""
+    """SimSiam training on simulated particles, patches cut exactly as predict cuts them (resumable).
+
+    Without --config_file the demo's config (configs/demo.yaml) is used. The checkpoint is in
+    CryoSiam's layout: `predict` (and CryoSiam) load it as `trained_model`.
+    """
     setup_logging(quiet)
     with guarded(debug):
         from ..core.config import load_config
-        from ..core.train import ViewSettings
-        from ..core.train import train as run_train
-        from ..stages.demo import DEMO_CONFIG, export_model
-        from ..stages.embedding import normalization, patch_size
+        from ..stages.demo import DEMO_CONFIG, export_model, train_from_config
 
         cfg = load_config(config_file or DEMO_CONFIG, overrides)
-        settings = ViewSettings(patch_size(cfg), cfg.masking_type, cfg.expand_labels, normalization(cfg))
-        ckpt = run_train(cfg.model_dump(by_alias=True), cfg.parameters.network.model_dump(), settings, output,
-                         steps or cfg.hyper_parameters.max_steps, cfg.hyper_parameters.batch_size,
-                         cfg.hyper_parameters.learning_rate, cfg.seed, device, resume=not restart,
-                         progress=not quiet)
+        if restart and output.exists():
+            output.unlink()
+        ckpt = train_from_config(cfg, output, steps, device, resume=True, progress=not quiet,
+                                 time_limit=time_limit * 60 if time_limit else None, save_every=save_every)
         if export:
             export_model(ckpt, export)
+        typer.echo(f"checkpoint: {ckpt}")
+
+
+def evaluate(
+    data: Annotated[Path, typer.Option("--data", help="A folder made by `subtomo-embed simulate`.")],
+    model: Annotated[Optional[Path], typer.Option("--model", help="Checkpoint (default: the config's trained_model).")] = None,
+    config_file: ConfigFile = None,
+    device: Device = "auto",
+    debug: Debug = False,
+    quiet: Quiet = False,
+) -> None:
+    """Embed a simulated dataset with `predict` and print the ARI of KMeans and spectral clusters
+    against the true classes, for the model, an untrained twin and the hand-crafted descriptor."""
+    setup_logging(quiet)
+    with guarded(debug):
+        from ..stages.demo import format_table, run_evaluate
+
+        scores = run_evaluate(data, model, config_file, device)
+        typer.echo("\n".join(["Adjusted Rand index against the true classes:"] + format_table({str(data): scores})))
 
 
 def demo(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where everything goes.")] = Path("demo_output"),
     retrain: Annotated[bool, typer.Option("--retrain", help="Train a new model first instead of the committed one.")] = False,
-    steps: Annotated[Optional[int], typer.Option(help="Training steps with --retrain.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Training steps with --retrain (default: the config's).")] = None,
+    model: Annotated[Optional[Path], typer.Option("--model", help="Use this checkpoint instead of the committed one.")] = None,
+    device: Device = "auto",
     debug: Debug = False,
     quiet: Quiet = False,
 ) -> None:
@@ -72,10 +101,11 @@ def demo(
     with guarded(debug):
         from ..stages.demo import run_demo
 
-        run_demo(output, retrain, steps)
+        run_demo(output, retrain, steps, model=model, device=device)
 
 
 def register(app: typer.Typer) -> None:
     app.command("simulate")(simulate)
     app.command("train")(train)
+    app.command("evaluate")(evaluate)
     app.command("demo")(demo)

@@ -1,15 +1,21 @@
-"""SimSiam self-supervised training on simulated particles, with predict's exact patch contract.
+"""SimSiam self-supervised training on simulated particles, patches cut exactly as ``predict`` cuts them.
 
-A positive pair is two *independent simulations* of one particle: same class, size and shape,
-two random orientations (any angle), independent noise at a random SNR, and, at random, a
-missing wedge. Each view goes through the same label growth, masking, normalization and
-pad/crop as ``predict`` (:mod:`subtomo_embed.core.extract`), so the network learns what the two
-views share — the shape — and not their noise or mask outline (what an augmented copy of one
-noisy patch teaches it; see docs/quickstart.md).
+Positive pairs: the same particle (class, size, aspect) simulated twice, independently: each
+view has its own random orientation (any angle), its own noise at its own SNR, its own
+missing wedge (or none), its own slight rescaling and mask dilation, and its own intensity
+gain. The two views share the particle's shape and nothing else, so the network cannot match
+them by their noise or their mask outline (views of one noisy copy are matched that way: the
+loss falls to -0.98 while the embedding learns nothing about shape).
 
-The checkpoint is written in CryoSiam's Lightning layout (``hyper_parameters`` with
-``config``/``backbone_config``, ``state_dict`` with ``_model.``) every ``save_every`` steps, with
-the optimizer state, so a run can be resumed where it stopped.
+Each view is a small volume holding the particle plus its instance mask (label 1); its patch is
+cut by :func:`~subtomo_embed.core.extract.plan_extraction` and
+:func:`~subtomo_embed.core.extract.cut_patch` with the config's ``expand_labels``,
+``masking_type``, ``patch_size`` and normalization: the same function calls as ``predict``.
+
+Particles are made on the fly (no dataset on disk) by a background thread while the network
+trains. The checkpoint (``<log_dir>/model/last.ckpt``, CryoSiam's Lightning layout) carries the
+optimizer state and the step in extra keys, so ``train`` resumes where it stopped; the pair
+stream is seeded by (seed, step), so a resumed run sees the particles a single run would.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,47 +32,141 @@ import torch
 import torch.nn.functional as F
 
 from .extract import Normalization, cut_patch, plan_extraction
-from .model import build_simsiam, read_checkpoint, save_checkpoint, STATE_PREFIX
-from .simulate import degrade, random_particle, render, rotated
+from .simulate import DEFAULT_SIZE_RANGE, another_view, particle_volume, random_particle
 
 log = logging.getLogger(__name__)
+
+TRAIN_STATE_KEY = "subtomo_train_state"
+OPTIMIZER_KEY = "optimizer_states"
 
 
 @dataclass
 class ViewSettings:
-    patch_size: tuple[int, int, int]
-    masking_type: int
-    expand_labels: int
-    norm: Normalization
-    snr_range: tuple[float, float] = (1.0, 5.0)
-    wedge_probability: float = 0.5
-    wedge_degrees: float = 60.0
-    size_range: tuple[float, float] = (4.5, 7.5)
+    """How the two views of a particle are made (recorded in the checkpoint's training state).
+
+    The first four fields are the patch contract and come from the config (``patch_size``,
+    ``masking_type``, ``expand_labels``, ``parameters.data``); the rest are the simulation and
+    augmentation ranges, each drawn independently for each view.
+    """
+
+    patch_size: tuple[int, int, int] = (32, 32, 32)
+    masking_type: int = 1
+    expand_labels: int = 0
+    norm: Normalization = field(default_factory=Normalization)
+    snr_range: tuple[float, float] = (0.7, 6.0)  # log-uniform per view
+    wedge_probability: float = 0.5  # per view
+    wedge_range: tuple[float, float] = (45.0, 70.0)  # degrees, uniform per view
+    size_range: tuple[float, float] = DEFAULT_SIZE_RANGE
+    scale_jitter: float = 0.35  # each view's size times a factor in [1/1.35, 1.35] (a random-resized-crop)
+    aspect_jitter: float = 0.1  # each view's aspect times a factor in [1/1.1, 1.1]
+    mask_dilation: int = 1  # each view's mask dilated by 0..this voxels
+    gain_range: tuple[float, float] = (0.75, 1.33)  # intensity gain per view, log-uniform
+    offset_range: tuple[float, float] = (-0.15, 0.15)  # intensity offset per view
 
 
-def particle_view(particle, rng: np.random.Generator, s: ViewSettings) -> np.ndarray:
-    """One simulated, degraded and predict-extracted patch of a particle."""
-    box = int(2 * math.ceil(2.0 * particle.size) + 3 + 2 * s.expand_labels)
-    density, body = render(particle, box)
+def view_volume(p, rng: np.random.Generator, s: ViewSettings) -> tuple[np.ndarray, np.ndarray]:
+    """One view of a particle as a small tomogram and its instance mask (label 1): simulated,
+    degraded at a random SNR, with or without a missing wedge, mask dilated, gain and offset."""
     snr = float(np.exp(rng.uniform(np.log(s.snr_range[0]), np.log(s.snr_range[1]))))
-    wedge = s.wedge_degrees if rng.random() < s.wedge_probability else None
-    volume = degrade(density, rng, snr, wedge)
-    plan = plan_extraction(body.astype(np.int32), s.expand_labels)
-    patch, _ = cut_patch(volume, plan.regions[0], s.patch_size, s.masking_type, s.norm)
+    wedge = float(rng.uniform(*s.wedge_range)) if rng.random() < s.wedge_probability else None
+    dilate = int(rng.integers(0, s.mask_dilation + 1)) if s.mask_dilation > 0 else 0
+    box = max(s.patch_size) + 8
+    volume, mask = particle_volume(p, rng, snr, wedge, box, dilate)
+    gain = float(np.exp(rng.uniform(np.log(s.gain_range[0]), np.log(s.gain_range[1]))))
+    volume = volume * np.float32(gain) + np.float32(rng.uniform(*s.offset_range))
+    return volume.astype(np.float32), mask
+
+
+def extract_view(volume: np.ndarray, mask: np.ndarray, s: ViewSettings) -> np.ndarray:
+    """The patch ``predict`` would cut for the instance of ``mask``: the same function calls."""
+    plan = plan_extraction(mask, s.expand_labels)
+    if len(plan) == 0:  # cannot happen for the simulator's shapes; keep the stream going
+        return np.zeros(s.patch_size, np.float32)
+    patch, _ = cut_patch(volume, plan.regions[0], s.patch_size, s.masking_type, s.norm, "simulated particle")
     return patch
 
 
+def make_view(p, rng: np.random.Generator, s: ViewSettings) -> np.ndarray:
+    return extract_view(*view_volume(p, rng, s), s)
+
+
 def pair_batch(rng: np.random.Generator, batch: int, s: ViewSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch of positive pairs (x1, x2), each [batch, 1, z, y, x]."""
     v1, v2 = [], []
     for _ in range(batch):
-        p = random_particle(rng, size_range=s.size_range)
-        v1.append(particle_view(p, rng, s))
-        v2.append(particle_view(rotated(p, rng), rng, s))
+        a, b, _ = make_pair(rng, s)
+        v1.append(a)
+        v2.append(b)
     return torch.from_numpy(np.stack(v1)[:, None]), torch.from_numpy(np.stack(v2)[:, None])
 
 
+def make_pair(rng: np.random.Generator, s: ViewSettings) -> tuple[np.ndarray, np.ndarray, int]:
+    base = random_particle(rng, None, s.size_range)
+    a = another_view(base, rng, s.scale_jitter, s.aspect_jitter)
+    b = another_view(base, rng, s.scale_jitter, s.aspect_jitter)
+    return make_view(a, rng, s), make_view(b, rng, s), base.cls
+
+
+def pair_batches(settings: ViewSettings, batch_size: int, seed: int, start_step: int) -> Iterator[tuple]:
+    """Endless (step, x1, x2, classes) batches; batch ``step`` depends only on (seed, step)."""
+    step = start_step
+    while True:
+        rng = np.random.default_rng([seed, step])
+        views1, views2, classes = [], [], []
+        for _ in range(batch_size):
+            a, b, c = make_pair(rng, settings)
+            views1.append(a)
+            views2.append(b)
+            classes.append(c)
+        x1 = torch.from_numpy(np.stack(views1)[:, None])
+        x2 = torch.from_numpy(np.stack(views2)[:, None])
+        yield step, x1, x2, np.asarray(classes)
+        step += 1
+
+
+# --------------------------------------------------------------------------------------------
+# training
+
+
 def simsiam_loss(p1, p2, z1, z2) -> torch.Tensor:
-    return -(F.cosine_similarity(p1, z2, dim=1).mean() + F.cosine_similarity(p2, z1, dim=1).mean()) / 2
+    """Symmetric negative cosine similarity with stop-gradient on z (SimSiam, -1 is perfect)."""
+    return -0.5 * (F.cosine_similarity(p1, z2.detach(), dim=-1).mean()
+                   + F.cosine_similarity(p2, z1.detach(), dim=-1).mean())
+
+
+def embedding_spread(z: torch.Tensor) -> float:
+    """Std over the batch of the L2-normalized projections, times sqrt(dim): ~1 healthy, ->0 collapsed."""
+    zn = F.normalize(z.detach().float(), dim=1)
+    return float(zn.std(dim=0).mean() * math.sqrt(z.shape[1]))
+
+
+def learning_rate_at(step: int, max_steps: int, base_lr: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to zero at ``max_steps``."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model, name: str, lr: float, weight_decay: float):
+    # SimSiam keeps the predictor's learning rate fixed; the rest follows the schedule
+    groups = [
+        {"params": list(model.encoder.parameters()), "fix_lr": False},
+        {"params": list(model.predictor.parameters()), "fix_lr": True},
+    ]
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+
+
+def check_cryosiam_network(network: dict) -> None:
+    """Warn when CryoSiam itself could not rebuild the network (it always builds a 7³, stride-1 stem)."""
+    size, stride = network.get("conv1_t_size", 7), network.get("conv1_t_stride", 1)
+    if size != 7 or stride != 1:
+        log.warning(
+            "parameters.network has conv1_t_size %s / conv1_t_stride %s: subtomo-embed predict loads this "
+            "checkpoint, but CryoSiam always builds a 7³ stride-1 stem and cannot use it "
+            "(use no_max_pool: false for a cheap CryoSiam-compatible downsampling)", size, stride)
 
 
 def train(
@@ -77,67 +178,124 @@ def train(
     batch_size: int = 32,
     learning_rate: float = 1e-3,
     seed: int = 0,
-    device: str = "cpu",
+    device: torch.device | str = "cpu",
     resume: bool = True,
-    save_every: int = 50,
+    save_every: int = 25,
     progress: bool = True,
+    optimizer: str = "adamw",
+    weight_decay: float = 1e-4,
+    warmup_steps: int = 20,
+    time_limit: float | None = None,
+    on_save: Callable[[int], None] | None = None,
 ) -> Path:
-    """Train (or resume) and write ``out`` (a CryoSiam-layout checkpoint). Returns its path."""
-    from ..core.embed import prefetch
+    """Train (or go on training) a SimSiam network; write ``checkpoint`` every ``save_every`` steps.
 
+    ``config`` is the CryoSiam config dict stored in the checkpoint's ``hyper_parameters``
+    (its ``parameters.network`` must describe ``network``). With ``resume`` and an existing
+    checkpoint, weights, optimizer state and step are taken from it and training goes on to
+    ``max_steps``. ``time_limit`` (seconds) stops early, after saving, so a long run can be done
+    in sittings.
+    """
+    from .embed import prefetch
+    from .model import build_simsiam, read_checkpoint, save_checkpoint
+
+    device = torch.device(device)
+    config = dict(config)
+    config["parameters"] = dict(config.get("parameters") or {}, network=dict(network))
+    checkpoint = Path(out)
+    max_steps = int(steps)
+    check_cryosiam_network(network)
     torch.manual_seed(seed)
-    model = build_simsiam(network).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
-    start = 0
-    if resume and out.is_file():
-        ckpt = read_checkpoint(out)
-        model.load_state_dict({k[len(STATE_PREFIX):]: v for k, v in ckpt["state_dict"].items()})
-        if ckpt.get("optimizer_states"):
-            optimizer.load_state_dict(ckpt["optimizer_states"][0])
-        start = int(ckpt.get("global_step", 0))
-        log.info("resuming %s at step %d", out, start)
-    if start >= steps:
-        log.info("%s already trained for %d steps", out, start)
-        return out
-    model.train()
-    schedule = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))  # noqa: E731
-    rng = np.random.default_rng([seed, start])
-    batches = prefetch((pair_batch(rng, batch_size, settings) for _ in range(start, steps)), depth=3)
-    from tqdm import tqdm
+    model = build_simsiam(network)
+    opt = build_optimizer(model, optimizer, learning_rate, weight_decay)
+    step, history, elapsed_before = 0, [], 0.0
+    if resume and checkpoint.is_file():
+        ckpt = read_checkpoint(checkpoint)
+        from .model import STATE_PREFIX
 
-    bar = tqdm(total=steps, initial=start, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
-    t0 = time.perf_counter()
-    loss_avg, spread = float("nan"), float("nan")
-    step = start
-    for step, (x1, x2) in enumerate(batches, start=start + 1):
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate * schedule(step)
-        p1, p2, z1, z2 = model(x1.to(device), x2.to(device))
-        loss = simsiam_loss(p1, p2, z1, z2)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        # collapse watch: std of the normalized projections, 1/sqrt(dim) when healthy, 0 when collapsed
-        spread = float(F.normalize(z1, dim=1).std(dim=0).mean()) * math.sqrt(z1.shape[1])
-        value = float(loss.detach())
-        loss_avg = value if math.isnan(loss_avg) else 0.95 * loss_avg + 0.05 * value
-        bar.set_postfix(loss=f"{loss_avg:.3f}", spread=f"{spread:.2f}")
-        bar.update(1)
-        if step % save_every == 0 or step == steps:
-            _save(out, model, optimizer, config, network, step, loss_avg, spread, time.perf_counter() - t0)
-    bar.close()
-    log.info("trained to step %d (loss %.3f, spread %.2f) in %.0f s → %s", step, loss_avg, spread,
-             time.perf_counter() - t0, out)
-    return out
+        state = {k[len(STATE_PREFIX):]: v for k, v in ckpt["state_dict"].items()}
+        model.load_state_dict(state, strict=True)
+        if ckpt.get(OPTIMIZER_KEY):
+            opt.load_state_dict(ckpt[OPTIMIZER_KEY][0])
+        step = int(ckpt.get("global_step", 0))
+        saved = ckpt.get(TRAIN_STATE_KEY) or {}
+        history = list(saved.get("history", []))
+        elapsed_before = float(saved.get("seconds", 0.0))
+        log.info("resuming from %s at step %d (%.0f s trained so far)", checkpoint, step, elapsed_before)
+    model.to(device).train()
+    if step >= max_steps:
+        log.info("already trained for %d steps (max_steps %d): nothing to do", step, max_steps)
+        return checkpoint
 
+    def save(at: int, seconds: float) -> None:
+        extra = {
+            OPTIMIZER_KEY: [opt.state_dict()],
+            TRAIN_STATE_KEY: {
+                "seconds": seconds,
+                "history": history,
+                "pairs": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()
+                          if k != "norm"},
+                "batch_size": batch_size,
+                "learning_rate": learning_rate,
+                "optimizer": optimizer,
+                "max_steps": max_steps,
+                "seed": seed,
+                "torch": str(torch.__version__),
+            },
+        }
+        model.eval()
+        save_checkpoint(checkpoint, model, config, step=at, epoch=0, extra=extra)
+        model.train()
+        if on_save is not None:
+            on_save(at)
 
-def _save(out, model, optimizer, config, network, step, loss, spread, seconds) -> None:
-    cfg = dict(config)
-    cfg.setdefault("parameters", {})
-    cfg["parameters"] = dict(cfg["parameters"], network=dict(network))
-    model.eval()
-    save_checkpoint(out, model, cfg, step=step, extra={
-        "optimizer_states": [optimizer.state_dict()],
-        "subtomo_train": {"loss": loss, "spread": spread, "seconds": seconds},
-    })
-    model.train()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True, disable=None)
+    start = time.perf_counter()
+    last_saved = step
+    recent_loss, recent_spread = [], []
+    try:
+        for at, x1, x2, _ in prefetch(pair_batches(settings, batch_size, seed, step), depth=2):
+            lr = learning_rate_at(at, max_steps, learning_rate, warmup_steps)
+            for group in opt.param_groups:
+                group["lr"] = learning_rate if group.get("fix_lr") else lr
+            x1, x2 = x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)
+            p1, p2, z1, z2 = model(x1, x2)
+            loss = simsiam_loss(p1, p2, z1, z2)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step = at + 1
+            recent_loss.append(float(loss.detach()))
+            recent_spread.append(embedding_spread(z1))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{recent_loss[-1]:.3f}", spread=f"{recent_spread[-1]:.2f}", lr=f"{lr:.2g}")
+            if step % 10 == 0 or step == max_steps:
+                history.append({"step": step, "loss": float(np.mean(recent_loss)),
+                                "spread": float(np.mean(recent_spread)),
+                                "seconds": elapsed_before + time.perf_counter() - start})
+                recent_loss, recent_spread = [], []
+                if bar is None or bar.disable:
+                    log.info("step %d: loss %.4f, spread %.3f", step, history[-1]["loss"], history[-1]["spread"])
+            out_of_time = time_limit is not None and time.perf_counter() - start >= time_limit
+            if step % save_every == 0 or step >= max_steps or out_of_time:
+                save(step, elapsed_before + time.perf_counter() - start)
+                last_saved = step
+            if step >= max_steps or out_of_time:
+                break
+    except KeyboardInterrupt:
+        if step > last_saved:
+            save(step, elapsed_before + time.perf_counter() - start)
+            log.info("interrupted: saved step %d to %s (run train again to resume)", step, checkpoint)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    seconds = elapsed_before + time.perf_counter() - start
+    log.info("trained to step %d in %.0f s in all → %s", step, seconds, checkpoint)
+    return checkpoint
+

@@ -3,8 +3,12 @@
 ``subtomo-embed demo`` (``make demo``) runs the whole job on one machine with no GPU, no
 Nextflow and no internet, with the committed model ``models/demo_simsiam.ckpt`` (made by
 ``subtomo-embed train``; ``--retrain`` makes a new one first), and ends by printing the
-adjusted Rand index of KMeans and spectral clusters against the true classes, next to an
+adjusted Rand index (ARI) of KMeans and spectral clusters against the true classes, next to an
 untrained network of the same shape and a hand-crafted descriptor.
+
+A simulated dataset folder (``subtomo-embed simulate``) holds ``data/<TS>.mrc``,
+``masks/<TS>_instance_preds.h5`` (CryoSiam's layout) and ``truth.csv``; ``evaluate`` scores a
+model on any such folder.
 """
 
 from __future__ import annotations
@@ -19,53 +23,91 @@ import pandas as pd
 
 from ..core import io
 from ..core.config import Config, load_config
-from ..core.simulate import CLASSES, simulate_tomogram
+from ..core.errors import InputDataError
+from ..core.simulate import CLASSES, DEFAULT_SIZE_RANGE, simulate_tomogram
 
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[3]
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
 DEMO_MODEL = REPO / "models" / "demo_simsiam.ckpt"
+TRUTH_COLUMNS = ["tomogram", "label", "class", "class_name", "size", "aspect", "z", "y", "x", "snr", "wedge"]
+METHODS = ("trained model", "untrained network", "hand-crafted descriptor")
 
 
 @dataclass(frozen=True)
 class Difficulty:
+    tag: str
     name: str
     snr: float
     wedge: float | None
 
 
-EASY = Difficulty("SNR 3, no wedge", 3.0, None)
-HARD = Difficulty("SNR 1, ±60° wedge", 1.0, 60.0)
+EASY = Difficulty("easy", "SNR 3, no wedge", 3.0, None)
+HARD = Difficulty("hard", "SNR 1, ±60° wedge", 1.0, 60.0)
 
 
-def run_simulate(root: Path, n_tomograms: int, shape: tuple[int, int, int], n_particles: int, snr: float,
-                 wedge: float | None, seed: int, prefix: str = "TS") -> pd.DataFrame:
-    """Write ``data/<TS>.mrc``, ``masks/<TS>_instance_preds.h5`` and ``truth.csv`` under ``root``."""
+# --------------------------------------------------------------------------------------------
+# simulate
+
+
+def run_simulate(root: Path, n_tomograms: int = 2, shape: tuple[int, int, int] = (64, 192, 192),
+                 n_particles: int = 70, snr: float = 3.0, wedge: float | None = None, seed: int = 0,
+                 prefix: str = "TS", size_range: tuple[float, float] = DEFAULT_SIZE_RANGE) -> pd.DataFrame:
+    """Write ``data/<TS>.mrc``, ``masks/<TS>_instance_preds.h5`` and ``truth.csv`` under ``root``.
+
+    ``truth.csv``: one row per particle — tomogram (stem), label (its value in the mask), class,
+    class_name, size, aspect, the centre z, y, x in voxels (equal to the mask's centroid), snr, wedge.
+    """
+    root = Path(root)
     rng = np.random.default_rng(seed)
     rows = []
     for t in range(n_tomograms):
         stem = f"{prefix}_{t + 1:02d}"
-        tomo = simulate_tomogram(shape, n_particles, rng, snr=snr, wedge=wedge)
+        tomo = simulate_tomogram(shape, n_particles, rng, snr=snr, wedge=wedge, size_range=size_range)
         io.write_mrc(root / "data" / f"{stem}.mrc", tomo.volume, voxel_size=10.0)
         io.write_h5(root / "masks" / f"{stem}_instance_preds.h5", {"instances": tomo.mask})
-        rows += [{"tomogram": stem, **r} for r in tomo.truth]
-    truth = pd.DataFrame(rows)
-    io.write_regions_csv(root / "truth.csv", truth)
-    log.info("simulated %d tomograms %s with %d particles (SNR %g, wedge %s) → %s", n_tomograms, shape, len(truth),
-             snr, f"±{wedge:g}°" if wedge else "none", root)
+        rows += [{"tomogram": stem, **r, "snr": float(snr), "wedge": float(wedge or 0.0)} for r in tomo.truth]
+    truth = pd.DataFrame(rows, columns=TRUTH_COLUMNS)
+    with io.atomic_output(root / "truth.csv") as tmp:
+        truth.to_csv(tmp, index=False)
+    log.info("simulated %d tomograms %s with %d particles (SNR %g, wedge %s, seed %d) → %s", n_tomograms,
+             tuple(shape), len(truth), snr, f"±{wedge:g}°" if wedge else "none", seed, root)
     return truth
 
 
-def demo_config(output: Path, model: Path, data_root: Path) -> Config:
-    return load_config(DEMO_CONFIG, [
+def read_truth(root: Path) -> pd.DataFrame:
+    path = Path(root) / "truth.csv"
+    if not path.is_file():
+        raise InputDataError("no truth.csv: not a folder made by `subtomo-embed simulate`", path.parent)
+    truth = pd.read_csv(path)
+    missing = [c for c in ("tomogram", "label", "class") if c not in truth.columns]
+    if missing:
+        raise InputDataError(f"truth table lacks columns {missing}", path)
+    return truth
+
+
+def dataset_config(data_root: Path, model: Path | None = None, config: Path | None = None,
+                   log_dir: Path | None = None) -> Config:
+    """The demo config (or ``config``) pointed at a simulated dataset folder."""
+    data_root = Path(data_root).absolute()
+    overrides = [
         f"data_folder={data_root / 'data'}",
         f"instances_mask_folder={data_root / 'masks'}",
         f"prediction_folder={data_root / 'predictions'}",
         f"visualization.prediction_folder={data_root / 'predictions' / 'vis'}",
-        f"log_dir={output}",
-        f"trained_model={model}",
-    ])
+        f"log_dir={log_dir or data_root}",
+    ]
+    if model is not None:
+        overrides.append(f"trained_model={Path(model).absolute()}")
+    cfg = load_config(config or DEMO_CONFIG, overrides)
+    if cfg.trained_model and not Path(cfg.trained_model).is_absolute():
+        cfg.trained_model = str((REPO / cfg.trained_model) if config is None else Path(cfg.trained_model).absolute())
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# scores
 
 
 def dataset_patches(cfg: Config) -> tuple[list[np.ndarray], pd.DataFrame]:
@@ -85,6 +127,21 @@ def dataset_patches(cfg: Config) -> tuple[list[np.ndarray], pd.DataFrame]:
     return patches, pd.DataFrame(keys, columns=["tomogram", "label"])
 
 
+def predicted_embeddings(cfg: Config) -> tuple[np.ndarray, pd.DataFrame]:
+    """The embeddings ``predict`` wrote (``<stem>_embeds.h5``, [dim, N]) with (tomogram, label)."""
+    from .embedding import list_tomograms
+
+    folder = cfg.path("prediction_folder")
+    parts, keys = [], []
+    for tomogram in list_tomograms(cfg):
+        stem = cfg.stem(tomogram.name)
+        emb = io.read_h5_dataset(folder / f"{stem}_embeds.h5", "embeddings").T
+        labels = io.read_h5_dataset(folder / f"{stem}_instance_labels.h5", "labels")
+        parts.append(emb)
+        keys += [(stem, int(v)) for v in labels]
+    return np.concatenate(parts), pd.DataFrame(keys, columns=["tomogram", "label"])
+
+
 def network_embeddings(model, patches: list[np.ndarray], contrastive: bool = True) -> np.ndarray:
     import torch
 
@@ -94,94 +151,150 @@ def network_embeddings(model, patches: list[np.ndarray], contrastive: bool = Tru
 
 
 def ari_scores(embeddings: np.ndarray, classes: np.ndarray, k: int, seed: int) -> tuple[float, float]:
+    """ARI against ``classes`` of KMeans and of spectral clusters (the pipeline's own functions)."""
     from sklearn.metrics import adjusted_rand_score
 
     from ..core import cluster
 
-    km, _ = cluster.kmeans(embeddings, k, seed=seed)
-    sp = cluster.spectral(embeddings, k, n_neighbors=10, seed=seed).labels
-    return adjusted_rand_score(classes, km), adjusted_rand_score(classes, sp)
+    km, _ = cluster.kmeans(np.array(embeddings, dtype=np.float32), k, seed=seed)
+    sp = cluster.spectral(np.array(embeddings, dtype=np.float32), k, n_neighbors=10, seed=seed).labels
+    return float(adjusted_rand_score(classes, km)), float(adjusted_rand_score(classes, sp))
 
 
-def score_dataset(cfg: Config, truth: pd.DataFrame, model_path: Path) -> dict[str, tuple[float, float]]:
-    """ARI (KMeans, spectral) of the trained model, an untrained twin, and the descriptor."""
+def classes_of(keys: pd.DataFrame, truth: pd.DataFrame) -> np.ndarray:
+    merged = keys.merge(truth[["tomogram", "label", "class"]], on=["tomogram", "label"], how="left")
+    if merged["class"].isna().any():
+        raise InputDataError(f"{int(merged['class'].isna().sum())} instances are not in truth.csv")
+    return merged["class"].to_numpy(dtype=np.int64)
+
+
+def score_dataset(cfg: Config, truth: pd.DataFrame) -> dict[str, tuple[float, float]]:
+    """ARI (KMeans, spectral) of: the model as ``predict`` ran it (its output files), an untrained
+    network of the same shape, and the hand-crafted descriptor of the same patches."""
     import torch
 
     from ..core.descriptors import describe_all
     from ..core.model import build_simsiam, load_model
 
+    k = int(truth["class"].nunique())
+    embeddings, keys = predicted_embeddings(cfg)
+    scores = {METHODS[0]: ari_scores(embeddings, classes_of(keys, truth), k, cfg.seed)}
     patches, keys = dataset_patches(cfg)
-    classes = keys.merge(truth, on=["tomogram", "label"], how="left")["class"].to_numpy()
-    k = len(CLASSES)
-    trained, network = load_model(model_path, cfg.contrastive)
+    classes = classes_of(keys, truth)
+    _, network = load_model(cfg.path("trained_model"), cfg.contrastive)
     torch.manual_seed(cfg.seed)
     untrained = build_simsiam(network).eval()
-    return {
-        "trained model": ari_scores(network_embeddings(trained, patches), classes, k, cfg.seed),
-        "untrained network": ari_scores(network_embeddings(untrained, patches), classes, k, cfg.seed),
-        "hand-crafted descriptor": ari_scores(describe_all(patches), classes, k, cfg.seed),
-    }
+    scores[METHODS[1]] = ari_scores(network_embeddings(untrained, patches, cfg.contrastive), classes, k, cfg.seed)
+    scores[METHODS[2]] = ari_scores(describe_all(patches), classes, k, cfg.seed)
+    return scores
+
+
+def run_evaluate(data_root: Path, model: Path | None = None, config: Path | None = None,
+                 device: str = "auto") -> dict[str, tuple[float, float]]:
+    """Embed a simulated dataset with ``predict`` and score it against its truth table."""
+    from .embedding import run_predict
+
+    truth = read_truth(data_root)
+    cfg = dataset_config(data_root, model, config)
+    run_predict(cfg, device=device)
+    return score_dataset(cfg, truth)
+
+
+# --------------------------------------------------------------------------------------------
+# the demo
 
 
 def run_demo(output: Path, retrain: bool = False, steps: int | None = None, tomograms: int = 2,
-             particles: int = 70, shape: tuple[int, int, int] = (64, 192, 192), seed: int = 1) -> dict:
-    """The whole job on simulated data; returns the ARI table."""
+             particles: int = 70, shape: tuple[int, int, int] = (64, 192, 192), seed: int = 1,
+             model: Path | None = None, device: str = "auto") -> dict:
+    """The whole job on simulated data at two difficulties; prints and returns the ARI table.
+
+    The easier set gets every output and figure (predict, kmeans, spectral, visualize); both
+    sets are scored for the trained model, an untrained twin and the descriptor.
+    """
     from .analysis import resolve_folders, run_kmeans, run_spectral, run_visualize
     from .embedding import run_predict
 
     start = time.perf_counter()
-    output = output.absolute()
-    model = DEMO_MODEL
+    output = Path(output).absolute()
+    model = Path(model).absolute() if model else DEMO_MODEL
     if retrain:
-        model = retrain_demo_model(output / "training" / "last.ckpt", steps)
+        model = retrain_demo_model(output / "training" / "last.ckpt", steps, device=device)
     results = {}
-    for difficulty, tag in ((EASY, "easy"), (HARD, "hard")):
-        root = output / tag
-        truth = run_simulate(root, tomograms, shape, particles, difficulty.snr, difficulty.wedge,
-                             seed=seed + (0 if tag == "easy" else 100))
-        cfg = demo_config(output, model, root)
-        if tag == "easy":  # the full job, with every output and figure, on the easier set
-            run_predict(cfg, overwrite=True)
+    for i, difficulty in enumerate((EASY, HARD)):
+        root = output / difficulty.tag
+        truth = run_simulate(root, tomograms, shape, particles, difficulty.snr, difficulty.wedge, seed=seed + 100 * i)
+        cfg = dataset_config(root, model, log_dir=output)
+        run_predict(cfg, device=device, overwrite=True)
+        if difficulty is EASY:  # the full job, with every output and figure, on the easier set
             folders = resolve_folders(cfg, None, None, None)
             run_kmeans(cfg, folders)
             run_spectral(cfg, folders)
             run_visualize(cfg, folders)
-        results[difficulty.name] = score_dataset(cfg, truth, model)
-    seconds = time.perf_counter() - start
-    print_report(results, output, seconds)
+        results[difficulty.name] = score_dataset(cfg, truth)
+    write_scores(results, output / "ari.csv")
+    print_report(results, output, time.perf_counter() - start, model)
     return results
 
 
-def print_report(results: dict, output: Path, seconds: float) -> None:
-    lines = ["", f"subtomo-embed demo finished in {seconds:.0f} s", "",
-             "Adjusted Rand index against the true classes (1 = perfect, 0 = chance):", ""]
-    header = f"  {'':26s}" + "".join(f"{name:>26s}" for name in results)
-    lines.append(header)
-    lines.append(f"  {'':26s}" + "".join(f"{'KMeans':>13s}{'spectral':>13s}" for _ in results))
-    methods = next(iter(results.values())).keys()
-    for m in methods:
+def write_scores(results: dict, path: Path) -> None:
+    rows = [{"dataset": d, "method": m, "kmeans_ari": km, "spectral_ari": sp}
+            for d, by_method in results.items() for m, (km, sp) in by_method.items()]
+    with io.atomic_output(path) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False, float_format="%.4f")
+
+
+def format_table(results: dict) -> list[str]:
+    lines = [f"  {'':26s}" + "".join(f"{name:>26s}" for name in results),
+             f"  {'':26s}" + "".join(f"{'KMeans':>13s}{'spectral':>13s}" for _ in results)]
+    for m in next(iter(results.values())):
         lines.append(f"  {m:26s}" + "".join(f"{results[d][m][0]:13.2f}{results[d][m][1]:13.2f}" for d in results))
-    vis = output / "easy" / "predictions" / "vis"
+    return lines
+
+
+def print_report(results: dict, output: Path, seconds: float, model: Path) -> None:
+    lines = ["", f"subtomo-embed demo finished in {seconds:.0f} s (model: {model})", "",
+             "Adjusted Rand index of the clusters against the true shape classes (1 = perfect, 0 = chance):", ""]
+    lines += format_table(results)
+    vis = output / EASY.tag / "predictions" / "vis"
     pngs = sorted(vis.rglob("*.png")) if vis.is_dir() else []
-    lines += ["", f"Embeddings and clusters: {output / 'easy' / 'predictions'}",
-              f"Figures ({len(pngs)} PNGs): {vis}"]
-    for p in pngs[:8]:
+    lines += ["", f"Embeddings and clusters: {output / EASY.tag / 'predictions'}",
+              f"Scores: {output / 'ari.csv'}", f"Figures ({len(pngs)} PNGs): {vis}"]
+    for p in pngs[:10]:
         lines.append(f"  {p.relative_to(output)}")
-    if len(pngs) > 8:
-        lines.append(f"  ... and {len(pngs) - 8} more")
+    if len(pngs) > 10:
+        lines.append(f"  ... and {len(pngs) - 10} more")
     print("\n".join(lines), flush=True)
 
 
-def retrain_demo_model(checkpoint: Path, steps: int | None = None, device: str = "cpu") -> Path:
-    """Train the demo network from scratch (resumable) with the demo config; returns the checkpoint."""
-    from ..core.train import ViewSettings, train
+# --------------------------------------------------------------------------------------------
+# training the demo model
+
+
+def training_settings(cfg: Config):
+    from ..core.train import ViewSettings
     from .embedding import normalization, patch_size
 
-    cfg = load_config(DEMO_CONFIG)
-    settings = ViewSettings(patch_size(cfg), cfg.masking_type, cfg.expand_labels, normalization(cfg))
-    return train(cfg.model_dump(by_alias=True), cfg.parameters.network.model_dump(), settings, checkpoint,
-                 steps or cfg.hyper_parameters.max_steps, cfg.hyper_parameters.batch_size,
-                 cfg.hyper_parameters.learning_rate, cfg.seed, device)
+    return ViewSettings(patch_size(cfg), cfg.masking_type, cfg.expand_labels, normalization(cfg))
+
+
+def train_from_config(cfg: Config, checkpoint: Path, steps: int | None = None, device: str = "auto",
+                      resume: bool = True, progress: bool = True, time_limit: float | None = None,
+                      save_every: int = 25) -> Path:
+    """SimSiam training with a config's patch contract and ``hyper_parameters`` (resumable)."""
+    from ..core.embed import pick_device
+    from ..core.train import train
+
+    torch_device = pick_device(device, cfg.parameters.gpu_devices)
+    hp = cfg.hyper_parameters
+    return train(cfg.model_dump(by_alias=True), cfg.parameters.network.model_dump(), training_settings(cfg),
+                 Path(checkpoint), steps or hp.max_steps, hp.batch_size, hp.learning_rate, cfg.seed, torch_device,
+                 resume=resume, save_every=save_every, progress=progress, time_limit=time_limit)
+
+
+def retrain_demo_model(checkpoint: Path, steps: int | None = None, device: str = "auto") -> Path:
+    """Train the demo network from the demo config (resumable); returns the checkpoint."""
+    return train_from_config(load_config(DEMO_CONFIG), checkpoint, steps, device)
 
 
 def export_model(checkpoint: Path, dest: Path) -> Path:
@@ -189,9 +302,10 @@ def export_model(checkpoint: Path, dest: Path) -> Path:
     import torch
 
     from ..core.model import read_checkpoint
+    from ..core.train import OPTIMIZER_KEY
 
     ckpt = read_checkpoint(checkpoint)
-    ckpt.pop("optimizer_states", None)
+    ckpt.pop(OPTIMIZER_KEY, None)
     with io.atomic_output(dest) as tmp:
         torch.save(ckpt, tmp)
     return dest

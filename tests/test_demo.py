@@ -1,0 +1,84 @@
+"""The demo's parts: the descriptor baseline, `evaluate` on a simulated set, the committed model."""
+
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score
+
+from subtomo_embed.core.config import load_config
+from subtomo_embed.core.descriptors import describe_all
+from subtomo_embed.core.extract import Normalization
+from subtomo_embed.core.model import load_model, read_checkpoint
+from subtomo_embed.core.simulate import random_particle
+from subtomo_embed.core.train import ViewSettings, make_view, train
+from subtomo_embed.stages import demo as D
+
+TINY = {"block_type": "basic", "num_layers": [1, 1, 1, 1], "num_filters": [4, 8, 8, 16], "dim": 16, "pred_dim": 8,
+        "no_max_pool": False, "spatial_dims": 3, "in_channels": 1}
+
+
+def test_descriptor_separates_spheres_from_rods():
+    settings = ViewSettings((32, 32, 32), 1, 2, Normalization(-2, 3, 0.4, 0.2), snr_range=(3, 3), wedge_probability=0)
+    rng = np.random.default_rng(0)
+    classes = np.array([0, 2] * 15)  # sphere, rod
+    patches = [make_view(random_particle(rng, int(c)), rng, settings) for c in classes]
+    found = KMeans(2, n_init=10, random_state=0).fit_predict(describe_all(patches))
+    assert adjusted_rand_score(classes, found) > 0.9
+
+
+def tiny_config(tmp_path):
+    raw = yaml.safe_load(D.DEMO_CONFIG.read_text())
+    raw["parameters"]["data"]["patch_size"] = [24, 24, 24]
+    raw["parameters"]["network"] = {**raw["parameters"]["network"], **TINY}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_evaluate_scores_model_untrained_twin_and_descriptor(tmp_path):
+    config = tiny_config(tmp_path)
+    cfg = load_config(config)
+    ckpt = D.train_from_config(cfg, tmp_path / "model.ckpt", steps=1, device="cpu", progress=False)
+    truth = D.run_simulate(tmp_path / "sim", 1, (40, 80, 80), 10, snr=3.0, wedge=None, seed=2, size_range=(3, 5))
+    assert len(truth) == 10
+    scores = D.run_evaluate(tmp_path / "sim", ckpt, config, device="cpu")
+    assert list(scores) == list(D.METHODS)
+    for kmeans_ari, spectral_ari in scores.values():
+        assert -1 <= kmeans_ari <= 1 and -1 <= spectral_ari <= 1
+    # predict's own outputs were written next to the data, in CryoSiam's names
+    assert (tmp_path / "sim" / "predictions" / "TS_01_embeds.h5").is_file()
+
+
+def test_committed_model_is_small_cryosiam_shaped_and_described():
+    path = D.DEMO_MODEL
+    assert path.stat().st_size < 8 * 2**20
+    ckpt = read_checkpoint(path)
+    assert set(ckpt) >= {"epoch", "global_step", "pytorch-lightning_version", "state_dict", "hyper_parameters"}
+    assert "optimizer_states" not in ckpt
+    assert all(k.startswith("_model.") for k in ckpt["state_dict"])
+    network = ckpt["hyper_parameters"]["backbone_config"]["parameters"]["network"]
+    # CryoSiam builds every network with a 7³ stride-1 stem: the model must be one it can rebuild
+    assert network.get("conv1_t_size", 7) == 7 and network.get("conv1_t_stride", 1) == 1
+    model, full = load_model(path)
+    assert full["dim"] == model.dim
+    # the demo config describes the committed model, so --retrain makes the same network
+    demo = load_config(D.DEMO_CONFIG).parameters.network.model_dump()
+    assert {k: demo[k] for k in ("num_filters", "num_layers", "dim", "pred_dim", "no_max_pool", "block_type")} == \
+        {k: network[k] for k in ("num_filters", "num_layers", "dim", "pred_dim", "no_max_pool", "block_type")}
+    card = (path.parent / "MODEL_CARD.md").read_text()
+    assert "subtomo-embed train" in card and "ARI" in card
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path, cli_env):
+    proc = subprocess.run(["subtomo-embed", "demo", "--output", str(tmp_path / "demo"), "--device", "cpu"],
+                          env=cli_env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "Adjusted Rand index" in proc.stdout
+    scores = pd.read_csv(tmp_path / "demo" / "ari.csv")
+    assert set(scores["method"]) == set(D.METHODS) and len(scores) == 6
+    assert list((tmp_path / "demo" / "easy" / "predictions" / "vis").rglob("*.png"))
