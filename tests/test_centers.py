@@ -192,6 +192,12 @@ def test_embeddings_from_centres_equal_those_from_masks(picks_setup, cli_env):
                                    atol=1e-5)
         assert (regions["area"] == 7 ** 3).all()
         assert "pick:rlnAngleRot" in regions.columns
+    # predict's own STAR names the tomogram and gives RELION 5 coordinates (Å from the centre)
+    star = starfile.read(s["root"] / "from_masks" / "TS_02_instance_regions.star")
+    assert (star["rlnTomoName"] == "TS_02").all()
+    for axis, name in enumerate("ZYX"):
+        np.testing.assert_allclose(star[f"rlnCenteredCoordinate{name}Angst"],
+                                   (s["truth"]["TS_02"][:, axis] - SHAPE[axis] / 2) * VOXEL[axis], atol=1e-4)
     # the running pick id goes on across tomograms
     with h5py.File(s["root"] / "from_picks" / "TS_02_instance_labels.h5") as f:
         assert f["labels"][()].tolist() == list(range(7, 13))
