@@ -20,7 +20,7 @@ def simulate(
     snr: Annotated[float, typer.Option(min=1e-6, help="Signal-to-noise ratio (variance ratio, unit contrast).")] = 3.0,
     wedge: Annotated[float, typer.Option(min=0, max=89, help="Missing wedge: tilt range ±degrees (0 = none).")] = 0.0,
     min_size: Annotated[float, typer.Option(help="Smallest particle radius (voxels), every class.")] = 4.0,
-    max_size: Annotated[float, typer.Option(help="Largest particle radius (voxels), every class.")] = 7.5,
+    max_size: Annotated[float, typer.Option(help="Largest particle radius (voxels), every class.")] = 7.0,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same files.")] = 0,
     debug: Debug = False,
     quiet: Quiet = False,
