@@ -14,6 +14,7 @@ Device = Annotated[
     typer.Option("--device", help="auto (parameters.gpu_devices, CPU fallback), cpu, cuda or cuda:N."),
 ]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Redo tomograms whose outputs are already complete.")]
+KeepGoing = Annotated[bool, typer.Option("--keep-going", help="Report a failing tomogram and go on with the others.")]
 OutputDir = Annotated[
     Optional[Path], typer.Option("--output-dir", help="Where to write (default: prediction_folder).")
 ]
@@ -33,9 +34,7 @@ def predict(
     overrides: Overrides = None,
     device: Device = "auto",
     overwrite: Overwrite = False,
-    keep_going: Annotated[
-        bool, typer.Option("--keep-going", help="Report a failing tomogram and go on with the others.")
-    ] = False,
+    keep_going: KeepGoing = False,
     skip_missing_masks: Annotated[
         bool, typer.Option("--skip-missing-masks", help="Skip tomograms without a mask instead of failing.")
     ] = False,
@@ -60,9 +59,7 @@ def predict_centers(
     overrides: Overrides = None,
     device: Device = "auto",
     overwrite: Overwrite = False,
-    keep_going: Annotated[
-        bool, typer.Option("--keep-going", help="Report a failing tomogram and go on with the others.")
-    ] = False,
+    keep_going: KeepGoing = False,
     debug: Debug = False,
     quiet: Quiet = False,
 ) -> None:

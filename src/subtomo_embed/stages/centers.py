@@ -27,11 +27,11 @@ import pandas as pd
 from ..core import io
 from ..core import picks as P
 from ..core.config import Config
-from ..core.errors import ConfigError, InputDataError, SubtomoError
+from ..core.errors import ConfigError, InputDataError
 from ..core.extract import cut_centered_patch
 from .embedding import (
-    RunSummary, extraction_settings, file_identity, fingerprint, is_done, list_tomograms, load_checkpoint_for,
-    normalization, patch_size, progress_bar, write_outputs,
+    RunSummary, embed_with_config, extraction_settings, file_identity, fingerprint, is_done, list_tomograms,
+    load_checkpoint_for, normalization, patch_size, progress_bar, write_outputs,
 )
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ def run_predict_centers(
     keep_going: bool = False,
 ) -> RunSummary:
     """Embed a box around every pick of every selected tomogram."""
-    from ..core.embed import embed_patches, pick_device
+    from ..core.embed import pick_device
 
     size = centers_box_size(cfg)
     out = io.check_writable_folder(cfg.path("prediction_folder"))
@@ -180,7 +180,7 @@ def run_predict_centers(
     summary = RunSummary()
     for tomogram in tomograms:
         stem = cfg.stem(tomogram.name)
-        try:
+        with summary.attempt(stem, keep_going):
             picks = source.of(stem)
             if picks is None or len(picks.picks) == 0:
                 log.warning("%s: no picks, skipped", stem)
@@ -210,17 +210,10 @@ def run_predict_centers(
             patches = (cut_centered_patch(volume, s, size, patch_size(cfg), normalization(cfg), p,
                                           cfg.centers.mask_radius, str(tomogram)) for s, p in zip(starts, positions))
             with progress_bar(len(table), stem) as bar:
-                embeddings = embed_patches(loaded.model, patches, len(table), loaded.dim, torch_device,
-                                           cfg.hyper_parameters.batch_size, cfg.contrastive, cfg.mixed_precision,
-                                           bar.update)
+                embeddings = embed_with_config(loaded, patches, len(table), torch_device, cfg, bar.update)
             written = write_outputs(out, stem, table, embeddings, stamp, picks_star(table), exact_floats=True)
             log.info("%s: %d picks embedded in %.1f s → %s", stem, len(table), time.perf_counter() - start,
                      written[-1])
             summary.done.append(stem)
-        except SubtomoError as err:
-            if not keep_going:
-                raise
-            summary.failed.append((stem, str(err)))
-            log.error("%s", err)
     summary.report("predict-centers", out)
     return summary

@@ -24,7 +24,7 @@ import pandas as pd
 from ..core import io
 from ..core.config import Config, load_config
 from ..core.errors import InputDataError
-from ..core.simulate import CLASSES, DEFAULT_SIZE_RANGE, simulate_tomogram
+from ..core.simulate import DEFAULT_SIZE_RANGE, simulate_tomogram
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -277,6 +278,14 @@ def load_checkpoint_for(cfg: Config, checkpoint: Path | None = None) -> LoadedMo
     return LoadedModel(model, network, checkpoint_digest(checkpoint), checkpoint)
 
 
+def embed_with_config(loaded: LoadedModel, patches, count: int, device, cfg: Config, progress) -> np.ndarray:
+    """Embeddings [count, dim] of ``patches`` with the config's batch size, head and precision."""
+    from ..core.embed import embed_patches
+
+    return embed_patches(loaded.model, patches, count, loaded.dim, device, cfg.hyper_parameters.batch_size,
+                         cfg.contrastive, cfg.mixed_precision, progress)
+
+
 # --------------------------------------------------------------------------------------------
 # entry points
 
@@ -295,6 +304,17 @@ class RunSummary:
         for stem, reason in self.failed:
             log.error("  failed: %s: %s", stem, reason)
 
+    @contextmanager
+    def attempt(self, stem: str, keep_going: bool):
+        """One tomogram's work: with ``keep_going`` its error is recorded and logged, not raised."""
+        try:
+            yield
+        except SubtomoError as err:
+            if not keep_going:
+                raise
+            self.failed.append((stem, str(err)))
+            log.error("%s", err)
+
 
 def run_predict(
     cfg: Config,
@@ -304,7 +324,7 @@ def run_predict(
     keep_going: bool = False,
 ) -> RunSummary:
     """Embed every selected tomogram (CryoSiam's ``simsiam_embeddings_predict``)."""
-    from ..core.embed import embed_patches, pick_device
+    from ..core.embed import pick_device
 
     out = io.check_writable_folder(cfg.path("prediction_folder"))
     io.remove_stale_temporaries(out)
@@ -317,7 +337,7 @@ def run_predict(
     summary = RunSummary()
     for tomogram in tomograms:
         stem = cfg.stem(tomogram.name)
-        try:
+        with summary.attempt(stem, keep_going):
             inputs = locate_inputs(cfg, tomogram)
             if inputs.mask is None:
                 message = f"no instance mask for {tomogram.name} in instances_mask_folder"
@@ -339,21 +359,13 @@ def run_predict(
             with progress_bar(len(plan), stem) as bar:
                 patches = (p for _, p in iter_patches(volume, plan, patch_size(cfg), cfg.masking_type,
                                                       normalization(cfg), str(inputs.tomogram)))
-                embeddings = embed_patches(
-                    loaded.model, patches, len(plan), loaded.dim, torch_device,
-                    cfg.hyper_parameters.batch_size, cfg.contrastive, cfg.mixed_precision, bar.update,
-                )
+                embeddings = embed_with_config(loaded, patches, len(plan), torch_device, cfg, bar.update)
             geometry = TomogramGeometry.of(inputs.tomogram, volume.shape)
             written = write_outputs(out, stem, plan.table, embeddings, stamp, regions_star(stem, plan.table, geometry))
             seconds = time.perf_counter() - start
             log.info("%s: %d instances embedded in %.1f s (%.1f/s) → %s", stem, len(plan), seconds,
                      len(plan) / max(seconds, 1e-9), written[-1])
             summary.done.append(stem)
-        except SubtomoError as err:
-            if not keep_going:
-                raise
-            summary.failed.append((stem, str(err)))
-            log.error("%s", err)
     summary.report("predict", out)
     return summary
 
@@ -483,7 +495,7 @@ def run_embed(
     overwrite: bool = False,
 ) -> list[Path]:
     """Embed patches files (from :func:`run_extract`) and write the per-tomogram outputs."""
-    from ..core.embed import embed_patches, pick_device
+    from ..core.embed import pick_device
 
     out = io.check_writable_folder(output_dir or cfg.path("prediction_folder"))
     io.remove_stale_temporaries(out)
@@ -503,9 +515,7 @@ def run_embed(
             continue
         start = time.perf_counter()
         with progress_bar(count, stem) as bar:
-            embeddings = embed_patches(loaded.model, iter_patch_file(path), count, loaded.dim, torch_device,
-                                       cfg.hyper_parameters.batch_size, cfg.contrastive, cfg.mixed_precision,
-                                       bar.update)
+            embeddings = embed_with_config(loaded, iter_patch_file(path), count, torch_device, cfg, bar.update)
         files = write_outputs(out, stem, table, embeddings, stamp, regions_star(stem, table, patches.geometry))
         log.info("%s: %d instances embedded on %s in %.1f s → %s", stem, count, torch_device,
                  time.perf_counter() - start, files[-1])
