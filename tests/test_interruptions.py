@@ -14,14 +14,21 @@ from pathlib import Path
 import pytest
 from synthetic import make_checkpoint, make_dataset, write_config
 
-# SIGKILL at these fractions of an uninterrupted run's time: during start-up, extraction, embedding, writing
-FRACTIONS = [0.25, 0.35, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0]
-
-
 def outputs(folder: Path) -> dict[str, str]:
     """Every output file's SHA-256 (the log and temporaries excluded)."""
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*"))
             if p.is_file() and not p.name.endswith(".log")}
+
+
+def finished_files(folder: Path) -> int:
+    """How many final (renamed into place) output files ``folder`` holds."""
+    if not folder.exists():
+        return 0
+    return sum(1 for p in folder.iterdir() if not p.name.startswith(".") and not p.name.endswith(".log"))
+
+
+def temporaries(folder: Path) -> list[Path]:
+    return list(folder.glob(".subtomo-tmp-*")) if folder.exists() else []
 
 
 @pytest.fixture(scope="module")
@@ -40,42 +47,67 @@ def config_for(root: Path, workload, name: str) -> tuple[Path, Path]:
     return cfg, out
 
 
-def timed(cmd, env) -> float:
-    start = time.perf_counter()
+def run(cmd, env) -> None:
     subprocess.run(cmd, env=env, check=True, capture_output=True)
-    return time.perf_counter() - start
 
 
-def kill_after(cmd, env, seconds: float) -> bool:
-    """Start ``cmd``, SIGKILL it after ``seconds``; True if it was still running."""
+def startup_seconds(cmd, env, out: Path) -> float:
+    """Run ``cmd`` to the end; return how long it took to write its first file (imports, reading, model)."""
+    start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        proc.wait(timeout=seconds)
-        return False
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        return True
+    first = None
+    while proc.poll() is None:
+        if first is None and (finished_files(out) or temporaries(out)):
+            first = time.perf_counter() - start
+        time.sleep(0.002)
+    assert proc.returncode == 0
+    return first if first is not None else time.perf_counter() - start
+
+
+def kill_at(cmd, env, out: Path, *, files: int | None = None, temporary: bool = False,
+            after: float = 0.0) -> bool:
+    """Start ``cmd`` and SIGKILL it at a point of its own progress: ``after`` seconds past the moment
+    ``out`` first holds a temporary (``temporary``) or ``files`` finished output files (or past the
+    start, when neither is given). Returns True if the process was still running when killed."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    start = time.perf_counter()
+    reached = files is None and not temporary
+    while proc.poll() is None:
+        if not reached:
+            reached = (temporary and bool(temporaries(out))) or (files is not None and finished_files(out) >= files)
+            if reached:
+                start = time.perf_counter()
+        if reached and time.perf_counter() - start >= after:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.001)
+    return False
 
 
 @pytest.mark.slow
 def test_predict_killed_anywhere_resumes_to_identical_outputs(workload, cli_env, tmp_path):
     ref_cfg, ref_out = config_for(tmp_path, workload, "reference")
-    duration = timed(["subtomo-embed", "predict", "-c", str(ref_cfg)], cli_env)
+    startup = startup_seconds(["subtomo-embed", "predict", "-c", str(ref_cfg)], cli_env, ref_out)
     reference = outputs(ref_out)
-    assert len(reference) == 12
-    killed = 0
-    for i, fraction in enumerate(FRACTIONS):
+    assert len(reference) == 12  # 4 files for each of 3 tomograms
+    # 14 kill points, each at a point of the run's own progress, so they land wherever the machine's speed:
+    # three times during start-up (imports, reading, model), at the first temporary, and right after each of the
+    # first 10 finished files (mid-write of the next one, or extracting/embedding the next tomogram)
+    points = [dict(after=startup * f) for f in (0.3, 0.6, 0.9)] + [dict(temporary=True)]
+    points += [dict(files=k) for k in range(1, 11)]
+    interrupted = 0
+    for i, point in enumerate(points):
         cfg, out = config_for(tmp_path, workload, f"killed_{i}")
         cmd = ["subtomo-embed", "predict", "-c", str(cfg)]
-        killed += kill_after(cmd, cli_env, duration * fraction)
+        assert kill_at(cmd, cli_env, out, **point), f"the run ended before the kill at {point}"
         # whatever the kill left, nothing half-written may look finished
-        for p in out.glob("*_embeds.h5") if out.exists() else []:
-            assert p.stat().st_size > 0
-        subprocess.run(cmd, env=cli_env, check=True, capture_output=True)
-        assert outputs(out) == reference, f"kill at {fraction:.2f} of the run"
-        assert not list(out.glob(".subtomo-tmp-*"))
-    assert killed >= len(FRACTIONS) - 2  # the kills landed while the run was going on
+        assert all(p.stat().st_size > 0 for p in (out.glob("*") if out.exists() else []) if p.is_file())
+        interrupted += outputs(out) != reference if out.exists() else 1
+        run(cmd, cli_env)
+        assert outputs(out) == reference, f"kill at {point}"
+        assert not temporaries(out)
+    assert interrupted == len(points)  # every kill cut the run short of its outputs
 
 
 @pytest.mark.slow
@@ -83,21 +115,27 @@ def test_extract_and_embed_killed_resume_to_identical_outputs(workload, cli_env,
     cfg, ref_out = config_for(tmp_path, workload, "reference")
     extract = ["subtomo-embed", "extract", "-c", str(cfg)]
     embed = ["subtomo-embed", "embed", "-c", str(cfg), "--device", "cpu"]
-    t_extract = timed(extract, cli_env)
-    t_embed = timed(embed, cli_env)
+    run(extract, cli_env)
+    extracted = finished_files(ref_out)
+    run(embed, cli_env)
     reference = outputs(ref_out)
-    points = [(extract, f) for f in (0.4, 0.6, 0.8, 0.95)] + [(embed, f) for f in (0.4, 0.6, 0.8, 0.95)]
-    for i, (cmd, fraction) in enumerate(points):
+    # 4 kills in each step: at its first temporary, and after each finished tomogram but the last
+    # (extract writes 1 file per tomogram, embed 4)
+    step_points = {"extract": [dict(temporary=True), dict(files=1), dict(files=2), dict(files=2, after=0.02)],
+                   "embed": [dict(temporary=True), dict(files=extracted + 4), dict(files=extracted + 8),
+                             dict(files=extracted + 8, after=0.02)]}
+    for i, (step, point) in enumerate((s, p) for s, ps in step_points.items() for p in ps):
         run_cfg, out = config_for(tmp_path, workload, f"split_{i}")
-        cmd = [c if c != str(cfg) else str(run_cfg) for c in cmd]
-        if cmd[1] == "embed":
-            subprocess.run([c if c != "embed" else "extract" for c in cmd[:4]], env=cli_env, check=True,
-                           capture_output=True)
-        kill_after(cmd, cli_env, (t_extract if cmd[1] == "extract" else t_embed) * fraction)
-        for step in (extract, embed):
-            subprocess.run([c if c != str(cfg) else str(run_cfg) for c in step], env=cli_env, check=True,
-                           capture_output=True)
-        assert outputs(out) == reference, f"{cmd[1]} killed at {fraction:.2f}"
+        commands = {name: [str(run_cfg) if c == str(cfg) else c for c in cmd]
+                    for name, cmd in (("extract", extract), ("embed", embed))}
+        if step == "embed":
+            run(commands["extract"], cli_env)
+        assert kill_at(commands[step], cli_env, out, **point), f"{step} ended before the kill at {point}"
+        assert outputs(out) != reference
+        for name in ("extract", "embed"):
+            run(commands[name], cli_env)
+        assert outputs(out) == reference, f"{step} killed at {point}"
+        assert not temporaries(out)
 
 
 def test_two_runs_on_one_folder_at_once(workload, cli_env, tmp_path):
