@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.subtomo-installed
 NF_LANG_JAR := $(VENV)/share/nf-lang/language-server-all.jar
 
-.PHONY: install demo test test-fast nf-lang bench clean
+.PHONY: install bytecode demo test test-fast nf-lang bench clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -19,21 +19,26 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP)
 
+# the package is installed editable; compile it once so that every command starts without
+# compiling its sources again (environments that set PYTHONDONTWRITEBYTECODE never cache them)
+bytecode: $(STAMP)
+	@$(BIN)/python -m compileall -q src
+
 $(NF_LANG_JAR): | $(STAMP)
 	bash tests/pipeline/get_nf_language_server.sh $(NF_LANG_JAR)
 
 nf-lang: $(NF_LANG_JAR)
 
-demo: $(STAMP)
+demo: $(STAMP) bytecode
 	$(BIN)/subtomo-embed demo --output demo_output
 
-test: $(STAMP) $(NF_LANG_JAR)
+test: $(STAMP) $(NF_LANG_JAR) bytecode
 	$(BIN)/python -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) bytecode
 	$(BIN)/python -m pytest -q -m "not slow"
 
-bench: $(STAMP)
+bench: $(STAMP) bytecode
 	$(BIN)/python benchmarks/bench_extract.py
 
 clean:

@@ -8,11 +8,13 @@ from synthetic import blob_mask
 
 from subtomo_embed.core.extract import (
     Normalization,
+    cut_patches_into_file,
     fit_window,
     iter_patches,
     plan_extraction,
     size_filter,
 )
+from subtomo_embed.core.io import create_contiguous_dataset
 
 SHAPE = (30, 41, 37)
 
@@ -113,3 +115,26 @@ def test_nan_in_a_box_is_an_input_error():
     plan = plan_extraction(mask, 0)
     with pytest.raises(InputDataError, match="NaN"):
         list(iter_patches(image, plan, (8, 8, 8), 0, Normalization(), "t.mrc"))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_patches_cut_straight_into_the_file_equal_cryosiam(volume_and_mask, tmp_path, workers):
+    """extract's path: regions grown and patches cut on forked workers (2) or in-process (1), each
+    patch written by the worker straight into an HDF5 dataset allocated up front."""
+    import h5py
+
+    image, mask = volume_and_mask
+    norm, patch_size = (0.1, 0.9, 0.2, 0.7), (9, 14, 11)
+    ref, ref_rows = reference_patches(image, mask, patch_size, 1, 2, norm, min_size=4)
+    plan = plan_extraction(mask, 2, 4, None, processes=workers > 1)
+    path = tmp_path / "patches.h5"
+    with h5py.File(path, "w") as f:
+        offset = create_contiguous_dataset(f, "patches", (len(plan), *patch_size), np.float32)
+        f.flush()
+        cut_patches_into_file(image, plan, patch_size, 1, Normalization(*norm), path, offset, workers=workers)
+    with h5py.File(path, "r") as f:
+        ours = f["patches"][()]
+    assert plan.table["label"].tolist() == [int(r["label"]) for r in ref_rows]
+    assert ours.shape == (len(ref), *patch_size) and len(ref) > 10
+    np.testing.assert_allclose(ours, np.stack(ref), atol=1e-6)
+    np.testing.assert_array_equal(plan.table["hull_area"].to_numpy(), [int(r["hull_area"]) for r in ref_rows])

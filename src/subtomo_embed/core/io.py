@@ -47,6 +47,21 @@ TMP_MARK = ".subtomo-tmp-"
 
 
 # --------------------------------------------------------------------------------------------
+# HDF5 datasets written from outside h5py
+
+
+def create_contiguous_dataset(group: h5py.Group, name: str, shape: tuple[int, ...], dtype) -> int | None:
+    """A contiguous, uncompressed dataset whose space is allocated now (not filled); returns the
+    byte offset of its data in the file, where other processes may write it directly (little-endian,
+    C order), or None when it holds no data."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    dataset = group.create_dataset(name, shape=shape, dtype=np.dtype(dtype).newbyteorder("<"), dcpl=dcpl)
+    return dataset.id.get_offset()
+
+
+# --------------------------------------------------------------------------------------------
 # atomic writes
 
 

@@ -31,7 +31,7 @@ import pandas as pd
 from ..core import io
 from ..core.config import Config
 from ..core.errors import ConfigError, InputDataError, SubtomoError
-from ..core.extract import Extraction, Normalization, iter_patches, plan_extraction
+from ..core.extract import Extraction, Normalization, cut_patches_into_file, iter_patches, plan_extraction
 
 log = logging.getLogger(__name__)
 
@@ -108,14 +108,14 @@ def check_patch_fits(cfg: Config, shape: tuple[int, ...], tomogram: Path) -> Non
         )
 
 
-def plan_tomogram(cfg: Config, inputs: TomogramInputs, mask: np.ndarray) -> Extraction:
+def plan_tomogram(cfg: Config, inputs: TomogramInputs, mask: np.ndarray, processes: bool = False) -> Extraction:
     table = io.read_regions_csv(inputs.regions) if inputs.regions is not None else None
     if table is not None:
         log.info("%s: boxes and areas from %s (CryoSiam's regions table)", inputs.stem, inputs.regions.name)
     if not mask.any():
         raise InputDataError("mask has no instances (all voxels are 0)", inputs.mask)
     check_patch_fits(cfg, mask.shape, inputs.tomogram)
-    plan = plan_extraction(mask, cfg.expand_labels, cfg.min_particle_bound, cfg.max_particle_bound, table)
+    plan = plan_extraction(mask, cfg.expand_labels, cfg.min_particle_bound, cfg.max_particle_bound, table, processes)
     return plan
 
 
@@ -404,7 +404,7 @@ def run_extract(
             continue
         start = time.perf_counter()
         volume, mask_array = load_tomogram_and_mask(job)
-        plan = plan_tomogram(cfg, job, mask_array)
+        plan = plan_tomogram(cfg, job, mask_array, processes=True)  # no torch here: forked workers are safe
         del mask_array
         write_patches(target, job.stem, volume, plan, cfg, stamp, str(job.tomogram))
         log.info("%s: %d patches in %.1f s → %s", job.stem, len(plan), time.perf_counter() - start, target)
@@ -424,16 +424,19 @@ def _patches_done(path: Path, stamp: str) -> bool:
 
 def write_patches(path: Path, stem: str, volume: np.ndarray, plan: Extraction, cfg: Config, stamp: str,
                   source: str) -> None:
-    """``<stem>_patches.h5``: ``patches`` [N, z, y, x] float32 (one chunk per patch) + ``regions/*``."""
+    """``<stem>_patches.h5``: ``patches`` [N, z, y, x] float32 (contiguous) + ``regions/*``.
+
+    The dataset's space is allocated up front, so the cutting workers write each patch straight
+    to its place in the file (see :func:`cut_patches_into_file`)."""
     size = patch_size(cfg)
     with io.atomic_output(path) as tmp:
         with h5py.File(tmp, "w") as f:
-            ds = f.create_dataset("patches", shape=(len(plan), *size), dtype=np.float32,
-                                  chunks=(1, *size) if len(plan) else None)
-            with progress_bar(len(plan), stem) as bar:
-                for i, patch in iter_patches(volume, plan, size, cfg.masking_type, normalization(cfg), source):
-                    ds[i] = patch
-                    bar.update(1)
+            offset = io.create_contiguous_dataset(f, "patches", (len(plan), *size), np.float32)
+            if len(plan):
+                f.flush()
+                with progress_bar(len(plan), stem) as bar:
+                    cut_patches_into_file(volume, plan, size, cfg.masking_type, normalization(cfg), tmp, offset,
+                                          source, progress=bar)
             group = f.create_group("regions")
             for column in plan.table.columns:
                 group.create_dataset(column, data=plan.table[column].to_numpy())
