@@ -239,6 +239,7 @@ def write_outputs(folder: Path, stem: str, table: pd.DataFrame, embeddings: np.n
 def progress_bar(total: int, desc: str):
     from tqdm import tqdm
 
+    tqdm.monitor_interval = 0  # no monitor thread: extract forks its workers while a bar is open
     return tqdm(total=total, desc=desc, unit="patch", leave=False, disable=None, dynamic_ncols=True)
 
 
