@@ -8,6 +8,8 @@ file that looks finished.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import contextlib
 import errno
 import logging
@@ -22,9 +24,11 @@ from pathlib import Path
 import h5py
 import mrcfile
 import numpy as np
-import pandas as pd
 
 from .errors import InputDataError, ResourceError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +284,8 @@ def read_instance_mask(path: str | Path) -> np.ndarray:
 
 def read_regions_csv(path: str | Path) -> pd.DataFrame:
     """Read a CryoSiam regions CSV (label, area, bbox-*, centroid-*, ...)."""
+    import pandas as pd
+
     path = Path(path)
     try:
         df = pd.read_csv(path)

@@ -15,6 +15,8 @@ outputs all exist and were made with the same inputs and settings is skipped.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import hashlib
 import json
 import logging
@@ -26,12 +28,14 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import pandas as pd
 
 from ..core import io
 from ..core.config import Config
 from ..core.errors import ConfigError, InputDataError, SubtomoError
 from ..core.extract import Extraction, Normalization, cut_patches_into_file, iter_patches, plan_extraction
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -439,9 +443,9 @@ def write_patches(path: Path, stem: str, volume: np.ndarray, plan: Extraction, c
                     cut_patches_into_file(volume, plan, size, cfg.masking_type, normalization(cfg), tmp, offset,
                                           source, progress=bar)
             group = f.create_group("regions")
-            for column in plan.table.columns:
-                group.create_dataset(column, data=plan.table[column].to_numpy())
-            f.attrs["columns"] = json.dumps(list(plan.table.columns))
+            for column, values in plan.columns.items():
+                group.create_dataset(column, data=values)
+            f.attrs["columns"] = json.dumps(list(plan.columns))
             f.attrs["stem"] = stem
             f.attrs["settings"] = json.dumps(extraction_settings(cfg))
             f.attrs["tomogram_shape"] = list(volume.shape)
@@ -467,6 +471,8 @@ def read_patches_table(path: Path) -> PatchesFile:
             if "patches" not in f or "regions" not in f:
                 raise InputDataError("not a patches file (needs datasets 'patches' and group 'regions')", path)
             columns = json.loads(f.attrs["columns"])
+            import pandas as pd
+
             table = pd.DataFrame({c: f["regions"][c][()] for c in columns})
             stem = f.attrs["stem"]
             geometry = None
