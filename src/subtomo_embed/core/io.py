@@ -8,8 +8,6 @@ file that looks finished.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import contextlib
 import errno
 import logging
@@ -20,6 +18,7 @@ import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import mrcfile

@@ -123,7 +123,7 @@ def dataset_patches(cfg: Config) -> tuple[list[np.ndarray], pd.DataFrame]:
         plan = plan_tomogram(cfg, inputs, mask)
         for i, p in iter_patches(volume, plan, patch_size(cfg), cfg.masking_type, normalization(cfg)):
             patches.append(p)
-            keys.append((inputs.stem, int(plan.table["label"][i])))
+            keys.append((inputs.stem, int(plan.columns["label"][i])))
     return patches, pd.DataFrame(keys, columns=["tomogram", "label"])
 
 

@@ -15,8 +15,6 @@ outputs all exist and were made with the same inputs and settings is skipped.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import hashlib
 import json
 import logging
@@ -25,6 +23,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -366,7 +365,8 @@ def run_predict(
                                                       normalization(cfg), str(inputs.tomogram)))
                 embeddings = embed_with_config(loaded, patches, len(plan), torch_device, cfg, bar.update)
             geometry = TomogramGeometry.of(inputs.tomogram, volume.shape)
-            written = write_outputs(out, stem, plan.table, embeddings, stamp, regions_star(stem, plan.table, geometry))
+            table = plan.table
+            written = write_outputs(out, stem, table, embeddings, stamp, regions_star(stem, table, geometry))
             seconds = time.perf_counter() - start
             log.info("%s: %d instances embedded in %.1f s (%.1f/s) → %s", stem, len(plan), seconds,
                      len(plan) / max(seconds, 1e-9), written[-1])
@@ -464,6 +464,8 @@ class PatchesFile:
 
 def read_patches_table(path: Path) -> PatchesFile:
     """What a patches file holds, but the patches themselves."""
+    import pandas as pd
+
     if not path.is_file():
         raise InputDataError("patches file does not exist", path)
     try:
@@ -471,8 +473,6 @@ def read_patches_table(path: Path) -> PatchesFile:
             if "patches" not in f or "regions" not in f:
                 raise InputDataError("not a patches file (needs datasets 'patches' and group 'regions')", path)
             columns = json.loads(f.attrs["columns"])
-            import pandas as pd
-
             table = pd.DataFrame({c: f["regions"][c][()] for c in columns})
             stem = f.attrs["stem"]
             geometry = None
