@@ -8,6 +8,7 @@ from synthetic import blob_mask
 
 from subtomo_embed.core.extract import (
     Normalization,
+    ball_dilation,
     cut_patches_into_file,
     fit_window,
     iter_patches,
@@ -43,6 +44,17 @@ def test_patches_equal_cryosiam(volume_and_mask, masking, expand, patch_size):
     for col in ["area", "bbox-0", "bbox-1", "bbox-2", "bbox-3", "bbox-4", "bbox-5", "centroid-0", "centroid-1",
                 "centroid-2", "hull_area"]:
         np.testing.assert_allclose(plan.table[col].to_numpy(float), [float(r[col]) for r in ref_rows], err_msg=col)
+
+
+@pytest.mark.parametrize("radius", [1, 2, 3, 4, 6])
+def test_ball_dilation_is_the_distance_threshold(radius):
+    from scipy.ndimage import distance_transform_edt
+
+    rng = np.random.default_rng(radius)
+    for _ in range(20):
+        voxels = rng.random(tuple(rng.integers(1, 18, 3))) < rng.uniform(0.001, 0.2)
+        voxels.flat[rng.integers(voxels.size)] = True  # at least one, anywhere (edges included)
+        np.testing.assert_array_equal(ball_dilation(voxels, radius), distance_transform_edt(~voxels) <= radius)
 
 
 def test_large_particle_is_cropped_not_resized():

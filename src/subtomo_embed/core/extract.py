@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import sys
 from collections import deque
@@ -114,6 +115,33 @@ def _label_boxes(mask: np.ndarray) -> dict[int, Box]:
     return {int(uniques[i + 1 - shift]): box for i, box in enumerate(objects) if box is not None}
 
 
+def ball_dilation(voxels: np.ndarray, radius: int) -> np.ndarray:
+    """Every voxel within Euclidean distance ``radius`` of a True voxel (what thresholding the
+    distance transform gives, ``distance_transform_edt(~voxels) <= radius``), ~3x faster.
+
+    The ball is separable into lines: first each x line is dilated by 0..radius voxels; a
+    (z, y) offset of the ball then needs the x dilation by ``floor(sqrt(r² - z² - y²))``; the
+    y offsets are gathered per |z| and the z offsets last. About r² array ORs in all.
+    """
+    r = int(radius)
+    n0, n1, n2 = voxels.shape
+    padded = np.pad(voxels, r)
+    along_x = [padded[:, :, r:r + n2].copy()]  # along_x[k]: dilated by k voxels along x
+    for k in range(1, r + 1):
+        along_x.append(along_x[-1] | padded[:, :, r + k:r + k + n2] | padded[:, :, r - k:r - k + n2])
+    out = np.zeros(voxels.shape, dtype=bool)
+    for dz in range(r + 1):
+        plane = np.zeros((n0 + 2 * r, n1, n2), dtype=bool)  # the ball's slice at ±dz, z not yet shifted
+        for dy in range(-r, r + 1):
+            rest = r * r - dz * dz - dy * dy
+            if rest >= 0:
+                plane |= along_x[math.isqrt(rest)][:, r + dy:r + dy + n1]
+        out |= plane[r + dz:r + dz + n0]
+        if dz:
+            out |= plane[r - dz:r - dz + n0]
+    return out
+
+
 def grow_label(mask: np.ndarray, label: int, box: Box, distance: int) -> Region:
     """The voxels of ``label`` after ``expand_labels(mask, distance)``, computed inside ``box``.
 
@@ -126,9 +154,9 @@ def grow_label(mask: np.ndarray, label: int, box: Box, distance: int) -> Region:
     labels = mask[context]
     others = (labels != 0) & (labels != label)
     if not others.any():
-        # alone: expand_labels gives every voxel within `distance` of the label (an EDT threshold)
+        # alone: expand_labels gives every voxel within `distance` of the label
         own = labels[_relative(box, context)] == label
-        return Region(label, box, ndimage.distance_transform_edt(~own) <= distance)
+        return Region(label, box, ball_dilation(own, distance))
     from skimage.segmentation import expand_labels
 
     grown = expand_labels(labels, distance=distance)
@@ -193,6 +221,24 @@ def _can_fork() -> bool:
 
 
 _FORKED_WORK: list = []  # (fn, items) that forked workers inherit; set just before the fork
+_BACKGROUND_IMPORTS: list = []  # threads importing modules that forked workers will need
+
+
+def import_hull_library_in_background() -> None:
+    """Start importing Qhull's module (``scipy.spatial``, ~0.15 s) on a thread, so that it
+    overlaps with reading the mask (which releases the GIL) and the forked workers inherit it
+    instead of importing it once each. :func:`_fork_map` waits for it before forking."""
+    import threading
+
+    if "scipy.spatial" not in sys.modules:
+        thread = threading.Thread(target=__import__, args=("scipy.spatial",), name="subtomo-import")
+        thread.start()
+        _BACKGROUND_IMPORTS.append(thread)
+
+
+def _finish_background_imports() -> None:
+    while _BACKGROUND_IMPORTS:  # never fork while another thread holds an import lock
+        _BACKGROUND_IMPORTS.pop().join()
 
 
 def _run_forked_chunk(chunk: range) -> list:
@@ -224,6 +270,7 @@ def _fork_map(fn, items: list, workers: int | None = None, progress=None) -> lis
     _FORKED_WORK[:] = [(fn, items)]
     try:
         if workers > 1 and _can_fork():
+            _finish_background_imports()
             import multiprocessing
 
             with multiprocessing.get_context("fork").Pool(workers) as pool:
@@ -410,36 +457,40 @@ def convex_hull(voxels: np.ndarray) -> np.ndarray:
         return np.zeros(shape, dtype=bool)
     # Qhull triangulates: coplanar facets repeat one plane; each plane needs testing once
     eq = _distinct_rows(hull.equations)  # rows (n_z, n_y, n_x, d): inside when n·p + d < tol
-    inside = np.zeros(shape, dtype=bool)
     # only lines through the hull's (z, y) extent can hold inside voxels
     lo = np.maximum(np.floor(hull.min_bound[:2]).astype(int), 0)
     hi = np.minimum(np.ceil(hull.max_bound[:2]).astype(int) + 1, shape[:2])
-    zz, yy = np.meshgrid(np.arange(lo[0], hi[0]), np.arange(lo[1], hi[1]), indexing="ij")
-    zz, yy = zz.ravel().astype(np.float64), yy.ravel().astype(np.float64)
-    nx = eq[:, 2]
-    n_lines = zz.size
-
-    def bound(sel, reduce, empty):
-        # along each (z, y) line: n_x * x < tolerance - d - n_z z - n_y y, for the facets in sel
-        if not sel.any():
-            return np.full(n_lines, empty)
-        e = eq[sel]
-        rhs = (_HULL_TOLERANCE - e[:, 3]) - np.outer(zz, e[:, 0]) - np.outer(yy, e[:, 1])
-        return reduce(rhs / e[:, 2], axis=1)
-
-    upper = bound(nx > 0, np.min, np.inf)
-    lower = bound(nx < 0, np.max, -np.inf)
-    flat = nx == 0
-    valid = np.ones(n_lines, dtype=bool)
-    if flat.any():
-        e = eq[flat]
-        valid = (((_HULL_TOLERANCE - e[:, 3]) - np.outer(zz, e[:, 0]) - np.outer(yy, e[:, 1])) > 0).all(axis=1)
+    bounds, n_below, n_flat = _line_bounds(eq, np.arange(lo[0], hi[0]), np.arange(lo[1], hi[1]))
+    lower = bounds[..., :n_below].max(axis=2, initial=-np.inf)
+    upper = bounds[..., n_below + n_flat:].min(axis=2, initial=np.inf)
+    if n_flat:  # a facet parallel to x keeps a whole line or none of it
+        upper[(bounds[..., n_below:n_below + n_flat] <= 0).any(axis=2)] = -np.inf
     first_x = np.floor(np.clip(lower, -1, shape[2])) + 1  # smallest x with x > lower
     last_x = np.ceil(np.clip(upper, -1, shape[2] + 1)) - 1  # largest x with x < upper
     x = np.arange(shape[2])
-    lines = (x >= first_x[:, None]) & (x <= last_x[:, None]) & valid[:, None]
-    inside[lo[0]:hi[0], lo[1]:hi[1]] = lines.reshape(hi[0] - lo[0], hi[1] - lo[1], shape[2])
+    inside = np.zeros(shape, dtype=bool)
+    inside[lo[0]:hi[0], lo[1]:hi[1]] = (x >= first_x[..., None]) & (x <= last_x[..., None])
     return inside
+
+
+def _line_bounds(eq: np.ndarray, z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """Each facet's bound on x along each (z, y) line, as an array (z, y, facet).
+
+    A voxel is inside a facet when ``n_z z + n_y y + n_x x + d < tol``, that is
+    ``x > b`` (n_x < 0), ``x < b`` (n_x > 0) or ``0 < b`` (n_x = 0), with
+    ``b = (tol - d - n_z z - n_y y) / n_x`` (no division for n_x = 0). The facets come ordered
+    n_x < 0, = 0, > 0; returns the bounds and how many facets are in the first two groups.
+    ``b`` is a z term plus a y term, so the (z, y, facet) array costs one addition. (Its
+    rounding, ~1e-14 of the bound, is far below the tolerance's 1e-10 / |n_x|: the same voxels
+    as skimage's ``n·p + d < tol``.)
+    """
+    nx = eq[:, 2]
+    eq = eq[np.argsort(np.sign(nx), kind="stable")]
+    nx = eq[:, 2]
+    scale = np.where(nx == 0, 1.0, nx)
+    along_z = (_HULL_TOLERANCE - eq[:, 3]) / scale - np.multiply.outer(z.astype(np.float64), eq[:, 0] / scale)
+    along_y = np.multiply.outer(y.astype(np.float64), eq[:, 1] / scale)
+    return along_z[:, None, :] - along_y[None, :, :], int((nx < 0).sum()), int((nx == 0).sum())
 
 
 def cut_patch(

@@ -31,7 +31,14 @@ import numpy as np
 from ..core import io
 from ..core.config import Config
 from ..core.errors import ConfigError, InputDataError, SubtomoError
-from ..core.extract import Extraction, Normalization, cut_patches_into_file, iter_patches, plan_extraction
+from ..core.extract import (
+    Extraction,
+    Normalization,
+    cut_patches_into_file,
+    import_hull_library_in_background,
+    iter_patches,
+    plan_extraction,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -408,6 +415,8 @@ def run_extract(
             written.append(target)
             continue
         start = time.perf_counter()
+        if cfg.masking_type == 1:
+            import_hull_library_in_background()  # while the mask is read
         volume, mask_array = load_tomogram_and_mask(job)
         plan = plan_tomogram(cfg, job, mask_array, processes=True)  # no torch here: forked workers are safe
         del mask_array
