@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ from ..core.extract import (
     Extraction,
     Normalization,
     cut_patches_into_file,
-    import_hull_library_in_background,
+    import_modules,
     iter_patches,
     plan_extraction,
 )
@@ -105,6 +106,8 @@ def load_tomogram_and_mask(inputs: TomogramInputs) -> tuple[np.ndarray, np.ndarr
             f"mask shape {tuple(mask.shape)} differs from its tomogram's {tuple(volume.shape)} ({inputs.tomogram.name})",
             inputs.mask,
         )
+    if not mask.any():
+        raise InputDataError("mask has no instances (all voxels are 0)", inputs.mask)
     return volume, mask
 
 
@@ -122,8 +125,6 @@ def plan_tomogram(cfg: Config, inputs: TomogramInputs, mask: np.ndarray, process
     table = io.read_regions_csv(inputs.regions) if inputs.regions is not None else None
     if table is not None:
         log.info("%s: boxes and areas from %s (CryoSiam's regions table)", inputs.stem, inputs.regions.name)
-    if not mask.any():
-        raise InputDataError("mask has no instances (all voxels are 0)", inputs.mask)
     check_patch_fits(cfg, mask.shape, inputs.tomogram)
     plan = plan_extraction(mask, cfg.expand_labels, cfg.min_particle_bound, cfg.max_particle_bound, table, processes)
     return plan
@@ -415,9 +416,10 @@ def run_extract(
             written.append(target)
             continue
         start = time.perf_counter()
-        if cfg.masking_type == 1:
-            import_hull_library_in_background()  # while the mask is read
-        volume, mask_array = load_tomogram_and_mask(job)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="subtomo-read") as reader:
+            reading = reader.submit(load_tomogram_and_mask, job)
+            import_modules(cfg.masking_type)  # meanwhile
+            volume, mask_array = reading.result()
         plan = plan_tomogram(cfg, job, mask_array, processes=True)  # no torch here: forked workers are safe
         del mask_array
         write_patches(target, job.stem, volume, plan, cfg, stamp, str(job.tomogram))
