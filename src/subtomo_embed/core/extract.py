@@ -4,7 +4,7 @@ CryoSiam grows the labels over the whole tomogram (``skimage.segmentation.expand
 then compares the whole volume with each label in turn, so its cost is instances × volume.
 Here every step works inside one region's box:
 
-* the original labels' boxes come from one pass of ``scipy.ndimage.find_objects``;
+* the original labels' boxes come from ``scipy.ndimage.find_objects`` (one pass, on z slabs in threads);
 * a label grown by ``d`` voxels stays within ``d`` of its original voxels, and which label a
   background voxel receives depends only on labelled voxels within ``d`` of it; so growing the
   labels inside the box widened by ``2·d`` gives the grown region exactly (ties between two
