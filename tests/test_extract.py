@@ -46,6 +46,20 @@ def test_patches_equal_cryosiam(volume_and_mask, masking, expand, patch_size):
         np.testing.assert_allclose(plan.table[col].to_numpy(float), [float(r[col]) for r in ref_rows], err_msg=col)
 
 
+@pytest.mark.parametrize("slabs", [1, 2, 3, 7])
+def test_label_boxes_on_slabs_equal_find_objects(slabs):
+    from scipy.ndimage import find_objects
+
+    from subtomo_embed.core.extract import _label_boxes
+
+    mask = blob_mask((13, 20, 17), 12, seed=slabs, radius=(1, 6), spacing_labels=4)
+    mask[2:11, 3, 4] = 1  # one label across every slab boundary
+    mask[12, 19, 16] = 999  # a label alone in the last slab, far above the others
+    expected = {i + 1: box for i, box in enumerate(find_objects(mask)) if box is not None}
+    boxes = _label_boxes(mask, slabs)
+    assert boxes == expected and list(boxes) == sorted(expected)
+
+
 @pytest.mark.parametrize("radius", [1, 2, 3, 4, 6])
 def test_ball_dilation_is_the_distance_threshold(radius):
     from scipy.ndimage import distance_transform_edt

@@ -110,17 +110,17 @@ def _tight_box(voxels: np.ndarray, offset: Box) -> Box:
 _FIND_OBJECTS_LIMIT = 16_000_000  # largest label id find_objects is given (it allocates a list that long)
 
 
-def _label_boxes(mask: np.ndarray) -> dict[int, Box]:
+def _label_boxes(mask: np.ndarray, slabs: int | None = None) -> dict[int, Box]:
     """Bounding box of every label present in the mask, in ascending label order.
 
-    ``ndimage.find_objects`` on z slabs, one thread each (it releases the GIL: 2 threads take
-    about half the time), and the slabs' boxes joined.
+    ``ndimage.find_objects`` on z slabs (one per worker by default), one thread each (it releases
+    the GIL: 2 threads take about half the time), and the slabs' boxes joined.
     """
     from scipy import ndimage
 
     if mask.size == 0:
         return {}
-    edges = np.linspace(0, mask.shape[0], min(default_workers(), mask.shape[0]) + 1).astype(int).tolist()
+    edges = np.linspace(0, mask.shape[0], min(slabs or default_workers(), mask.shape[0]) + 1).astype(int).tolist()
     slabs = list(zip(edges[:-1], edges[1:]))
 
     def scan(slab: tuple[int, int]) -> list | None:
