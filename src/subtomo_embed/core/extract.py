@@ -398,6 +398,21 @@ def _diamond_pairs() -> tuple[np.ndarray, np.ndarray]:
 _DIAMOND_PAIR_A, _DIAMOND_PAIR_B = _diamond_pairs()
 
 
+def _diamond_blockers() -> np.ndarray:
+    """For each of the 6 diamond points ``0.5·d``: the neighbour offsets a (indices into the 27)
+    with ``a·d ≥ |a_e|`` summed over the other two axes e, a ≠ 0; shape (6, 5)."""
+    blockers = []
+    for point in _DIAMOND:
+        d = np.rint(point * 2).astype(int)
+        axis = int(np.flatnonzero(d)[0])
+        blockers.append([i for i, a in enumerate(_NEIGHBOUR_STEPS)
+                         if a.any() and a @ d >= np.abs(a).sum() - abs(a[axis])])
+    return np.array(blockers)
+
+
+_DIAMOND_BLOCKERS = _diamond_blockers()
+
+
 def _offset_vertex_candidates(coords: np.ndarray, near: np.ndarray) -> np.ndarray:
     """The points ``v + 0.5·d`` (v a vertex candidate, d an axis direction) that can be vertices of
     the hull of all of them: the hull skimage builds, without the points that cannot matter.
@@ -406,10 +421,17 @@ def _offset_vertex_candidates(coords: np.ndarray, near: np.ndarray) -> np.ndarra
     ``v + (k/2)·d`` is in the region's hull, so ``v + 0.5·d`` lies strictly between
     ``v - 0.5·d`` and ``v + (k/2 + 0.5)·d``, both in the offset hull: not a vertex. Dropping such
     points leaves the hull unchanged and about halves Qhull's input. No point is kept twice
-    (``v + 0.5·d = w - 0.5·d`` needs ``w = v + d``, which drops both). ``near``: each candidate's
-    27 neighbourhood (:func:`_neighbourhoods`).
+    (``v + 0.5·d = w - 0.5·d`` needs ``w = v + d``, which drops both).
+
+    Nor can it be a vertex when one region voxel ``v + a`` has ``a·d ≥ |a_e|`` summed over the
+    other two axes (a ≠ 0): a vertex of a Minkowski sum is ``v + 0.5·d`` for a direction u that
+    v maximizes over the region and d over the diamond, so u·d > |u_e| for the other axes; then
+    ``u·a > 0`` and v does not maximize u. With both rules only ~1.1 points per hull vertex are
+    left (~200 of ~1100 per instance here). ``near``: each candidate's 27 neighbourhood
+    (:func:`_neighbourhoods`).
     """
     inside = (near[:, _DIAMOND_PAIR_A] & near[:, _DIAMOND_PAIR_B]).any(axis=2)  # (candidates, 6)
+    inside |= near[:, _DIAMOND_BLOCKERS].any(axis=2)
     keep_c, keep_d = np.nonzero(~inside)
     return coords[keep_c] + _DIAMOND[keep_d]
 
