@@ -166,6 +166,13 @@ def _sparse_label_boxes(mask: np.ndarray) -> dict[int, Box]:
     return {int(uniques[i + 1 - shift]): box for i, box in enumerate(objects) if box is not None}
 
 
+def _zero_padded(a: np.ndarray, width: int) -> np.ndarray:
+    """``np.pad(a, width)`` (zeros on every side), without its per-call overhead (~0.1 ms)."""
+    out = np.zeros(tuple(n + 2 * width for n in a.shape), dtype=a.dtype)
+    out[tuple(slice(width, width + n) for n in a.shape)] = a
+    return out
+
+
 def ball_dilation(voxels: np.ndarray, radius: int) -> np.ndarray:
     """Every voxel within Euclidean distance ``radius`` of a True voxel (what thresholding the
     distance transform gives, ``distance_transform_edt(~voxels) <= radius``), ~3x faster.
@@ -176,7 +183,7 @@ def ball_dilation(voxels: np.ndarray, radius: int) -> np.ndarray:
     """
     r = int(radius)
     n0, n1, n2 = voxels.shape
-    padded = np.pad(voxels, r)
+    padded = _zero_padded(voxels, r)
     along_x = [padded[:, :, r:r + n2].copy()]  # along_x[k]: dilated by k voxels along x
     for k in range(1, r + 1):
         along_x.append(along_x[-1] | padded[:, :, r + k:r + k + n2] | padded[:, :, r - k:r - k + n2])
@@ -442,7 +449,7 @@ _BACKWARD = 26 - _FORWARD  # ... and their opposites, as indices into _NEIGHBOUR
 
 def _neighbourhoods(voxels: np.ndarray, at: np.ndarray) -> np.ndarray:
     """(len(at), 27) bool: the region's voxels around each of the voxels ``at`` (z, y, x)."""
-    padded = np.pad(voxels, 1)
+    padded = _zero_padded(voxels, 1)
     at = at + 1
     steps = _NEIGHBOUR_STEPS
     return padded[at[:, None, 0] + steps[:, 0], at[:, None, 1] + steps[:, 1], at[:, None, 2] + steps[:, 2]]
