@@ -80,10 +80,6 @@ class Region:
     box: Box
     voxels: np.ndarray  # bool, shape of the box
 
-    @property
-    def area(self) -> int:
-        return int(self.voxels.sum())
-
 
 # --------------------------------------------------------------------------------------------
 # regions
