@@ -277,3 +277,11 @@ def test_table_in_the_docs_matches_these_rows():
     for case in CASES:
         line = next(l for l in doc.splitlines() if l.startswith(f"| `{case.row}`"))
         assert f"| {case.code} |" in line, case.row
+
+
+def test_extract_of_a_missing_tomogram_path_is_an_input_error(dataset, cli_env, tmp_path):
+    proc = subprocess.run(["subtomo-embed", "extract", "-c", str(dataset["config"]), "--tomogram",
+                           str(tmp_path / "absent.mrc"), "--mask", str(tmp_path / "absent.h5"), "--output-dir",
+                           str(tmp_path / "patches")], env=cli_env, capture_output=True, text=True)
+    assert proc.returncode == 4 and "Traceback" not in proc.stderr
+    assert re.search(r"absent\.mrc: cannot read the file", proc.stderr.strip().splitlines()[-1]), proc.stderr

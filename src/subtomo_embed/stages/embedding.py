@@ -158,7 +158,10 @@ def extraction_settings(cfg: Config) -> dict:
 def file_identity(path: Path | None) -> list | None:
     if path is None:
         return None
-    st = path.stat()
+    try:
+        st = path.stat()
+    except OSError as err:
+        raise InputDataError(f"cannot read the file ({err.strerror})", path) from None
     return [path.name, st.st_size, int(st.st_mtime)]
 
 
