@@ -73,8 +73,7 @@ def _end_process(code) -> None:
         print(code, file=sys.stderr)
         code = 1
     code = 0 if code is None else int(code)
-    others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
-    if any(t.is_alive() for t in others):
+    if any(not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         sys.exit(code)  # let Python wait for them, as it always does
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):

@@ -117,10 +117,10 @@ def _label_boxes(mask: np.ndarray, slabs: int | None = None) -> dict[int, Box]:
     if mask.size == 0:
         return {}
     edges = np.linspace(0, mask.shape[0], min(slabs or default_workers(), mask.shape[0]) + 1).astype(int).tolist()
-    slabs = list(zip(edges[:-1], edges[1:]))
+    ranges = list(zip(edges[:-1], edges[1:]))  # the slabs' z ranges
 
-    def scan(slab: tuple[int, int]) -> list | None:
-        part = mask[slab[0]:slab[1]]
+    def scan(z_range: tuple[int, int]) -> list | None:
+        part = mask[z_range[0]:z_range[1]]
         top = int(part.max())
         if top > _FIND_OBJECTS_LIMIT:
             return None
@@ -128,17 +128,17 @@ def _label_boxes(mask: np.ndarray, slabs: int | None = None) -> dict[int, Box]:
             part = part.astype(np.int32)
         return ndimage.find_objects(part, top) if top > 0 else []
 
-    if len(slabs) > 1:
+    if len(ranges) > 1:
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(max_workers=len(slabs), thread_name_prefix="subtomo-boxes") as pool:
-            parts = list(pool.map(scan, slabs))
+        with ThreadPoolExecutor(max_workers=len(ranges), thread_name_prefix="subtomo-boxes") as pool:
+            parts = list(pool.map(scan, ranges))
     else:
-        parts = [scan(slabs[0])]
+        parts = [scan(ranges[0])]
     if any(part is None for part in parts):
         return _sparse_label_boxes(mask)
     boxes: dict[int, Box] = {}
-    for (z0, _), part in zip(slabs, parts):
+    for (z0, _), part in zip(ranges, parts):
         for i, box in enumerate(part):
             if box is None:
                 continue
