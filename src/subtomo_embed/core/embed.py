@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from .errors import ConfigError, ResourceError
+from .errors import ConfigError, DeviceError, ResourceError
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,9 @@ _DONE = object()
 def pick_device(requested: str | None = "auto", gpu_devices: int | list[int] | None = 0) -> torch.device:
     """The device to run on.
 
-    ``requested`` (the ``--device`` option) wins: ``cpu``, ``cuda``, ``cuda:N``. With ``auto``,
+    ``requested`` (the ``--device`` option) wins: ``cpu``, ``cuda``, ``cuda:N``; a GPU asked for
+    that CUDA does not see is a :class:`DeviceError` (never a silent CPU run: a GPU job that lost
+    its GPU, e.g. a container started without ``--nv``, fails at once). With ``auto``,
     ``parameters.gpu_devices`` picks the GPU (an int, or the first of a list; null = CPU);
     without CUDA the CPU is used with a warning.
     """
@@ -36,9 +38,8 @@ def pick_device(requested: str | None = "auto", gpu_devices: int | list[int] | N
             device = torch.device(requested)
         except RuntimeError:
             raise ConfigError(f"--device '{requested}' is not a device (use cpu, cuda, cuda:N or auto)") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            log.warning("--device %s asked for, but CUDA is not available: running on the CPU", requested)
-            return torch.device("cpu")
+        if device.type == "cuda":
+            check_cuda_device(requested, device.index)
         return device
     if gpu_devices is None or gpu_devices == []:
         return torch.device("cpu")
@@ -51,6 +52,21 @@ def pick_device(requested: str | None = "auto", gpu_devices: int | list[int] | N
     if index >= torch.cuda.device_count():
         raise ConfigError(f"parameters.gpu_devices asks for GPU {index}, but only {torch.cuda.device_count()} are visible")
     return torch.device(f"cuda:{index}")
+
+
+def check_cuda_device(requested: str, index: int | None) -> None:
+    """Fail with a :class:`DeviceError` unless CUDA sees the GPU ``requested`` (``cuda`` or ``cuda:N``)."""
+    import os
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    where = f"CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else "CUDA_VISIBLE_DEVICES unset"
+    if not torch.cuda.is_available():
+        build = f"torch {torch.__version__}, " + (f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build")
+        raise DeviceError(f"--device {requested} asked for, but no CUDA GPU is visible ({build}; {where}): run on a GPU "
+                          "node with the GPU passed into the container (Apptainer --nv, Docker --gpus), or use --device cpu")
+    count = torch.cuda.device_count()
+    if index is not None and index >= count:
+        raise DeviceError(f"--device {requested} asked for, but only {count} CUDA GPU(s) are visible ({where})")
 
 
 def prefetch(iterator: Iterable, depth: int = 2) -> Iterator:

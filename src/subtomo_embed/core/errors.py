@@ -47,3 +47,10 @@ class ResourceError(SubtomoError):
 
     exit_code = 6
     kind = "resource error"
+
+
+class DeviceError(SubtomoError):
+    """A GPU was asked for (``--device cuda``) but CUDA sees none, or not the one asked for."""
+
+    exit_code = 7
+    kind = "device error"
