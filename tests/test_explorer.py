@@ -1,0 +1,333 @@
+"""The embeddings explorer: the HTML builder, its thumbnails, and the page in a real browser (Debian's chromium)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from subtomo_embed.core import explorer as E
+from synthetic import blob_mask
+from tools import require_executable, require_module
+
+N_GROUPS = 5
+PER_GROUP = 60
+LONE = 0  # row of the isolated point the browser test hovers
+
+
+def page_data_of(html: str) -> dict:
+    match = re.search(r'<script type="application/json" id="explorer-data">(.*?)</script>', html, re.S)
+    assert match, "no data block"
+    return json.loads(match.group(1))
+
+
+def decode(b64: str, dtype: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(b64), dtype=dtype)
+
+
+@pytest.fixture(scope="module")
+def example():
+    """Five separated groups in 2D (+ a 3D projection), two tomograms, a STAR table, thumbnails for some rows."""
+    rng = np.random.default_rng(0)
+    n = N_GROUPS * PER_GROUP + 1
+    groups = np.r_[N_GROUPS - 1, np.repeat(np.arange(N_GROUPS), PER_GROUP)]
+    centres = np.array([[-10.0, 0.0], [0.0, 10.0], [10.0, 0.0], [0.0, -10.0], [0.0, 0.0]])
+    xy = centres[groups] + rng.uniform(-1.5, 1.5, (n, 2))
+    xy[LONE] = [12.0, 12.0]  # far from every group: hovering there can only find this point
+    tomogram = np.where(np.arange(n) % 3 == 0, "TS_01", "TS_02")
+    label = np.arange(n) + 1
+    area = rng.integers(50, 900, n)
+    centroid = rng.uniform(0, 60, (n, 3))
+    instances = E.Instances(tomogram, label, area, centroid, {"TS_01": (10.0, 10.0, 10.0), "TS_02": None})
+    projections = [E.Projection("UMAP 2D", xy, "UMAP"), E.Projection("UMAP 3D", np.c_[xy, rng.normal(size=n)], "UMAP")]
+    colourings = [
+        E.Colouring("KMeans cluster", groups, cluster=True),
+        E.Colouring("Spectral cluster", groups + 1, cluster=True),
+        E.Colouring("tomogram", tomogram),
+        E.Colouring("instance size", np.log2(area), categorical=False, label="log2 area (voxels)"),
+    ]
+    star = pd.DataFrame({
+        "rlnTomoName": tomogram, "rlnLabel": label, "rlnArea": area,
+        "rlnCoordinateZ": centroid[:, 0], "rlnCoordinateY": centroid[:, 1], "rlnCoordinateX": centroid[:, 2],
+        "rlnCenteredCoordinateXAngst": np.round(centroid[:, 2] * 10.0 - 300.0, 2),
+        "rlnClass": groups,
+    })
+    star.loc[1, "rlnCoordinateX"] = 7.0  # an integral float must stay a float
+    patches = [rng.normal(size=(16, 16, 16)).astype(np.float32) for _ in range(40)]
+    thumb_rows = [LONE, *range(10, 49)]
+    thumbnails = E.encode_thumbnails(thumb_rows, (E.thumbnail_png(p) for p in patches))
+    html = E.explorer_html(instances, projections, colourings, star, thumbnails, title="test explorer")
+    return {"html": html, "xy": xy, "groups": groups, "star": star, "thumbnails": thumbnails, "n": n,
+            "colourings": colourings}
+
+
+# --------------------------------------------------------------------------------------------
+# the HTML builder
+
+
+def test_page_is_self_contained(example):
+    html = example["html"]
+    assert not re.search(r"<script[^>]*\ssrc=", html), "a script is loaded from elsewhere"
+    markup = re.sub(r"<script[^>]*>.*?</script>", "", html, flags=re.S)  # plotly.js's code mentions URLs
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", markup), "a resource is loaded from the network"
+    assert "<link" not in markup.replace('<link rel="icon" href="data:,">', "")
+    assert "Plotly.newPlot" in html and "function" in html  # plotly.js itself is inlined
+    assert len(html) > 3_000_000  # plotly.min.js is ~4.8 MB
+
+
+def test_points_and_thumbnails_embedded(example):
+    data = page_data_of(example["html"])
+    n = example["n"]
+    assert data["n"] == n
+    coords = [decode(c, "<f4") for c in data["projections"][0]["coords"]]
+    np.testing.assert_allclose(np.c_[coords[0], coords[1]], example["xy"].astype(np.float32))
+    assert data["projections"][1]["dims"] == 3
+    assert set(data["thumbnails"]) == {str(r) for r in [LONE, *range(10, 49)]}
+    kmeans = data["colourings"][0]
+    assert kmeans["categories"] == [str(g) for g in range(N_GROUPS)]
+    np.testing.assert_array_equal(decode(kmeans["codes"], "<i4"), example["groups"])
+    star = {c["name"]: c for c in data["star"]}
+    assert star["rlnLabel"]["values"] == list(range(1, n + 1))
+    assert star["rlnCoordinateX"]["kind"] == "float"
+    # the size colouring keeps the 1st-99th percentile as its range
+    size = data["colourings"][3]
+    assert size["kind"] == "continuous" and size["cmin"] < size["cmax"]
+
+
+def test_inconsistent_inputs_are_refused():
+    inst = E.Instances(np.array(["a", "a"]), np.array([1, 2]), np.array([5, 6]), np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="projection"):
+        E.explorer_html(inst, [E.Projection("P", np.zeros((3, 2)), "PC")], [])
+    with pytest.raises(ValueError, match="colouring"):
+        E.explorer_html(inst, [E.Projection("P", np.zeros((2, 2)), "PC")], [E.Colouring("c", np.array([1]))])
+
+
+def test_stratified_order_keeps_groups_in_proportion():
+    groups = np.repeat(["a", "b", "c", "d"], [1000, 300, 60, 2])
+    order = E.stratified_order(groups, seed=3)
+    assert sorted(order.tolist()) == list(range(groups.size))  # a permutation
+    for m in (4, 50, 200, 700):
+        counts = pd.Series(groups[order[:m]]).value_counts()
+        for g, total in zip("abcd", (1000, 300, 60, 2)):
+            assert abs(counts.get(g, 0) - m * total / groups.size) <= 2, (m, g)
+    assert set(groups[order[:4]]) == {"a", "b", "c", "d"}  # even a small prefix holds every group
+    rows = E.thumbnail_rows(groups, 100, seed=3)
+    assert rows.size == 100 and np.unique(rows).size == 100
+    assert E.thumbnail_rows(groups, 10**6).size == groups.size
+
+
+def test_thumbnail_bytes_are_bounded():
+    pngs = [bytes(3000)] * 50  # 4000 characters each once base64
+    kept = E.encode_thumbnails(range(50), pngs, max_bytes=4000 * 12 + 10)
+    assert list(kept) == list(range(12))
+    assert sum(len(v) for v in kept.values()) <= 4000 * 12 + 10
+
+
+def test_thumbnail_shows_central_orthogonal_slices():
+    from PIL import Image
+
+    patch = np.zeros((16, 16, 16), np.float32)
+    patch[8, :, :] = 1.0  # the xy plane through the centre: all bright in xy, one bright row in xz and yz
+    png = E.thumbnail_png(patch)
+    image = np.asarray(Image.open(io.BytesIO(png)))
+    assert image.shape == (16, 16 * 3 + 4)
+    xy, xz, yz = image[:, :16], image[:, 18:34], image[:, 36:52]
+    assert (xy == 255).all()
+    for side in (xz, yz):
+        assert (side[8] == 255).all() and (np.delete(side, 8, axis=0) == 0).all()
+    # large patches are shrunk to at most THUMBNAIL_SIDE per slice
+    big = np.asarray(Image.open(io.BytesIO(E.thumbnail_png(np.random.default_rng(0).normal(size=(128, 128, 128))))))
+    assert big.shape == (64, 64 * 3 + 4)
+
+
+def test_thumbnail_patches_are_the_patches_predict_cuts():
+    """The explorer cuts each particle with extract's own functions: the same masked patch as predict."""
+    from subtomo_embed.core.extract import Normalization, iter_patches, plan_extraction
+
+    mask = blob_mask((32, 40, 40), 6, seed=4)
+    volume = np.random.default_rng(1).normal(0.5, 0.2, mask.shape).astype(np.float32)
+    norm = Normalization(0.0, 1.0, 0.5, 0.2)
+    plan = plan_extraction(mask, expand_labels=2)
+    expected = [p.copy() for _, p in iter_patches(volume, plan, (12, 12, 12), 1, norm)]
+    table = plan.table.iloc[[4, 1, 3]]  # any subset, any order
+    got = list(E.masked_patches(volume, mask, table, (12, 12, 12), 1, 2, norm))
+    assert len(got) == 3
+    for patch, i in zip(got, [4, 1, 3]):
+        np.testing.assert_array_equal(patch, expected[i])
+    assert any((p == 0).any() and (p != 0).any() for p in got)  # masked, not blank
+
+
+# --------------------------------------------------------------------------------------------
+# the page in a real browser
+
+
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--enable-unsafe-swiftshader", "--window-size=1400,900", "--force-device-scale-factor=1",
+]
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    chromium = require_executable("chromium")
+    chromedriver = require_executable("chromedriver")
+    require_module("selenium")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    downloads = tmp_path_factory.mktemp("downloads")
+    options = webdriver.ChromeOptions()
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    options.binary_location = chromium
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    driver.downloads = Path(downloads)
+    yield driver
+    driver.quit()
+
+
+def open_page(driver, path: Path) -> None:
+    driver.get(path.as_uri())
+    for _ in range(300):
+        if driver.execute_script("return document.getElementById('explorer-plot').dataset.ready") == "1":
+            return
+        time.sleep(0.1)
+    raise AssertionError("the explorer never finished drawing")
+
+
+def point_on_screen(driver, x: float, y: float) -> tuple[int, int]:
+    """Page pixel of data point (x, y) on the 2D plot (plotly's own axis conversion)."""
+    return tuple(driver.execute_script(
+        """const gd = document.getElementById('explorer-plot'), L = gd._fullLayout, r = gd.getBoundingClientRect();
+           return [Math.round(r.left + L._size.l + L.xaxis.d2p(arguments[0])),
+                   Math.round(r.top + L._size.t + L.yaxis.d2p(arguments[1]))];""", x, y))
+
+
+def move_to(driver, x: int, y: int):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+
+    actions = ActionChains(driver)
+    ActionBuilder(driver).pointer_action.move_to_location(x, y)
+    builder = ActionBuilder(driver)
+    builder.pointer_action.move_to_location(x, y)
+    builder.perform()
+    return actions
+
+
+def screenshot(driver) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")).astype(int)
+
+
+def wait_for_file(folder: Path, pattern: str, timeout: float = 20.0) -> Path:
+    for _ in range(int(timeout / 0.1)):
+        done = [p for p in folder.glob(pattern) if not p.name.endswith(".crdownload")]
+        if done:
+            return done[0]
+        time.sleep(0.1)
+    raise AssertionError(f"no {pattern} downloaded into {folder}: {list(folder.iterdir())}")
+
+
+@pytest.fixture(scope="module")
+def page(example, browser, tmp_path_factory):
+    path = tmp_path_factory.mktemp("explorer") / E.EXPLORER_NAME
+    path.write_text(example["html"], encoding="utf-8")
+    open_page(browser, path)
+    return path
+
+
+def test_browser_draws_the_points_without_errors(example, browser, page):
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors
+    loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert not [u for u in loaded if not u.startswith(("data:", "blob:", "file:"))], loaded
+    image = screenshot(browser)
+    assert image.std() > 5, "blank page"
+    # every KMeans cluster's colour is on screen (markers at opacity 0.8 over white)
+    for colour in E.category_colours(N_GROUPS):
+        rgb = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)])
+        blended = 0.8 * rgb + 0.2 * 255
+        close = (np.abs(image - blended).max(axis=2) <= 12).sum()
+        assert close > 30, f"cluster colour {colour} not drawn ({close} pixels)"
+    legend = browser.execute_script("return Array.from(document.querySelectorAll('.legendtext')).map(e => e.textContent)")
+    assert legend == [f"{g} (n={(example['groups'] == g).sum()})" for g in range(N_GROUPS)]
+
+
+def test_browser_hover_shows_label_and_thumbnail(example, browser, page):
+    x, y = point_on_screen(browser, *example["xy"][LONE])
+    move_to(browser, x - 40, y - 40)
+    move_to(browser, x, y)
+    for _ in range(50):
+        title = browser.execute_script("const h = document.getElementById('details-title'); return h && h.textContent")
+        if title:
+            break
+        time.sleep(0.1)
+    assert title == f"TS_01 : label {LONE + 1}"
+    src = browser.execute_script("return document.getElementById('details-thumbnail').src")
+    assert src == "data:image/png;base64," + example["thumbnails"][LONE]
+    details = browser.execute_script("return document.getElementById('details').textContent")
+    assert "KMeans cluster4" in details and "Spectral cluster5" in details  # both clusterings, cell by cell
+
+
+def test_browser_selection_downloads_star_and_csv(example, browser, page):
+    import starfile
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    browser.find_element(By.CSS_SELECTOR, '[data-title="Box Select"]').click()
+    # a box around group 2 (centre (10, 0), points within ±1.5): nothing else lies within 5 of it
+    x0, y0 = point_on_screen(browser, 7.0, 3.0)
+    x1, y1 = point_on_screen(browser, 13.0, -3.0)
+    actions = ActionChains(browser)
+    move_to(browser, x0, y0)
+    actions.click_and_hold().perform()
+    for k in range(1, 11):
+        move_to(browser, x0 + (x1 - x0) * k // 10, y0 + (y1 - y0) * k // 10)
+    ActionChains(browser).release().perform()
+    expected = np.flatnonzero(example["groups"] == 2)
+    for _ in range(50):
+        if browser.execute_script("return explorer.selected().length") == expected.size:
+            break
+        time.sleep(0.1)
+    assert browser.execute_script("return explorer.selected()") == expected.tolist()
+    assert browser.find_element(By.ID, "selection-count").text == f"{expected.size} selected"
+
+    browser.find_element(By.ID, "download-star").click()
+    star_path = wait_for_file(browser.downloads, "*.star")
+    got = starfile.read(star_path)
+    want = example["star"].iloc[expected].reset_index(drop=True)
+    assert list(got.columns) == list(want.columns)
+    pd.testing.assert_frame_equal(got, want, check_dtype=False)
+    assert got["rlnCoordinateX"].dtype.kind == "f"
+
+    browser.find_element(By.ID, "download-csv").click()
+    csv = pd.read_csv(wait_for_file(browser.downloads, "*.csv"))
+    assert csv["row"].tolist() == expected.tolist()
+    assert (csv["KMeans cluster"] == 2).all()
+    np.testing.assert_allclose(csv[["x", "y"]].to_numpy(), example["xy"][expected], atol=1e-5)
+
+
+def test_browser_switches_colouring_and_3d(example, browser, page):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    Select(browser.find_element(By.ID, "colour-by")).select_by_visible_text("tomogram")
+    legend = browser.execute_script("return Array.from(document.querySelectorAll('.legendtext')).map(e => e.textContent)")
+    assert [t.split(" ")[0] for t in legend] == ["TS_01", "TS_02"]
+    Select(browser.find_element(By.ID, "projection")).select_by_visible_text("UMAP 3D")
+    assert browser.execute_script("return document.getElementById('explorer-plot')._fullData[0].type") == "scatter3d"
+    assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
