@@ -46,6 +46,9 @@ class VisualizationConfig(_Section):
     visualize_umap: bool = True
     umap_3d: bool = Field(False, alias="3d_umap")
     max_plot_points: int = Field(20000, ge=100)  # extension: subsample for plots only
+    explorer_thumbnails: int = Field(20000, ge=0)
+    """Extension: at most this many instances (a stratified sample) get a particle thumbnail in
+    ``embeddings_explorer.html``; the others show text only on hover. 0: no thumbnails."""
 
 
 class DataConfig(_Section):
