@@ -230,7 +230,8 @@ def test_bad_input_fails_cleanly(tmp_path, case, code, needle):
 
 
 def test_help_is_light():
-    code = ("import sys, subtomo_embed.commands.analysis, subtomo_embed.stages.analysis;"
+    code = ("import sys, subtomo_embed.commands.analysis, subtomo_embed.stages.merging, subtomo_embed.stages.clustering,"
+            " subtomo_embed.stages.visualize;"
             "heavy = [m for m in ('umap', 'sklearn', 'matplotlib', 'pynndescent') if m in sys.modules];"
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)

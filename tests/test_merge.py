@@ -13,8 +13,9 @@ import pytest
 from subtomo_embed.core import merge as M
 from subtomo_embed.core.config import config_from_dict
 from subtomo_embed.core.errors import InputDataError
+from subtomo_embed.core import io, layout
 from subtomo_embed.core.io import write_h5
-from subtomo_embed.stages.analysis import Folders, load_merged, merge_embeddings
+from subtomo_embed.stages.merging import Folders, load_merged, merge_embeddings
 from conftest_analysis import make_prediction_folder
 
 
@@ -69,11 +70,19 @@ def test_tidy_table_rows_index_the_merged_embeddings():
     assert [len(p) for p in M.split_rows(np.arange(3), [2, 1])] == [2, 1]
 
 
-def test_fingerprint_changes_with_any_record():
-    a = M.fingerprint([["x_embeds.h5", 10, 1]])
-    assert a == M.fingerprint([["x_embeds.h5", 10, 1]])
-    assert a != M.fingerprint([["x_embeds.h5", 11, 1]])
-    assert a != M.fingerprint([["x_embeds.h5", 10, 2]])
+def test_fingerprint_changes_with_any_input_or_setting(tmp_path):
+    x = tmp_path / "x_embeds.h5"
+    x.write_bytes(b"1234")
+    a = io.fingerprint([x], stems=["x"])
+    assert a == io.fingerprint([x], stems=["x"])
+    assert a != io.fingerprint([x], stems=["y"])
+    assert a != io.fingerprint([x, None], stems=["x"])
+    os.utime(x, ns=(1, x.stat().st_mtime_ns + 1))  # 1 ns later, same size
+    b = io.fingerprint([x], stems=["x"])
+    assert b != a
+    x.write_bytes(b"12345")
+    os.utime(x, ns=(1, x.stat().st_mtime_ns - 1))
+    assert io.fingerprint([x], stems=["x"]) not in (a, b)
 
 
 # --------------------------------------------------------------------------------------------
@@ -89,9 +98,9 @@ def test_merge_writes_layout_and_table(tmp_path):
         assert f["number_of_samples"][()].tolist() == [5, 7, 3]
         assert [s.decode() for s in f["tomograms"][()]] == ["TS_00", "TS_01", "TS_02"]
         assert np.array_equal(f["labels"][()], truth["labels"])
-        assert f.attrs[M.FINGERPRINT_ATTR]
+        assert f.attrs[io.FINGERPRINT_ATTR]
     assert np.allclose(emb, truth["embeddings"])
-    table = pd.read_csv(tmp_path / M.TABLE_NAME)
+    table = pd.read_csv(tmp_path / layout.MERGED_TABLE_NAME)
     assert list(table.columns) == ["tomogram", "label", "row", "area", *[f"bbox-{i}" for i in range(6)],
                                    "centroid-0", "centroid-1", "centroid-2", "hull_area"]
     assert table["row"].tolist() == list(range(15))
@@ -105,7 +114,7 @@ def test_merge_follows_instance_labels_order(tmp_path):
     regions = pd.read_csv(tmp_path / "TS_00_instance_regions.csv")
     regions.iloc[::-1].to_csv(tmp_path / "TS_00_instance_regions.csv", index=False)  # rows in another order
     merge_embeddings(_cfg(), tmp_path, tmp_path)
-    table = pd.read_csv(tmp_path / M.TABLE_NAME)
+    table = pd.read_csv(tmp_path / layout.MERGED_TABLE_NAME)
     assert table["label"].tolist() == regions["label"].tolist()  # embedding order, from the labels file
 
 
@@ -146,7 +155,7 @@ def test_cryosiam_merge_without_fingerprint_is_rebuilt(tmp_path):
     with h5py.File(tmp_path / "embeddings.h5", "w") as f:  # what CryoSiam leaves (maybe stale)
         f.create_dataset("embeddings", data=np.zeros((3, 8)))
         f.create_dataset("number_of_samples", data=[3])
-    (tmp_path / M.TABLE_NAME).write_text("tomogram,label,row\n")
+    (tmp_path / layout.MERGED_TABLE_NAME).write_text("tomogram,label,row\n")
     merge_embeddings(_cfg(), tmp_path, tmp_path)
     with h5py.File(tmp_path / "embeddings.h5") as f:
         assert f["embeddings"].shape == (12, 8)

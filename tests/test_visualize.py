@@ -85,10 +85,9 @@ def test_projection_figure_has_labels_and_legends(tmp_path, data):
     x, truth = data
     xy = x[:, :2]
     panels = [
-        {"values": truth, "title": "clusters", "kind": "categorical", "label": "cluster", "counts": {0: 1, 1: 2, 2: 3}},
-        {"values": np.log2(np.arange(1, 241)), "title": "size", "kind": "continuous", "label": "log2 area (voxels)"},
-        {"values": np.array([f"T{i % 30:02d}" for i in range(240)]), "title": "tomogram", "kind": "categorical",
-         "label": "tomogram"},
+        V.Panel(truth, "clusters", "cluster", counts={0: 1, 1: 2, 2: 3}),
+        V.Panel(np.log2(np.arange(1, 241)), "size", "log2 area (voxels)", categorical=False),
+        V.Panel(np.array([f"T{i % 30:02d}" for i in range(240)]), "tomogram", "tomogram"),
     ]
     fig = V.projection_figure(xy, panels, "title", "UMAP")
     axes = fig.axes

@@ -35,7 +35,7 @@ VisDir = Annotated[
 
 def _setup(config_file, overrides, input_dir, output_dir, vis_dir, quiet):
     from ..core.config import load_config
-    from ..stages.analysis import resolve_folders
+    from ..stages.merging import resolve_folders
 
     cfg = load_config(config_file, overrides)
     log_dir = cfg.optional_path("log_dir")
@@ -56,7 +56,7 @@ def merge(
     setup_logging(quiet)
     with guarded(debug):
         cfg, folders = _setup(config_file, overrides, input_dir, output_dir, None, quiet)
-        from ..stages.analysis import run_merge
+        from ..stages.merging import run_merge
 
         run_merge(cfg, folders, force=force)
 
@@ -74,7 +74,7 @@ def visualize(
     setup_logging(quiet)
     with guarded(debug):
         cfg, folders = _setup(config_file, overrides, input_dir, output_dir, vis_dir, quiet)
-        from ..stages.analysis import run_visualize
+        from ..stages.visualize import run_visualize
 
         run_visualize(cfg, folders)
 
@@ -92,7 +92,7 @@ def kmeans(
     setup_logging(quiet)
     with guarded(debug):
         cfg, folders = _setup(config_file, overrides, input_dir, output_dir, vis_dir, quiet)
-        from ..stages.analysis import run_kmeans
+        from ..stages.clustering import run_kmeans
 
         run_kmeans(cfg, folders)
 
@@ -110,7 +110,7 @@ def spectral(
     setup_logging(quiet)
     with guarded(debug):
         cfg, folders = _setup(config_file, overrides, input_dir, output_dir, vis_dir, quiet)
-        from ..stages.analysis import run_spectral
+        from ..stages.clustering import run_spectral
 
         run_spectral(cfg, folders)
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import json
 import logging
 import os
 import socket
 import time
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +27,7 @@ import h5py
 import mrcfile
 import numpy as np
 
+from . import layout
 from .errors import InputDataError, ResourceError
 
 if TYPE_CHECKING:
@@ -47,6 +51,7 @@ STAR_RENAMES = {
     "centroid-2": "rlnCoordinateX",
 }
 TMP_MARK = ".subtomo-tmp-"
+FINGERPRINT_ATTR = "input_fingerprint"  # root attribute of an HDF5 output: the fingerprint of what made it
 
 
 # --------------------------------------------------------------------------------------------
@@ -108,9 +113,17 @@ def _remove_quietly(path: Path) -> None:
         path.unlink()
 
 
-def check_writable_folder(folder: str | Path) -> Path:
-    """Create ``folder`` if needed and make sure we can write into it, before any work is done."""
+def check_writable_folder(folder: str | Path, create: bool = True) -> Path:
+    """Make sure we can write into ``folder`` before any work is done: create it if needed, or with
+    ``create=False`` only check that it could be created (bad input must write nothing)."""
     folder = Path(folder)
+    if not create:
+        probe = folder
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+            raise ResourceError("output folder is not writable", folder)
+        return folder
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -118,6 +131,43 @@ def check_writable_folder(folder: str | Path) -> Path:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ResourceError("output folder is not writable", folder)
     return folder
+
+
+def progress(items: Iterable | None = None, desc: str = "", unit: str = "tomogram", total: int | None = None):
+    """A progress bar on a terminal (tqdm), nothing otherwise; use it as an iterable or a context."""
+    from tqdm import tqdm
+
+    tqdm.monitor_interval = 0  # no monitor thread: extract forks its workers while a bar is open
+    return tqdm(items, total=total, desc=desc, unit=unit, leave=False, disable=None, dynamic_ncols=True)
+
+
+# --------------------------------------------------------------------------------------------
+# fingerprints: what makes an output stale
+
+
+def fingerprint(files: Sequence[Path | None] = (), **settings) -> str:
+    """A hash of the input files' identities (name, size, modification time in ns; None for an input
+    that is not there) and of the settings that shape an output: equal means the output is current."""
+    records = [None if p is None else _identity(Path(p)) for p in files]
+    payload = json.dumps({"files": records, "settings": settings}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _identity(path: Path) -> list:
+    try:
+        st = path.stat()
+    except OSError as err:
+        raise InputDataError(f"cannot read the file ({err.strerror})", path) from None
+    return [path.name, int(st.st_size), int(st.st_mtime_ns)]
+
+
+def file_digest(path: str | Path) -> str:
+    """A hash of a file's bytes (a checkpoint: the same weights under a new time stamp are the same)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
 
 
 _WRITER = f"{os.getpid()}@{socket.gethostname()}"  # temporaries say who writes them
@@ -227,18 +277,8 @@ def write_mrc(path: str | Path, data: np.ndarray, voxel_size: float = 1.0) -> No
 # instance masks
 
 
-def mask_candidates(mask_folder: Path, stem: str, file_extension: str, suffix: str = "") -> list[Path]:
-    """Where a tomogram's mask may be, in order of preference."""
-    return [
-        mask_folder / f"{stem}_instance_preds{suffix}.h5",
-        mask_folder / f"{stem}{file_extension}",
-        mask_folder / f"{stem}.mrc",
-        mask_folder / f"{stem}.rec",
-    ]
-
-
 def find_mask(mask_folder: Path, stem: str, file_extension: str, suffix: str = "") -> Path | None:
-    for candidate in mask_candidates(mask_folder, stem, file_extension, suffix):
+    for candidate in layout.mask_candidates(mask_folder, stem, file_extension, suffix):
         if candidate.is_file():
             return candidate
     return None
@@ -254,15 +294,10 @@ def read_instance_mask(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise InputDataError("mask file does not exist", path)
     if path.suffix.lower() in (".h5", ".hdf5", ".hdf"):
-        try:
-            with h5py.File(path, "r") as f:
-                if "instances" not in f:
-                    raise InputDataError("HDF5 mask has no dataset 'instances'", path)
-                mask = f["instances"][()]
-        except InputDataError:
-            raise
-        except (OSError, KeyError, ValueError) as err:
-            raise InputDataError(f"not a readable HDF5 file ({_short(err)})", path) from None
+        with open_h5(path) as f:
+            if "instances" not in f:
+                raise InputDataError("HDF5 mask has no dataset 'instances'", path)
+            mask = f["instances"][()]
     else:
         data, _ = open_mrc_volume(path)
         mask = np.asarray(data)
@@ -381,19 +416,112 @@ def write_h5(path: str | Path, datasets: dict[str, np.ndarray], attrs: dict | No
                 f.attrs[k] = v
 
 
-def read_h5_dataset(path: str | Path, name: str) -> np.ndarray:
+@contextlib.contextmanager
+def open_h5(path: str | Path) -> Iterator[h5py.File]:
+    """An HDF5 file opened read-only. Anything h5py cannot read in it, while the block runs, is an
+    :class:`InputDataError` naming the file: the one place that says "not a readable HDF5 file"."""
     path = Path(path)
     if not path.is_file():
         raise InputDataError("file does not exist", path)
     try:
         with h5py.File(path, "r") as f:
-            if name not in f:
-                raise InputDataError(f"HDF5 file has no dataset '{name}'", path)
-            return f[name][()]
+            yield f
     except InputDataError:
         raise
     except (OSError, KeyError, ValueError) as err:
         raise InputDataError(f"not a readable HDF5 file ({_short(err)})", path) from None
+
+
+def dataset(f: h5py.File, name: str) -> h5py.Dataset:
+    """``f[name]``, or an :class:`InputDataError` naming the file that lacks it."""
+    if name not in f:
+        raise InputDataError(f"HDF5 file has no dataset '{name}'", Path(f.filename))
+    return f[name]
+
+
+def read_h5_dataset(path: str | Path, name: str) -> np.ndarray:
+    with open_h5(path) as f:
+        return dataset(f, name)[()]
+
+
+def h5_shape(path: str | Path, name: str) -> tuple[int, ...]:
+    with open_h5(path) as f:
+        return tuple(dataset(f, name).shape)
+
+
+def read_h5_attr(path: str | Path, name: str) -> str | None:
+    """A root attribute as text; None when the file or the attribute is missing or unreadable
+    (for a cache or a staleness mark, where that only means "not up to date")."""
+    try:
+        with h5py.File(path, "r") as f:
+            value = f.attrs.get(name)
+    except OSError:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode()
+    return None if value is None else str(value)
+
+
+# --------------------------------------------------------------------------------------------
+# merged embeddings (CryoSiam's embeddings.h5, rows instead of columns, + names and labels)
+
+
+@dataclass
+class MergedContents:
+    embeddings: np.ndarray  # [N, dim] float32
+    counts: np.ndarray  # number_of_samples: instances per tomogram
+    stems: list[str] | None  # None in CryoSiam's files
+    labels: np.ndarray | None
+    key: str | None  # the fingerprint of the merge's inputs
+
+
+def write_merged_embeddings(path: Path, tomogram_rows: Iterable[np.ndarray], counts: Sequence[int], dim: int,
+                            stems: list[str], labels: np.ndarray, attrs: dict,
+                            then: Callable[[], None] | None = None) -> None:
+    """``embeddings.h5`` streamed from each tomogram's rows [n, dim]; ``then`` (the table) is written
+    inside the same atomic block, so when either fails neither file is left."""
+    with atomic_output(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            total = int(sum(counts))
+            ds = f.create_dataset("embeddings", shape=(total, dim), dtype=np.float32, chunks=(min(total, 4096), dim))
+            start = 0
+            for rows in tomogram_rows:
+                ds[start : start + len(rows)] = rows
+                start += len(rows)
+            f.create_dataset("number_of_samples", data=np.asarray(counts, dtype=np.int64))
+            f.create_dataset("tomograms", data=np.asarray(stems, dtype=object), dtype=h5py.string_dtype())
+            f.create_dataset("labels", data=labels)
+            for k, v in attrs.items():
+                f.attrs[k] = v
+        if then is not None:
+            then()
+
+
+def read_merged_embeddings(path: Path) -> MergedContents:
+    with open_h5(path) as f:
+        emb = dataset(f, "embeddings")
+        counts = dataset(f, "number_of_samples")
+        if emb.ndim != 2:
+            raise InputDataError(f"dataset 'embeddings' must be 2D [N, dim], got shape {emb.shape}", path)
+        stems = [s.decode() if isinstance(s, bytes) else str(s) for s in f["tomograms"][()]] if "tomograms" in f else None
+        key = f.attrs.get(FINGERPRINT_ATTR)
+        return MergedContents(
+            np.asarray(emb[()], dtype=np.float32),
+            np.asarray(counts[()], dtype=np.int64).ravel(),
+            stems,
+            np.asarray(f["labels"][()], dtype=np.int64) if "labels" in f else None,
+            None if key is None else (key.decode() if isinstance(key, bytes) else str(key)),
+        )
+
+
+def read_table(path: str | Path, **read_csv) -> pd.DataFrame:
+    """A CSV table (``pandas.read_csv`` options)."""
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path, **read_csv)
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise InputDataError(f"not a readable table ({_short(err)})", Path(path)) from None
 
 
 def _short(err: BaseException) -> str:

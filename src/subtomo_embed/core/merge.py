@@ -1,29 +1,19 @@
-"""Merging per-tomogram embeddings: validation, the tidy instance table, the staleness fingerprint.
+"""Merging per-tomogram embeddings: validation and the tidy instance table.
 
-Array in, array out (the file loop lives in ``stages.analysis``). The merged layout is
-CryoSiam's ``embeddings.h5`` (``embeddings`` [N_total, dim], ``number_of_samples`` per
-tomogram, tomograms in sorted stem order) plus ``tomograms``, ``labels`` and a fingerprint of
-the inputs in the root attributes, so a merge is rebuilt whenever an input changes (CryoSiam
-reused any ``embeddings.h5`` it found, even a stale one).
+Array in, array out (the file loop lives in ``stages.merging``, the file format in ``core.io``).
+The merged layout is CryoSiam's ``embeddings.h5`` (``embeddings`` [N_total, dim],
+``number_of_samples`` per tomogram, tomograms in sorted stem order) plus ``tomograms``, ``labels``
+and a fingerprint of the inputs in the root attributes, so a merge is rebuilt whenever an input
+changes (CryoSiam reused any ``embeddings.h5`` it found, even a stale one).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-MERGED_NAME = "embeddings.h5"
-TABLE_NAME = "embeddings_table.csv"
-EMBEDS_SUFFIX = "_embeds.h5"
-LABELS_SUFFIX = "_instance_labels.h5"
-REGIONS_SUFFIX = "_instance_regions.csv"
-FINGERPRINT_ATTR = "input_fingerprint"
 TABLE_KEYS = ["tomogram", "label", "row"]
 
 
@@ -33,18 +23,6 @@ class MergeInputError(ValueError):
     def __init__(self, message: str, about: str = "embeddings"):
         super().__init__(message)
         self.about = about
-
-
-def file_record(path: str | Path) -> list:
-    """What identifies a version of an input file: name, size, modification time (ns)."""
-    st = os.stat(path)
-    return [Path(path).name, int(st.st_size), int(st.st_mtime_ns)]
-
-
-def fingerprint(records: Sequence[Sequence], extra: dict | None = None) -> str:
-    """A stable hash of input file records (and settings that change the merge)."""
-    payload = json.dumps({"files": [list(r) for r in records], "extra": extra or {}}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def embedding_rows(embeds: np.ndarray, dim: int | None = None) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -204,19 +205,26 @@ def _colour_bar(ax, mappable, label: str):
     return bar
 
 
-def projection_figure(xy: np.ndarray, panels: Sequence[dict], title: str, axis_name: str, note: str | None = None):
-    """One scatter panel per colouring.
+@dataclass(frozen=True)
+class Panel:
+    """One scatter panel of a projection figure: what colours its points and how it is labelled."""
 
-    ``panels``: dicts with ``values``, ``title``, ``kind`` (``categorical``/``continuous``),
-    ``label`` (legend or colour-bar title) and optional ``counts``.
-    """
+    values: np.ndarray | Sequence  # one per point
+    title: str
+    label: str  # legend or colour-bar title
+    categorical: bool = True  # else a continuous colour scale
+    counts: dict | None = None  # category -> size, shown in the legend
+
+
+def projection_figure(xy: np.ndarray, panels: Sequence[Panel], title: str, axis_name: str, note: str | None = None):
+    """One scatter panel per colouring."""
     plt = _plt()
     fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 5.2), squeeze=False, layout="constrained")
     for ax, panel in zip(axes[0], panels):
-        if panel["kind"] == "categorical":
-            draw_categorical(ax, xy, panel["values"], panel["title"], panel["label"], panel.get("counts"))
+        if panel.categorical:
+            draw_categorical(ax, xy, panel.values, panel.title, panel.label, panel.counts)
         else:
-            draw_continuous(ax, xy, panel["values"], panel["title"], panel["label"])
+            draw_continuous(ax, xy, np.asarray(panel.values), panel.title, panel.label)
         ax.set_xlabel(f"{axis_name} 1")
         ax.set_ylabel(f"{axis_name} 2")
         ax.set_aspect("auto")

@@ -1,0 +1,158 @@
+"""Every file name the package reads from or writes into its folders, in one place.
+
+The per-tomogram names are CryoSiam's (``<stem>_embeds.h5``, ``<stem>_instance_labels.h5``,
+``<stem>_instance_regions.csv`` and ``.star``), so its outputs and ours can be mixed in a folder.
+A name is built here and nowhere else: a stage asks this module for a path, never formats one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+EMBEDS_SUFFIX = "_embeds.h5"
+LABELS_SUFFIX = "_instance_labels.h5"
+REGIONS_SUFFIX = "_instance_regions.csv"
+REGIONS_STAR_SUFFIX = "_instance_regions.star"
+PATCHES_SUFFIX = "_patches.h5"
+
+MERGED_NAME = "embeddings.h5"
+MERGED_TABLE_NAME = "embeddings_table.csv"
+
+CLUSTER_METHODS = {"kmeans": "KMeans", "spectral": "Spectral"}  # file name -> display name
+
+
+# --------------------------------------------------------------------------------------------
+# per tomogram
+
+
+@dataclass(frozen=True)
+class TomogramOutputs:
+    """The four files ``predict``, ``embed`` and ``predict-centers`` write for one tomogram."""
+
+    folder: Path
+    stem: str
+
+    @property
+    def labels(self) -> Path:
+        return self.folder / f"{self.stem}{LABELS_SUFFIX}"
+
+    @property
+    def regions_csv(self) -> Path:
+        return self.folder / f"{self.stem}{REGIONS_SUFFIX}"
+
+    @property
+    def regions_star(self) -> Path:
+        return self.folder / f"{self.stem}{REGIONS_STAR_SUFFIX}"
+
+    @property
+    def embeds(self) -> Path:
+        return self.folder / f"{self.stem}{EMBEDS_SUFFIX}"
+
+    def in_write_order(self) -> list[Path]:
+        """``_embeds.h5`` last: it marks the tomogram complete."""
+        return [self.labels, self.regions_csv, self.regions_star, self.embeds]
+
+
+def patches_file(folder: Path, stem: str) -> Path:
+    return folder / f"{stem}{PATCHES_SUFFIX}"
+
+
+def cryosiam_regions(mask_folder: Path, stem: str, instances_suffix: str) -> Path:
+    """CryoSiam's regions table beside an instance mask."""
+    return mask_folder / f"{stem}_instance_regions{instances_suffix}.csv"
+
+
+def mask_candidates(mask_folder: Path, stem: str, file_extension: str, instances_suffix: str = "") -> list[Path]:
+    """Where a tomogram's instance mask may be, in order of preference."""
+    return [
+        mask_folder / f"{stem}_instance_preds{instances_suffix}.h5",
+        mask_folder / f"{stem}{file_extension}",
+        mask_folder / f"{stem}.mrc",
+        mask_folder / f"{stem}.rec",
+    ]
+
+
+def stem_of(path: Path, suffix: str) -> str | None:
+    """``path``'s stem if its name ends with ``suffix`` (``TS_01`` of ``TS_01_embeds.h5``), else None."""
+    name = path.name
+    return name[: -len(suffix)] if name.endswith(suffix) and len(name) > len(suffix) else None
+
+
+# --------------------------------------------------------------------------------------------
+# merged embeddings and clustering
+
+
+def merged(folder: Path) -> Path:
+    return folder / MERGED_NAME
+
+
+def merged_table(folder: Path) -> Path:
+    return folder / MERGED_TABLE_NAME
+
+
+def clusters(folder: Path, method: str) -> Path:
+    """``<method>_clusters.h5``: every instance's cluster, the centres (and spectral's eigenvalues)."""
+    return folder / f"{method}_clusters.h5"
+
+
+def tomogram_clusters(folder: Path, stem: str, method: str) -> Path:
+    return folder / f"{stem}_clusters_{method}.h5"
+
+
+def clustered_regions_csv(folder: Path, stem: str, method: str) -> Path:
+    return folder / f"{stem}_instance_regions_{method}_clustered.csv"
+
+
+def clustered_regions_star(folder: Path, stem: str, method: str) -> Path:
+    return folder / f"{stem}_instance_regions_{method}_clustered.star"
+
+
+def particles_star(folder: Path, method: str) -> Path:
+    return folder / f"{method}_particles.star"
+
+
+def cluster_particles_star(folder: Path, method: str, cluster: int) -> Path:
+    return folder / f"{method}_cluster_{cluster}_particles.star"
+
+
+def label_volume(folder: Path, stem: str, method: str) -> Path:
+    """A tomogram's instances painted with their cluster ids."""
+    return folder / f"{stem}_clusters_{method}.mrc"
+
+
+# --------------------------------------------------------------------------------------------
+# figures and coordinates (the visualization folder)
+
+
+def projection_cache(vis: Path, projection: str, dims: int) -> Path:
+    return vis / f".projection_{projection}_{dims}d.h5"
+
+
+def _dims_tag(dims: int) -> str:
+    return "" if dims == 2 else f"_{dims}d"
+
+
+def all_tomograms(vis: Path, projection: str, dims: int, extension: str) -> Path:
+    """``all_tomograms_<umap|pca>[_3d].<csv|png>``."""
+    return vis / f"all_tomograms_{projection}{_dims_tag(dims)}.{extension}"
+
+
+def tomogram_projection(vis: Path, stem: str, projection: str, dims: int, extension: str) -> Path:
+    return vis / f"{stem}_{projection}{_dims_tag(dims)}.{extension}"
+
+
+def distance_map(vis: Path, ordered_by: str) -> Path:
+    return vis / f"distance_map_by_{ordered_by}.png"
+
+
+def cluster_projection(vis: Path, method: str, projection: str, extension: str) -> Path:
+    return vis / f"{method}_clusters_{projection}.{extension}"
+
+
+def cluster_distance_map(vis: Path, method: str) -> Path:
+    return vis / f"{method}_distance_map.png"
+
+
+def cluster_gallery(vis: Path, method: str, cluster: int) -> Path:
+    return vis / f"{method}_cluster_{cluster}_gallery.png"

@@ -1,0 +1,199 @@
+"""The clustering steps (KMeans, spectral) and what they write.
+
+The numerical work is in ``core.cluster``. Into the output folder: ``<method>_clusters.h5`` (every
+instance's cluster, the centres), per tomogram ``<stem>_clusters_<method>.h5``, the clustered
+regions CSV and STAR and a label volume (``<stem>_clusters_<method>.mrc``, where the masks are
+found), and RELION particles STAR files (all, and one per cluster). With
+``clustering_<method>.visualization``, the figures of :mod:`.figures`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..core import io, layout
+from ..core.config import Config
+from ..core.errors import ConfigError, InputDataError
+from .figures import cluster_figures
+from .merging import Folders, Merged, load_merged, plan_merged
+
+log = logging.getLogger(__name__)
+
+
+def run_kmeans(cfg: Config, folders: Folders) -> dict[str, Path]:
+    from ..core import cluster as C
+
+    section = cfg.clustering_kmeans
+    merged = _load_checked(cfg, folders, "clustering_kmeans", section.num_clusters, 0, section.visualization)
+    k = section.num_clusters
+    log.info("KMeans with k=%d on %d embeddings (dim %d)", k, merged.n, merged.embeddings.shape[1])
+    labels, centers = C.kmeans(merged.embeddings, k, seed=cfg.seed)
+    ids = np.arange(k)
+    datasets = {"clusters": labels, "centers": centers}
+    return write_cluster_outputs(cfg, folders, merged, "kmeans", labels, ids, centers, datasets, {})
+
+
+def run_spectral(cfg: Config, folders: Folders) -> dict[str, Path]:
+    from ..core import cluster as C
+
+    sc = cfg.clustering_spectral
+    merged = _load_checked(cfg, folders, "clustering_spectral", sc.num_clusters, sc.n_neighbors, sc.visualization)
+    k = sc.num_clusters
+    log.info(
+        "spectral clustering (%s k=%d, %d neighbours) on %d embeddings",
+        "at most" if sc.estimate_num_clusters else "", k, sc.n_neighbors, merged.n,
+    )
+    result = C.spectral(merged.embeddings, k, sc.estimate_num_clusters, n_neighbors=sc.n_neighbors, seed=cfg.seed)
+    labels = result.labels + 1  # CryoSiam's spectral ids are 1-based
+    ids = np.arange(1, result.num_clusters + 1)
+    centers = C.cluster_means(merged.embeddings, labels, ids)
+    datasets = {"clusters": labels, "centers": centers, "eigenvalues": result.eigenvalues}
+    attrs = {"estimated": bool(sc.estimate_num_clusters), "graph_components": int(result.n_components)}
+    log.info("spectral: %d clusters", result.num_clusters)
+    return write_cluster_outputs(cfg, folders, merged, "spectral", labels, ids, centers, datasets, attrs)
+
+
+def _load_checked(cfg: Config, folders: Folders, section: str, k: int, n_neighbors: int, figures: bool) -> Merged:
+    """The merged embeddings, once every check has passed: the settings, then (before anything is
+    written, not even the merge) the number of instances and the output folders."""
+    if k < 2:
+        raise ConfigError(f"key '{section}.num_clusters' must be at least 2 to cluster (got {k})", cfg.source)
+    source = plan_merged(cfg, folders)
+    n = source.n
+    if n < k:
+        raise InputDataError(f"{n} instances cannot make {k} clusters ({section}.num_clusters)", source.about)
+    if n_neighbors >= n:
+        raise InputDataError(
+            f"{n} instances are too few for a {n_neighbors}-neighbour graph (clustering_spectral.n_neighbors)",
+            source.about,
+        )
+    for folder in [folders.output_dir, folders.vis_dir] if figures else [folders.output_dir]:
+        io.check_writable_folder(folder, create=False)
+    return load_merged(cfg, folders, source)
+
+
+def write_cluster_outputs(
+    cfg: Config,
+    folders: Folders,
+    merged: Merged,
+    method: str,
+    labels: np.ndarray,
+    ids: np.ndarray,
+    centers: np.ndarray,
+    datasets: dict,
+    attrs: dict,
+) -> dict[str, Path]:
+    out = folders.output_dir
+    written: dict[str, Path] = {}
+    sizes = {int(c): int((labels == c).sum()) for c in ids}
+    log.info("%s cluster sizes: %s", layout.CLUSTER_METHODS[method], sizes)
+    path = layout.clusters(out, method)
+    io.write_h5(
+        path,
+        {k: np.asarray(v) for k, v in datasets.items()},
+        {"num_clusters": int(len(ids)), "seed": int(cfg.seed), "embeddings_key": merged.key, **attrs},
+    )
+    written["clusters"] = path
+    stars = []
+    for i, stem in enumerate(io.progress(merged.stems, f"{method} tables")):
+        pred = labels[merged.rows(i)]
+        io.write_h5(layout.tomogram_clusters(out, stem, method), {"predictions": np.asarray(pred, dtype=np.int64)})
+        regions = merged.regions(i)
+        regions["semantic_class"] = pred
+        io.write_regions_csv(layout.clustered_regions_csv(out, stem, method), regions)
+        star = clustered_star(layout.TomogramOutputs(folders.input_dir, stem).regions_star, regions, pred)
+        io.write_star(layout.clustered_regions_star(out, stem, method), star, exact=True)
+        stars.append(star)
+    if all("rlnTomoName" in star.columns for star in stars):
+        particles = pd.concat(stars, ignore_index=True)  # the rows predict wrote, in their convention
+    else:
+        particles = particles_table(cfg, merged.table, labels)
+    io.write_star(layout.particles_star(out, method), particles, exact=True)
+    for c in ids:
+        io.write_star(layout.cluster_particles_star(out, method, int(c)),
+                      particles[particles["rlnClass"] == c].reset_index(drop=True), exact=True)
+    log.info("wrote %s, per-tomogram tables and per-cluster STAR files to %s", path.name, out)
+
+    volume_ids = labels + 1 if ids.min() == 0 else labels  # background stays 0
+    write_label_volumes(cfg, merged, volume_ids, out, method)
+    section = getattr(cfg, f"clustering_{method}")
+    if section.visualization:
+        written.update(cluster_figures(cfg, folders, merged, method, labels, ids, centers))
+    return written
+
+
+def clustered_star(source: Path, regions: pd.DataFrame, classes: np.ndarray) -> pd.DataFrame:
+    """A tomogram's clustered STAR: the rows of its ``predict`` STAR (``source``: every column, in
+    its convention; for picks, the picks' own rows) with ``rlnClass``; without that file,
+    CryoSiam's columns from the regions table."""
+    labels = regions["label"].to_numpy(np.int64)
+    if source.is_file():
+        star = io.read_star(source)
+        if isinstance(star, dict):
+            star = star.get("particles", next(iter(star.values())))
+        if isinstance(star, pd.DataFrame) and "rlnLabel" in star.columns and not star["rlnLabel"].duplicated().any():
+            indexed = star.set_index(star["rlnLabel"].to_numpy(np.int64))
+            if np.isin(labels, indexed.index.to_numpy()).all():
+                rows = indexed.loc[labels].reset_index(drop=True)
+                return rows.assign(rlnClass=np.asarray(classes, dtype=np.int64))
+        log.info("%s does not describe the embedded instances: clustered STAR made from the regions table",
+                 source.name)
+    star = io.regions_to_star_table(regions.drop(columns=["semantic_class"], errors="ignore"))
+    return star.assign(rlnClass=np.asarray(classes, dtype=np.int64))
+
+
+def particles_table(cfg: Config, table: pd.DataFrame, labels: np.ndarray) -> pd.DataFrame:
+    """RELION-style particles: tomogram name, coordinates (x, y, z in voxels), label, class."""
+    return pd.DataFrame(
+        {
+            "rlnTomoName": table["tomogram"].astype(str).to_numpy(),
+            "rlnMicrographName": (table["tomogram"].astype(str) + cfg.file_extension).to_numpy(),
+            "rlnCoordinateX": table["centroid-2"].to_numpy(np.float64),
+            "rlnCoordinateY": table["centroid-1"].to_numpy(np.float64),
+            "rlnCoordinateZ": table["centroid-0"].to_numpy(np.float64),
+            "rlnLabel": table["label"].to_numpy(np.int64),
+            "rlnArea": table["area"].to_numpy(),
+            "rlnClass": np.asarray(labels, dtype=np.int64),
+        }
+    )
+
+
+def write_label_volumes(cfg: Config, merged: Merged, volume_ids: np.ndarray, out: Path, method: str) -> None:
+    """Per tomogram ``<stem>_clusters_<method>.mrc``: each instance's voxels carry its (1-based) cluster id."""
+    mask_folder = cfg.optional_path("instances_mask_folder")
+    if mask_folder is None or not mask_folder.is_dir():
+        log.info("no cluster label volumes: instances_mask_folder is %s",
+                 "not set" if mask_folder is None else f"not a folder ({mask_folder})")
+        return
+    data_folder = cfg.optional_path("data_folder")
+    done = 0
+    all_labels = merged.table["label"].to_numpy(np.int64)
+    for i, stem in enumerate(io.progress(merged.stems, f"{method} label volumes")):
+        mask_path = io.find_mask(mask_folder, stem, cfg.file_extension, cfg.instances_suffix)
+        if mask_path is None:
+            log.info("no mask for %s in %s: label volume skipped", stem, mask_folder)
+            continue
+        mask = io.read_instance_mask(mask_path)
+        lab, cls = all_labels[merged.rows(i)], volume_ids[merged.rows(i)]
+        top = int(max(mask.max(initial=0), lab.max(initial=0)))
+        lut = np.zeros(top + 1, dtype=np.int8 if cls.max(initial=0) < 128 else np.int16)
+        lut[lab] = cls
+        tomogram = data_folder / f"{stem}{cfg.file_extension}" if data_folder else None
+        io.write_mrc(layout.label_volume(out, stem, method), lut[mask], _voxel_size([mask_path, tomogram]))
+        done += 1
+    log.info("wrote %d cluster label volumes", done)
+
+
+def _voxel_size(candidates: list[Path | None]) -> float:
+    """The voxel size of the first MRC among ``candidates`` that has one; else 1 Å."""
+    for p in candidates:
+        if p is not None and p.suffix.lower() in (".mrc", ".rec", ".map") and p.is_file():
+            try:
+                return io.open_mrc_volume(p)[1]
+            except InputDataError:
+                pass
+    return 1.0

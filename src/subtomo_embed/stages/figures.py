@@ -1,0 +1,183 @@
+"""Figures shared by the analysis steps: the cached projection of every embedding, saving a figure,
+and the clustering steps' own figures (projection by cluster, distance map, galleries).
+
+The drawing is in ``core.visualize``; this module decides what to draw and where it goes.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..core import io, layout
+from ..core.config import Config
+from ..core.errors import InputDataError
+from .merging import Folders, Merged
+
+log = logging.getLogger(__name__)
+
+GALLERY_SIZE = 16  # instances per cluster gallery
+
+
+def save_figure(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    with io.atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=130, format="png")
+    plt.close(fig)
+    return path
+
+
+def projection_name(cfg: Config) -> str | None:
+    """``pca`` with ``pca_components``, else ``umap`` unless ``visualize_umap`` is off (None)."""
+    v = cfg.visualization
+    if v.pca_components is not None:
+        return "pca"
+    return "umap" if v.visualize_umap else None
+
+
+def axis_name(projection: str) -> str:
+    return "UMAP" if projection == "umap" else "PC"
+
+
+def log_area(table: pd.DataFrame) -> np.ndarray:
+    area = table["area"].to_numpy(np.float64)
+    return np.log2(np.clip(area, 1, None))
+
+
+def shown(drawn: int, n: int) -> str:
+    """How many instances a figure shows."""
+    return f"{drawn} of {n} instances" if drawn < n else f"{n} instances"
+
+
+# --------------------------------------------------------------------------------------------
+# the projection of every embedding, computed once per input and settings
+
+
+def _projection_cache(cfg: Config, folders: Folders, merged: Merged, dims: int) -> tuple[Path, str]:
+    v = cfg.visualization
+    key = io.fingerprint([], embeddings=merged.key, dims=dims, metric=v.distance, pca=v.pca_components, seed=cfg.seed)
+    return layout.projection_cache(folders.vis_dir, projection_name(cfg) or "umap", dims), key
+
+
+def cached_projection(cfg: Config, folders: Folders, merged: Merged, dims: int = 2) -> tuple[np.ndarray, str] | None:
+    """The projection that :func:`global_projection` made for these embeddings and settings, if any."""
+    cache, key = _projection_cache(cfg, folders, merged, dims)
+    if cache.is_file() and io.read_h5_attr(cache, "key") == key:
+        coords = io.read_h5_dataset(cache, "coords")
+        if coords.shape == (merged.n, dims):
+            return coords, io.read_h5_attr(cache, "method") or "umap"
+    return None
+
+
+def global_projection(cfg: Config, folders: Folders, merged: Merged, dims: int = 2) -> tuple[np.ndarray, str]:
+    """Coordinates of every embedding (UMAP or PCA) and the method, cached in the vis folder."""
+    from ..core import visualize as V
+
+    cached = cached_projection(cfg, folders, merged, dims)
+    if cached is not None:
+        log.info("reusing the %dD projection in the visualization folder", dims)
+        return cached
+    log.info("projecting %d embeddings to %dD", merged.n, dims)
+    v = cfg.visualization
+    coords, method = V.project(merged.embeddings, dims, v.distance, v.pca_components, seed=cfg.seed)
+    cache, key = _projection_cache(cfg, folders, merged, dims)
+    io.write_h5(cache, {"coords": coords}, {"key": key, "method": method})
+    return coords, method
+
+
+# --------------------------------------------------------------------------------------------
+# the clustering steps' figures
+
+
+def cluster_figures(
+    cfg: Config, folders: Folders, merged: Merged, method: str, labels: np.ndarray, ids: np.ndarray, centers: np.ndarray
+) -> dict[str, Path]:
+    """The clustering step's own figures: projection coloured by cluster, distance map, galleries."""
+    from ..core import visualize as V
+
+    vis = folders.vis_dir
+    v = cfg.visualization
+    written: dict[str, Path] = {}
+    name = layout.CLUSTER_METHODS[method]
+    counts = {int(c): int((labels == c).sum()) for c in ids}
+    sub = V.plot_subsample(merged.n, v.max_plot_points, cfg.seed)
+    cached = cached_projection(cfg, folders, merged)
+    if cached is not None:  # the projection of every embedding, made by `visualize`
+        coords, proj = cached
+        rows = np.arange(merged.n)
+        draw = sub
+        note = None
+    else:  # project only the plotted subsample (for the plot; the clustering used every embedding)
+        rows = np.sort(sub)
+        coords, proj = V.project(merged.embeddings[rows], 2, v.distance, v.pca_components, seed=cfg.seed)
+        draw = np.random.default_rng(cfg.seed).permutation(rows.size)
+        note = None if rows.size == merged.n else f"projection of a random {rows.size} of {merged.n} instances"
+    table = merged.table.iloc[rows].reset_index(drop=True)
+    csv = table[["tomogram", "label", "row"]].copy()
+    csv["x"], csv["y"] = coords[:, 0], coords[:, 1]
+    csv["cluster"] = labels[rows]
+    written["coords"] = layout.cluster_projection(vis, method, proj, "csv")
+    io.write_regions_csv(written["coords"], csv)
+
+    panels = [
+        V.Panel(labels[rows][draw], f"{name} clusters", "cluster", counts=counts),
+        V.Panel(table["tomogram"].to_numpy()[draw], "tomogram", "tomogram"),
+    ]
+    title = f"{name} clustering, k={len(ids)} ({shown(len(draw), merged.n)})"
+    fig = V.projection_figure(coords[draw], panels, title, axis_name(proj), note)
+    written["projection"] = save_figure(fig, layout.cluster_projection(vis, method, proj, "png"))
+
+    dist, _, groups = V.distance_map(merged.embeddings, labels, v.distance, seed=cfg.seed)
+    fig = V.distance_map_figure(dist, groups, f"Pairwise distances ordered by {name} cluster", v.distance,
+                                f"{name} cluster")
+    written["distance_map"] = save_figure(fig, layout.cluster_distance_map(vis, method))
+    written.update(cluster_galleries(cfg, folders, merged, method, labels, ids, centers))
+    log.info("wrote %s figures to %s", name, vis)
+    return written
+
+
+def cluster_galleries(
+    cfg: Config, folders: Folders, merged: Merged, method: str, labels: np.ndarray, ids: np.ndarray, centers: np.ndarray
+) -> dict[str, Path]:
+    """Per cluster, the central z slices of the instances nearest its centre."""
+    from ..core import cluster as C
+    from ..core import visualize as V
+
+    data_folder = cfg.optional_path("data_folder")
+    if data_folder is None or not data_folder.is_dir():
+        log.info("no cluster galleries: data_folder is %s",
+                 "not set" if data_folder is None else f"not a folder ({data_folder})")
+        return {}
+    nearest = C.nearest_to_centres(merged.embeddings, labels, ids, centers, GALLERY_SIZE)
+    size = cfg.parameters.data.patch_size[1:]
+    volumes: dict[str, np.ndarray | None] = {}
+    written = {}
+    for c in ids:
+        images, titles = [], []
+        for r in nearest[int(c)]:
+            row = merged.table.iloc[int(r)]
+            stem = str(row["tomogram"])
+            if stem not in volumes:
+                try:
+                    volumes[stem] = io.open_mrc_volume(data_folder / f"{stem}{cfg.file_extension}")[0]
+                except InputDataError as err:
+                    log.info("gallery skips tomogram %s: %s", stem, err)
+                    volumes[stem] = None
+            vol = volumes[stem]
+            if vol is None:
+                continue
+            centroid = [row["centroid-0"], row["centroid-1"], row["centroid-2"]]
+            images.append(V.central_slice(vol, centroid, size))
+            titles.append(f"{stem}:{int(row['label'])}")
+        if not images:
+            continue
+        n_c = int((labels == c).sum())
+        fig = V.gallery_figure(images, titles, f"{layout.CLUSTER_METHODS[method]} cluster {int(c)} ({n_c} instances): "
+                                               f"{len(images)} nearest its centre, central z slices")
+        written[f"gallery_{int(c)}"] = save_figure(fig, layout.cluster_gallery(folders.vis_dir, method, int(c)))
+    log.info("wrote %d cluster galleries", len(written))
+    return written
