@@ -212,8 +212,10 @@ def run_demo(output: Path, retrain: bool = False, steps: int | None = None, tomo
     The easier set gets every output and figure (predict, kmeans, spectral, visualize); both
     sets are scored for the trained model, an untrained twin and the descriptor.
     """
-    from .analysis import resolve_folders, run_kmeans, run_spectral, run_visualize
+    from .clustering import run_kmeans, run_spectral
     from .embedding import run_predict
+    from .merging import resolve_folders
+    from .visualize import run_visualize
 
     start = time.perf_counter()
     output = Path(output).absolute()
