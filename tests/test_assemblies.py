@@ -1,0 +1,99 @@
+"""Structured particles (core/assemblies.py) and the spherical-harmonic baseline (core/descriptors.py)."""
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score
+
+from subtomo_embed.core.assemblies import (
+    FAMILIES,
+    family_positions,
+    make_assembly,
+    random_class_set,
+    render_assembly,
+    simulate_particle,
+    simulate_set,
+)
+from subtomo_embed.core.descriptors import SphericalHarmonicPower, describe_all, describe_sh_all
+
+
+@pytest.mark.parametrize(("family", "n", "count"), [("ring", 5, 5), ("dihedral", 4, 8), ("tetrahedral", 0, 4),
+                                                     ("octahedral", 0, 6), ("cubic", 0, 8), ("icosahedral", 0, 12),
+                                                     ("filament", 7, 7)])
+def test_family_positions_have_their_count_and_unit_scale(family, n, count):
+    p = family_positions(family, n, height=1.0, twist_degrees=90.0)
+    assert p.shape == (count, 3)
+    assert np.isclose(np.linalg.norm(p, axis=1).max(), 1.0)
+    assert np.allclose(p.mean(axis=0), 0, atol=1e-9)
+    if family in ("ring", "tetrahedral", "octahedral", "cubic", "icosahedral"):
+        # regular: every sub-unit at the same distance from the centre, same nearest-neighbour gap
+        assert np.allclose(np.linalg.norm(p, axis=1), 1.0)
+        d = np.linalg.norm(p[:, None] - p[None], axis=-1) + 9 * np.eye(count)
+        assert np.allclose(d.min(axis=1), d.min())
+    if family == "ring":
+        assert np.allclose(p[:, 2], 0)
+
+
+def test_class_sets_share_envelope_and_mass_and_differ_by_seed():
+    a = random_class_set(3, 6)
+    assert [c.name for c in a] == [c.name for c in random_class_set(3, 6)]
+    assert len({c.name for c in a}) == 6
+    diameters = {round(2 * c.outer_radius, 6) for c in a}
+    assert len(diameters) == 1 and 12 <= diameters.pop() <= 24
+    masses = [len(c.centres) * c.subunit_radius**3 for c in a]
+    assert np.allclose(masses, masses[0])
+    names = {tuple(c.name.split(":")[1] for c in random_class_set(s, 6)) for s in range(6)}
+    assert len(names) > 1, "class definitions must depend on the seed"
+
+
+def test_rendered_assembly_has_one_blob_per_subunit_and_the_membrane_is_not_masked():
+    from scipy import ndimage
+
+    ring = make_assembly("r5", "ring", 20, mass=5 * 4 / 3 * np.pi * 27, n=5)  # sub-units of radius 3, apart
+    density, mask = render_assembly(ring, np.eye(3), 32)
+    assert ndimage.label(mask)[1] == 5
+    assert np.isclose(mask.sum(), 5 * 4 / 3 * np.pi * ring.subunit_radius**3, rtol=0.15)
+    on_membrane = make_assembly("r5m", "ring", 20, mass=5 * 4 / 3 * np.pi * 27, n=5, membrane=True)
+    density_m, mask_m = render_assembly(on_membrane, np.eye(3), 32)
+    assert np.array_equal(mask_m, mask)
+    assert (density_m[~mask_m] > 0.5).sum() > 32 * 32 * 2  # a slab crosses the box
+
+
+def test_particles_are_seeded_and_centred():
+    tet = make_assembly("tet", "tetrahedral", 16)
+    v1, m1 = simulate_particle(tet, np.random.default_rng(5), 32, snr=3, wedge=60)
+    v2, m2 = simulate_particle(tet, np.random.default_rng(5), 32, snr=3, wedge=60)
+    assert np.array_equal(v1, v2) and np.array_equal(m1, m2)
+    assert v1.dtype == np.float32 and m1.dtype == np.int32 and set(np.unique(m1)) == {0, 1}
+    centre = np.argwhere(m1).mean(axis=0)
+    assert np.allclose(centre, 15.5, atol=1.0)
+
+
+def test_spherical_harmonic_power_does_not_change_when_the_particle_turns():
+    octa = make_assembly("oct", "octahedral", 18)
+    describe = SphericalHarmonicPower((32, 32, 32))
+    turns = [describe(render_assembly(octa, Rotation.random(random_state=s).as_matrix(), 32)[0]) for s in range(4)]
+    tet = describe(render_assembly(make_assembly("tet", "tetrahedral", 18), np.eye(3), 32)[0])
+    within = max(np.linalg.norm(t - turns[0]) for t in turns[1:])
+    between = np.linalg.norm(tet - turns[0])
+    assert within < 0.25 * between
+
+
+def test_arrangement_classes_defeat_the_radial_descriptor_but_not_the_spherical_harmonics():
+    # same outer diameter, same mass: only the arrangement differs
+    classes = [make_assembly(n, f, 18, mass=1200, n=k, height=1.0) for n, f, k in
+               (("ring4", "ring", 4), ("ring6", "ring", 6), ("tet", "tetrahedral", 0), ("oct", "octahedral", 0),
+                ("d4", "dihedral", 4))]
+    volumes, masks, truth = simulate_set(classes, 24, seed=0, box=32, snr=3.0)
+    scores = {}
+    for name, describe in (("radial", describe_all), ("sh", describe_sh_all)):
+        x = describe(list(volumes))
+        scores[name] = adjusted_rand_score(truth, KMeans(5, n_init=10, random_state=0).fit_predict(x))
+    assert scores["sh"] >= 0.9, scores
+    assert scores["radial"] < scores["sh"] - 0.2, scores
+
+
+def test_every_family_can_be_drawn():
+    classes = random_class_set(0, len(FAMILIES) + 3)
+    assert {c.family for c in classes} == set(FAMILIES)
