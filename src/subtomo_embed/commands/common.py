@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..core.errors import ResourceError, SubtomoError
+from ..core.errors import ConfigError, ResourceError, SubtomoError
 
 log = logging.getLogger("subtomo_embed")
 
@@ -43,13 +43,24 @@ def setup_logging(quiet: bool = False, log_file: Path | None = None) -> None:
     console.setLevel(level)
     console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     root.addHandler(console)
-    if log_file is not None:
-        with contextlib.suppress(OSError):
-            log_file.parent.mkdir(parents=True, exist_ok=True)
-            handler = logging.FileHandler(log_file)
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-            root.addHandler(handler)
     root.propagate = False
+    if log_file is not None:
+        root.addHandler(_log_file_handler(log_file))
+
+
+def _log_file_handler(log_file: Path) -> logging.Handler:
+    """A handler appending to ``log_file`` (in ``log_dir``); a log_dir that is a file or cannot be
+    written stops the command rather than losing the log silently."""
+    folder = log_file.parent
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError("log_dir is a file, not a folder", folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file)
+    except OSError as err:
+        raise ResourceError(f"cannot write the log file in log_dir ({err.strerror or err})", log_file) from None
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    return handler
 
 
 @contextlib.contextmanager

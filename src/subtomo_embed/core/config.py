@@ -7,23 +7,53 @@ and Nextflow do). The same file works as ``--config_file`` for the CLI and as
 ``-params-file`` for Nextflow.
 
 Overrides (``--set key.sub=value``) are applied to the raw YAML before validation, so they
-obey exactly the same rules as the file.
+obey exactly the same rules as the file; an error in an override names ``--set``, not the file.
+
+The YAML is read by a bounded loader: aliases may not expand the document beyond
+:data:`MAX_YAML_VALUES` values (a "billion laughs" file is a config error, not gigabytes of
+memory), a key may not appear twice in a mapping, and a few keys that CryoSiam's own
+embedding-step configs carry but that do nothing here (:data:`IGNORED_CRYOSIAM_KEYS`) are
+dropped with a warning; every other unknown key stops the command.
 """
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
+log = logging.getLogger(__name__)
+
+MAX_YAML_VALUES = 100_000  # values of the YAML document with every alias expanded (a config has ~100)
+MAX_CONFIG_BYTES = 4 * 2**20  # a config is a few kilobytes; a long test_files list a few hundred
+# Keys of CryoSiam's own embedding-step configs that do nothing here: dropped with a warning
+# (docs/config.md, "Keys ignored on purpose"). Every other unknown key stops the command.
+IGNORED_CRYOSIAM_KEYS = (
+    ("visualization", "visualize_3d_mask"),  # CryoSiam's first example config: 3D masks of the clusters
+    ("visualization", "3d_mask_extension"),  # ... and their file type (.mrc or .h5)
+)
+# Metrics that both UMAP and scikit-learn's pairwise distances compute on real-valued embeddings
+# without further parameters (boolean and parametrized metrics are left out).
+DISTANCES = ("euclidean", "l2", "sqeuclidean", "cosine", "correlation", "manhattan", "l1", "cityblock",
+             "chebyshev", "minkowski", "canberra", "braycurtis")
+
+
+def plain_name(value: str, what: str = "a file name") -> str:
+    """``value`` if it is a plain file name: no folder part, not ``.``/``..``, no NUL, not empty."""
+    if not value or value in (".", "..") or any(c in value for c in "/\\\0"):
+        raise ValueError(f"must be {what} without a folder part")
+    return value
+
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class KMeansConfig(_Section):
@@ -40,7 +70,7 @@ class SpectralConfig(_Section):
 
 class VisualizationConfig(_Section):
     prediction_folder: str | None = None
-    distance: str = "euclidean"
+    distance: Literal[DISTANCES] = "euclidean"  # type: ignore[valid-type]
     pca_components: int | None = Field(None, ge=1)
     visualization_suffix: str = "instance_regions.csv"
     visualize_umap: bool = True
@@ -49,6 +79,11 @@ class VisualizationConfig(_Section):
     explorer_thumbnails: int = Field(20000, ge=0)
     """Extension: at most this many instances (a stratified sample) get a particle thumbnail in
     ``embeddings_explorer.html``; the others show text only on hover. 0: no thumbnails."""
+
+    @field_validator("visualization_suffix")
+    @classmethod
+    def _plain_suffix(cls, v: str) -> str:
+        return plain_name(v, "the end of a file name")
 
 
 class DataConfig(_Section):
@@ -89,6 +124,13 @@ class NetworkConfig(_Section):
     conv1_t_size: int = Field(7, ge=1)
     conv1_t_stride: int = Field(1, ge=1)
 
+    @field_validator("num_layers", "num_filters")
+    @classmethod
+    def _four_positive(cls, v: list[int]) -> list[int]:
+        if len(v) != 4 or any(n < 1 for n in v):
+            raise ValueError("must be four positive integers (one per ResNet stage)")
+        return v
+
 
 class ParametersConfig(_Section):
     gpu_devices: int | list[int] | None = 0
@@ -106,8 +148,15 @@ class HyperParametersConfig(_Section):
 class InstancesConfig(_Section):
     """CryoSiam's optional instance-step section: selects ``<stem>_instance_preds_min-A_max-B.h5``."""
 
-    min_center_distance: Any = None
+    min_center_distance: Any = None  # numbers: they become part of a file name
     max_center_distance: Any = None
+
+    @field_validator("min_center_distance", "max_center_distance")
+    @classmethod
+    def _number(cls, v):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise ValueError("must be a number or null")
+        return v
 
 
 class CentersConfig(_Section):
@@ -115,11 +164,22 @@ class CentersConfig(_Section):
 
     units: Literal["auto", "voxels", "angstrom"] = "auto"
     origin: Literal["auto", "corner", "centered"] = "auto"
-    voxel_size: float | list[float] | None = None  # Å per tomogram voxel (number or [z, y, x]); null: MRC header
-    picks_voxel_size: float | list[float] | None = None  # Å per voxel of voxel-unit picks; null: the tomogram's
+    voxel_size: Any = None  # Å per tomogram voxel (number or [z, y, x]); null: MRC header
+    picks_voxel_size: Any = None  # Å per voxel of voxel-unit picks; null: the tomogram's
     tomogram_column: str | None = None  # the column naming each pick's tomogram; null: rlnTomoName, ...
     mask_radius: float | None = Field(None, gt=0)  # voxels; null: no sphere mask
     border: Literal["pad", "skip"] = "pad"
+
+    @field_validator("voxel_size", "picks_voxel_size")
+    @classmethod
+    def _positive_triple(cls, v):
+        if v is None:
+            return v
+        values = [v] * 3 if isinstance(v, (int, float)) else v
+        if not isinstance(values, list) or len(values) != 3 or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < float("inf") for x in values):
+            raise ValueError("must be a positive number or [z, y, x]")
+        return v
 
 
 class Config(_Section):
@@ -155,27 +215,51 @@ class Config(_Section):
     hyper_parameters: HyperParametersConfig = Field(default_factory=HyperParametersConfig)
 
     # extensions (documented in docs/config.md)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)  # NumPy's and scikit-learn's seeds are 32-bit
     skip_missing_masks: bool = False
     mixed_precision: bool = False
 
-    # where the config came from, for error messages (not a YAML key)
-    source: str = Field("<defaults>", exclude=True)
+    # where the config came from, for error messages (not YAML keys)
+    _source: str = PrivateAttr("<defaults>")
+    _overrides: dict[str, str] = PrivateAttr(default_factory=dict)  # dotted key -> "--set key=value"
 
     @field_validator("file_extension")
     @classmethod
     def _dotted(cls, v: str) -> str:
-        if not v:
-            raise ValueError("must not be empty")
+        v = plain_name(v, "a file extension")
         return v if v.startswith(".") else "." + v
 
+    @field_validator("test_files", "train_files", "clustering_files", "visualization_files")
+    @classmethod
+    def _plain_names(cls, v: list[str] | None) -> list[str] | None:
+        for name in v or []:
+            plain_name(name, "a tomogram file name (in data_folder)")
+        return v
+
+    @field_validator("data_folder", "instances_mask_folder", "log_dir", "prediction_folder", "trained_model",
+                     "centers_file")
+    @classmethod
+    def _no_nul(cls, v: str | None) -> str | None:
+        if v is not None and "\0" in v:
+            raise ValueError("a path cannot hold a NUL character")
+        return v
+
     # --- helpers -------------------------------------------------------------------------
+
+    @property
+    def source(self) -> str:
+        """The config file (or ``<defaults>``)."""
+        return self._source
+
+    def origin(self, key: str) -> str:
+        """Where a (dotted) key's value came from: ``--set key=value`` or the config file, for messages."""
+        return _origin(key, self._overrides, self._source)
 
     def path(self, key: str) -> Path:
         """The resolved path of a top-level path key, or a ConfigError if it is not set."""
         value = getattr(self, key)
         if value is None or value == "":
-            raise ConfigError(f"key '{key}' must be set for this command", self.source)
+            raise ConfigError(f"key '{key}' must be set for this command", self.origin(key))
         return Path(os.path.expanduser(value)).absolute()
 
     def optional_path(self, key: str) -> Path | None:
@@ -203,15 +287,93 @@ class Config(_Section):
         return self.min_particle_size or None
 
 
-def _set_dotted(raw: dict, dotted: str, value: Any, source: str) -> None:
+# --------------------------------------------------------------------------------------------
+# reading YAML with bounds
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def _check_document(root: yaml.Node, source: str) -> None:
+    """Refuse a document whose aliases expand it beyond :data:`MAX_YAML_VALUES` values, that
+    contains itself through an alias, or that repeats a key in a mapping (YAML keeps the last
+    silently). Each node is visited once: the check costs what the file's size does."""
+    expanded: dict[int, int] = {}  # node id -> values it stands for, aliases expanded
+    path: set[int] = set()  # the nodes being expanded (an alias back to one is a cycle)
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            path.discard(key)
+            expanded[key] = 1 + sum(expanded[id(child)] for child in _children(node))
+            if expanded[key] > MAX_YAML_VALUES:
+                raise ConfigError(f"the YAML expands to more than {MAX_YAML_VALUES:,} values through its aliases "
+                                  f"(line {node.start_mark.line + 1}); a config needs a few hundred", source)
+            continue
+        if key in expanded:
+            continue
+        if key in path:
+            raise ConfigError(f"a YAML alias at line {node.start_mark.line + 1} refers to a value that contains it",
+                              source)
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for k, _ in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+                    if k.value in seen:
+                        raise ConfigError(f"key '{k.value}' appears twice in one mapping (lines {seen[k.value]} and "
+                                          f"{k.start_mark.line + 1}); YAML would keep the last silently", source)
+                    seen[k.value] = k.start_mark.line + 1
+        path.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node) if id(child) not in expanded)
+
+
+def read_yaml(text: str, source: str) -> Any:
+    """One YAML document (safe types only), refused by :func:`_check_document` when it is hostile."""
+    loader = yaml.SafeLoader(io.StringIO(text))
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None
+        _check_document(root, source)
+        return loader.construct_document(root)
+    except RecursionError:
+        raise ConfigError("the YAML is nested too deeply", source) from None
+    finally:
+        loader.dispose()
+
+
+# --------------------------------------------------------------------------------------------
+# overrides, validation, loading
+
+
+def _origin(key: str, overrides: dict[str, str], source: str) -> str:
+    """``--set K=V`` when K is ``key`` or a section holding it; the file when no override touches
+    ``key``; both when an override set a value inside ``key`` (a whole section found wrong)."""
+    for given, text in overrides.items():
+        if key == given or key.startswith(given + "."):
+            return text
+    inside = [text for given, text in overrides.items() if given.startswith(key + ".")]
+    return f"{source} with {', '.join(inside)}" if inside else source
+
+
+def _set_dotted(raw: dict, dotted: str, value: Any, origin: str) -> None:
     parts = dotted.split(".")
     node = raw
     for part in parts[:-1]:
         child = node.get(part)
         if child is None:
             child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {dotted}: '{part}' is not a section", source)
+        elif isinstance(child, dict):
+            child = node[part] = dict(child)  # never change the caller's dict
+        else:
+            raise ConfigError(f"'{part}' is not a section", origin)
         node = child
     node[parts[-1]] = value
 
@@ -221,39 +383,78 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"--set expects KEY=VALUE, got '{text}'")
     key, value = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set expects KEY=VALUE with a key like 'section.key', got '{text}'")
     try:
-        parsed = yaml.safe_load(value) if value != "" else None
+        parsed = read_yaml(value, f"--set {text}") if value != "" else None
     except yaml.YAMLError:
         parsed = value
-    return key.strip(), parsed
+    return key, parsed
 
 
-def _format_validation_error(err: ValidationError) -> str:
-    parts = []
+def _drop_ignored_keys(raw: dict, source: str) -> dict:
+    """``raw`` without :data:`IGNORED_CRYOSIAM_KEYS` (each dropped with a warning); ``raw`` is not changed."""
+    raw = dict(raw)
+    for section, key in IGNORED_CRYOSIAM_KEYS:
+        part = raw.get(section)
+        if isinstance(part, dict) and key in part:
+            raw[section] = {k: v for k, v in part.items() if k != key}
+            log.warning("%s: ignoring CryoSiam's key '%s.%s' (not used by subtomo-embed; docs/config.md)",
+                        source, section, key)
+    return raw
+
+
+def _format_validation_error(err: ValidationError, cfg_origin) -> str:
+    """One line: each problem after the file or ``--set`` it came from (``cfg_origin(dotted key)``)."""
+    by_origin: dict[str, list[str]] = {}
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<top level>"
         if e["type"] == "extra_forbidden":
-            parts.append(f"unknown key '{key}'")
+            text = f"unknown key '{key}'"
         elif e["type"] == "missing":
-            parts.append(f"missing key '{key}'")
+            text = f"missing key '{key}'"
         else:
             got = e.get("input")
-            got_text = "" if isinstance(got, dict) else f" (got {got!r})"
-            parts.append(f"key '{key}': {e['msg']}{got_text}")
-    return "; ".join(parts)
+            got_text = "" if isinstance(got, (dict, list)) and len(str(got)) > 60 else f" (got {got!r})"
+            text = f"key '{key}': {e['msg'].removeprefix('Value error, ')}{got_text}"
+        by_origin.setdefault(cfg_origin(key), []).append(text)
+    return "; ".join(f"{origin}: {'; '.join(texts)}" for origin, texts in by_origin.items())
 
 
 def config_from_dict(raw: dict | None, source: str = "<defaults>", overrides: list[str] | None = None) -> Config:
-    raw = dict(raw or {})
+    raw = _drop_ignored_keys(raw or {}, source)
+    given: dict[str, str] = {}
     for text in overrides or []:
         key, value = parse_override(text)
-        _set_dotted(raw, key, value, source)
+        _set_dotted(raw, key, value, f"--set {text}")
+        given[key] = f"--set {text}"
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err), source) from None
-    cfg.source = source
+        raise ConfigError(_format_validation_error(err, lambda key: _origin(key, given, source))) from None
+    cfg._source = source
+    cfg._overrides = given
     return cfg
+
+
+def _read_config_text(path: Path) -> str:
+    if not path.exists():
+        raise ConfigError("config file does not exist", path)
+    if path.is_dir():
+        raise ConfigError("is a folder, not a config file", path)
+    try:
+        with open(path, "rb") as fh:  # not only regular files: `-c <(...)` is a pipe
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+    except OSError as err:
+        raise ConfigError(f"cannot read config file: {err.strerror or err}", path) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file is larger than {MAX_CONFIG_BYTES // 2**20} MiB; a config is a few kilobytes",
+                          path)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"cannot read config file: not UTF-8 text ({err.reason} at byte {err.start})", path) from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
@@ -261,13 +462,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if path is None:
         return config_from_dict({}, "<defaults>", overrides)
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError("config file does not exist", path)
+    text = _read_config_text(path)
     try:
-        with open(path, encoding="utf-8") as fh:
-            raw = yaml.safe_load(fh)
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"cannot read config file: {err}", path) from None
+        raw = read_yaml(text, str(path))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -278,7 +475,3 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         raise ConfigError("the config must be a YAML mapping of keys to values", path)
     return config_from_dict(raw, str(path), overrides)
 
-
-def dump_config(cfg: Config) -> str:
-    """The config as YAML with CryoSiam's key names."""
-    return yaml.safe_dump(cfg.model_dump(by_alias=True), sort_keys=False)

@@ -28,23 +28,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import ModelError
+from .config import Config, NetworkConfig
+from .errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
 
 STATE_PREFIX = "_model."
-NETWORK_DEFAULTS: dict[str, Any] = {
-    "block_type": "bottleneck",
-    "spatial_dims": 3,
-    "in_channels": 1,
-    "num_layers": [1, 1, 1, 1],
-    "num_filters": [64, 128, 256, 512],
-    "no_max_pool": True,
-    "dim": 2048,
-    "pred_dim": 512,
-    "conv1_t_size": 7,
-    "conv1_t_stride": 1,
-}
+# One set of defaults: the config's (docs/config.md), so `train` and a checkpoint that leaves a key
+# out mean the same network. A checkpoint's dims missing from its config are read from its weights.
+NETWORK_DEFAULTS: dict[str, Any] = NetworkConfig().model_dump()
 NETWORK_KEYS = set(NETWORK_DEFAULTS)
 
 
@@ -53,18 +45,20 @@ class SimSiam(nn.Module):
 
     def __init__(
         self,
-        block_type: str = "bottleneck",
-        in_channels: int = 1,
-        num_layers=(1, 1, 1, 1),
-        spatial_dims: int = 3,
-        num_filters=(64, 128, 256, 512),
-        no_max_pool: bool = True,
-        dim: int = 2048,
-        pred_dim: int = 512,
-        conv1_t_size: int = 7,
-        conv1_t_stride: int = 1,
+        *,
+        block_type: str,
+        in_channels: int,
+        num_layers,
+        spatial_dims: int,
+        num_filters,
+        no_max_pool: bool,
+        dim: int,
+        pred_dim: int,
+        conv1_t_size: int,
+        conv1_t_stride: int,
         bias_downsample: bool = True,
     ):
+        """Build it with :func:`build_simsiam` (the defaults are the config's, :data:`NETWORK_DEFAULTS`)."""
         super().__init__()
         from monai.networks.nets import ResNet
 
@@ -187,7 +181,8 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def _network_from_checkpoint(ckpt: dict, contrastive: bool, path: Path) -> dict:
+def _stored_config(ckpt: dict, contrastive: bool, path: Path) -> dict:
+    """The CryoSiam config the checkpoint was trained with (``backbone_config`` or ``config``)."""
     section = "backbone_config" if contrastive else "config"
     hp = ckpt.get("hyper_parameters")
     if not isinstance(hp, dict):
@@ -202,55 +197,178 @@ def _network_from_checkpoint(ckpt: dict, contrastive: bool, path: Path) -> dict:
         network = cfg["parameters"]["network"]
     except (KeyError, TypeError):
         raise ModelError(f"checkpoint lacks hyper_parameters['{section}']['parameters']['network']", path) from None
-    return dict(network)
+    if not isinstance(network, dict):
+        raise ModelError(f"hyper_parameters['{section}']['parameters']['network'] is not a mapping", path)
+    return cfg
 
 
-def load_model(path: str | Path, contrastive: bool = True) -> tuple[SimSiam, dict]:
+# Dimensions a checkpoint's config may leave out, read from its weights: (key, weight, axis).
+_DIMS_IN_WEIGHTS = (("dim", "encoder.fc.6.weight", 0), ("pred_dim", "predictor.0.weight", 0),
+                    ("in_channels", "encoder.conv1.weight", 1), ("conv1_t_size", "encoder.conv1.weight", -1))
+
+
+def _checked_network(stored: dict, state: dict[str, torch.Tensor], path: Path) -> dict[str, Any]:
+    """The network a checkpoint describes, complete and valid, its size bounded by the weights present.
+
+    Nothing is allocated for the network here: an enormous network in a small file is refused
+    before it is built (:func:`load_model` then builds it on the meta device to compare shapes).
+    """
+    from pydantic import ValidationError
+
+    network = {k: v for k, v in stored.items() if k in NETWORK_KEYS}
+    for key, weight, axis in _DIMS_IN_WEIGHTS:
+        tensor = state.get(weight)
+        if key not in network and isinstance(tensor, torch.Tensor) and tensor.ndim >= 2:
+            network[key] = int(tensor.shape[axis])
+            log.info("%s: %s %d read from the weights (the checkpoint's config leaves it out)", path.name, key,
+                     network[key])
+    try:
+        full = NetworkConfig.model_validate(network, strict=False).model_dump()
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ModelError(f"the checkpoint's parameters.network is not valid ({where}: {first['msg']})", path) from None
+    blocks = {m.group(1) for k in state if (m := re.match(r"encoder\.(layer\d+\.\d+)\.", k))}
+    if sum(full["num_layers"]) != len(blocks):
+        raise ModelError(f"state_dict does not fit the network in its config: num_layers {full['num_layers']} asks "
+                         f"for {sum(full['num_layers'])} residual blocks, the weights hold {len(blocks)}", path)
+    return full
+
+
+def _fit_report(expected: dict[str, torch.Tensor], state: dict[str, Any]) -> list[str]:
+    """What keeps ``state`` from loading into a network whose state_dict is ``expected`` (empty: it fits)."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    not_tensors = [k for k in expected if k in state and not isinstance(state[k], torch.Tensor)]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if isinstance(state.get(k), torch.Tensor) and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    wrong_type = [k for k, v in expected.items() if isinstance(state.get(k), torch.Tensor)
+                  and state[k].is_floating_point() != v.is_floating_point()]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+    if not_tensors:
+        parts.append(f"{len(not_tensors)} entries that are not tensors (e.g. {', '.join(not_tensors[:3])})")
+    if mismatched:
+        parts.append(f"{len(mismatched)} shape mismatches (e.g. {'; '.join(mismatched[:2])})")
+    if wrong_type:
+        parts.append(f"{len(wrong_type)} tensors of the wrong kind of number (e.g. {', '.join(wrong_type[:3])})")
+    return parts
+
+
+def load_model(path: str | Path, contrastive: bool = True, run_config: Config | None = None,
+               masking: bool = True) -> tuple[SimSiam, dict]:
     """Build the network a CryoSiam checkpoint describes, load its weights strictly, eval mode.
 
-    Returns (model, network config). A checkpoint that lacks keys or does not fit raises a
-    :class:`ModelError` that says which keys.
+    Returns (model, network config). A checkpoint that lacks keys, does not fit, or holds
+    non-finite weights raises a :class:`ModelError` that says which keys. The network is first
+    built on the meta device (no memory) and compared with the weights, so a small file cannot
+    make it allocate more than its own weights. With ``run_config``, a ``parameters.network.dim``
+    set there must equal the checkpoint's, and the input contract is compared
+    (:func:`check_input_contract`; ``masking``: whether the run masks patches by ``masking_type``).
     """
     path = Path(path)
     ckpt = read_checkpoint(path)
-    network = _network_from_checkpoint(ckpt, contrastive, path)
+    stored = _stored_config(ckpt, contrastive, path)
     state = ckpt.get("state_dict")
     if not isinstance(state, dict) or not state:
         raise ModelError("checkpoint has no 'state_dict'", path)
     state = {(k[len(STATE_PREFIX):] if k.startswith(STATE_PREFIX) else k): v for k, v in state.items()}
+    full = _checked_network(stored["parameters"]["network"], state, path)
     # Older MONAI versions built the downsample convolution without a bias; follow the file.
     has_downsample = any(".downsample.0.weight" in k for k in state)
     bias_downsample = any(".downsample.0.bias" in k for k in state) or not has_downsample
-    stem = state.get("encoder.conv1.weight")
-    if stem is not None and stem.ndim >= 3 and "conv1_t_size" not in network:
-        network["conv1_t_size"] = int(stem.shape[-1])
     try:
-        model = build_simsiam(network, bias_downsample=bias_downsample)
+        with torch.device("meta"):
+            model = build_simsiam(full, bias_downsample=bias_downsample)
     except Exception as err:  # MONAI raises ValueError/TypeError/KeyError for bad shapes
         raise ModelError(f"cannot build the network in the checkpoint's config ({err})", path) from None
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatches (e.g. {'; '.join(mismatched[:2])})")
-        raise ModelError("state_dict does not fit the network in its config: " + "; ".join(parts), path)
-    model.load_state_dict(state, strict=True)
-    model.eval()
-    full = network_config(network)
+    problems = _fit_report(model.state_dict(), state)
+    if problems:
+        raise ModelError("state_dict does not fit the network in its config: " + "; ".join(problems), path)
+    not_finite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if not_finite:
+        raise ModelError(f"{len(not_finite)} weights hold NaN or Inf values (e.g. {', '.join(not_finite[:3])})", path)
+    model.load_state_dict(state, strict=True, assign=True)  # the file's tensors become the weights
+    model.float().eval()
+    if run_config is not None:
+        _check_dim(run_config, full["dim"], path)
+        check_input_contract(stored, run_config, path, masking)
     log.info(
         "loaded %s: %s ResNet %s, filters %s, dim %d, %s",
         path.name, full["block_type"], full["num_layers"], full["num_filters"], full["dim"],
         "contrastive (normalized predictor output)" if contrastive else "projector output",
     )
     return model, full
+
+
+def _check_dim(cfg: Config, dim: int, path: Path) -> None:
+    net_cfg = cfg.parameters.network
+    if "dim" in net_cfg.model_fields_set and net_cfg.dim != dim:
+        raise ConfigError(f"parameters.network.dim is {net_cfg.dim} but the checkpoint {path.name} has dim {dim}",
+                          cfg.origin("parameters.network.dim"))
+
+
+# --------------------------------------------------------------------------------------------
+# the input contract
+
+
+def run_input_contract(cfg: Config, masking: bool = True) -> dict[str, Any]:
+    """What this run feeds the network, keyed as in the checkpoint's stored config."""
+    data = cfg.parameters.data
+    contract: dict[str, Any] = {
+        "parameters.data.patch_size": [int(s) for s in data.patch_size],
+        "parameters.data.min": float(data.min),
+        "parameters.data.max": float(data.max),
+        "parameters.data.mean": float(data.mean),
+        "parameters.data.std": float(data.std),
+    }
+    if masking:
+        contract["masking_type"] = cfg.masking_type
+    return contract
+
+
+def _stored_value(stored: dict, dotted: str) -> Any:
+    node: Any = stored
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _same(stored: Any, run: Any) -> bool:
+    if isinstance(run, list):
+        return isinstance(stored, (list, tuple)) and [float(s) for s in stored] == [float(r) for r in run]
+    try:
+        return float(stored) == float(run)
+    except (TypeError, ValueError):
+        return False
+
+
+def check_input_contract(stored: dict, cfg: Config, path: Path, masking: bool = True) -> list[str]:
+    """Compare the input the checkpoint was trained on (patch size, normalization, masking, as its
+    stored config records them) with this run's; warn once, clearly, on a difference.
+
+    Like a MONAI bundle's metadata: the network cannot tell that it is fed patches of another
+    size or scale, its embeddings just mean less. Returns the differences (one text each).
+    """
+    differences, unrecorded = [], []
+    for key, run_value in run_input_contract(cfg, masking).items():
+        stored_value = _stored_value(stored, key)
+        if stored_value is None:
+            unrecorded.append(key)
+        elif not _same(stored_value, run_value):
+            differences.append(f"{key} {stored_value!r} in training, {run_value!r} here ({cfg.origin(key)})")
+    if differences:
+        log.warning("%s: this run's input differs from what the model was trained on: %s. Its embeddings may "
+                    "not mean what they should; use the training values (docs/model.md)", path.name,
+                    "; ".join(differences))
+    if unrecorded:
+        log.info("%s: the checkpoint does not record %s; not compared", path.name, ", ".join(unrecorded))
+    return differences
