@@ -2,15 +2,18 @@
 /*
  * subtomo-embed: CryoSiam-compatible subtomogram embeddings, clustering and visualization.
  *
- *   nextflow run . -params-file configs/subtomo_embeddings.yaml -profile apptainer,gpu,slurm -resume
+ *   nextflow run . -params-file configs/subtomo_embeddings.yaml -profile slurm,apptainer,gpu -resume
  *
- * The params file is CryoSiam's YAML config, unchanged (docs/config.md, docs/usage.md).
+ * The params file is CryoSiam's YAML config, unchanged (docs/config.md, docs/usage.md); every
+ * param is checked against nextflow_schema.json before anything runs (nf-schema).
  */
 
-include { SUBTOMO_EMBED } from './workflows/subtomo_embed'
+include { validateParameters } from 'plugin/nf-schema'
+include { SUBTOMO_EMBED      } from './workflows/subtomo_embed'
 
 workflow {
     main:
+    validateParameters()
     if (!params.data_folder || !params.prediction_folder || !params.trained_model) {
         error("Set data_folder, prediction_folder and trained_model (e.g. -params-file my.yaml)")
     }
@@ -21,6 +24,13 @@ workflow {
         error("Set centers_patch_size: the edge of the box cut around each pick (voxels)")
     }
     SUBTOMO_EMBED()
+
+    // one entry per process: "PROCESS": {subtomo-embed: version}
+    SUBTOMO_EMBED.out.versions
+        .map { f -> f.text.trim() }
+        .unique()
+        .collectFile(name: 'software_versions.yml', storeDir: "${params.prediction_folder}/pipeline_info",
+                     sort: true, newLine: true)
 
     workflow.onComplete {
         log.info(workflow.success

@@ -1,11 +1,13 @@
 /*
  * The analysis graph, top to bottom:
  *   tomograms + masks -> EXTRACT_PATCHES (CPU, per tomogram) -> EMBED (GPU, per tomogram)
- *   or, with params.picks, tomograms + picks -> PREDICT_CENTERS (GPU, per tomogram)
- *   -> MERGE_EMBEDDINGS (all) -> VISUALIZE, CLUSTER_KMEANS, CLUSTER_SPECTRAL
+ *   or, with params.picks, tomograms + their picks -> PREDICT_CENTERS (GPU, per tomogram)
+ *   -> MERGE_EMBEDDINGS (all) -> CLUSTER_KMEANS, CLUSTER_SPECTRAL -> VISUALIZE
  *
  * Each process receives only the settings that change its result, as `--set key=value`
- * flags (a `val` input), so `-resume` re-runs only what a change touches.
+ * flags (a `val` input), so `-resume` re-runs only what a change touches. Files are found on the
+ * head node with Nextflow's file API (file(), files(), Path.exists()), so every folder may be local,
+ * s3:// or gs://; tasks get them staged.
  */
 
 include { EXTRACT_PATCHES  } from '../modules/local/extract_patches/main'
@@ -34,12 +36,100 @@ def stemOf(String name, String extension) {
     return name.endsWith(extension) ? name.substring(0, name.length() - extension.length()) : name
 }
 
+// Files sort by name wherever they are collected: the task hash of MERGE and what follows depends on
+// the order, and tasks finish in any order.
+def byName(a, b) {
+    return a.name <=> b.name
+}
+
+// A folder named by a param, which must exist (local, s3:// or gs://).
+def existingFolder(String key, String location) {
+    def folder = file(location)
+    if (!folder.exists()) {
+        error("${key} ${location} does not exist")
+    }
+    return folder
+}
+
+// The tomograms to process: <data_folder>/*<file_extension>, by name, narrowed to test_files.
+def tomogramsIn(String location, String extension, wanted) {
+    existingFolder('data_folder', location)
+    def found = files("${location}/*${extension}").findAll { f -> !f.isDirectory() }.sort { f -> f.name }
+    if (!found) {
+        error("data_folder ${location}: no '*${extension}' tomograms found (file_extension)")
+    }
+    if (!wanted) {
+        return found
+    }
+    def selected = found.findAll { f -> f.name in wanted }
+    if (!selected) {
+        error("data_folder ${location}: none of test_files ${wanted} is there")
+    }
+    return selected
+}
+
+// A tomogram's instance mask, where the one-machine run looks for it (core/io.py mask_candidates).
+def maskOf(folder, String stem, String extension, String suffix) {
+    return ["${stem}_instance_preds${suffix}.h5", "${stem}${extension}", "${stem}.mrc", "${stem}.rec"]
+        .collect { name -> folder.resolve(name) }
+        .find { candidate -> candidate.exists() }
+}
+
+// In a folder of per-tomogram picks, the tomogram's own file as the one-machine run finds it
+// (core/picks.py picks_file_for): <stem>.star|csv|json, else <stem>_*.star|csv|json; null if none.
+def picksFileFor(List candidates, String stem, String location) {
+    def found = candidates.findAll { f -> withoutExtension(f.name) == stem || f.name.startsWith("${stem}_") }
+    def exact = found.findAll { f -> withoutExtension(f.name) == stem }
+    if (exact) {
+        found = exact
+    }
+    if (found.size() > 1) {
+        error("picks ${location}: several picks files for ${stem}: ${found.collect { f -> f.name }.join(', ')}")
+    }
+    return found ? found[0] : null
+}
+
+def withoutExtension(String name) {
+    return name.substring(0, name.lastIndexOf('.'))
+}
+
+def picksFilesIn(location) {
+    return files("${location}/*").findAll { f -> !f.isDirectory() && f.name.toLowerCase() ==~ /.+\.(star|csv|json)/ }
+}
+
 workflow SUBTOMO_EMBED {
     main:
     def extension = setting('file_extension', '.mrc')
     def suffix = params.instances
         ? "_min-${params.instances.min_center_distance}_max-${params.instances.max_center_distance}" : ''
-    def wanted = setting('test_files', null)
+
+    def normalization = [
+        'parameters.data.patch_size'   : setting('parameters.data.patch_size', [64, 64, 64]),
+        'parameters.data.min'          : setting('parameters.data.min', 0),
+        'parameters.data.max'          : setting('parameters.data.max', 1),
+        'parameters.data.mean'         : setting('parameters.data.mean', 0),
+        'parameters.data.std'          : setting('parameters.data.std', 1),
+    ]
+    def network = [
+        contrastive                    : setting('contrastive', true),
+        'parameters.network.dim'       : setting('parameters.network.dim', 1024),
+        mixed_precision                : setting('mixed_precision', false),
+    ]
+    // the figures of the clusterings use the projection settings too
+    def suffixDefault = 'instance_regions.csv'
+    def visualization = [
+        seed                                     : setting('seed', 0),
+        file_extension                           : extension,
+        'parameters.data.patch_size'             : setting('parameters.data.patch_size', [64, 64, 64]),
+        'visualization.distance'                 : setting('visualization.distance', 'euclidean'),
+        'visualization.pca_components'           : setting('visualization.pca_components', null),
+        'visualization.visualize_umap'           : setting('visualization.visualize_umap', true),
+        'visualization.3d_umap'                  : setting('visualization.3d_umap', false),
+        'visualization.max_plot_points'          : setting('visualization.max_plot_points', 20000),
+        'visualization.visualization_suffix'     : setting('visualization.visualization_suffix', suffixDefault),
+        visualization_files                      : setting('visualization_files', null),
+        instances                                : setting('instances', null),
+    ]
 
     def extractFlags = flags([
         file_extension                 : extension,
@@ -47,17 +137,8 @@ workflow SUBTOMO_EMBED {
         max_particle_size              : setting('max_particle_size', null),
         masking_type                   : setting('masking_type', 1),
         expand_labels                  : setting('expand_labels', 0),
-        'parameters.data.patch_size'   : setting('parameters.data.patch_size', [64, 64, 64]),
-        'parameters.data.min'          : setting('parameters.data.min', 0),
-        'parameters.data.max'          : setting('parameters.data.max', 1),
-        'parameters.data.mean'         : setting('parameters.data.mean', 0),
-        'parameters.data.std'          : setting('parameters.data.std', 1),
-    ])
-    def embedFlags = flags([
-        contrastive               : setting('contrastive', true),
-        'parameters.network.dim'  : setting('parameters.network.dim', 1024),
-        mixed_precision           : setting('mixed_precision', false),
-    ])
+    ] + normalization)
+    def embedFlags = flags(network)
     def centersFlags = flags([
         file_extension                 : extension,
         centers_patch_size             : setting('centers_patch_size', null),
@@ -68,83 +149,103 @@ workflow SUBTOMO_EMBED {
         'centers.tomogram_column'      : setting('centers.tomogram_column', null),
         'centers.mask_radius'          : setting('centers.mask_radius', null),
         'centers.border'               : setting('centers.border', 'pad'),
-        'parameters.data.patch_size'   : setting('parameters.data.patch_size', [64, 64, 64]),
-        'parameters.data.min'          : setting('parameters.data.min', 0),
-        'parameters.data.max'          : setting('parameters.data.max', 1),
-        'parameters.data.mean'         : setting('parameters.data.mean', 0),
-        'parameters.data.std'          : setting('parameters.data.std', 1),
-        contrastive                    : setting('contrastive', true),
-        'parameters.network.dim'       : setting('parameters.network.dim', 1024),
-        mixed_precision                : setting('mixed_precision', false),
-    ])
+    ] + normalization + network)
+    def kmeansVisualization = setting('clustering_kmeans.visualization', true)
+    def spectralVisualization = setting('clustering_spectral.visualization', true)
     def kmeansFlags = flags([
-        seed                               : setting('seed', 0),
         'clustering_kmeans.num_clusters'   : setting('clustering_kmeans.num_clusters', 6),
-        'clustering_kmeans.visualization'  : setting('clustering_kmeans.visualization', true),
-    ])
+        'clustering_kmeans.visualization'  : kmeansVisualization,
+    ] + visualization)
     def spectralFlags = flags([
-        seed                                         : setting('seed', 0),
         'clustering_spectral.num_clusters'           : setting('clustering_spectral.num_clusters', 6),
         'clustering_spectral.estimate_num_clusters'  : setting('clustering_spectral.estimate_num_clusters', false),
         'clustering_spectral.n_neighbors'            : setting('clustering_spectral.n_neighbors', 10),
-        'clustering_spectral.visualization'          : setting('clustering_spectral.visualization', true),
-    ])
-    def visualizeFlags = flags([
-        seed                                     : setting('seed', 0),
-        'visualization.distance'                 : setting('visualization.distance', 'euclidean'),
-        'visualization.pca_components'           : setting('visualization.pca_components', null),
-        'visualization.visualize_umap'           : setting('visualization.visualize_umap', true),
-        'visualization.3d_umap'                  : setting('visualization.3d_umap', false),
-        'visualization.max_plot_points'          : setting('visualization.max_plot_points', 20000),
-    ])
+        'clustering_spectral.visualization'          : spectralVisualization,
+    ] + visualization)
+    def visualizeFlags = flags(visualization)
 
     def checkpoint = file(params.trained_model, checkIfExists: true)
-    ch_tomograms = channel.fromPath("${params.data_folder}/*${extension}")
-        .filter { tomogram -> !wanted || tomogram.name in wanted }
+    def tomograms = tomogramsIn(params.data_folder, extension, setting('test_files', null))
+    def maskFolder = params.instances_mask_folder
+        ? existingFolder('instances_mask_folder', params.instances_mask_folder) : null
+    // [stem, tomogram, mask or null] per tomogram, found on the head node
+    def masked = tomograms.collect { tomogram ->
+        def stem = stemOf(tomogram.name, extension)
+        [stem, tomogram, maskFolder ? maskOf(maskFolder, stem, extension, suffix) : null]
+    }
 
     if (params.picks) {
-        // particles from picks: one file for all tomograms or a folder of per-tomogram files
-        PREDICT_CENTERS(
-            ch_tomograms.map { tomogram -> [[id: stemOf(tomogram.name, extension)], tomogram] },
-            file(params.picks, checkIfExists: true), checkpoint, centersFlags)
-        ch_embedded = PREDICT_CENTERS.out
-        ch_embed_versions = PREDICT_CENTERS.out.versions.first()
-    } else {
-        // one (meta, tomogram, mask, regions table or []) per tomogram
-        def maskFolder = file(params.instances_mask_folder)
-        ch_inputs = ch_tomograms
-            .map { tomogram ->
-                def stem = stemOf(tomogram.name, extension)
-                def h5 = maskFolder.resolve("${stem}_instance_preds${suffix}.h5")
-                def mrc = maskFolder.resolve("${stem}${extension}")
-                def mask = h5.exists() ? h5 : (mrc.exists() ? mrc : null)
-                if (mask == null) {
-                    if (setting('skip_missing_masks', false)) {
-                        log.warn("${stem}: no instance mask in ${maskFolder}; skipped")
-                        return null
-                    }
-                    error("${stem}: no instance mask in ${maskFolder} (expected ${h5.name} or ${mrc.name})")
+        // each tomogram with its own picks: one file for all tomograms (passed whole; the task
+        // keeps its tomogram's rows and makes no outputs when there are none), or a folder of
+        // per-tomogram files (paired here, so adding a file reruns only its tomogram)
+        def picks = file(params.picks, checkIfExists: true)
+        def candidates = picks.isDirectory() ? picksFilesIn(params.picks) : []
+        if (picks.isDirectory() && !candidates) {
+            error("picks ${params.picks}: no .star, .csv or .json picks files in the folder")
+        }
+        ch_picked = channel.fromList(masked)
+            .map { stem, tomogram, _mask ->
+                [[id: stem], tomogram, picks.isDirectory() ? picksFileFor(candidates, stem, params.picks) : picks]
+            }
+            .filter { meta, _tomogram, picksFile ->
+                if (picksFile == null) {
+                    log.warn("${meta.id}: no picks file in ${params.picks}; skipped")
                 }
+                picksFile != null
+            }
+        PREDICT_CENTERS(ch_picked, checkpoint, centersFlags)
+        ch_embedded = PREDICT_CENTERS.out
+        ch_embed_versions = PREDICT_CENTERS.out.versions
+        ch_data = ch_picked.map { _meta, tomogram, _picks -> tomogram }
+        ch_masks = channel.fromList(masked.findAll { item -> item[2] != null }.collect { item -> item[2] })
+    } else {
+        def missing = masked.findAll { item -> item[2] == null }.collect { item -> item[0] }
+        if (missing && !setting('skip_missing_masks', false)) {
+            def expected = "${missing[0]}_instance_preds${suffix}.h5 or ${missing[0]}${extension}"
+            def folder = params.instances_mask_folder
+            error("${missing[0]}: no instance mask in ${folder} (expected ${expected}); skip_missing_masks skips it")
+        }
+        // one (meta, tomogram, mask, regions table or []) per tomogram that has a mask
+        ch_inputs = channel.fromList(masked)
+            .filter { stem, _tomogram, mask ->
+                if (mask == null) {
+                    log.warn("${stem}: no instance mask in ${params.instances_mask_folder}; skipped")
+                }
+                mask != null
+            }
+            .map { stem, tomogram, mask ->
                 def regions = maskFolder.resolve("${stem}_instance_regions${suffix}.csv")
                 [[id: stem], tomogram, mask, regions.exists() ? regions : []]
             }
         EXTRACT_PATCHES(ch_inputs, extractFlags)
         EMBED(EXTRACT_PATCHES.out.patches, checkpoint, embedFlags)
         ch_embedded = EMBED.out
-        ch_embed_versions = EXTRACT_PATCHES.out.versions.first().mix(EMBED.out.versions.first())
+        ch_embed_versions = EXTRACT_PATCHES.out.versions.mix(EMBED.out.versions)
+        ch_data = ch_inputs.map { _meta, tomogram, _mask, _regions -> tomogram }
+        ch_masks = ch_inputs.map { _meta, _tomogram, mask, _regions -> mask }
     }
 
     ch_per_tomogram = ch_embedded.embeddings
         .mix(ch_embedded.labels, ch_embedded.regions)
         .map { _meta, f -> f }
-        .collect()
+        .collect(sort: { a, b -> byName(a, b) })
     // each tomogram's regions STAR: the clustered STAR files are its rows plus rlnClass
-    ch_stars = ch_embedded.star.map { _meta, f -> f }.collect()
+    ch_stars = ch_embedded.star.map { _meta, f -> f }.collect(sort: { a, b -> byName(a, b) })
+    // the tomograms (cluster galleries) and masks (cluster label volumes) of the embedded instances,
+    // staged as data/ and masks/ as the one-machine run reads data_folder and instances_mask_folder
+    ch_data_all = ch_data.collect(sort: { a, b -> byName(a, b) })
+    ch_masks_all = ch_masks.collect(sort: { a, b -> byName(a, b) }).ifEmpty([])
     MERGE_EMBEDDINGS(ch_per_tomogram, flags([clustering_files: setting('clustering_files', null)]))
 
-    CLUSTER_KMEANS(MERGE_EMBEDDINGS.out.merged, ch_stars, kmeansFlags)
-    CLUSTER_SPECTRAL(MERGE_EMBEDDINGS.out.merged, ch_stars, spectralFlags)
-    VISUALIZE(MERGE_EMBEDDINGS.out.merged, visualizeFlags)
+    CLUSTER_KMEANS(MERGE_EMBEDDINGS.out.merged, ch_stars,
+                   kmeansVisualization ? ch_data_all : channel.value([]), ch_masks_all, kmeansFlags)
+    CLUSTER_SPECTRAL(MERGE_EMBEDDINGS.out.merged, ch_stars,
+                     spectralVisualization ? ch_data_all : channel.value([]), ch_masks_all, spectralFlags)
+    // the projections are coloured by both clusterings, as after `kmeans` and `spectral` on one machine
+    ch_clusters = CLUSTER_KMEANS.out.clusters
+        .mix(CLUSTER_SPECTRAL.out.clusters)
+        .collect(sort: { a, b -> byName(a, b) })
+    VISUALIZE(MERGE_EMBEDDINGS.out.merged, ch_clusters, ch_data_all, ch_masks_all, visualizeFlags)
 
     ch_versions = ch_embed_versions
         .mix(MERGE_EMBEDDINGS.out.versions, CLUSTER_KMEANS.out.versions,

@@ -5,9 +5,12 @@ process CLUSTER_KMEANS {
     input:
     tuple path(embeddings), path(table)
     path stars  // <stem>_instance_regions.star of predict: the clustered STAR files keep their columns
+    path tomograms, stageAs: 'data/*'  // cluster galleries (only when the figures are asked for)
+    path masks, stageAs: 'masks/*'     // cluster label volumes <stem>_clusters_<method>.mrc
     val settings
 
     output:
+    path "out/kmeans_clusters.h5", emit: clusters
     path "out/*", optional: true, emit: results
     path "vis/*", optional: true, emit: figures
     path "versions.yml", emit: versions
@@ -19,6 +22,8 @@ process CLUSTER_KMEANS {
         --input-dir . \\
         --output-dir out \\
         --vis-dir vis \\
+        --set 'data_folder=data' \\
+        --set 'instances_mask_folder=masks' \\
         ${settings} \\
         ${args}
 
@@ -31,7 +36,7 @@ process CLUSTER_KMEANS {
     stub:
     """
     mkdir -p out vis
-    touch out/kmeans.stub vis/kmeans.stub.png
+    touch out/kmeans_clusters.h5 vis/kmeans.stub.png
     cat <<-END_VERSIONS > versions.yml
     "${task.process}":
         subtomo-embed: \$(subtomo-embed --version | sed 's/subtomo-embed //')

@@ -16,8 +16,10 @@ process EMBED {
 
     script:
     def args = task.ext.args ?: ''
-    // one image serves both: the GPU when the task was given one (the gpu profile), else the CPU
+    // one image serves both: the GPU when the task was given one (the gpu profile), else the CPU;
+    // cuda is the GPU the scheduler assigned (CUDA_VISIBLE_DEVICES), and no GPU visible is exit 7
     def device = task.accelerator ? 'cuda' : 'cpu'
+    // the batch size comes from the environment (beforeScript, conf/modules.config): not in the task hash
     """
     subtomo-embed-patches \\
         --patches ${patches} \\
@@ -25,6 +27,7 @@ process EMBED {
         --output-dir . \\
         --device ${device} \\
         ${settings} \\
+        \${SUBTOMO_EMBED_BATCH_SIZE:+--set hyper_parameters.batch_size=\$SUBTOMO_EMBED_BATCH_SIZE} \\
         ${args}
 
     cat <<-END_VERSIONS > versions.yml
@@ -35,7 +38,8 @@ process EMBED {
 
     stub:
     """
-    touch ${meta.id}_embeds.h5 ${meta.id}_instance_labels.h5 ${meta.id}_instance_regions.csv ${meta.id}_instance_regions.star
+    touch ${meta.id}_embeds.h5 ${meta.id}_instance_labels.h5 \\
+        ${meta.id}_instance_regions.csv ${meta.id}_instance_regions.star
     cat <<-END_VERSIONS > versions.yml
     "${task.process}":
         subtomo-embed: \$(subtomo-embed --version | sed 's/subtomo-embed //')

@@ -4,6 +4,9 @@ process VISUALIZE {
 
     input:
     tuple path(embeddings), path(table)
+    path clusters                      // kmeans_clusters.h5, spectral_clusters.h5: projections coloured by them
+    path tomograms, stageAs: 'data/*'  // particle thumbnails
+    path masks, stageAs: 'masks/*'
     val settings
 
     output:
@@ -18,6 +21,8 @@ process VISUALIZE {
         --input-dir . \\
         --output-dir out \\
         --vis-dir vis \\
+        --set 'data_folder=data' \\
+        --set 'instances_mask_folder=masks' \\
         ${settings} \\
         ${args}
 
