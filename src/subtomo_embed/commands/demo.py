@@ -51,8 +51,8 @@ def train(
 ) -> None:
     """SimSiam training on simulated particles, patches cut exactly as predict cuts them (resumable).
 
-    Without --config_file the demo's config (configs/demo.yaml) is used. The checkpoint is in
-    CryoSiam's layout: `predict` (and CryoSiam) load it as `trained_model`.
+    Without --config_file the demo's config (package data: subtomo_embed/data/configs/demo.yaml) is used.
+    The checkpoint is in CryoSiam's layout: `predict` (and CryoSiam) load it as `trained_model`.
     """
     setup_logging(quiet)
     with guarded(debug):
@@ -92,16 +92,23 @@ def demo(
     retrain: Annotated[bool, typer.Option("--retrain", help="Train a new model first instead of the committed one.")] = False,
     steps: Annotated[Optional[int], typer.Option(help="Training steps with --retrain (default: the config's).")] = None,
     model: Annotated[Optional[Path], typer.Option("--model", help="Use this checkpoint instead of the committed one.")] = None,
+    tomograms: Annotated[int, typer.Option(min=1, help="Simulated tomograms per difficulty.")] = 2,
+    particles: Annotated[int, typer.Option(min=20, help="Particles per tomogram.")] = 70,
+    shape: Annotated[tuple[int, int, int], typer.Option(help="Tomogram shape z y x (voxels).")] = (64, 192, 192),
     device: Device = "auto",
     debug: Debug = False,
     quiet: Quiet = False,
 ) -> None:
-    """The whole job on simulated data: simulate, embed, cluster, draw, and score against the truth."""
+    """The whole job on simulated data: simulate, embed, cluster, draw, and score against the truth.
+
+    The committed model and config ship inside the package; --tomograms/--particles/--shape make a
+    smaller (quicker) dataset."""
     setup_logging(quiet, output.absolute() / "subtomo-embed.log")
     with guarded(debug):
         from ..stages.demo import run_demo
 
-        run_demo(output, retrain, steps, model=model, device=device)
+        run_demo(output, retrain, steps, tomograms=tomograms, particles=particles, shape=shape, model=model,
+                 device=device)
 
 
 def register(app: typer.Typer) -> None:

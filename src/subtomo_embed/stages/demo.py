@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +29,11 @@ from ..core.simulate import DEFAULT_SIZE_RANGE, simulate_tomogram
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[3]
-DEMO_CONFIG = REPO / "configs" / "demo.yaml"
-DEMO_MODEL = REPO / "models" / "demo_simsiam.ckpt"
+# the demo's config and model are package data (src/subtomo_embed/data), so an installed wheel has them;
+# the package is a regular one on disk, so its resources are plain paths
+DATA = Path(str(resources.files("subtomo_embed") / "data"))
+DEMO_CONFIG = DATA / "configs" / "demo.yaml"
+DEMO_MODEL = DATA / "models" / "demo_simsiam.ckpt"
 TRUTH_COLUMNS = ["tomogram", "label", "class", "class_name", "size", "aspect", "z", "y", "x", "snr", "wedge"]
 METHODS = ("trained model", "untrained network", "hand-crafted descriptor")
 
@@ -102,7 +105,7 @@ def dataset_config(data_root: Path, model: Path | None = None, config: Path | No
         overrides.append(f"trained_model={Path(model).absolute()}")
     cfg = load_config(config or DEMO_CONFIG, overrides)
     if cfg.trained_model and not Path(cfg.trained_model).is_absolute():
-        cfg.trained_model = str((REPO / cfg.trained_model) if config is None else Path(cfg.trained_model).absolute())
+        cfg.trained_model = str((DATA / cfg.trained_model) if config is None else Path(cfg.trained_model).absolute())
     return cfg
 
 
