@@ -6,9 +6,12 @@ Heavy imports (torch, monai, umap) happen inside the stages, so ``--help`` is in
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 from . import __version__
+from .caches import use_writable_caches
 
 app = typer.Typer(
     name="subtomo-embed",
@@ -55,7 +58,9 @@ def main(argv: list[str] | None = None) -> None:
     The command has closed every output by the time it returns, so after Python's exit
     handlers (logging, multiprocessing, ...) the process ends without tearing down its
     modules, which takes SciPy and NumPy ~0.2 s. For use inside a Python session, call ``app``.
+    Before any library is imported, numba's and matplotlib's caches get a writable folder (caches.py).
     """
+    use_writable_caches(os.environ)
     try:
         app(args=argv, prog_name="subtomo-embed")
     except SystemExit as done:
