@@ -228,38 +228,40 @@ class Setting:
     path: tuple[str, ...]  # scopes from the file's top, e.g. ('profiles', 'gpu', 'process', 'withLabel:x', 'cpus')
     file: str
     line: int
+    value: str = ""  # the value's source text (comments removed)
 
 
 _TOKEN = re.compile(r"""(?P<nl>\n)|(?P<ws>[ \t\r]+)|(?P<str>"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*')|"""
                     r"""(?P<ident>[A-Za-z_$][\w$]*(?:\.[A-Za-z_$][\w$]*)*)|(?P<op>==|!=|<=|>=|&&|\|\||\?:|\S)""")
 
 
-def _tokens(text: str) -> list[tuple[str, str, int]]:
-    text = strip_comments(text).replace('"""', '"').replace("'''", "'")
+def _tokens(text: str) -> list[tuple[str, str, int, int]]:
+    """(kind, text, line, offset) of every token of ``text`` (comments already removed)."""
     out, line = [], 1
     for m in _TOKEN.finditer(text):
         kind = m.lastgroup
         if kind == "nl":
-            out.append(("nl", "\n", line))
+            out.append(("nl", "\n", line, m.start()))
             line += 1
         elif kind == "str":
-            out.append(("str", m.group(), line))
+            out.append(("str", m.group(), line, m.start()))
             line += m.group().count("\n")
         elif kind != "ws":
-            out.append((kind, m.group(), line))
+            out.append((kind, m.group(), line, m.start()))
     return out
 
 
 def config_settings(path: Path) -> list[Setting]:
     """Every ``name = value`` of a config file with the scopes it sits in (block and dotted forms)."""
-    tokens = _tokens(path.read_text())
+    text = strip_comments(path.read_text()).replace('"""', '"').replace("'''", "'")
+    tokens = _tokens(text)
     settings: list[Setting] = []
     i = 0
 
     def skip_value(i: int) -> int:
         depth = 0
         while i < len(tokens):
-            kind, value, _ = tokens[i]
+            kind, value, _, _ = tokens[i]
             if value in "([{" and kind == "op":
                 depth += 1
             elif value in ")]}" and kind == "op":
@@ -277,14 +279,17 @@ def config_settings(path: Path) -> list[Setting]:
 
     def block(i: int, scope: tuple[str, ...]) -> int:
         while i < len(tokens):
-            kind, value, line = tokens[i]
+            kind, value, line, _ = tokens[i]
             if kind == "nl":
                 i += 1
             elif value == "}":
                 return i + 1
             elif kind == "ident" and i + 1 < len(tokens) and tokens[i + 1][1] == "=":
-                settings.append(Setting(scope + tuple(value.split(".")), path.name, line))
-                i = skip_value(i + 2)
+                end = skip_value(i + 2)
+                stop = tokens[end][3] if end < len(tokens) else len(text)
+                source = text[tokens[i + 1][3] + 1:stop].strip()
+                settings.append(Setting(scope + tuple(value.split(".")), path.name, line, source))
+                i = end
             elif kind == "ident" and i + 1 < len(tokens) and tokens[i + 1][1] == "{":
                 i = block(i + 2, scope + tuple(value.split(".")))
             elif (kind == "ident" and value in ("withLabel", "withName") and tokens[i + 1][1] == ":"
@@ -292,7 +297,7 @@ def config_settings(path: Path) -> list[Setting]:
                 i = block(i + 4, scope + (f"{value}:{tokens[i + 2][1][1:-1]}",))
             elif kind == "ident" and value in ("includeConfig", "id") and tokens[i + 1][0] == "str":
                 if value == "includeConfig":
-                    settings.append(Setting(scope + ("includeConfig",), path.name, line))
+                    settings.append(Setting(scope + ("includeConfig",), path.name, line, tokens[i + 1][1]))
                 i += 2
             else:
                 raise ValueError(f"{path.name}:{line}: cannot read the config statement at {value!r}")
