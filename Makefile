@@ -38,6 +38,12 @@ test: $(STAMP) $(NF_LANG_JAR) bytecode
 test-fast: $(STAMP) bytecode
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# build the CPU image with podman (containers/build_test_image.sh) and run the pipeline's scripts and the
+# demo in it as Nextflow's Docker and Apptainer executors start tasks (docs/containers.md); part of `test`
+.PHONY: test-containers
+test-containers: $(STAMP) bytecode
+	$(BIN)/python -m pytest -q tests/containers
+
 bench: $(STAMP) bytecode
 	$(BIN)/python benchmarks/bench_extract.py
 
