@@ -3,6 +3,9 @@
 Each row breaks one thing, runs the command, and checks: the exit code of its class
 (3 config, 4 input data, 5 model, 6 resources), a one-line message naming the file and the
 problem, no traceback, the output folder unchanged, and the inputs unchanged.
+
+The CLI runs in this process (typer's CliRunner: the same app the executable runs); a row whose
+point is the process (a file-size limit) runs the executable.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ import pytest
 import torch
 import yaml
 from synthetic import TINY_NETWORK, make_checkpoint, make_dataset, write_config, write_h5_mask, write_mrc
+from typer.testing import CliRunner
 
+from subtomo_embed.cli import app
 from subtomo_embed.core.model import build_simsiam, lightning_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,6 +42,7 @@ class Case:
     code: int
     message: str  # regex the one-line message must match
     command: str = "predict"
+    subprocess: bool = False  # run the executable (the row is about the process)
 
 
 def _set_config(ctx, **changes):
@@ -111,9 +117,20 @@ def _mask_values(ctx, mask):
     _only_ts01(ctx)
 
 
+def invoke(*args) -> tuple[int, str, BaseException | None]:
+    """The CLI in this process: (exit code, stderr, the exception if one escaped the command)."""
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    escaped = result.exception if not isinstance(result.exception, SystemExit) else None
+    return result.exit_code, result.stderr, escaped
+
+
+def _cli_ok(ctx, command="predict", *args):
+    code, stderr, escaped = invoke(command, "-c", ctx["config"], *args)
+    assert code == 0 and escaped is None, stderr[-2000:]
+
+
 def _one_instance_kmeans(ctx):
-    subprocess.run(["subtomo-embed", "predict", "-c", str(ctx["config"])], env=ctx["env"], check=True,
-                   capture_output=True)
+    _cli_ok(ctx)
     with h5py.File(ctx["out"] / "TS_01_embeds.h5", "r+") as f:
         emb = f["embeddings"][()]
         del f["embeddings"]
@@ -132,8 +149,7 @@ def _one_instance_kmeans(ctx):
 
 
 def _predicted(ctx):
-    subprocess.run(["subtomo-embed", "predict", "-c", str(ctx["config"])], env=ctx["env"], check=True,
-                   capture_output=True)
+    _cli_ok(ctx)
 
 
 def _different_dims(ctx):
@@ -159,6 +175,48 @@ def _unwritable_output(ctx):
 
 def _file_size_limit(ctx):
     ctx["fsize_limit"] = 3000  # bytes: the inputs exist already; the first outputs cannot be finished
+
+
+def _alias_bomb(ctx):
+    lines = ["laugh0: &l0 [ha, ha, ha, ha, ha, ha, ha, ha, ha, ha]"]
+    lines += [f"laugh{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 9)]
+    ctx["config"].write_text(ctx["config"].read_text() + "\n".join(lines) + "\n")  # 10^9 values if expanded
+
+
+def _enormous_network(ctx):
+    ckpt = _ckpt()
+    big = dict(TINY_NETWORK, num_filters=[2**16] * 4, dim=2**30)  # ~10^14 weights if it were built
+    ckpt["hyper_parameters"] = {"config": {"parameters": {"network": big}}, "backbone_config": {
+        "parameters": {"network": big}}}
+    _save_ckpt(ctx, ckpt)
+
+
+def _too_many_blocks(ctx):
+    ckpt = _ckpt()
+    deep = dict(TINY_NETWORK, num_layers=[4_000_000, 1, 1, 1])
+    ckpt["hyper_parameters"] = {"config": {"parameters": {"network": deep}}, "backbone_config": {
+        "parameters": {"network": deep}}}
+    _save_ckpt(ctx, ckpt)
+
+
+def _picks(ctx, coordinate=None, label=None):
+    import pandas as pd
+
+    rows = pd.DataFrame({"x": [10.0, 20.0, 15.0], "y": [10.0, 20.0, 30.0], "z": [10.0, 12.0, 14.0],
+                         "label": ["1", "2", "3"]}).astype(object)
+    if coordinate is not None:
+        rows.loc[1, "x"] = coordinate
+    if label is not None:
+        rows.loc[1, "label"] = label
+    picks = ctx["root"] / "picks.csv"
+    rows.to_csv(picks, index=False)
+    _set_config(ctx, centers_file=str(picks), centers_patch_size=8, test_files=["TS_01.mrc"])
+
+
+def _log_dir_file(ctx):
+    blocker = ctx["root"] / "a_file"
+    blocker.write_text("not a folder")
+    _set_config(ctx, log_dir=str(blocker))
 
 
 def _mode(ctx, data):
@@ -216,7 +274,37 @@ CASES = [
     Case("embeddings-different-dimensions", _different_dims, 4, r"TS_02_embeds\.h5: .*(dimension|dim)", command="merge"),
     Case("embeddings-nan", _nan_embeddings, 4, r"TS_02_embeds\.h5: .*(NaN|finite)", command="merge"),
     Case("output-folder-not-writable", _unwritable_output, 6, r"cannot create output folder"),
-    Case("out-of-space-mid-write", _file_size_limit, 6, r"no space left on the device while writing"),
+    Case("out-of-space-mid-write", _file_size_limit, 6, r"no space left on the device while writing", subprocess=True),
+    # issue 13, class 2: small inputs that asked for unbounded resources
+    Case("config-alias-bomb", _alias_bomb, 3, r"config\.yaml: the YAML expands to more than 100,000 values"),
+    Case("config-recursive-alias", lambda c: c["config"].write_text(c["config"].read_text() + "train_files: &a [*a]\n"),
+         3, r"config\.yaml: a YAML alias at line \d+ refers to a value that contains it"),
+    Case("checkpoint-enormous-network", _enormous_network, 5, r"model\.ckpt: state_dict does not fit .*shape mismatches"),
+    Case("checkpoint-too-many-blocks", _too_many_blocks, 5, r"model\.ckpt: .*num_layers .* asks for 4000003 residual"),
+    # class 5: one-line errors instead of tracebacks
+    Case("config-seed-out-of-range", lambda c: _set_config(c, seed=2**32), 3, r"config\.yaml: key 'seed'"),
+    Case("config-unknown-distance", lambda c: _set_config(c, visualization__distance="euclidian"), 3,
+         r"config\.yaml: key 'visualization\.distance': Input should be 'euclidean'"),
+    Case("picks-text-coordinates", lambda c: _picks(c, coordinate="abc"), 4,
+         r"picks\.csv: picks column 'x' row 2 is not a finite number \('abc'\)", command="predict-centers"),
+    Case("picks-empty-label", lambda c: _picks(c, label=""), 4,
+         r"picks\.csv: picks column 'label' row 2 is not an integer id", command="predict-centers"),
+    Case("picks-label-beyond-int64", lambda c: _picks(c, label="9223372036854775808"), 4,
+         r"picks\.csv: picks column 'label' row 2 holds 9223372036854775808, beyond a 64-bit", command="predict-centers"),
+    # class 6: config strictness
+    Case("config-reserved-key", lambda c: c["config"].write_text(c["config"].read_text() + "source: x\n"), 3,
+         r"config\.yaml: unknown key 'source'"),
+    Case("config-duplicate-key", lambda c: c["config"].write_text(c["config"].read_text() + "masking_type: 2\n"), 3,
+         r"config\.yaml: key 'masking_type' appears twice"),
+    # class 7: messages that name the right culprit
+    Case("config-set-wrong-type", lambda c: ["--set", "masking_type=hull"], 3,
+         r"^config error: --set masking_type=hull: key 'masking_type'"),
+    Case("checkpoint-is-a-folder", lambda c: (c["ckpt"].unlink(), c["ckpt"].mkdir()) and None, 5,
+         r"model\.ckpt: is a folder, not a checkpoint file"),
+    Case("log-dir-is-a-file", _log_dir_file, 3, r"a_file: log_dir is a file, not a folder"),
+    # class 1: names that become paths
+    Case("config-file-name-with-folder", lambda c: _set_config(c, test_files=["../TS_01.mrc"]), 3,
+         r"config\.yaml: key 'test_files': must be a tomogram file name \(in data_folder\) without a folder part"),
 ]
 
 
@@ -238,26 +326,32 @@ def test_bad_input(case: Case, tmp_path, cli_env):
                           prediction_folder=out, trained_model=ckpt)
     ctx = {"root": tmp_path, "data": data, "masks": masks, "ckpt": ckpt, "out": out, "config": config,
            "env": cli_env}
-    case.setup(ctx)
+    extra = case.setup(ctx)
+    extra = extra if isinstance(extra, list) else []  # a setup may return extra CLI args
     out = ctx["out"]
     if not out.exists() and case.command == "predict":
         out.mkdir()  # an existing, empty output folder must stay empty
     before_out = _snapshot(out)
     before_inputs = {k: _snapshot(ctx[k]) for k in ("data", "masks")}
-    limit = ctx.get("fsize_limit")
+    if case.subprocess:
+        limit = ctx.get("fsize_limit")
 
-    def limit_file_size():
-        if limit:
-            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        def limit_file_size():
+            if limit:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    proc = subprocess.run(["subtomo-embed", case.command, "-c", str(config)], env=cli_env, capture_output=True,
-                          text=True, preexec_fn=limit_file_size)
-    message = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
-    assert proc.returncode == case.code, proc.stderr[-2000:]
+        proc = subprocess.run(["subtomo-embed", case.command, "-c", str(config), *extra], env=cli_env,
+                              capture_output=True, text=True, preexec_fn=limit_file_size)
+        code, stderr, escaped = proc.returncode, proc.stderr, None
+    else:
+        code, stderr, escaped = invoke(case.command, "-c", config, *extra)
+    message = stderr.strip().splitlines()[-1] if stderr.strip() else ""
+    assert escaped is None, f"{type(escaped).__name__}: {escaped}"
+    assert code == case.code, stderr[-2000:]
     assert re.search(case.message, message), message
-    assert "Traceback" not in proc.stderr
-    errors = [l for l in proc.stderr.splitlines() if re.match(r"^\w[\w ]* error: ", l)]
-    assert len(errors) == 1, proc.stderr
+    assert "Traceback" not in stderr
+    errors = [l for l in stderr.splitlines() if re.match(r"^\w[\w ]* error: ", l)]
+    assert len(errors) == 1, stderr
     assert _snapshot(out) == before_out
     assert {k: _snapshot(ctx[k]) for k in ("data", "masks")} == before_inputs
     assert not (tmp_path / "pwned").exists()
@@ -279,9 +373,8 @@ def test_table_in_the_docs_matches_these_rows():
         assert f"| {case.code} |" in line, case.row
 
 
-def test_extract_of_a_missing_tomogram_path_is_an_input_error(dataset, cli_env, tmp_path):
-    proc = subprocess.run(["subtomo-embed", "extract", "-c", str(dataset["config"]), "--tomogram",
-                           str(tmp_path / "absent.mrc"), "--mask", str(tmp_path / "absent.h5"), "--output-dir",
-                           str(tmp_path / "patches")], env=cli_env, capture_output=True, text=True)
-    assert proc.returncode == 4 and "Traceback" not in proc.stderr
-    assert re.search(r"absent\.mrc: cannot read the file", proc.stderr.strip().splitlines()[-1]), proc.stderr
+def test_extract_of_a_missing_tomogram_path_is_an_input_error(dataset, tmp_path):
+    code, stderr, escaped = invoke("extract", "-c", dataset["config"], "--tomogram", tmp_path / "absent.mrc", "--mask",
+                                   tmp_path / "absent.h5", "--output-dir", tmp_path / "patches")
+    assert code == 4 and escaped is None
+    assert re.search(r"absent\.mrc: cannot read the file", stderr.strip().splitlines()[-1]), stderr

@@ -90,3 +90,119 @@ def test_not_yaml_and_not_a_mapping(tmp_path):
         load_config(tmp_path / "b.yaml")
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+
+
+# --- issue 13: hostile configs -----------------------------------------------------------------
+
+
+def _load_text(tmp_path, text: str):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return load_config(path)
+
+
+def test_alias_bomb_is_refused_before_it_is_expanded(tmp_path):
+    lines = ["l0: &l0 [a, a, a, a, a, a, a, a, a, a]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 9)]  # 10^9 values expanded
+    with pytest.raises(ConfigError, match=r"c\.yaml: the YAML expands to more than 100,000 values"):
+        _load_text(tmp_path, "\n".join(lines) + "\n")
+
+
+def test_a_few_aliases_within_the_bound_still_work(tmp_path):
+    cfg = _load_text(tmp_path, "parameters:\n  data:\n    patch_size: &p [8, 8, 8]\n"
+                               "clustering_kmeans: &k {num_clusters: 4}\nclustering_spectral: *k\n")
+    assert cfg.parameters.data.patch_size == [8, 8, 8] and cfg.clustering_spectral.num_clusters == 4
+
+
+@pytest.mark.parametrize("text,message", [
+    ("test_files: &a [*a]\n", r"alias at line 1 refers to a value that contains it"),
+    ("masking_type: 0\nexpand_labels: 1\nmasking_type: 2\n", r"key 'masking_type' appears twice .*lines 1 and 3"),
+    ("test_files: " + "[" * 3000 + "]" * 3000 + "\n", r"nested too deeply"),
+    ("source: somewhere.yaml\n", r"unknown key 'source'"),
+    ("visualization:\n  umap_3d: true\n", r"unknown key 'visualization\.umap_3d'"),
+    ("seed: -1\n", r"key 'seed'"),
+    ("seed: 4294967296\n", r"key 'seed'"),
+    ("visualization:\n  distance: euclidian\n", r"key 'visualization\.distance'"),
+    ("file_extension: /../x.mrc\n", r"key 'file_extension': must be a file extension without a folder part"),
+    ("test_files: ['../../TS_01.mrc']\n", r"key 'test_files': must be a tomogram file name"),
+    ("clustering_files: [..]\n", r"key 'clustering_files'"),
+    ("visualization:\n  visualization_suffix: ../x.csv\n", r"key 'visualization\.visualization_suffix'"),
+    ("instances:\n  min_center_distance: ../../x\n  max_center_distance: 2\n",
+     r"key 'instances\.min_center_distance': must be a number or null"),
+    ('data_folder: "a\\0b"\n', r"key 'data_folder': a path cannot hold a NUL character"),
+    ("centers:\n  voxel_size: .nan\n", r"key 'centers\.voxel_size': must be a positive number"),
+    ("centers:\n  picks_voxel_size: [1, 2]\n", r"key 'centers\.picks_voxel_size'"),
+    ("parameters:\n  network:\n    num_layers: [1, 1]\n", r"key 'parameters\.network\.num_layers': must be four"),
+])
+def test_hostile_values_are_config_errors_naming_key_and_file(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        _load_text(tmp_path, text)
+    assert "c.yaml" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_every_accepted_distance_is_computed_by_umap_and_scikit_learn():
+    import numpy as np
+    import umap.distances
+    from sklearn.metrics import pairwise_distances
+
+    from subtomo_embed.core.config import DISTANCES
+
+    x = np.random.default_rng(0).normal(size=(5, 4))
+    for metric in DISTANCES:
+        assert config_from_dict({"visualization": {"distance": metric}}).visualization.distance == metric
+        assert np.isfinite(pairwise_distances(x, metric=metric)).all(), metric
+        assert metric in umap.distances.named_distances or metric in ("sqeuclidean", "cityblock"), metric
+
+
+def test_ignored_cryosiam_keys_warn_and_are_listed_in_the_docs(tmp_path, caplog):
+    from subtomo_embed.core.config import IGNORED_CRYOSIAM_KEYS
+
+    with caplog.at_level("WARNING"):
+        cfg = _load_text(tmp_path, "visualization:\n  visualize_3d_mask: true\n  3d_mask_extension: '.mrc'\n"
+                                   "  distance: cosine\n")
+    assert cfg.visualization.distance == "cosine"
+    assert "ignoring CryoSiam's key 'visualization.visualize_3d_mask'" in caplog.text
+    doc = (REPO / "docs" / "config.md").read_text()
+    for section, key in IGNORED_CRYOSIAM_KEYS:
+        assert f"`{section}.{key}`" in doc
+
+
+def test_overrides_are_blamed_on_set_not_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("masking_typ: 1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["masking_type=hull"])
+    text = str(err.value)
+    assert text.startswith("c.yaml: unknown key 'masking_typ'") or "c.yaml: unknown key 'masking_typ'" in text
+    assert "--set masking_type=hull: key 'masking_type'" in text
+    with pytest.raises(ConfigError, match=r"^--set parameters\.data\.max=-1: key 'parameters\.data\.max'|"
+                                          r"with --set parameters\.data\.max=-1: key 'parameters\.data'"):
+        config_from_dict({}, "c.yaml", ["parameters.data.max=-1"])
+    cfg = config_from_dict({"trained_model": None}, "c.yaml", ["parameters.data.patch_size=[8,8,8]", "data_folder=x"])
+    assert cfg.origin("parameters.data.patch_size") == "--set parameters.data.patch_size=[8,8,8]"
+    assert cfg.origin("masking_type") == "c.yaml" and cfg.source == "c.yaml"
+    with pytest.raises(ConfigError, match=r"^c\.yaml: key 'trained_model' must be set"):
+        cfg.path("trained_model")
+    with pytest.raises(ConfigError, match=r"--set trained_model=: key 'trained_model' must be set"):
+        config_from_dict({}, "c.yaml", ["trained_model="]).path("trained_model")
+
+
+def test_set_values_are_read_by_the_bounded_loader():
+    levels = ["&l0 [" + ", ".join(["x"] * 10) + "]"]
+    levels += [f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    with pytest.raises(ConfigError, match=r"^--set test_files=.*: the YAML expands to more than 100,000 values"):
+        config_from_dict({}, "c.yaml", ["test_files=[" + ", ".join(levels) + "]"])
+    assert config_from_dict({}, "c.yaml", ["parameters.data.patch_size=[&a 8, *a, *a]"]).parameters.data.patch_size \
+        == [8, 8, 8]
+
+
+def test_config_path_that_is_a_folder_or_too_big(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder, not a config file"):
+        load_config(tmp_path)
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"#" * (4 * 2**20 + 1))
+    with pytest.raises(ConfigError, match="larger than 4 MiB"):
+        load_config(big)
+    (tmp_path / "latin1.yaml").write_bytes("data_folder: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(tmp_path / "latin1.yaml")

@@ -117,3 +117,126 @@ def test_old_monai_checkpoint_without_downsample_bias(tmp_path):
     assert not any("downsample.0.bias" in k for k in ckpt["state_dict"])
     torch.save(ckpt, tmp_path / "old.ckpt")
     load_model(tmp_path / "old.ckpt")
+
+
+# --- issue 13 (bounded resources) and issue 14 item 6 (one set of defaults, the input contract) ---------
+
+
+def _save(tmp_path, name, ckpt):
+    torch.save(ckpt, tmp_path / name)
+    return tmp_path / name
+
+
+def _with_network(network, stored=None):
+    ckpt = lightning_checkpoint(build_simsiam(network), {"parameters": {"network": stored or network}})
+    return ckpt
+
+
+def test_network_defaults_are_the_configs():
+    from subtomo_embed.core.config import NetworkConfig
+    from subtomo_embed.core.model import NETWORK_DEFAULTS
+
+    assert NETWORK_DEFAULTS == NetworkConfig().model_dump() and NETWORK_DEFAULTS["dim"] == 1024
+    with torch.device("meta"):
+        model = build_simsiam({})
+    assert model.encoder.fc[6].weight.shape[0] == 1024 and model.predictor[0].weight.shape[0] == 512
+
+
+def test_dims_a_stored_config_leaves_out_are_read_from_the_weights(tmp_path):
+    stored = {k: v for k, v in TINY_NETWORK.items() if k not in ("dim", "pred_dim", "in_channels")}
+    model, network = load_model(_save(tmp_path, "m.ckpt", _with_network(TINY_NETWORK, stored)))
+    assert network["dim"] == 16 and network["pred_dim"] == 8 and network["in_channels"] == 1
+    assert model.embed(torch.randn(2, 1, 12, 12, 12)).shape == (2, 16)
+
+
+def test_an_enormous_network_in_a_small_checkpoint_is_refused_without_building_it(tmp_path):
+    huge = dict(TINY_NETWORK, num_filters=[2**16] * 4, dim=2**30)  # ~10^14 weights if it were built
+    with pytest.raises(ModelError, match="shape mismatches"):  # a real build would fail on memory instead
+        load_model(_save(tmp_path, "huge.ckpt", _with_network(TINY_NETWORK, huge)))
+    deep = dict(TINY_NETWORK, num_layers=[10**7, 1, 1, 1])
+    with pytest.raises(ModelError, match=r"asks for 10000003 residual blocks, the weights hold 4"):
+        load_model(_save(tmp_path, "deep.ckpt", _with_network(TINY_NETWORK, deep)))
+    with pytest.raises(ModelError, match=r"parameters\.network is not valid \(num_filters"):
+        load_model(_save(tmp_path, "bad.ckpt", _with_network(TINY_NETWORK, dict(TINY_NETWORK, num_filters="x"))))
+
+
+def test_weights_that_are_not_finite_or_not_float_are_refused(tmp_path):
+    ckpt = _with_network(TINY_NETWORK)
+    ckpt["state_dict"]["_model.encoder.conv1.weight"][0] = float("nan")
+    with pytest.raises(ModelError, match=r"1 weights hold NaN or Inf values \(e\.g\. encoder\.conv1\.weight"):
+        load_model(_save(tmp_path, "nan.ckpt", ckpt))
+    ckpt = _with_network(TINY_NETWORK)
+    ckpt["state_dict"]["_model.predictor.0.weight"] = ckpt["state_dict"]["_model.predictor.0.weight"].int()
+    with pytest.raises(ModelError, match=r"wrong kind of number \(e\.g\. predictor\.0\.weight"):
+        load_model(_save(tmp_path, "int.ckpt", ckpt))
+    ckpt = _with_network(TINY_NETWORK)
+    ckpt["state_dict"]["_model.predictor.0.weight"] = [1, 2]
+    with pytest.raises(ModelError, match=r"not tensors \(e\.g\. predictor\.0\.weight"):
+        load_model(_save(tmp_path, "list.ckpt", ckpt))
+
+
+def test_half_precision_weights_load_as_float32_with_their_values(tmp_path):
+    ckpt = _with_network(TINY_NETWORK)
+    half = {k: (v.half() if v.is_floating_point() else v) for k, v in ckpt["state_dict"].items()}
+    ckpt["state_dict"] = half
+    model, _ = load_model(_save(tmp_path, "half.ckpt", ckpt))
+    weight = model.encoder.conv1.weight
+    assert weight.dtype == torch.float32 and torch.equal(weight, half["_model.encoder.conv1.weight"].float())
+
+
+def test_a_folder_or_device_is_not_a_checkpoint(tmp_path):
+    with pytest.raises(ModelError, match="is a folder, not a checkpoint file"):
+        read_checkpoint(tmp_path)
+    with pytest.raises(ModelError, match="not a regular file"):
+        read_checkpoint("/dev/zero")
+
+
+def _contract_config(**data):
+    from subtomo_embed.core.config import config_from_dict
+
+    overrides = [f"parameters.data.{k}={v}" for k, v in data.items()]
+    return config_from_dict({"parameters": {"data": {"patch_size": [12, 12, 12]}}, "masking_type": 1}, "run.yaml",
+                            overrides)
+
+
+def _trained_with(tmp_path, data: dict, masking_type=1):
+    config = {"parameters": {"network": TINY_NETWORK, "data": data}, "masking_type": masking_type}
+    ckpt = lightning_checkpoint(build_simsiam(TINY_NETWORK), config)
+    return _save(tmp_path, "trained.ckpt", ckpt)
+
+
+def test_the_input_contract_is_compared_and_a_difference_warned(tmp_path, caplog):
+    path = _trained_with(tmp_path, {"patch_size": [12, 12, 12], "min": 0, "max": 1, "mean": 0, "std": 1})
+    with caplog.at_level("WARNING"):
+        load_model(path, run_config=_contract_config())
+    assert "differs" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_model(path, run_config=_contract_config(patch_size="[16,16,16]", std=0.5))
+    assert "trained.ckpt: this run's input differs from what the model was trained on" in caplog.text
+    assert "parameters.data.patch_size [12, 12, 12] in training, [16, 16, 16] here " \
+           "(--set parameters.data.patch_size=[16,16,16])" in caplog.text
+    assert "parameters.data.std 1 in training, 0.5 here" in caplog.text and "data.mean" not in caplog.text
+
+
+def test_masking_is_compared_only_where_the_run_masks_by_label(tmp_path, caplog):
+    from subtomo_embed.core.model import check_input_contract, read_checkpoint
+
+    path = _trained_with(tmp_path, {"patch_size": [12, 12, 12]}, masking_type=2)
+    stored = read_checkpoint(path)["hyper_parameters"]["backbone_config"]
+    with caplog.at_level("INFO"):
+        assert check_input_contract(stored, _contract_config(), path) == [
+            "masking_type 2 in training, 1 here (run.yaml)"]
+        assert check_input_contract(stored, _contract_config(), path, masking=False) == []
+    assert "does not record parameters.data.min, parameters.data.max" in caplog.text
+
+
+def test_a_dim_set_in_the_run_must_equal_the_checkpoints(tmp_path):
+    from subtomo_embed.core.config import config_from_dict
+    from subtomo_embed.core.errors import ConfigError
+
+    path = make_checkpoint(tmp_path / "m.ckpt")
+    with pytest.raises(ConfigError, match=r"^--set parameters\.network\.dim=1024: parameters\.network\.dim is 1024 "
+                                          r"but the checkpoint m\.ckpt has dim 16"):
+        load_model(path, run_config=config_from_dict({}, "run.yaml", ["parameters.network.dim=1024"]))
+    load_model(path, run_config=config_from_dict({}, "run.yaml"))  # not set: the checkpoint's

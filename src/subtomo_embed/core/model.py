@@ -160,8 +160,12 @@ _LIGHTNING_CONTAINERS = [
 def read_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint with torch's weights-only unpickler (never a full unpickling)."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise ModelError("is a folder, not a checkpoint file (trained_model names the .ckpt file)", path)
+    if not path.exists():
         raise ModelError("checkpoint file does not exist", path)
+    if not path.is_file():
+        raise ModelError("not a regular file (a device or a pipe), not a checkpoint file", path)
     try:
         with torch.serialization.safe_globals(_LIGHTNING_CONTAINERS):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -367,7 +371,7 @@ def check_input_contract(stored: dict, cfg: Config, path: Path, masking: bool = 
             differences.append(f"{key} {stored_value!r} in training, {run_value!r} here ({cfg.origin(key)})")
     if differences:
         log.warning("%s: this run's input differs from what the model was trained on: %s. Its embeddings may "
-                    "not mean what they should; use the training values (docs/model.md)", path.name,
+                    "not mean what they should; use the training values (docs/config.md)", path.name,
                     "; ".join(differences))
     if unrecorded:
         log.info("%s: the checkpoint does not record %s; not compared", path.name, ", ".join(unrecorded))

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 PICK_PREFIX = "pick:"  # regions-table columns that hold a pick's original columns
 PICK_SUFFIXES = (".star", ".csv", ".json")
 TOMOGRAM_COLUMNS = ("rlnTomoName", "rlnMicrographName", "tomo", "tomogram", "tomo_name", "run_name")
+PICK_ID_COLUMNS = ("rlnLabel", "label")  # a pick's own id, the first of these present
 
 RELION5 = ("rlnCenteredCoordinateZAngst", "rlnCenteredCoordinateYAngst", "rlnCenteredCoordinateXAngst")
 RELION = ("rlnCoordinateZ", "rlnCoordinateY", "rlnCoordinateX")
@@ -71,11 +72,49 @@ def detect_convention(table: pd.DataFrame, units: str = "auto", origin: str = "a
     ]
     for columns, default_units, default_origin in known:
         if all(c in table.columns for c in columns):
+            for column in columns:
+                _check_numbers(table[column], column, source, finite=True)
             return Convention(columns, default_units if units == "auto" else units,
                               default_origin if origin == "auto" else origin)
     raise InputDataError(
         "picks have no coordinate columns (expected rlnCenteredCoordinateX/Y/ZAngst, rlnCoordinateX/Y/Z, "
         "x,y,z or centroid-0..2)", source)
+
+
+def _check_numbers(values: pd.Series, column: str, source: Path | None, finite: bool) -> np.ndarray:
+    """``values`` as float64, or an InputDataError naming the first row that is not a (finite) number."""
+    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(numbers) if finite else np.isnan(numbers)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise InputDataError(f"picks column '{column}' row {row + 1} is not a {'finite ' if finite else ''}number "
+                             f"({values.iloc[row]!r})", source)
+    return numbers
+
+
+def _checked_ids(table: pd.DataFrame, source: Path) -> pd.DataFrame:
+    """The picks with their own id column (:data:`PICK_ID_COLUMNS`) as int64, or an InputDataError
+    naming the first id that is empty, text, fractional or beyond int64 (an empty id must never
+    become -2^63)."""
+    column = next((c for c in PICK_ID_COLUMNS if c in table.columns), None)
+    if column is None or len(table) == 0:
+        return table
+    if pd.api.types.is_integer_dtype(table[column].dtype) and table[column].dtype.itemsize <= 8 and \
+            table[column].dtype != np.uint64:
+        return table
+    values = table[column]
+    text = values.astype(str).str.strip()
+    ok = text.str.fullmatch(r"[+-]?\d+(\.0*)?")
+    if not ok.all():
+        row = int(np.flatnonzero(~ok.to_numpy())[0])
+        raise InputDataError(f"picks column '{column}' row {row + 1} is not an integer id ({values.iloc[row]!r})",
+                             source)
+    ids = [int(t.split(".")[0]) for t in text]
+    too_big = [i for i, v in enumerate(ids) if not -2**63 <= v < 2**63]
+    if too_big:
+        raise InputDataError(f"picks column '{column}' row {too_big[0] + 1} holds {ids[too_big[0]]}, beyond a 64-bit "
+                             "integer id", source)
+    return table.assign(**{column: np.asarray(ids, dtype=np.int64)})
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,7 +140,7 @@ def read_picks(path: Path) -> pd.DataFrame:
         raise InputDataError(f"unknown picks format '{suffix}' (use .star, .csv or copick .json)", path)
     if len(table) == 0:
         log.warning("%s: no picks", path)
-    return table.reset_index(drop=True)
+    return _checked_ids(table.reset_index(drop=True), path)
 
 
 def _read_star_particles(path: Path) -> pd.DataFrame:
