@@ -215,16 +215,17 @@ def point_on_screen(driver, x: float, y: float) -> tuple[int, int]:
                    Math.round(r.top + L._size.t + L.yaxis.d2p(arguments[1]))];""", x, y))
 
 
-def move_to(driver, x: int, y: int):
-    from selenium.webdriver.common.action_chains import ActionChains
+def move_to(driver, x: int, y: int) -> None:
+    """A real mouse move to page pixel (x, y) (the button state is kept, so a held button drags)."""
     from selenium.webdriver.common.actions.action_builder import ActionBuilder
 
-    actions = ActionChains(driver)
-    ActionBuilder(driver).pointer_action.move_to_location(x, y)
     builder = ActionBuilder(driver)
     builder.pointer_action.move_to_location(x, y)
     builder.perform()
-    return actions
+
+
+def legend_texts(driver) -> list[str]:
+    return driver.execute_script("return Array.from(document.querySelectorAll('.legendtext')).map(e => e.textContent)")
 
 
 def screenshot(driver) -> np.ndarray:
@@ -263,7 +264,7 @@ def test_browser_draws_the_points_without_errors(example, browser, page):
         blended = 0.8 * rgb + 0.2 * 255
         close = (np.abs(image - blended).max(axis=2) <= 12).sum()
         assert close > 30, f"cluster colour {colour} not drawn ({close} pixels)"
-    legend = browser.execute_script("return Array.from(document.querySelectorAll('.legendtext')).map(e => e.textContent)")
+    legend = legend_texts(browser)
     assert legend == [f"{g} (n={(example['groups'] == g).sum()})" for g in range(N_GROUPS)]
 
 
@@ -326,7 +327,7 @@ def test_browser_switches_colouring_and_3d(example, browser, page):
     from selenium.webdriver.support.ui import Select
 
     Select(browser.find_element(By.ID, "colour-by")).select_by_visible_text("tomogram")
-    legend = browser.execute_script("return Array.from(document.querySelectorAll('.legendtext')).map(e => e.textContent)")
+    legend = legend_texts(browser)
     assert [t.split(" ")[0] for t in legend] == ["TS_01", "TS_02"]
     Select(browser.find_element(By.ID, "projection")).select_by_visible_text("UMAP 3D")
     assert browser.execute_script("return document.getElementById('explorer-plot')._fullData[0].type") == "scatter3d"

@@ -221,7 +221,8 @@ def star_columns(star) -> list[dict]:
             columns.append({"name": str(name), "kind": "float", "values": values.astype(np.float64).tolist()})
         else:
             cats, codes = np.unique(values.astype(str), return_inverse=True)
-            columns.append({"name": str(name), "kind": "str", "categories": cats.tolist(), "codes": codes.ravel().tolist()})
+            columns.append({"name": str(name), "kind": "str", "categories": cats.tolist(),
+                            "codes": codes.ravel().tolist()})
     return columns
 
 
@@ -258,7 +259,8 @@ def page_data(instances: Instances, projections: Sequence[Projection], colouring
     }
 
 
-def encode_thumbnails(rows: Iterable[int], pngs: Iterable[bytes], max_bytes: int = MAX_THUMBNAIL_BYTES) -> dict[int, str]:
+def encode_thumbnails(rows: Iterable[int], pngs: Iterable[bytes],
+                      max_bytes: int = MAX_THUMBNAIL_BYTES) -> dict[int, str]:
     """row -> base64 PNG, in the given (priority) order, until ``max_bytes`` of base64 text are used."""
     out: dict[int, str] = {}
     used = 0
@@ -316,8 +318,8 @@ def explorer_html(instances: Instances, projections: Sequence[Projection], colou
         post_script=_page_script(),
     )
     thumbs = len(data["thumbnails"])
-    note = (f"{len(instances)} instances; thumbnails for {thumbs}" + (" (a stratified sample)" if thumbs < len(instances) else "")
-            if thumbs else f"{len(instances)} instances; no thumbnails")
+    sample = " (a stratified sample)" if thumbs < len(instances) else ""
+    note = f"{len(instances)} instances; " + (f"thumbnails for {thumbs}{sample}" if thumbs else "no thumbnails")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <link rel="icon" href="data:,">
@@ -329,7 +331,8 @@ def explorer_html(instances: Instances, projections: Sequence[Projection], colou
 <span id="selection-count">no selection</span>
 <button id="download-star" disabled>Download STAR</button>
 <button id="download-csv" disabled>Download CSV</button>
-<span class="note">{html.escape(note)}. Box/lasso select on a 2D view (toolbar); click legend entries to hide groups.</span>
+<span class="note">{html.escape(note)}. Box/lasso select on a 2D view (toolbar);
+click legend entries to hide groups.</span>
 </header>
 <script type="application/json" id="explorer-data">{_json_for_script(data)}</script>
 <main><div id="explorer-figure">{plot}</div>

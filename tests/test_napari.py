@@ -1,0 +1,170 @@
+"""The napari plugin on the outputs of a small real run (predict, kmeans, spectral, visualize through
+the CLI, in-process), in a real napari viewer on a headless X server.
+
+Qt's ``offscreen`` platform has no OpenGL, so napari's canvas cannot draw there (vispy finds no GL
+context); these tests start Xvfb (Mesa's software OpenGL) and use Qt's ``xcb`` platform instead.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+import starfile
+
+from synthetic import make_checkpoint, make_dataset, write_config
+from tools import require_executable, require_module
+
+
+@pytest.fixture(scope="module", autouse=True)
+def x_display():
+    """A private Xvfb display for this module's Qt application (started here, stopped at the end)."""
+    require_module("napari")
+    xvfb = require_executable("Xvfb")
+    read, write = os.pipe()
+    server = subprocess.Popen([xvfb, "-displayfd", str(write), "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+                              pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        number = pipe.readline().strip()
+    assert number, "Xvfb did not start"
+    saved = {k: os.environ.get(k) for k in ("DISPLAY", "QT_QPA_PLATFORM")}
+    os.environ.update(DISPLAY=f":{number}", QT_QPA_PLATFORM="xcb")
+    yield
+    server.terminate()
+    server.wait(timeout=10)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def run_cli(*args) -> None:
+    from typer.testing import CliRunner
+
+    from subtomo_embed.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("napari_run")
+    data, masks = make_dataset(root, n_instances=9)
+    out = root / "out"
+    config = write_config(root / "config.yaml", data_folder=data, instances_mask_folder=masks, prediction_folder=out,
+                          trained_model=make_checkpoint(root / "model.ckpt"),
+                          clustering_spectral__num_clusters=2)
+    for command in ("predict", "kmeans", "spectral", "visualize"):
+        run_cli(command, "--config_file", config)
+    return {"root": root, "data": data, "masks": masks, "out": out, "config": config}
+
+
+@pytest.fixture
+def viewer(run):
+    import napari
+
+    v = napari.Viewer(show=True)  # on the Xvfb display: a hidden canvas is never drawn
+    yield v
+    v.close()
+
+
+def layers_by_type(viewer) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for layer in viewer.layers:
+        out.setdefault(type(layer).__name__, []).append(layer)
+    return out
+
+
+def test_reader_opens_a_prediction_folder(run, viewer):
+    from subtomo_embed.core import io
+
+    viewer.open(str(run["out"]), plugin="subtomo-embed")
+    layers = layers_by_type(viewer)
+    assert [len(layers.get(t, [])) for t in ("Image", "Labels", "Points")] == [2, 2, 2]
+    for stem, image, labels, points in zip(("TS_01", "TS_02"), layers["Image"], layers["Labels"], layers["Points"]):
+        volume, _ = io.open_mrc_volume(run["data"] / f"{stem}.mrc")
+        np.testing.assert_array_equal(np.asarray(image.data), volume)
+        mask = io.read_instance_mask(run["masks"] / f"{stem}_instance_preds.h5")
+        np.testing.assert_array_equal(np.asarray(labels.data), mask)
+
+        regions = pd.read_csv(run["out"] / f"{stem}_instance_regions.csv")
+        np.testing.assert_allclose(points.data, regions[["centroid-0", "centroid-1", "centroid-2"]].to_numpy())
+        f = points.features
+        assert f["label"].tolist() == regions["label"].tolist()
+        assert f["area"].tolist() == regions["area"].tolist()
+        kmeans = io.read_h5_dataset(run["out"] / f"{stem}_clusters_kmeans.h5", "predictions")
+        spectral = io.read_h5_dataset(run["out"] / f"{stem}_clusters_spectral.h5", "predictions")
+        assert f["kmeans_cluster"].tolist() == kmeans.tolist()
+        assert f["spectral_cluster"].tolist() == spectral.tolist()
+        umap = pd.read_csv(run["out"] / "vis" / "all_tomograms_umap.csv")
+        umap = umap[umap["tomogram"] == stem].set_index("label").loc[f["label"]]
+        np.testing.assert_allclose(f[["umap_x", "umap_y"]].to_numpy(), umap[["x", "y"]].to_numpy())
+
+        # the mask's instances carry their cluster's colour; the points too
+        colour_of = {int(label): tuple(np.round(labels.colormap.map(label), 3)) for label in f["label"]}
+        by_cluster: dict[int, set] = {}
+        for label, c in zip(f["label"], f["kmeans_cluster"]):
+            by_cluster.setdefault(int(c), set()).add(colour_of[int(label)])
+        assert all(len(colours) == 1 for colours in by_cluster.values())
+        assert len({next(iter(c)) for c in by_cluster.values()}) == len(by_cluster)
+        for i, c in enumerate(f["kmeans_cluster"]):
+            np.testing.assert_allclose(points.face_color[i], next(iter(by_cluster[int(c)])), atol=2e-3)
+
+
+def test_reader_opens_one_embeds_file_and_a_config(run, viewer):
+    viewer.open(str(run["out"] / "TS_02_embeds.h5"), plugin="subtomo-embed")
+    assert [layer.name for layer in viewer.layers] == ["TS_02", "TS_02 instances by kmeans cluster", "TS_02 instances"]
+    viewer.layers.clear()
+    viewer.open(str(run["config"]), plugin="subtomo-embed")
+    assert len(viewer.layers) == 6
+
+
+def test_reader_declines_other_paths(run, tmp_path):
+    from subtomo_embed.napari._reader import get_reader
+
+    assert get_reader(str(run["data"] / "TS_01.mrc")) is None
+    assert get_reader(str(tmp_path)) is None  # a folder without embeddings
+    assert get_reader(str(run["out"])) is not None
+
+
+def test_screenshot_shows_the_data(run, viewer):
+    viewer.open(str(run["out"] / "TS_01_embeds.h5"), plugin="subtomo-embed")
+    points = viewer.layers["TS_01 instances"]
+    viewer.dims.set_point(0, float(points.data[0, 0]))
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    assert shot.ndim == 3 and shot.shape[0] > 50
+    rgb = shot[..., :3].reshape(-1, 3)
+    assert rgb.std() > 10, "blank canvas"
+    assert len(np.unique(rgb // 32, axis=0)) > 8  # grey tomogram and coloured instances, not one flat colour
+
+
+def test_widget_saves_selected_points_and_clusters_as_star(run, viewer, tmp_path):
+    from subtomo_embed.napari._widget import save_selection
+
+    viewer.open(str(run["out"] / "TS_01_embeds.h5"), plugin="subtomo-embed")
+    points = viewer.layers["TS_01 instances"]
+    widget = save_selection()
+    clustered = starfile.read(run["out"] / "TS_01_instance_regions_kmeans_clustered.star")
+
+    points.selected_data = {0, 2, 3}
+    widget(points=points, which="selected points", method="kmeans", cluster=0, path=tmp_path / "picked.star")
+    picked = starfile.read(tmp_path / "picked.star")
+    assert picked["rlnLabel"].tolist() == points.features["label"].to_numpy()[[0, 2, 3]].tolist()
+    assert list(picked.columns) == list(starfile.read(run["out"] / "kmeans_cluster_0_particles.star").columns)
+    pd.testing.assert_frame_equal(picked, clustered.iloc[[0, 2, 3]].reset_index(drop=True))
+
+    c = int(points.features["kmeans_cluster"].iloc[0])
+    widget(points=points, which="cluster", method="kmeans", cluster=c, path=tmp_path / "cluster.star")
+    cluster = starfile.read(tmp_path / "cluster.star")
+    pd.testing.assert_frame_equal(cluster, clustered[clustered["rlnClass"] == c].reset_index(drop=True))
+
+    points.selected_data = set()
+    with pytest.raises(ValueError, match="nothing chosen"):
+        widget(points=points, which="selected points", method="kmeans", cluster=0, path=tmp_path / "none.star")
+    assert not (tmp_path / "none.star").exists()
