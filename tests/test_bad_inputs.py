@@ -303,6 +303,8 @@ CASES = [
          r"model\.ckpt: is a folder, not a checkpoint file"),
     Case("log-dir-is-a-file", _log_dir_file, 3, r"a_file: log_dir is a file, not a folder"),
     # class 1: names that become paths
+    Case("config-gpu-negative", lambda c: _set_config(c, parameters__gpu_devices=-1), 3,
+         r"config\.yaml: key 'parameters\.gpu_devices': must be a GPU index"),
     Case("config-file-name-with-folder", lambda c: _set_config(c, test_files=["../TS_01.mrc"]), 3,
          r"config\.yaml: key 'test_files': must be a tomogram file name \(in data_folder\) without a folder part"),
 ]

@@ -206,3 +206,11 @@ def test_config_path_that_is_a_folder_or_too_big(tmp_path):
     (tmp_path / "latin1.yaml").write_bytes("data_folder: caf\xe9\n".encode("latin-1"))
     with pytest.raises(ConfigError, match="not UTF-8"):
         load_config(tmp_path / "latin1.yaml")
+
+
+@pytest.mark.parametrize("value", [-1, [0, -2], "0", True, 1.5])
+def test_gpu_devices_are_indices_or_null(value):
+    with pytest.raises(ConfigError, match=r"key 'parameters\.gpu_devices': must be a GPU index"):
+        config_from_dict({"parameters": {"gpu_devices": value}})
+    for ok in (None, 0, 3, [1, 0], []):
+        assert config_from_dict({"parameters": {"gpu_devices": ok}}).parameters.gpu_devices == ok

@@ -103,8 +103,9 @@ def demo(
 
     The committed model and config ship inside the package; --tomograms/--particles/--shape make a
     smaller (quicker) dataset."""
-    setup_logging(quiet, output.absolute() / "subtomo-embed.log")
+    setup_logging(quiet)
     with guarded(debug):
+        setup_logging(quiet, output.absolute() / "subtomo-embed.log")  # an --output that is a file: one line
         from ..stages.demo import run_demo
 
         run_demo(output, retrain, steps, tomograms=tomograms, particles=particles, shape=shape, model=model,

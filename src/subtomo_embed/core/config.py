@@ -133,9 +133,18 @@ class NetworkConfig(_Section):
 
 
 class ParametersConfig(_Section):
-    gpu_devices: int | list[int] | None = 0
+    gpu_devices: Any = 0  # a GPU index, a list of them (the first is used), or null (CPU)
     data: DataConfig = Field(default_factory=DataConfig)
     network: NetworkConfig = Field(default_factory=NetworkConfig)
+
+    @field_validator("gpu_devices")
+    @classmethod
+    def _gpu_indices(cls, v):
+        indices = v if isinstance(v, list) else [] if v is None else [v]
+        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices):
+            raise ValueError("must be a GPU index (0, 1, ...), a list of them, or null for the CPU "
+                             "(Lightning's -1, all GPUs, does not apply: one process uses one GPU)")
+        return v
 
 
 class HyperParametersConfig(_Section):

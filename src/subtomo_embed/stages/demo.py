@@ -269,6 +269,9 @@ def print_report(results: dict, output: Path, seconds: float, model: Path) -> No
         lines.append(f"  {p.relative_to(output)}")
     if len(pngs) > 10:
         lines.append(f"  ... and {len(pngs) - 10} more")
+    explorer = vis / "embeddings_explorer.html"
+    if explorer.is_file():
+        lines += ["", f"Explore the embeddings (open in a browser): {explorer}"]
     print("\n".join(lines), flush=True)
 
 
