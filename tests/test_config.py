@@ -214,3 +214,17 @@ def test_gpu_devices_are_indices_or_null(value):
         config_from_dict({"parameters": {"gpu_devices": value}})
     for ok in (None, 0, 3, [1, 0], []):
         assert config_from_dict({"parameters": {"gpu_devices": ok}}).parameters.gpu_devices == ok
+
+
+def test_an_output_folder_may_not_be_an_input_folder(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    cfg = config_from_dict({"data_folder": str(tmp_path / "data"), "instances_mask_folder": str(tmp_path / "masks")},
+                           "c.yaml")
+    for same in (tmp_path / "data", tmp_path / "link", tmp_path / "data" / ".." / "data"):
+        with pytest.raises(ConfigError, match=r"^c\.yaml: prediction_folder .* is the data_folder"):
+            cfg.check_output_folder(same)
+    with pytest.raises(ConfigError, match=r"--output-dir .* is the instances_mask_folder"):
+        cfg.check_output_folder(tmp_path / "masks", "--output-dir")
+    for apart in (tmp_path / "out", tmp_path / "data" / "out", tmp_path):  # beside, inside, around: fine
+        cfg.check_output_folder(apart)

@@ -275,6 +275,18 @@ class Config(_Section):
         value = getattr(self, key)
         return None if value in (None, "") else Path(os.path.expanduser(value)).absolute()
 
+    def check_output_folder(self, folder: Path, what: str = "prediction_folder") -> None:
+        """Refuse an output folder that is ``data_folder`` or ``instances_mask_folder`` (symlinks
+        resolved): our MRC and HDF5 outputs there would be read back as tomograms or masks, and a
+        re-run's clean-up would work among the inputs. A folder inside or around them is fine
+        (tomograms and masks are listed without descending into subfolders)."""
+        out = Path(folder).resolve()
+        for key in ("data_folder", "instances_mask_folder"):
+            given = self.optional_path(key)
+            if given is not None and given.resolve() == out:
+                raise ConfigError(f"{what} {folder} is the {key}: outputs there would be read back as inputs; "
+                                  "use a folder of its own", self.origin(key))
+
     @property
     def instances_suffix(self) -> str:
         """CryoSiam's suffix for instance files made with centre-distance filtering."""
