@@ -1,5 +1,6 @@
 """The YAML config: CryoSiam's keys with their meaning, errors that name the key and the file."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -228,3 +229,15 @@ def test_an_output_folder_may_not_be_an_input_folder(tmp_path):
         cfg.check_output_folder(tmp_path / "masks", "--output-dir")
     for apart in (tmp_path / "out", tmp_path / "data" / "out", tmp_path):  # beside, inside, around: fine
         cfg.check_output_folder(apart)
+
+
+@pytest.mark.parametrize("key", ["hyper_parameters.batch_size", "expand_labels", "centers_patch_size",
+                                 "clustering_kmeans.num_clusters", "clustering_spectral.n_neighbors",
+                                 "visualization.pca_components", "visualization.max_plot_points",
+                                 "parameters.network.dim", "min_particle_size"])
+def test_sizes_and_counts_beyond_what_numpy_takes_are_config_errors(key):
+    huge = str(10**30)
+    with pytest.raises(ConfigError, match=rf"^--set {re.escape(key)}={huge}: key '{re.escape(key)}'"):
+        config_from_dict({}, "c.yaml", [f"{key}={huge}"])
+    with pytest.raises(ConfigError, match=r"patch_size"):
+        config_from_dict({}, "c.yaml", [f"parameters.data.patch_size=[8, 8, {huge}]"])

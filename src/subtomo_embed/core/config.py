@@ -32,6 +32,7 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 MAX_YAML_VALUES = 100_000  # values of the YAML document with every alias expanded (a config has ~100)
+MAX_COUNT = 2**31 - 1  # the largest size or count a key may ask for (NumPy, torch and scikit-learn take int32s)
 MAX_CONFIG_BYTES = 4 * 2**20  # a config is a few kilobytes; a long test_files list a few hundred
 # Keys of CryoSiam's own embedding-step configs that do nothing here: dropped with a warning
 # (docs/config.md, "Keys ignored on purpose"). Every other unknown key stops the command.
@@ -57,26 +58,26 @@ class _Section(BaseModel):
 
 
 class KMeansConfig(_Section):
-    num_clusters: int = Field(6, ge=1)
+    num_clusters: int = Field(6, ge=1, le=MAX_COUNT)
     visualization: bool = True
 
 
 class SpectralConfig(_Section):
-    num_clusters: int = Field(6, ge=1)
+    num_clusters: int = Field(6, ge=1, le=MAX_COUNT)
     estimate_num_clusters: bool = False
     visualization: bool = True
-    n_neighbors: int = Field(10, ge=2)  # extension: neighbours of the affinity graph
+    n_neighbors: int = Field(10, ge=2, le=MAX_COUNT)  # extension: neighbours of the affinity graph
 
 
 class VisualizationConfig(_Section):
     prediction_folder: str | None = None
     distance: Literal[DISTANCES] = "euclidean"  # type: ignore[valid-type]
-    pca_components: int | None = Field(None, ge=1)
+    pca_components: int | None = Field(None, ge=1, le=MAX_COUNT)
     visualization_suffix: str = "instance_regions.csv"
     visualize_umap: bool = True
     umap_3d: bool = Field(False, alias="3d_umap")
-    max_plot_points: int = Field(20000, ge=100)  # extension: subsample for plots only
-    explorer_thumbnails: int = Field(20000, ge=0)
+    max_plot_points: int = Field(20000, ge=100, le=MAX_COUNT)  # extension: subsample for plots only
+    explorer_thumbnails: int = Field(20000, ge=0, le=MAX_COUNT)
     """Extension: at most this many instances (a stratified sample) get a particle thumbnail in
     ``embeddings_explorer.html``; the others show text only on hover. 0: no thumbnails."""
 
@@ -97,7 +98,7 @@ class DataConfig(_Section):
     @field_validator("patch_size")
     @classmethod
     def _positive_patch(cls, v: list[int]) -> list[int]:
-        if len(v) != 3 or any(int(s) < 1 for s in v):
+        if len(v) != 3 or any(not 1 <= int(s) <= MAX_COUNT for s in v):
             raise ValueError(f"must be three positive integers [z, y, x], got {v}")
         return v
 
@@ -115,19 +116,19 @@ class NetworkConfig(_Section):
 
     spatial_dims: int = 3
     in_channels: int = 1
-    dim: int = Field(1024, ge=1)
+    dim: int = Field(1024, ge=1, le=MAX_COUNT)
     block_type: Literal["basic", "bottleneck"] = "bottleneck"
     num_layers: list[int] = Field(default_factory=lambda: [1, 1, 1, 1])
     num_filters: list[int] = Field(default_factory=lambda: [64, 128, 256, 512])
     no_max_pool: bool = True
-    pred_dim: int = Field(512, ge=1)
-    conv1_t_size: int = Field(7, ge=1)
-    conv1_t_stride: int = Field(1, ge=1)
+    pred_dim: int = Field(512, ge=1, le=MAX_COUNT)
+    conv1_t_size: int = Field(7, ge=1, le=MAX_COUNT)
+    conv1_t_stride: int = Field(1, ge=1, le=MAX_COUNT)
 
     @field_validator("num_layers", "num_filters")
     @classmethod
     def _four_positive(cls, v: list[int]) -> list[int]:
-        if len(v) != 4 or any(n < 1 for n in v):
+        if len(v) != 4 or any(not 1 <= n <= MAX_COUNT for n in v):
             raise ValueError("must be four positive integers (one per ResNet stage)")
         return v
 
@@ -148,10 +149,10 @@ class ParametersConfig(_Section):
 
 
 class HyperParametersConfig(_Section):
-    batch_size: int = Field(10, ge=1)
+    batch_size: int = Field(10, ge=1, le=MAX_COUNT)
     # extensions used by `train`
     learning_rate: float = Field(0.001, gt=0)
-    max_steps: int = Field(1000, ge=1)
+    max_steps: int = Field(1000, ge=1, le=MAX_COUNT)
 
 
 class InstancesConfig(_Section):
@@ -205,16 +206,16 @@ class Config(_Section):
     clustering_files: list[str] | None = None
     visualization_files: list[str] | None = None
 
-    min_particle_size: int | None = Field(None, ge=0)
-    max_particle_size: int | None = Field(None, ge=0)
+    min_particle_size: int | None = Field(None, ge=0, lt=2**63)
+    max_particle_size: int | None = Field(None, ge=0, lt=2**63)
     masking_type: Literal[0, 1, 2] = 1
-    expand_labels: int = Field(0, ge=0)
+    expand_labels: int = Field(0, ge=0, le=MAX_COUNT)
 
     instances: InstancesConfig | None = None
 
     # CryoSiam's centres-based prediction (simsiam_embeddings_from_centers_predict)
     centers_file: str | None = None
-    centers_patch_size: int | None = Field(None, ge=1)
+    centers_patch_size: int | None = Field(None, ge=1, le=MAX_COUNT)
     centers: CentersConfig = Field(default_factory=CentersConfig)
 
     clustering_kmeans: KMeansConfig = Field(default_factory=KMeansConfig)
