@@ -162,3 +162,45 @@ def request(settings: list[Setting], process: str, labels: list[str], directive:
 
 def labels_of(module: Path) -> list[str]:
     return re.findall(r"^\s*label\s+'([^']+)'", module.read_text(), flags=re.M)
+
+
+def groovy_literal(text: str):
+    """A Groovy literal of numbers, strings, true/false/null, lists ``[a, b]`` and maps ``[k: v]``."""
+    tokens = re.findall(r"'[^']*'|\"[^\"]*\"|-?\d+(?:\.\d+)?|\w+|[\[\]:,]", text)
+    pos = 0
+
+    def value():
+        nonlocal pos
+        token = tokens[pos]
+        pos += 1
+        if token == "[":
+            is_map = pos + 1 < len(tokens) and tokens[pos + 1] == ":" or tokens[pos] == ":"
+            items = {} if is_map else []
+            if tokens[pos] == ":":  # [:] the empty map
+                pos += 2
+                return items
+            while tokens[pos] != "]":
+                if is_map:
+                    key = tokens[pos].strip("'\"")
+                    pos += 2
+                    items[key] = value()
+                else:
+                    items.append(value())
+                if tokens[pos] == ",":
+                    pos += 1
+            pos += 1
+            return items
+        if token[0] in "'\"":
+            return token[1:-1]
+        if token in ("true", "false", "null"):
+            return {"true": True, "false": False, "null": None}[token]
+        if re.fullmatch(r"-?\d+", token):
+            return int(token)
+        if re.fullmatch(r"-?\d+\.\d+", token):
+            return float(token)
+        raise ValueError(f"not a literal: {token!r} in {text!r}")
+
+    result = value()
+    if pos != len(tokens):
+        raise ValueError(f"trailing text in {text!r}")
+    return result

@@ -261,3 +261,19 @@ def test_software_versions_are_collected():
             assert f"{process}.out.versions" in emitted, process
     assert "EXTRACT_PATCHES.out.versions.mix(EMBED.out.versions)" in workflow
     assert "ch_embed_versions = PREDICT_CENTERS.out.versions" in workflow
+
+
+def test_the_expected_values_come_from_the_test_profiles_settings():
+    """make_test_data.py --expected runs the one-machine commands with conf/test.config's params."""
+    from make_test_data import TEST_CONFIG
+    from nf_config import groovy_literal
+
+    profile = {s.path[1]: groovy_literal(s.value) for s in config_settings(REPO / "conf" / "test.config")
+               if s.path[0] == "params" and len(s.path) == 2 and not s.value.startswith('"')}
+    for key, value in TEST_CONFIG.items():
+        node = profile
+        for part in key.split("__"):
+            node = node[part]
+        assert node == value, key
+    assert groovy_literal("[a: [1, 2], 'b': null, c: [:], d: [x: 'y']]") == {"a": [1, 2], "b": None, "c": {},
+                                                                            "d": {"x": "y"}}
