@@ -95,7 +95,7 @@ def extract(
     with guarded(debug):
         cfg, log_file = _config(config_file, overrides)
         setup_logging(quiet, log_file)
-        from ..stages.embedding import run_extract
+        from ..stages.extraction import run_extract
 
         run_extract(cfg, tomogram, mask, regions, output_dir, filename, overwrite)
 
@@ -113,6 +113,7 @@ def embed(
     output_dir: OutputDir = None,
     device: Device = "auto",
     overwrite: Overwrite = False,
+    keep_going: KeepGoing = False,
     debug: Debug = False,
     quiet: Quiet = False,
 ) -> None:
@@ -123,7 +124,9 @@ def embed(
         setup_logging(quiet, log_file)
         from ..stages.embedding import run_embed
 
-        run_embed(cfg, patches, checkpoint, output_dir, device, filename, overwrite)
+        summary = run_embed(cfg, patches, checkpoint, output_dir, device, filename, overwrite, keep_going)
+    if summary.failed:
+        raise typer.Exit(4)
 
 
 def register(app: typer.Typer) -> None:

@@ -449,17 +449,79 @@ def h5_shape(path: str | Path, name: str) -> tuple[int, ...]:
         return tuple(dataset(f, name).shape)
 
 
-def read_h5_attr(path: str | Path, name: str) -> str | None:
-    """A root attribute as text; None when the file or the attribute is missing or unreadable
-    (for a cache or a staleness mark, where that only means "not up to date")."""
+def read_h5_attrs(path: str | Path) -> dict[str, object] | None:
+    """The root attributes (text decoded); None when the file is missing or unreadable (for a cache
+    or a staleness mark, where that only means "not up to date")."""
     try:
         with h5py.File(path, "r") as f:
-            value = f.attrs.get(name)
+            attrs = dict(f.attrs)
     except OSError:
         return None
-    if isinstance(value, bytes):
-        value = value.decode()
+    return {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
+
+
+def read_h5_attr(path: str | Path, name: str) -> str | None:
+    """One root attribute as text; None when it, or the file, is missing or unreadable."""
+    value = (read_h5_attrs(path) or {}).get(name)
     return None if value is None else str(value)
+
+
+# --------------------------------------------------------------------------------------------
+# patches files (extract -> embed)
+
+
+@dataclass
+class PatchesFile:
+    """What a ``<stem>_patches.h5`` holds, but the patches themselves."""
+
+    path: Path
+    stem: str
+    table: pd.DataFrame  # the regions rows, one per patch
+    count: int
+    stamp: str  # the extraction's fingerprint
+    tomogram_shape: tuple[int, ...] | None
+    voxel_size: tuple[float, ...] | None
+
+
+def write_patches_file(path: Path, shape: tuple[int, ...], columns: dict[str, np.ndarray], attrs: dict,
+                       fill: Callable[[Path, int | None], None]) -> None:
+    """``patches`` [N, z, y, x] float32 + ``regions/<column>``. The dataset is contiguous and its space
+    allocated up front, so ``fill(file, byte offset)`` (other processes) writes each patch straight to
+    its place in the file; the rest is written after it."""
+    with atomic_output(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            offset = create_contiguous_dataset(f, "patches", shape, np.float32)
+            if shape[0]:
+                f.flush()
+                fill(tmp, offset)
+            group = f.create_group("regions")
+            for column, values in columns.items():
+                group.create_dataset(column, data=values)
+            f.attrs["columns"] = json.dumps(list(columns))
+            for k, v in attrs.items():
+                f.attrs[k] = v
+
+
+def read_patches_file(path: Path) -> PatchesFile:
+    import pandas as pd
+
+    with open_h5(path) as f:
+        if "patches" not in f or "regions" not in f or "columns" not in f.attrs:
+            raise InputDataError("not a patches file (needs datasets 'patches' and group 'regions')", path)
+        table = pd.DataFrame({c: f["regions"][c][()] for c in json.loads(f.attrs["columns"])})
+        stem = f.attrs["stem"]
+        shape = tuple(int(n) for n in f.attrs["tomogram_shape"]) if "tomogram_shape" in f.attrs else None
+        voxel = tuple(float(v) for v in f.attrs["voxel_size"]) if "voxel_size" in f.attrs else None
+        return PatchesFile(path, stem.decode() if isinstance(stem, bytes) else str(stem), table,
+                           f["patches"].shape[0], str(f.attrs.get(FINGERPRINT_ATTR, "")), shape, voxel)
+
+
+def iter_patches_file(path: Path, chunk: int = 32) -> Iterator[np.ndarray]:
+    """The patches of a patches file in order, read ``chunk`` at a time."""
+    with open_h5(path) as f:
+        ds = dataset(f, "patches")
+        for start in range(0, ds.shape[0], chunk):
+            yield from ds[start : start + chunk]
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,8 +16,8 @@ clustering work unchanged:
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,14 +29,10 @@ from ..core import picks as P
 from ..core.config import Config
 from ..core.errors import ConfigError, InputDataError
 from ..core.extract import cut_centered_patch
-from .embedding import (
-    RunSummary, embed_with_config, extraction_settings, file_identity, fingerprint, is_done, list_tomograms,
-    load_checkpoint_for, normalization, patch_size, progress_bar, write_outputs,
-)
+from .embedding import Instances, Job, Run, RunSummary, embed_tomograms, start_run
+from .tomograms import extraction_settings, list_tomograms, normalization, patch_size, prepare_output_folder
 
 log = logging.getLogger(__name__)
-
-
 
 @dataclass
 class TomogramPicks:
@@ -148,12 +144,44 @@ def picks_star(table: pd.DataFrame) -> pd.DataFrame:
     return star
 
 
-def centers_fingerprint(cfg: Config, digest: str, tomogram: Path, picks_file: Path, picks: pd.DataFrame) -> str:
-    settings = {**extraction_settings(cfg), "centers_patch_size": cfg.centers_patch_size,
-                "centers": cfg.centers.model_dump()}
-    rows = pd.util.hash_pandas_object(picks, index=False).to_numpy().tobytes()
-    return fingerprint(settings, cfg.contrastive, digest, file_identity(tomogram), file_identity(picks_file),
-                       fingerprint(rows.hex()))
+def centers_job(run: Run, source: PicksSource, tomogram: Path, size: int) -> Job | None:
+    cfg = run.cfg
+    stem = cfg.stem(tomogram.name)
+    picks = source.of(stem)
+    if picks is None or len(picks.picks) == 0:
+        log.warning("%s: no picks, skipped", stem)
+        return None
+    rows = pd.util.hash_pandas_object(picks.picks, index=False).to_numpy().tobytes()
+    stamp = io.fingerprint([tomogram, picks.source], extraction=extraction_settings(cfg),
+                           centers_patch_size=cfg.centers_patch_size, centers=cfg.centers.model_dump(),
+                           contrastive=cfg.contrastive, checkpoint=run.model.digest,
+                           picks=hashlib.sha256(rows).hexdigest())
+
+    def load() -> Instances:
+        volume, _ = io.open_mrc_volume(tomogram)
+        geometry = tomogram_geometry(cfg, tomogram, volume.shape)
+        table, _, counts = plan_picks(picks, geometry, size, cfg.centers.border)
+        _log_picks(cfg, stem, picks, geometry, counts)
+        if len(table) == 0:
+            raise InputDataError(f"none of the {counts['picks']} picks of {stem} can be cut (check the "
+                                 "coordinate convention in the log)", picks.source)
+        positions = table[[f"centroid-{i}" for i in range(3)]].to_numpy()
+        starts = table[[f"bbox-{i}" for i in range(3)]].to_numpy()
+        patches = (cut_centered_patch(volume, s, size, patch_size(cfg), normalization(cfg), p,
+                                      cfg.centers.mask_radius, str(tomogram)) for s, p in zip(starts, positions))
+        return Instances(len(table), patches, lambda: table, picks_star, exact_floats=True)
+
+    return Job(stem, stamp, load)
+
+
+def _log_picks(cfg: Config, stem: str, picks: TomogramPicks, geometry: P.Geometry, counts: dict) -> None:
+    scale = geometry.scale() if picks.convention.units == "voxels" else None
+    log.info("%s: %d picks (%s), tomogram %s voxels of %s Å%s; %d outside the tomogram (skipped), %d boxes "
+             "crossing the border (%s)", stem, counts["picks"], picks.convention.describe(),
+             "×".join(map(str, geometry.shape)), "×".join(f"{v:g}" for v in geometry.voxel_size),
+             f", picks scaled by {'×'.join(f'{s:g}' for s in scale)}" if scale is not None and
+             not np.allclose(scale, 1) else "", counts["outside the tomogram"],
+             counts["box crossing the border"], "zero-padded" if cfg.centers.border == "pad" else "skipped")
 
 
 def run_predict_centers(
@@ -164,56 +192,13 @@ def run_predict_centers(
     keep_going: bool = False,
 ) -> RunSummary:
     """Embed a box around every pick of every selected tomogram."""
-    from ..core.embed import pick_device
-
     size = centers_box_size(cfg)
-    out = io.check_writable_folder(cfg.path("prediction_folder"))
-    io.remove_stale_temporaries(out)
+    out = prepare_output_folder(cfg.path("prediction_folder"))
     tomograms = list_tomograms(cfg, filename)
     source = PicksSource(cfg, [cfg.stem(t.name) for t in tomograms])
-    loaded = load_checkpoint_for(cfg)
-    torch_device = pick_device(device, cfg.parameters.gpu_devices)
+    run = start_run("predict-centers", cfg, out, None, device, overwrite, keep_going)
     log.info("embedding the picks of %d tomogram(s) from %s: boxes of %d³ voxels → patches %s, %s, on %s",
              len(tomograms), source.path, size, "×".join(map(str, patch_size(cfg))),
              f"sphere mask radius {cfg.centers.mask_radius:g}" if cfg.centers.mask_radius else "no mask",
-             torch_device)
-    summary = RunSummary()
-    for tomogram in tomograms:
-        stem = cfg.stem(tomogram.name)
-        with summary.attempt(stem, keep_going):
-            picks = source.of(stem)
-            if picks is None or len(picks.picks) == 0:
-                log.warning("%s: no picks, skipped", stem)
-                summary.skipped.append(stem)
-                continue
-            stamp = centers_fingerprint(cfg, loaded.digest, tomogram, picks.source, picks.picks)
-            if not overwrite and is_done(out, stem, stamp):
-                log.info("%s: already complete, skipped", stem)
-                summary.skipped.append(stem)
-                continue
-            start = time.perf_counter()
-            volume, _ = io.open_mrc_volume(tomogram)
-            geometry = tomogram_geometry(cfg, tomogram, volume.shape)
-            table, rows, counts = plan_picks(picks, geometry, size, cfg.centers.border)
-            scale = geometry.scale() if picks.convention.units == "voxels" else None
-            log.info("%s: %d picks (%s), tomogram %s voxels of %s Å%s; %d outside the tomogram (skipped), %d boxes "
-                     "crossing the border (%s)", stem, counts["picks"], picks.convention.describe(),
-                     "×".join(map(str, geometry.shape)), "×".join(f"{v:g}" for v in geometry.voxel_size),
-                     f", picks scaled by {'×'.join(f'{s:g}' for s in scale)}" if scale is not None and
-                     not np.allclose(scale, 1) else "", counts["outside the tomogram"],
-                     counts["box crossing the border"], "zero-padded" if cfg.centers.border == "pad" else "skipped")
-            if len(table) == 0:
-                raise InputDataError(f"none of the {counts['picks']} picks of {stem} can be cut (check the "
-                                     "coordinate convention in the log)", picks.source)
-            positions = table[[f"centroid-{i}" for i in range(3)]].to_numpy()
-            starts = table[[f"bbox-{i}" for i in range(3)]].to_numpy()
-            patches = (cut_centered_patch(volume, s, size, patch_size(cfg), normalization(cfg), p,
-                                          cfg.centers.mask_radius, str(tomogram)) for s, p in zip(starts, positions))
-            with progress_bar(len(table), stem) as bar:
-                embeddings = embed_with_config(loaded, patches, len(table), torch_device, cfg, bar.update)
-            written = write_outputs(out, stem, table, embeddings, stamp, picks_star(table), exact_floats=True)
-            log.info("%s: %d picks embedded in %.1f s → %s", stem, len(table), time.perf_counter() - start,
-                     written[-1])
-            summary.done.append(stem)
-    summary.report("predict-centers", out)
-    return summary
+             run.device)
+    return embed_tomograms(run, [(cfg.stem(t.name), lambda t=t: centers_job(run, source, t, size)) for t in tomograms])

@@ -116,12 +116,14 @@ def dataset_config(data_root: Path, model: Path | None = None, config: Path | No
 def dataset_patches(cfg: Config) -> tuple[list[np.ndarray], pd.DataFrame]:
     """Every kept instance's patch exactly as predict cuts it, with (tomogram, label)."""
     from ..core.extract import iter_patches
-    from .embedding import list_tomograms, load_tomogram_and_mask, locate_inputs, normalization, patch_size, \
+    from .tomograms import list_tomograms, load_tomogram_and_mask, locate_inputs, normalization, patch_size, \
         plan_tomogram
 
     patches, keys = [], []
     for tomogram in list_tomograms(cfg):
         inputs = locate_inputs(cfg, tomogram)
+        if inputs is None:  # no mask, skip_missing_masks
+            continue
         volume, mask = load_tomogram_and_mask(inputs)
         plan = plan_tomogram(cfg, inputs, mask)
         for i, p in iter_patches(volume, plan, patch_size(cfg), cfg.masking_type, normalization(cfg)):
@@ -132,14 +134,16 @@ def dataset_patches(cfg: Config) -> tuple[list[np.ndarray], pd.DataFrame]:
 
 def predicted_embeddings(cfg: Config) -> tuple[np.ndarray, pd.DataFrame]:
     """The embeddings ``predict`` wrote (``<stem>_embeds.h5``, [dim, N]) with (tomogram, label)."""
-    from .embedding import list_tomograms
+    from ..core.layout import TomogramOutputs
+    from .tomograms import list_tomograms
 
     folder = cfg.path("prediction_folder")
     parts, keys = [], []
     for tomogram in list_tomograms(cfg):
         stem = cfg.stem(tomogram.name)
-        emb = io.read_h5_dataset(folder / f"{stem}_embeds.h5", "embeddings").T
-        labels = io.read_h5_dataset(folder / f"{stem}_instance_labels.h5", "labels")
+        outputs = TomogramOutputs(folder, stem)
+        emb = io.read_h5_dataset(outputs.embeds, "embeddings").T
+        labels = io.read_h5_dataset(outputs.labels, "labels")
         parts.append(emb)
         keys += [(stem, int(v)) for v in labels]
     return np.concatenate(parts), pd.DataFrame(keys, columns=["tomogram", "label"])
@@ -281,7 +285,7 @@ def print_report(results: dict, output: Path, seconds: float, model: Path) -> No
 
 def training_settings(cfg: Config):
     from ..core.train import ViewSettings
-    from .embedding import normalization, patch_size
+    from .tomograms import normalization, patch_size
 
     return ViewSettings(patch_size(cfg), cfg.masking_type, cfg.expand_labels, normalization(cfg))
 
@@ -291,13 +295,15 @@ def train_from_config(cfg: Config, checkpoint: Path, steps: int | None = None, d
                       save_every: int = 25) -> Path:
     """SimSiam training with a config's patch contract and ``hyper_parameters`` (resumable)."""
     from ..core.embed import pick_device
-    from ..core.train import train
+    from ..core.train import Sitting, TrainingSettings, train
 
     torch_device = pick_device(device, cfg.parameters.gpu_devices)
     hp = cfg.hyper_parameters
-    return train(cfg.model_dump(by_alias=True), cfg.parameters.network.model_dump(), training_settings(cfg),
-                 Path(checkpoint), steps or hp.max_steps, hp.batch_size, hp.learning_rate, cfg.seed, torch_device,
-                 resume=resume, save_every=save_every, progress=progress, time_limit=time_limit)
+    settings = TrainingSettings(training_settings(cfg), steps or hp.max_steps, hp.batch_size, hp.learning_rate,
+                                seed=cfg.seed)
+    sitting = Sitting(resume=resume, save_every=save_every, time_limit=time_limit, progress=progress)
+    return train(cfg.model_dump(by_alias=True), cfg.parameters.network.model_dump(), settings, Path(checkpoint),
+                 torch_device, sitting)
 
 
 def retrain_demo_model(checkpoint: Path, steps: int | None = None, device: str = "auto") -> Path:
