@@ -10,20 +10,22 @@ from subtomo_embed.core.extract import Normalization
 from subtomo_embed.core.model import load_model, read_checkpoint
 from subtomo_embed.core.simulate import random_particle
 from subtomo_embed.core.train import (
-    OPTIMIZER_KEY, TRAIN_STATE_KEY, ViewSettings, embedding_spread, extract_view, make_pair, train, view_volume,
+    OPTIMIZER_KEY, TRAIN_STATE_KEY, Sitting, TrainingSettings, ViewSettings, embedding_spread, extract_view, make_pair,
+    train, view_volume,
 )
 
 NET = {"block_type": "basic", "num_layers": [1, 1, 1, 1], "num_filters": [4, 8, 8, 16], "dim": 16, "pred_dim": 8,
        "no_max_pool": False, "spatial_dims": 3, "in_channels": 1}
 NORM = Normalization(-2, 3, 0.4, 0.2)
 SETTINGS = ViewSettings((16, 16, 16), 1, 1, NORM, size_range=(3.0, 4.0))
+QUIET = Sitting(progress=False)
 CRYOSIAM_TOP_KEYS = {"epoch", "global_step", "pytorch-lightning_version", "state_dict", "hyper_parameters"}
 
 
 def test_a_view_is_the_patch_predict_cuts(tmp_path):
     """Write one view as a tomogram + CryoSiam mask, run the pipeline's extract: same patch."""
     from subtomo_embed.core import io
-    from subtomo_embed.stages.embedding import iter_patch_file, run_extract
+    from subtomo_embed.stages.extraction import run_extract
 
     rng = np.random.default_rng(0)
     volume, mask = view_volume(random_particle(rng, size_range=(3, 4)), rng, SETTINGS)
@@ -35,7 +37,7 @@ def test_a_view_is_the_patch_predict_cuts(tmp_path):
                              "parameters.data.patch_size=[16,16,16]", "parameters.data.min=-2",
                              "parameters.data.max=3", "parameters.data.mean=0.4", "parameters.data.std=0.2"])
     [patches_file] = run_extract(cfg)
-    [expected] = list(iter_patch_file(patches_file))
+    [expected] = list(io.iter_patches_file(patches_file))
     np.testing.assert_array_equal(patch, expected)
     assert (patch == 0).mean() > 0.3  # hull-masked and zero-padded
 
@@ -55,7 +57,8 @@ def test_spread_sees_collapse():
 def test_checkpoint_has_cryosiam_layout_loads_and_resumes(tmp_path):
     cfg = load_config(None, ["parameters.data.patch_size=[16,16,16]"])
     out = tmp_path / "last.ckpt"
-    train(cfg.model_dump(by_alias=True), NET, SETTINGS, out, steps=2, batch_size=4, save_every=1, progress=False)
+    train(cfg.model_dump(by_alias=True), NET, TrainingSettings(SETTINGS, 2, batch_size=4), out,
+          sitting=Sitting(save_every=1, progress=False))
     ckpt = read_checkpoint(out)
     assert set(ckpt) == CRYOSIAM_TOP_KEYS | {OPTIMIZER_KEY, TRAIN_STATE_KEY}
     assert ckpt["global_step"] == 2
@@ -74,7 +77,8 @@ def test_checkpoint_has_cryosiam_layout_loads_and_resumes(tmp_path):
     assert load_config(tmp_path / "again.yaml").parameters.network.num_filters == [4, 8, 8, 16]
 
     before = {k: v.clone() for k, v in ckpt["state_dict"].items()}
-    train(cfg.model_dump(by_alias=True), NET, SETTINGS, out, steps=3, batch_size=4, save_every=1, progress=False)
+    train(cfg.model_dump(by_alias=True), NET, TrainingSettings(SETTINGS, 3, batch_size=4), out,
+          sitting=Sitting(save_every=1, progress=False))
     again = read_checkpoint(out)
     assert again["global_step"] == 3
     assert [h["step"] for h in again[TRAIN_STATE_KEY]["history"]][-1] == 3
@@ -84,10 +88,10 @@ def test_checkpoint_has_cryosiam_layout_loads_and_resumes(tmp_path):
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
     cfg = load_config(None, ["parameters.data.patch_size=[16,16,16]"]).model_dump(by_alias=True)
     once, twice = tmp_path / "once.ckpt", tmp_path / "twice.ckpt"
-    train(cfg, NET, SETTINGS, once, steps=3, batch_size=4, seed=7, progress=False)
-    train(cfg, NET, SETTINGS, twice, steps=1, batch_size=4, seed=7, progress=False)
+    train(cfg, NET, TrainingSettings(SETTINGS, 3, batch_size=4, seed=7), once, sitting=QUIET)
+    train(cfg, NET, TrainingSettings(SETTINGS, 1, batch_size=4, seed=7), twice, sitting=QUIET)
     # same schedule: the second sitting is told the same total
-    train(cfg, NET, SETTINGS, twice, steps=3, batch_size=4, seed=7, progress=False)
+    train(cfg, NET, TrainingSettings(SETTINGS, 3, batch_size=4, seed=7), twice, sitting=QUIET)
     a, b = read_checkpoint(once)["state_dict"], read_checkpoint(twice)["state_dict"]
     assert read_checkpoint(twice)["global_step"] == 3
     for k in a:

@@ -90,16 +90,6 @@ def make_view(p, rng: np.random.Generator, s: ViewSettings) -> np.ndarray:
     return extract_view(*view_volume(p, rng, s), s)
 
 
-def pair_batch(rng: np.random.Generator, batch: int, s: ViewSettings) -> tuple[torch.Tensor, torch.Tensor]:
-    """One batch of positive pairs (x1, x2), each [batch, 1, z, y, x]."""
-    v1, v2 = [], []
-    for _ in range(batch):
-        a, b, _ = make_pair(rng, s)
-        v1.append(a)
-        v2.append(b)
-    return torch.from_numpy(np.stack(v1)[:, None]), torch.from_numpy(np.stack(v2)[:, None])
-
-
 def make_pair(rng: np.random.Generator, s: ViewSettings) -> tuple[np.ndarray, np.ndarray, int]:
     base = random_particle(rng, None, s.size_range)
     a = another_view(base, rng, s.scale_jitter, s.aspect_jitter)
@@ -169,133 +159,166 @@ def check_cryosiam_network(network: dict) -> None:
             "(use no_max_pool: false for a cheap CryoSiam-compatible downsampling)", size, stride)
 
 
-def train(
-    config: dict,
-    network: dict,
-    settings: ViewSettings,
-    out: Path,
-    steps: int,
-    batch_size: int = 32,
-    learning_rate: float = 1e-3,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    resume: bool = True,
-    save_every: int = 25,
-    progress: bool = True,
-    optimizer: str = "adamw",
-    weight_decay: float = 1e-4,
-    warmup_steps: int = 20,
-    time_limit: float | None = None,
-    on_save: Callable[[int], None] | None = None,
-) -> Path:
-    """Train (or go on training) a SimSiam network; write ``checkpoint`` every ``save_every`` steps.
+@dataclass(frozen=True)
+class TrainingSettings:
+    """What a training run learns with (recorded in the checkpoint's training state)."""
 
-    ``config`` is the CryoSiam config dict stored in the checkpoint's ``hyper_parameters``
-    (its ``parameters.network`` must describe ``network``). With ``resume`` and an existing
-    checkpoint, weights, optimizer state and step are taken from it and training goes on to
-    ``max_steps``. ``time_limit`` (seconds) stops early, after saving, so a long run can be done
-    in sittings.
+    views: ViewSettings
+    steps: int  # train to this step (a resumed run goes on to it)
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    optimizer: str = "adamw"
+    weight_decay: float = 1e-4
+    warmup_steps: int = 20
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Sitting:
+    """How one sitting of training runs: resume or start afresh, how often to save, when to stop."""
+
+    resume: bool = True
+    save_every: int = 25
+    time_limit: float | None = None  # seconds: stop early, after saving (a long run in sittings)
+    progress: bool = True
+    on_save: Callable[[int], None] | None = None
+
+
+@dataclass
+class TrainingState:
+    """Where training stands: the step reached, the loss history, the seconds trained so far."""
+
+    step: int = 0
+    history: list = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def resume_from(checkpoint: Path, model, opt) -> TrainingState:
+    """Weights, optimizer state, step and history from a checkpoint this module saved."""
+    from .model import STATE_PREFIX, read_checkpoint
+
+    ckpt = read_checkpoint(checkpoint)
+    model.load_state_dict({k[len(STATE_PREFIX):]: v for k, v in ckpt["state_dict"].items()}, strict=True)
+    if ckpt.get(OPTIMIZER_KEY):
+        opt.load_state_dict(ckpt[OPTIMIZER_KEY][0])
+    saved = ckpt.get(TRAIN_STATE_KEY) or {}
+    state = TrainingState(int(ckpt.get("global_step", 0)), list(saved.get("history", [])),
+                          float(saved.get("seconds", 0.0)))
+    log.info("resuming from %s at step %d (%.0f s trained so far)", checkpoint, state.step, state.seconds)
+    return state
+
+
+def save_training(checkpoint: Path, model, opt, config: dict, settings: TrainingSettings,
+                  state: TrainingState) -> None:
+    """CryoSiam's checkpoint layout plus the optimizer state and this run's training state."""
+    from .model import save_checkpoint
+
+    extra = {
+        OPTIMIZER_KEY: [opt.state_dict()],
+        TRAIN_STATE_KEY: {
+            "seconds": state.seconds,
+            "history": state.history,
+            "pairs": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings.views).items()
+                      if k != "norm"},
+            "batch_size": settings.batch_size,
+            "learning_rate": settings.learning_rate,
+            "optimizer": settings.optimizer,
+            "max_steps": settings.steps,
+            "seed": settings.seed,
+            "torch": str(torch.__version__),
+        },
+    }
+    model.eval()
+    save_checkpoint(checkpoint, model, config, step=state.step, epoch=0, extra=extra)
+    model.train()
+
+
+def train(config: dict, network: dict, settings: TrainingSettings, checkpoint: Path,
+          device: torch.device | str = "cpu", sitting: Sitting = Sitting()) -> Path:
+    """Train (or go on training) a SimSiam network to ``settings.steps``, saving to ``checkpoint``.
+
+    ``config`` is the CryoSiam config dict stored in the checkpoint's ``hyper_parameters`` (its
+    ``parameters.network`` becomes ``network``). With ``sitting.resume`` and an existing checkpoint,
+    weights, optimizer state and step are taken from it.
     """
-    from .embed import prefetch
-    from .model import build_simsiam, read_checkpoint, save_checkpoint
+    from .model import build_simsiam
 
     device = torch.device(device)
     config = dict(config)
     config["parameters"] = dict(config.get("parameters") or {}, network=dict(network))
-    checkpoint = Path(out)
-    max_steps = int(steps)
+    checkpoint = Path(checkpoint)
     check_cryosiam_network(network)
-    torch.manual_seed(seed)
+    torch.manual_seed(settings.seed)
     model = build_simsiam(network)
-    opt = build_optimizer(model, optimizer, learning_rate, weight_decay)
-    step, history, elapsed_before = 0, [], 0.0
-    if resume and checkpoint.is_file():
-        ckpt = read_checkpoint(checkpoint)
-        from .model import STATE_PREFIX
-
-        state = {k[len(STATE_PREFIX):]: v for k, v in ckpt["state_dict"].items()}
-        model.load_state_dict(state, strict=True)
-        if ckpt.get(OPTIMIZER_KEY):
-            opt.load_state_dict(ckpt[OPTIMIZER_KEY][0])
-        step = int(ckpt.get("global_step", 0))
-        saved = ckpt.get(TRAIN_STATE_KEY) or {}
-        history = list(saved.get("history", []))
-        elapsed_before = float(saved.get("seconds", 0.0))
-        log.info("resuming from %s at step %d (%.0f s trained so far)", checkpoint, step, elapsed_before)
+    opt = build_optimizer(model, settings.optimizer, settings.learning_rate, settings.weight_decay)
+    state = resume_from(checkpoint, model, opt) if sitting.resume and checkpoint.is_file() else TrainingState()
     model.to(device).train()
-    if step >= max_steps:
-        log.info("already trained for %d steps (max_steps %d): nothing to do", step, max_steps)
+    if state.step >= settings.steps:
+        log.info("already trained for %d steps (max_steps %d): nothing to do", state.step, settings.steps)
         return checkpoint
 
-    def save(at: int, seconds: float) -> None:
-        extra = {
-            OPTIMIZER_KEY: [opt.state_dict()],
-            TRAIN_STATE_KEY: {
-                "seconds": seconds,
-                "history": history,
-                "pairs": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()
-                          if k != "norm"},
-                "batch_size": batch_size,
-                "learning_rate": learning_rate,
-                "optimizer": optimizer,
-                "max_steps": max_steps,
-                "seed": seed,
-                "torch": str(torch.__version__),
-            },
-        }
-        model.eval()
-        save_checkpoint(checkpoint, model, config, step=at, epoch=0, extra=extra)
-        model.train()
-        if on_save is not None:
-            on_save(at)
+    def save() -> None:
+        save_training(checkpoint, model, opt, config, settings, state)
+        if sitting.on_save is not None:
+            sitting.on_save(state.step)
 
     bar = None
-    if progress:
+    if sitting.progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True, disable=None)
-    start = time.perf_counter()
-    last_saved = step
-    recent_loss, recent_spread = [], []
+        bar = tqdm(total=settings.steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
+                   disable=None)
+    start, seconds_before = time.perf_counter(), state.seconds
+    last_saved = state.step
+    recent_loss: list[float] = []
+    recent_spread: list[float] = []
     try:
-        for at, x1, x2, _ in prefetch(pair_batches(settings, batch_size, seed, step), depth=2):
-            lr = learning_rate_at(at, max_steps, learning_rate, warmup_steps)
+        batches = pair_batches(settings.views, settings.batch_size, settings.seed, state.step)
+        for at, x1, x2, _ in prefetch_batches(batches):
+            lr = learning_rate_at(at, settings.steps, settings.learning_rate, settings.warmup_steps)
             for group in opt.param_groups:
-                group["lr"] = learning_rate if group.get("fix_lr") else lr
+                group["lr"] = settings.learning_rate if group.get("fix_lr") else lr
             x1, x2 = x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)
             p1, p2, z1, z2 = model(x1, x2)
             loss = simsiam_loss(p1, p2, z1, z2)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            step = at + 1
+            state.step = at + 1
+            state.seconds = seconds_before + time.perf_counter() - start
             recent_loss.append(float(loss.detach()))
             recent_spread.append(embedding_spread(z1))
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{recent_loss[-1]:.3f}", spread=f"{recent_spread[-1]:.2f}", lr=f"{lr:.2g}")
-            if step % 10 == 0 or step == max_steps:
-                history.append({"step": step, "loss": float(np.mean(recent_loss)),
-                                "spread": float(np.mean(recent_spread)),
-                                "seconds": elapsed_before + time.perf_counter() - start})
+            if state.step % 10 == 0 or state.step == settings.steps:
+                state.history.append({"step": state.step, "loss": float(np.mean(recent_loss)),
+                                      "spread": float(np.mean(recent_spread)), "seconds": state.seconds})
                 recent_loss, recent_spread = [], []
                 if bar is None or bar.disable:
-                    log.info("step %d: loss %.4f, spread %.3f", step, history[-1]["loss"], history[-1]["spread"])
-            out_of_time = time_limit is not None and time.perf_counter() - start >= time_limit
-            if step % save_every == 0 or step >= max_steps or out_of_time:
-                save(step, elapsed_before + time.perf_counter() - start)
-                last_saved = step
-            if step >= max_steps or out_of_time:
+                    log.info("step %d: loss %.4f, spread %.3f", state.step, state.history[-1]["loss"],
+                             state.history[-1]["spread"])
+            out_of_time = sitting.time_limit is not None and time.perf_counter() - start >= sitting.time_limit
+            if state.step % sitting.save_every == 0 or state.step >= settings.steps or out_of_time:
+                save()
+                last_saved = state.step
+            if state.step >= settings.steps or out_of_time:
                 break
     except KeyboardInterrupt:
-        if step > last_saved:
-            save(step, elapsed_before + time.perf_counter() - start)
-            log.info("interrupted: saved step %d to %s (run train again to resume)", step, checkpoint)
+        if state.step > last_saved:
+            state.seconds = seconds_before + time.perf_counter() - start
+            save()
+            log.info("interrupted: saved step %d to %s (run train again to resume)", state.step, checkpoint)
         raise
     finally:
         if bar is not None:
             bar.close()
-    seconds = elapsed_before + time.perf_counter() - start
-    log.info("trained to step %d in %.0f s in all → %s", step, seconds, checkpoint)
+    log.info("trained to step %d in %.0f s in all → %s", state.step, state.seconds, checkpoint)
     return checkpoint
 
+
+def prefetch_batches(batches: Iterator[tuple]) -> Iterator[tuple]:
+    """The next batches made by a background thread while the network trains."""
+    from .embed import prefetch
+
+    return prefetch(batches, depth=2)
