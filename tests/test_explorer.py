@@ -332,3 +332,78 @@ def test_browser_switches_colouring_and_3d(example, browser, page):
     Select(browser.find_element(By.ID, "projection")).select_by_visible_text("UMAP 3D")
     assert browser.execute_script("return document.getElementById('explorer-plot')._fullData[0].type") == "scatter3d"
     assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+
+
+# --------------------------------------------------------------------------------------------
+# written by `visualize` on a real run
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    from real_run import small_run
+
+    return small_run(tmp_path_factory.mktemp("explorer_run"))
+
+
+def test_visualize_writes_the_explorer(real):
+    from PIL import Image
+
+    from subtomo_embed.core import io as sio
+    from subtomo_embed.core.extract import Normalization, iter_patches, plan_extraction
+
+    path = real["out"] / "vis" / E.EXPLORER_NAME
+    html = path.read_text(encoding="utf-8")
+    assert not re.search(r"<script[^>]*\ssrc=", html)
+    data = page_data_of(html)
+    table = pd.read_csv(real["out"] / "embeddings_table.csv")
+    n = len(table)
+    assert data["n"] == n and data["tomograms"] == ["TS_01", "TS_02"]
+    assert data["label"] == table["label"].tolist()
+    assert data["voxel_size"] == {"TS_01": [10.0, 10.0, 10.0], "TS_02": [10.0, 10.0, 10.0]}  # the MRC headers
+    assert [c["name"] for c in data["colourings"]] == ["KMeans cluster", "Spectral cluster", "tomogram", "instance size"]
+    kmeans = sio.read_h5_dataset(real["out"] / "kmeans_clusters.h5", "clusters")
+    cats = data["colourings"][0]["categories"]
+    np.testing.assert_array_equal(np.array(cats)[decode(data["colourings"][0]["codes"], "<i4")].astype(int), kmeans)
+    umap = pd.read_csv(real["out"] / "vis" / "all_tomograms_umap.csv")
+    coords = [decode(c, "<f4") for c in data["projections"][0]["coords"]]
+    np.testing.assert_allclose(np.c_[coords[0], coords[1]], umap[["x", "y"]].to_numpy(), rtol=1e-6)
+
+    # the STAR rows are those of the per-cluster STAR files, in merged order
+    import starfile
+
+    particles = starfile.read(real["out"] / "kmeans_particles.star")
+    star = {c["name"]: c for c in data["star"]}
+    assert list(star) == list(particles.columns)
+    assert star["rlnLabel"]["values"] == particles["rlnLabel"].tolist()
+    assert star["rlnClass"]["values"] == particles["rlnClass"].tolist()
+
+    # every instance has a thumbnail (fewer than the limit): the masked patch predict cut, as PNG
+    assert len(data["thumbnails"]) == n
+    mask = sio.read_instance_mask(real["masks"] / "TS_02_instance_preds.h5")
+    volume, _ = sio.open_mrc_volume(real["data"] / "TS_02.mrc")
+    plan = plan_extraction(mask, expand_labels=2, min_size=10)
+    patches = {int(plan.columns["label"][i]): p.copy()
+               for i, p in iter_patches(volume, plan, (12, 12, 12), 1, Normalization(0, 1, 0, 1))}
+    row = int(np.flatnonzero(table["tomogram"] == "TS_02")[0])
+    png = base64.b64decode(data["thumbnails"][str(row)])
+    assert png == E.thumbnail_png(patches[int(table["label"][row])])
+    assert Image.open(io.BytesIO(png)).size == (12 * 3 + 4, 12)
+
+
+def test_explorer_thumbnail_limit_and_missing_tomograms(real, tmp_path):
+    from real_run import run_cli
+
+    vis = tmp_path / "vis5"
+    run_cli("visualize", "--config_file", real["config"], "--vis-dir", vis, "--set", "visualization.explorer_thumbnails=5")
+    data = page_data_of((vis / E.EXPLORER_NAME).read_text(encoding="utf-8"))
+    assert len(data["thumbnails"]) == 5
+    groups = {data["tomograms"][t] for t in decode(data["tomogram"], "<i4")[[int(r) for r in data["thumbnails"]]]}
+    assert groups == {"TS_01", "TS_02"}  # stratified: both tomograms
+
+    vis = tmp_path / "nodata"
+    output = run_cli("visualize", "--config_file", real["config"], "--vis-dir", vis,
+                     "--set", f"data_folder={tmp_path / 'nowhere'}")
+    data = page_data_of((vis / E.EXPLORER_NAME).read_text(encoding="utf-8"))
+    assert data["thumbnails"] == {} and data["n"] > 0
+    assert "explorer without thumbnails" in output  # the log says why
+    assert all(v is None for v in data["voxel_size"].values())

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import starfile
 
-from synthetic import make_checkpoint, make_dataset, write_config
+from real_run import small_run
 from tools import require_executable, require_module
 
 
@@ -43,26 +43,9 @@ def x_display():
             os.environ[key] = value
 
 
-def run_cli(*args) -> None:
-    from typer.testing import CliRunner
-
-    from subtomo_embed.cli import app
-
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("napari_run")
-    data, masks = make_dataset(root, n_instances=9)
-    out = root / "out"
-    config = write_config(root / "config.yaml", data_folder=data, instances_mask_folder=masks, prediction_folder=out,
-                          trained_model=make_checkpoint(root / "model.ckpt"),
-                          clustering_spectral__num_clusters=2)
-    for command in ("predict", "kmeans", "spectral", "visualize"):
-        run_cli(command, "--config_file", config)
-    return {"root": root, "data": data, "masks": masks, "out": out, "config": config}
+    return small_run(tmp_path_factory.mktemp("napari_run"))
 
 
 @pytest.fixture

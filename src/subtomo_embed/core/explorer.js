@@ -45,8 +45,12 @@
       const size = markerSize(D.n, p.dims);
       const out = [];
       traceRows = [];
+      // plotly's own label shows only the group and the coordinates (no per-point text to store);
+      // the side panel shows the instance
+      const where = "%{x:.3g}, %{y:.3g}" + (is3d ? ", %{z:.3g}" : "");
       const trace = (rows, extra) => {
-        const t = Object.assign({ type: is3d ? "scatter3d" : "scattergl", mode: "markers", hoverinfo: "none",
+        const t = Object.assign({ type: is3d ? "scatter3d" : "scattergl", mode: "markers",
+                                  hovertemplate: where + "<extra>" + (extra.legendgroup || col.name) + "</extra>",
                                   x: take(xyz[0], rows), y: take(xyz[1], rows) }, extra);
         if (is3d) t.z = take(xyz[2], rows);
         traceRows.push(rows);

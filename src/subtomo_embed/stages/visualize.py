@@ -13,6 +13,7 @@ import numpy as np
 from ..core import io, layout
 from ..core.config import Config
 from ..core.errors import InputDataError
+from .explorer import write_explorer
 from .figures import axis_name, global_projection, log_area, projection_name, save_figure, shown
 from .merging import Folders, Merged, load_merged
 
@@ -33,6 +34,7 @@ def run_visualize(cfg: Config, folders: Folders) -> dict[str, Path]:
         for dims in _dimensions(cfg):
             written.update(all_tomograms_projection(cfg, folders, merged, clusterings, dims))
         written.update(per_tomogram_projections(cfg, folders, merged, clusterings))
+        written.update(write_explorer(cfg, folders, merged, clusterings))  # embeddings_explorer.html
     written.update(distance_maps(cfg, folders, merged, clusterings))
     log.info("wrote %d visualization files to %s", len(written), folders.vis_dir)
     return written

@@ -1,0 +1,132 @@
+"""The explorer stage: gather what ``embeddings_explorer.html`` shows and write it into the vis folder.
+
+``visualize`` calls :func:`write_explorer` after its projections (which it caches, so they are
+read back here, not recomputed). The page itself is built by ``core.explorer``. Thumbnails are the
+masked patches cut as ``predict`` cuts them, from ``data_folder``'s tomograms and
+``instances_mask_folder``'s masks; without those, the page has text-only hover.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..core import explorer as E
+from ..core import io, layout
+from ..core.config import Config
+from ..core.errors import InputDataError
+from .merging import Folders, Merged
+
+log = logging.getLogger(__name__)
+
+
+def write_explorer(cfg: Config, folders: Folders, merged: Merged,
+                   clusterings: dict[str, np.ndarray]) -> dict[str, Path]:
+    """``<vis>/embeddings_explorer.html`` from the (cached) projections, the clusterings found, the
+    STAR rows of every instance and the thumbnails; ``{}`` when no projection is configured."""
+    from .figures import axis_name, global_projection, log_area, projection_name
+
+    if projection_name(cfg) is None:
+        log.info("no explorer: no projection configured (visualize_umap false, no pca_components)")
+        return {}
+    projections = []
+    for dims in ([2, 3] if cfg.visualization.umap_3d else [2]):
+        coords, method = global_projection(cfg, folders, merged, dims)
+        projections.append(E.Projection(f"{method.upper()} {dims}D", coords, axis_name(method)))
+    table = merged.table
+    tomograms = table["tomogram"].astype(str).to_numpy()
+    colourings = [E.Colouring(f"{layout.CLUSTER_METHODS[m]} cluster", c, cluster=True) for m, c in clusterings.items()]
+    colourings += [E.Colouring("tomogram", tomograms),
+                   E.Colouring("instance size", log_area(table), categorical=False, label="log2 area (voxels)")]
+    instances = E.Instances(tomograms, table["label"].to_numpy(np.int64), table["area"].to_numpy(),
+                            table[["centroid-0", "centroid-1", "centroid-2"]].to_numpy(np.float64),
+                            voxel_sizes(cfg, merged.stems))
+    first_clusters = next(iter(clusterings.values()), None)
+    strata = tomograms if first_clusters is None else np.char.add(np.char.add(tomograms, "/"),
+                                                                      first_clusters.astype(str))
+    rows = E.thumbnail_rows(strata, cfg.visualization.explorer_thumbnails, cfg.seed)
+    pngs = dict(particle_thumbnails(cfg, merged, rows))
+    kept = [int(r) for r in rows if int(r) in pngs]  # the stratified priority order
+    thumbnails = E.encode_thumbnails(kept, (pngs[r] for r in kept))
+    title = f"Embeddings explorer: {merged.n} instances of {len(merged.stems)} tomograms"
+    html = E.explorer_html(instances, projections, colourings, selection_star(cfg, folders, merged, clusterings),
+                           thumbnails, title=title)
+    path = folders.vis_dir / E.EXPLORER_NAME
+    with io.atomic_output(path) as tmp:
+        tmp.write_text(html, encoding="utf-8")
+    log.info("wrote %s (%.1f MB: %d points, %d thumbnails)", path, path.stat().st_size / 2**20, merged.n,
+             len(thumbnails))
+    return {"explorer": path}
+
+
+def voxel_sizes(cfg: Config, stems: list[str]) -> dict[str, tuple[float, float, float] | None]:
+    """Each tomogram's voxel size (z, y, x, Å) from its MRC header in ``data_folder``; None where not found."""
+    data_folder = cfg.optional_path("data_folder")
+    out: dict[str, tuple[float, float, float] | None] = {}
+    for stem in stems:
+        path = data_folder / f"{stem}{cfg.file_extension}" if data_folder else None
+        try:
+            out[stem] = io.mrc_voxel_size(path) if path is not None and path.is_file() else None
+        except InputDataError:
+            out[stem] = None
+    return out
+
+
+def selection_star(cfg: Config, folders: Folders, merged: Merged, clusterings: dict[str, np.ndarray]) -> pd.DataFrame:
+    """One STAR row per instance, in merged order, with the columns of the per-cluster STAR files
+    (``rlnClass`` of the first clustering found); without clusterings, the same rows without it."""
+    from .clustering import clustered_star, particles_table
+
+    method = next(iter(clusterings), None)
+    classes = clusterings[method] if method else np.zeros(merged.n, np.int64)
+    stars = []
+    for i, stem in enumerate(merged.stems):
+        rows = merged.rows(i)
+        source = folders.input_dir / f"{stem}_instance_regions.star"
+        stars.append(clustered_star(source, merged.regions(i), classes[rows]))
+    if stars and all("rlnTomoName" in s.columns for s in stars):
+        star = pd.concat(stars, ignore_index=True)
+    else:
+        star = particles_table(cfg, merged.table, classes)
+    return star if method else star.drop(columns=["rlnClass"])
+
+
+def particle_thumbnails(cfg: Config, merged: Merged, rows: np.ndarray):
+    """Yield (row, PNG bytes) for the given rows, tomogram by tomogram; tomograms whose volume or
+    mask is not found (or unreadable) are skipped with a log line."""
+    from .tomograms import normalization, patch_size
+
+    if rows.size == 0:
+        return
+    data_folder = cfg.optional_path("data_folder")
+    mask_folder = cfg.optional_path("instances_mask_folder")
+    if data_folder is None or mask_folder is None or not data_folder.is_dir() or not mask_folder.is_dir():
+        log.info("explorer without thumbnails: data_folder and instances_mask_folder must both be folders "
+                 "(data_folder %s, instances_mask_folder %s)", data_folder, mask_folder)
+        return
+    tomogram_of = merged.table["tomogram"].astype(str).to_numpy()
+    for stem in merged.stems:
+        mine = np.sort(rows[tomogram_of[rows] == stem])
+        if mine.size == 0:
+            continue
+        tomogram = data_folder / f"{stem}{cfg.file_extension}"
+        mask_path = io.find_mask(mask_folder, stem, cfg.file_extension, cfg.instances_suffix)
+        if not tomogram.is_file() or mask_path is None:
+            missing = "tomogram" if not tomogram.is_file() else "mask"
+            log.info("explorer: no thumbnails for %s (%s not found)", stem, missing)
+            continue
+        try:
+            volume, _ = io.open_mrc_volume(tomogram)
+            mask = io.read_instance_mask(mask_path)
+            if mask.shape != volume.shape:
+                raise InputDataError(f"mask shape {mask.shape} differs from the tomogram's {volume.shape}", mask_path)
+            patches = E.masked_patches(volume, mask, merged.table.iloc[mine], patch_size(cfg), cfg.masking_type,
+                                       cfg.expand_labels, normalization(cfg))
+            for row, patch in zip(mine, patches):
+                yield int(row), E.thumbnail_png(patch)
+        except InputDataError as err:
+            log.info("explorer: no thumbnails for %s: %s", stem, err)
+
