@@ -277,3 +277,27 @@ def test_the_expected_values_come_from_the_test_profiles_settings():
         assert node == value, key
     assert groovy_literal("[a: [1, 2], 'b': null, c: [:], d: [x: 'y']]") == {"a": [1, 2], "b": None, "c": {},
                                                                             "d": {"x": "y"}}
+
+
+@pytest.mark.parametrize("profiles", [[], ["test"]])
+def test_the_default_params_pass_the_schema(profiles):
+    """What validateParameters() checks first: the params as nextflow.config (and the test profile)
+    set them, against nextflow_schema.json (trace_report_suffix's date, not a literal, as a string)."""
+    import jsonschema
+
+    from nf_config import groovy_literal
+
+    params = {}
+    for s in effective(REPO, profiles):
+        if s.path[0] == "params" and len(s.path) == 2:
+            try:
+                params[s.path[1]] = groovy_literal(s.value)
+            except (ValueError, IndexError):
+                params[s.path[1]] = "2026-01-01_00-00-00" if s.path[1] == "trace_report_suffix" else "/x"
+    assert set(params) >= _config_params()
+    # nf-schema leaves out params that evaluate to false (null, false, '') before validating
+    given = {k: v for k, v in params.items() if v or v == 0 and v is not False}
+    schema = json.loads((REPO / "nextflow_schema.json").read_text())
+    if not profiles:  # without a profile the user gives the required paths (-params-file)
+        given |= {k: "/data" for group in schema["$defs"].values() for k in group.get("required", [])}
+    jsonschema.validate(given, schema)
