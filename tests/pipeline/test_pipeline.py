@@ -48,12 +48,14 @@ def language_server():
 
 
 def test_every_nextflow_file_passes_the_language_server(language_server):
-    from nf_lang import errors
-
-    assert len(NF_FILES) >= 8 and len(CONFIG_FILES) >= 4
-    diags = language_server.diagnostics(NF_FILES + CONFIG_FILES)
-    assert set(diags) == set(NF_FILES + CONFIG_FILES)
-    assert errors(diags) == []
+    """No error and no warning (unused variables, deprecated syntax...) in any file."""
+    files = NF_FILES + CONFIG_FILES + [REPO / "tests" / "nf-test" / "nextflow.config"]
+    assert len(NF_FILES) >= 9 and len(CONFIG_FILES) >= 7
+    diags = language_server.diagnostics(files)
+    assert set(diags) == set(files)
+    found = [f"{path.name}:{d['range']['start']['line'] + 1}: severity {d.get('severity', 1)}: {d['message']}"
+             for path, items in diags.items() for d in items]
+    assert found == []
 
 
 def test_language_server_reports_a_broken_file(tmp_path):
@@ -154,12 +156,18 @@ def render(template: str, values: dict[str, str]) -> str:
     return textwrap.dedent(out.replace("\\$", "$").replace("\\\\", "\\"))
 
 
-def run_block(process: str, section: str, workdir: Path, values: dict[str, str]) -> subprocess.CompletedProcess:
-    script = render(block(process, section), {"task.process": process, **values})
+def _task_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ, PATH=f"{REPO / 'bin'}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}"
                                 f"{os.environ['PATH']}")
-    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=workdir, env=env, capture_output=True,
-                          text=True)
+    env.pop("SUBTOMO_EMBED_BATCH_SIZE", None)
+    return {**env, **(extra or {})}
+
+
+def run_block(process: str, section: str, workdir: Path, values: dict[str, str],
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    script = render(block(process, section), {"task.process": process, **values})
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=workdir, env=_task_env(env),
+                          capture_output=True, text=True)
     assert proc.returncode == 0, f"{process} {section} failed:\n{script}\n{proc.stderr[-3000:]}"
     versions = yaml.safe_load((workdir / "versions.yml").read_text())
     assert versions[process]["subtomo-embed"]
@@ -173,56 +181,115 @@ def stage(workdir: Path, *files: Path, into: str = ".") -> None:
         (target / f.name).symlink_to(f)
 
 
-EXTRACT_FLAGS = ("--set 'file_extension=\".mrc\"' --set 'min_particle_size=10' --set 'max_particle_size=null' "
-                 "--set 'masking_type=1' --set 'expand_labels=2' --set 'parameters.data.patch_size=[12,12,12]' "
-                 "--set 'parameters.data.min=0' --set 'parameters.data.max=1' --set 'parameters.data.mean=0' "
-                 "--set 'parameters.data.std=1'")
+def flags(settings: dict) -> str:
+    """``--set`` flags as the workflow's ``flags()`` writes them (values as JSON, which is YAML)."""
+    return " ".join(f"--set '{key}={json.dumps(value, separators=(',', ':'))}'" for key, value in settings.items())
+
+
+# The settings each process gets on `-profile test`'s data, as workflows/subtomo_embed.nf builds them.
+NORMALIZATION = {"parameters.data.patch_size": [12, 12, 12], "parameters.data.min": 0, "parameters.data.max": 1,
+                 "parameters.data.mean": 0, "parameters.data.std": 1}
+NETWORK = {"contrastive": True, "parameters.network.dim": 16, "mixed_precision": False}
+VISUALIZATION = {"seed": 0, "file_extension": ".mrc", "parameters.data.patch_size": [12, 12, 12],
+                 "visualization.distance": "euclidean", "visualization.pca_components": None,
+                 "visualization.visualize_umap": True, "visualization.3d_umap": False,
+                 "visualization.max_plot_points": 20000, "visualization.visualization_suffix": "instance_regions.csv",
+                 "visualization_files": None, "instances": None}
+SETTINGS = {
+    "EXTRACT_PATCHES": {"file_extension": ".mrc", "min_particle_size": 10, "max_particle_size": None,
+                        "masking_type": 1, "expand_labels": 2, **NORMALIZATION},
+    "EMBED": NETWORK,
+    "PREDICT_CENTERS": {"file_extension": ".mrc", "centers_patch_size": 9, "centers.units": "auto",
+                        "centers.origin": "auto", "centers.voxel_size": None, "centers.picks_voxel_size": None,
+                        "centers.tomogram_column": None, "centers.mask_radius": None, "centers.border": "pad",
+                        **NORMALIZATION, **NETWORK},
+    "MERGE_EMBEDDINGS": {"clustering_files": None},
+    "CLUSTER_KMEANS": {"clustering_kmeans.num_clusters": 3, "clustering_kmeans.visualization": True,
+                       **VISUALIZATION},
+    "CLUSTER_SPECTRAL": {"clustering_spectral.num_clusters": 3, "clustering_spectral.estimate_num_clusters": False,
+                         "clustering_spectral.n_neighbors": 5, "clustering_spectral.visualization": True,
+                         **VISUALIZATION},
+    "VISUALIZE": VISUALIZATION,
+}
+# Every `${...}` of each process's script block, for a task staged as Nextflow stages it (the input
+# files under their own names in the task folder; data/ and masks/ in the clustering and VISUALIZE
+# tasks); `meta.id` is the tomogram's stem.
+SCRIPT_VALUES = {
+    "EXTRACT_PATCHES": {"tomogram": "TS_01.mrc", "mask": "TS_01_instance_preds.h5", "regions_arg": "",
+                        "settings": flags(SETTINGS["EXTRACT_PATCHES"]), "args": ""},
+    "EMBED": {"patches": "TS_01_patches.h5", "checkpoint": "model.ckpt", "device": "cpu",
+              "settings": flags(SETTINGS["EMBED"]), "args": ""},
+    "PREDICT_CENTERS": {"tomogram": "TS_01.mrc", "picks.name": "picks.star", "checkpoint": "model.ckpt",
+                        "device": "cpu", "settings": flags(SETTINGS["PREDICT_CENTERS"]), "args": ""},
+    "MERGE_EMBEDDINGS": {"settings": flags(SETTINGS["MERGE_EMBEDDINGS"]), "args": ""},
+    "CLUSTER_KMEANS": {"settings": flags(SETTINGS["CLUSTER_KMEANS"]), "args": ""},
+    "CLUSTER_SPECTRAL": {"settings": flags(SETTINGS["CLUSTER_SPECTRAL"]), "args": ""},
+    "VISUALIZE": {"settings": flags(SETTINGS["VISUALIZE"]), "args": ""},
+}
+# What beforeScript exports for EMBED and PREDICT_CENTERS (conf/modules.config), `-profile test`'s batch size.
+TASK_ENVIRONMENT = {"SUBTOMO_EMBED_BATCH_SIZE": "4"}
+
+
+def script_values(process: str, **overrides: str) -> dict[str, str]:
+    """The values of every ``${...}`` in ``process``'s script block (``task.process`` included), for
+    :func:`render`; keyword arguments replace some (``meta_id=`` sets ``meta.id``, ``picks_name=``
+    ``picks.name``)."""
+    values = {"task.process": process, "meta.id": "TS_01", **SCRIPT_VALUES[process]}
+    dotted = {"meta_id": "meta.id", "picks_name": "picks.name"}
+    values.update({dotted.get(key, key): str(value) for key, value in overrides.items()})
+    return values
+
+
+def declared_outputs(process: str) -> list[str]:
+    """The ``path`` patterns of a process's ``output:`` section."""
+    text = MODULES[process].read_text()
+    outputs = text[text.index("output:"):text.index("script:")]
+    return re.findall(r'path\s*\(?\s*"([^"]+)"', outputs) + re.findall(r"path\s*\(?\s*'([^']+)'", outputs)
+
+
+STEMS = ("TS_01", "TS_02")
 
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
-    """Run every process's script block in order, each on the previous one's real outputs."""
+    """Run every process's script block in order, each on the previous one's real outputs, staged as
+    the workflow stages them."""
     from synthetic import make_checkpoint, make_dataset
 
     root = tmp_path_factory.mktemp("pipeline")
     data, masks = make_dataset(root, n_tomograms=2, n_instances=10)
     ckpt = make_checkpoint(root / "model.ckpt")
-    work = {}
-    for stem in ("TS_01", "TS_02"):
+    work = {"root": root, "data": data, "masks": masks, "ckpt": ckpt}
+    for stem in STEMS:
         w = work[f"extract_{stem}"] = root / f"extract_{stem}"
         w.mkdir()
         stage(w, data / f"{stem}.mrc", masks / f"{stem}_instance_preds.h5")
-        run_block("EXTRACT_PATCHES", "script", w, {
-            "meta.id": stem, "tomogram": f"{stem}.mrc", "mask": f"{stem}_instance_preds.h5", "regions_arg": "",
-            "settings": EXTRACT_FLAGS, "args": ""})
+        run_block("EXTRACT_PATCHES", "script", w, script_values(
+            "EXTRACT_PATCHES", meta_id=stem, tomogram=f"{stem}.mrc", mask=f"{stem}_instance_preds.h5"))
         e = work[f"embed_{stem}"] = root / f"embed_{stem}"
         e.mkdir()
         stage(e, w / f"{stem}_patches.h5", ckpt)
-        run_block("EMBED", "script", e, {
-            "meta.id": stem, "patches": f"{stem}_patches.h5", "checkpoint": ckpt.name, "device": "cpu",
-            "settings": "--set 'contrastive=true' --set 'parameters.network.dim=16' --set 'mixed_precision=false'",
-            "args": "--set hyper_parameters.batch_size=4"})
-    m = work["merge"] = root / "merge"
+        run_block("EMBED", "script", e, script_values("EMBED", meta_id=stem, patches=f"{stem}_patches.h5"),
+                  env=TASK_ENVIRONMENT)
+    m = work["MERGE_EMBEDDINGS"] = root / "merge"
     m.mkdir()
-    per_tomogram = [work[f"embed_{s}"] / f"{s}{suffix}" for s in ("TS_01", "TS_02")
-                    for suffix in ("_embeds.h5", "_instance_labels.h5", "_instance_regions.csv")]
+    per_tomogram = sorted((work[f"embed_{s}"] / f"{s}{suffix}" for s in STEMS
+                           for suffix in ("_embeds.h5", "_instance_labels.h5", "_instance_regions.csv")),
+                          key=lambda f: f.name)
     stage(m, *per_tomogram, into="per_tomogram")
-    run_block("MERGE_EMBEDDINGS", "script", m, {"settings": "--set 'clustering_files=null'", "args": ""})
-    for process, flags in (
-        ("CLUSTER_KMEANS", "--set 'seed=0' --set 'clustering_kmeans.num_clusters=3' "
-                           "--set 'clustering_kmeans.visualization=true'"),
-        ("CLUSTER_SPECTRAL", "--set 'seed=0' --set 'clustering_spectral.num_clusters=3' "
-                             "--set 'clustering_spectral.n_neighbors=5' --set 'clustering_spectral.visualization=true'"),
-        ("VISUALIZE", "--set 'seed=0' --set 'visualization.distance=\"euclidean\"' "
-                      "--set 'visualization.3d_umap=false'"),
-    ):
+    run_block("MERGE_EMBEDDINGS", "script", m, script_values("MERGE_EMBEDDINGS"))
+    for process in ("CLUSTER_KMEANS", "CLUSTER_SPECTRAL", "VISUALIZE"):
         a = work[process] = root / process.lower()
         a.mkdir()
         stage(a, m / "embeddings.h5", m / "embeddings_table.csv")
+        stage(a, *[data / f"{s}.mrc" for s in STEMS], into="data")
+        stage(a, *[masks / f"{s}_instance_preds.h5" for s in STEMS], into="masks")
         if process.startswith("CLUSTER"):  # `path stars`: each tomogram's regions STAR
-            stage(a, *[work[f"embed_{s}"] / f"{s}_instance_regions.star" for s in ("TS_01", "TS_02")])
-        run_block(process, "script", a, {"embeddings": "embeddings.h5", "table": "embeddings_table.csv",
-                                         "settings": flags, "args": ""})
+            stage(a, *[work[f"embed_{s}"] / f"{s}_instance_regions.star" for s in STEMS])
+        else:  # `path clusters`: both clusterings, so the projections are coloured by them
+            stage(a, work["CLUSTER_KMEANS"] / "out" / "kmeans_clusters.h5",
+                  work["CLUSTER_SPECTRAL"] / "out" / "spectral_clusters.h5")
+        run_block(process, "script", a, script_values(process))
     return work
 
 
@@ -236,10 +303,8 @@ def test_predict_centers_script_embeds_the_picks_of_its_tomogram(tmp_path):
     w.mkdir()
     stage(w, data / "TS_02.mrc", ckpt)
     stage(w, picks, into="picks")
-    run_block("PREDICT_CENTERS", "script", w, {
-        "meta.id": "TS_02", "tomogram": "TS_02.mrc", "picks.name": picks.name, "checkpoint": ckpt.name,
-        "device": "cpu", "settings": "--set 'centers_patch_size=9' --set 'parameters.data.patch_size=[12,12,12]' "
-                                     "--set 'parameters.network.dim=16'", "args": "--set hyper_parameters.batch_size=4"})
+    run_block("PREDICT_CENTERS", "script", w, script_values(
+        "PREDICT_CENTERS", meta_id="TS_02", tomogram="TS_02.mrc", picks_name=picks.name), env=TASK_ENVIRONMENT)
     import pandas as pd
     import starfile
 
@@ -250,8 +315,43 @@ def test_predict_centers_script_embeds_the_picks_of_its_tomogram(tmp_path):
     assert not list(w.glob("out/TS_01*"))
 
 
+def test_predict_centers_without_picks_for_its_tomogram_makes_no_outputs_and_exits_0(tmp_path):
+    """The outputs are optional: a picks file for all tomograms may name none of this one's."""
+    from synthetic import make_checkpoint, make_dataset, write_picks
+
+    data, masks = make_dataset(tmp_path, n_tomograms=2, n_instances=10)
+    import starfile
+
+    picks = starfile.read(write_picks(tmp_path / "all.star", masks))
+    starfile.write(picks[picks["rlnTomoName"] == "TS_01"], tmp_path / "only_ts01.star")
+    w = tmp_path / "work"
+    w.mkdir()
+    stage(w, data / "TS_02.mrc", make_checkpoint(tmp_path / "model.ckpt"))
+    stage(w, tmp_path / "only_ts01.star", into="picks")
+    proc = run_block("PREDICT_CENTERS", "script", w, script_values(
+        "PREDICT_CENTERS", meta_id="TS_02", tomogram="TS_02.mrc", picks_name="only_ts01.star"), env=TASK_ENVIRONMENT)
+    assert "TS_02: no picks, skipped" in proc.stderr
+    assert not (w / "out").exists() or not [f for f in (w / "out").iterdir() if not f.name.startswith(".")]
+    text = MODULES["PREDICT_CENTERS"].read_text()
+    outputs = text[text.index("output:"):text.index("script:")]
+    assert all("optional: true" in line for line in outputs.splitlines() if "emit:" in line and "versions" not in line)
+
+
+def test_embed_takes_its_batch_size_from_the_environment(tmp_path, chain):
+    """SUBTOMO_EMBED_BATCH_SIZE (beforeScript) sets the batch; without it the config's default applies."""
+    stage(tmp_path, chain["extract_TS_01"] / "TS_01_patches.h5", chain["ckpt"])
+    script = render(block("EMBED", "script"), script_values("EMBED", patches="TS_01_patches.h5"))
+    for batch, env in (("3", {"SUBTOMO_EMBED_BATCH_SIZE": "3"}), ("10", {})):
+        proc = subprocess.run(["bash", "-euxo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                              env=_task_env(env))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        launched = [line for line in proc.stderr.splitlines() if line.startswith("+ subtomo-embed-patches")]
+        assert len(launched) == 1
+        assert ("hyper_parameters.batch_size=3" in launched[0]) == (batch == "3")
+
+
 def test_extract_and_embed_scripts_make_their_outputs(chain):
-    for stem in ("TS_01", "TS_02"):
+    for stem in STEMS:
         assert (chain[f"extract_{stem}"] / f"{stem}_patches.h5").is_file()
         for suffix in ("_embeds.h5", "_instance_labels.h5", "_instance_regions.csv", "_instance_regions.star"):
             assert (chain[f"embed_{stem}"] / f"{stem}{suffix}").is_file()
@@ -260,7 +360,7 @@ def test_extract_and_embed_scripts_make_their_outputs(chain):
 def test_merge_and_analysis_scripts_make_their_outputs(chain):
     import h5py
 
-    with h5py.File(chain["merge"] / "embeddings.h5") as f:
+    with h5py.File(chain["MERGE_EMBEDDINGS"] / "embeddings.h5") as f:
         assert f["embeddings"].shape[1] == 16 and list(f["number_of_samples"][()]) and len(f["number_of_samples"]) == 2
     assert (chain["CLUSTER_KMEANS"] / "out" / "kmeans_clusters.h5").is_file()
     clustered = sorted((chain["CLUSTER_KMEANS"] / "out").glob("*_instance_regions_kmeans_clustered.star"))
@@ -273,12 +373,123 @@ def test_merge_and_analysis_scripts_make_their_outputs(chain):
     assert list((chain["VISUALIZE"] / "vis").glob("*.png"))
 
 
+def test_clusterings_make_galleries_and_label_volumes_from_the_staged_data_and_masks(chain):
+    """data/ and masks/ staged into the task: what the pipeline used to skip silently (issue 11, point 8)."""
+    import mrcfile
+
+    from subtomo_embed.core.io import read_instance_mask
+
+    for process, method in (("CLUSTER_KMEANS", "kmeans"), ("CLUSTER_SPECTRAL", "spectral")):
+        task = chain[process]
+        assert list((task / "vis").glob(f"{method}_cluster_*_gallery.png")), process
+        for stem in STEMS:
+            volume = mrcfile.read(task / "out" / f"{stem}_clusters_{method}.mrc")
+            mask = read_instance_mask(chain["masks"] / f"{stem}_instance_preds.h5")
+            assert volume.shape == mask.shape and ((volume > 0) <= (mask > 0)).all()
+    # VISUALIZE got both clusterings: a distance map per clustering, as after kmeans + spectral on one machine
+    assert {"distance_map_by_kmeans.png", "distance_map_by_spectral.png"} <= {p.name for p in (chain["VISUALIZE"] / "vis").iterdir()}
+
+
+# ------------------------------------------------------------------------------------------
+# the published files equal the one-machine run's
+
+
+def publish_rules() -> dict[str, list[tuple[str, str, str]]]:
+    """Per process (withName selector, `|` split): (pattern, prefix saveAs strips, 'results' or 'vis')
+    from conf/modules.config's publishDir."""
+    text = (REPO / "conf" / "modules.config").read_text()
+    rules: dict[str, list[tuple[str, str, str]]] = {}
+    for match in re.finditer(r"withName:\s*'([^']+)'\s*\{", text):
+        body = _braced(text, match.end() - 1)
+        if "publishDir" not in body:
+            continue
+        entries = re.findall(r"path:\s*\{([^}]*)\}.*?pattern:\s*'([^']+)'(.*?)(?=path:|\Z)", body, flags=re.S)
+        for path, pattern, rest in entries:
+            strip = re.search(r"replaceFirst\(/\^([^/\\]+)\\/", rest)
+            where = "vis" if "visualization" in path else "results"
+            for process in match.group(1).split("|"):
+                rules.setdefault(process, []).append((pattern, strip.group(1) + "/" if strip else "", where))
+    return rules
+
+
+def _braced(text: str, start: int) -> str:
+    depth = 0
+    for i in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[start + 1:i]
+    raise ValueError("unbalanced braces")
+
+
+def _glob_to_regex(pattern: str) -> str:
+    out = re.escape(pattern).replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
+    return re.sub(r"\\\{([^}]*)\\\}", lambda m: "(" + "|".join(m.group(1).split(",")) + ")", out)
+
+
+def published(process: str, task: Path, rules: dict) -> dict[str, Path]:
+    """The names a task's outputs are published under, and their files: its declared outputs
+    (Nextflow's globs skip hidden files), then each publishDir rule's pattern and saveAs."""
+    outputs = set()
+    for pattern in declared_outputs(process):
+        pattern = pattern.replace("${meta.id}", "*")
+        outputs |= {p.relative_to(task).as_posix() for p in task.glob(pattern)
+                    if p.is_file() and not p.name.startswith(".")}
+    names = {}
+    for pattern, strip, where in rules.get(process, []):
+        for output in outputs:
+            if re.fullmatch(_glob_to_regex(pattern), output):
+                name = output[len(strip):] if strip and output.startswith(strip) else output
+                names[f"vis/{name}" if where == "vis" else name] = task / output
+    return names
+
+
+def test_pipeline_publishes_the_same_files_as_the_one_machine_run(chain, cli_env):
+    """predict, kmeans, spectral, visualize with one config on one machine, against the rendered
+    scripts' outputs published by conf/modules.config's rules: the same set of names."""
+    from synthetic import write_config
+
+    root = chain["root"]
+    out = root / "one_machine"
+    config = write_config(root / "one_machine.yaml", data_folder=chain["data"], instances_mask_folder=chain["masks"],
+                          prediction_folder=out, trained_model=chain["ckpt"],
+                          clustering_kmeans={"num_clusters": 3, "visualization": True},
+                          clustering_spectral={"num_clusters": 3, "estimate_num_clusters": False, "visualization": True,
+                                               "n_neighbors": 5})
+    for command in ("predict", "kmeans", "spectral", "visualize"):
+        proc = subprocess.run(["subtomo-embed", command, "-c", str(config)], env=cli_env, capture_output=True, text=True)
+        assert proc.returncode == 0, f"{command}: {proc.stderr[-2000:]}"
+    one_machine = {p.relative_to(out).as_posix() for p in out.rglob("*")
+                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(out).parts)}
+
+    rules = publish_rules()
+    pipeline: dict[str, Path] = {}
+    for stem in STEMS:
+        pipeline |= published("EXTRACT_PATCHES", chain[f"extract_{stem}"], rules)
+        pipeline |= published("EMBED", chain[f"embed_{stem}"], rules)
+    for process in ("MERGE_EMBEDDINGS", "CLUSTER_KMEANS", "CLUSTER_SPECTRAL", "VISUALIZE"):
+        pipeline |= published(process, chain[process], rules)
+    assert len(one_machine) > 30 and any(n.endswith("_gallery.png") for n in one_machine)
+    assert any(n.endswith("_clusters_kmeans.mrc") for n in one_machine)
+    assert set(pipeline) == one_machine, (f"only in the pipeline: {sorted(set(pipeline) - one_machine)}; "
+                                          f"only on one machine: {sorted(one_machine - set(pipeline))}")
+    # what the nf-test files compare by md5: every CSV and STAR file, byte for byte
+    tables = sorted(n for n in one_machine if n.endswith((".csv", ".star")))
+    assert len(tables) > 15
+    differ = [n for n in tables if pipeline[n].read_bytes() != (out / n).read_bytes()]
+    assert differ == [], differ
+
+
+def test_publish_rules_are_read_from_the_config():
+    rules = publish_rules()
+    assert set(rules) == {"EMBED", "PREDICT_CENTERS", "MERGE_EMBEDDINGS", "CLUSTER_KMEANS", "CLUSTER_SPECTRAL",
+                          "VISUALIZE"}
+    assert ("vis/*", "vis/", "vis") in rules["VISUALIZE"] and ("out/*", "out/", "results") in rules["VISUALIZE"]
+
+
 @pytest.mark.parametrize("process", sorted(MODULES))
 def test_stub_blocks_touch_every_declared_output(process, tmp_path):
     values = {"meta.id": "TS_01"}
     run_block(process, "stub", tmp_path, values)
-    text = MODULES[process].read_text()
-    outputs = text[text.index("output:"):text.index("script:")]
-    for pattern in re.findall(r'path\s*\(?\s*"([^"]+)"', outputs) + re.findall(r"path\s*\(?\s*'([^']+)'", outputs):
+    for pattern in declared_outputs(process):
         pattern = pattern.replace("${meta.id}", "TS_01")
         assert list(tmp_path.glob(pattern)), f"{process} stub does not make {pattern}"
