@@ -87,7 +87,8 @@ def evaluate(expr: str, params: dict, attempt: int = 1):
     py = py.replace("task.attempt", str(attempt)).replace("Math.min", "min").replace("Math.max", "max")
     if re.search(r"[A-Za-z_]\w*", re.sub(r"\b(Memory|Duration|min|max)\b", "", py)):
         raise ValueError(f"cannot evaluate {expr!r} without Groovy")
-    value = eval(py, {"__builtins__": {}}, {"Memory": Memory, "Duration": Duration, "min": min, "max": max})  # noqa: S307
+    names = {"Memory": Memory, "Duration": Duration, "min": min, "max": max}
+    value = eval(py, {"__builtins__": {}}, names)  # noqa: S307 (only numbers, units and min/max are left)
     kind = next((t for t in (Memory, Duration) if f"{t.__name__}(" in py), None)
     return kind(value) if kind else value
 

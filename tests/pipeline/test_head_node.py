@@ -58,8 +58,8 @@ def test_picks_files_are_paired_as_the_one_machine_run_pairs_them(jar, tmp_path)
 def test_masks_are_found_as_the_one_machine_run_finds_them(jar, tmp_path):
     from subtomo_embed.core.io import find_mask
 
-    masks = _touch(tmp_path / "masks", "A_instance_preds.h5", "A.mrc", "B.mrc", "C.rec", "D_instance_preds_min-1_max-9.h5",
-                   "E.map")
+    masks = _touch(tmp_path / "masks", "A_instance_preds.h5", "A.mrc", "B.mrc", "C.rec",
+                   "D_instance_preds_min-1_max-9.h5", "E.map")
     cases = [("A", ".mrc", ""), ("B", ".mrc", ""), ("C", ".mrc", ""), ("D", ".mrc", "_min-1_max-9"), ("D", ".mrc", ""),
              ("E", ".map", ""), ("F", ".mrc", "")]
     answers = groovy(jar, WORKFLOW, [f"maskOf(file('{masks}'), '{s}', '{e}', '{x}')" for s, e, x in cases])
@@ -97,7 +97,8 @@ def test_flags_are_written_as_the_tests_write_them(jar):
 
 
 def test_settings_default_when_a_section_is_partial(jar):
-    answers = groovy(jar, WORKFLOW, ["setting('hyper_parameters.batch_size', 10)", "setting('visualization.distance', 'x')",
-                                     "setting('clustering_kmeans.num_clusters', 6)", "stemOf('TS_01.mrc', '.mrc')"],
+    calls = ["setting('hyper_parameters.batch_size', 10)", "setting('visualization.distance', 'x')",
+             "setting('clustering_kmeans.num_clusters', 6)", "stemOf('TS_01.mrc', '.mrc')"]
+    answers = groovy(jar, WORKFLOW, calls,
                      params={"hyper_parameters": {"batch_size": 4}, "visualization": {"distance": None}})
     assert [a["value"] for a in answers] == [4, "x", 6, "TS_01"]

@@ -311,7 +311,8 @@ def test_predict_centers_script_embeds_the_picks_of_its_tomogram(tmp_path):
     star = starfile.read(w / "out" / "TS_02_instance_regions.star")
     original = starfile.read(picks)
     assert list(star.columns) == [*original.columns, "rlnLabel"]
-    assert len(star) == (original["rlnTomoName"] == "TS_02").sum() == len(pd.read_csv(w / "out" / "TS_02_instance_regions.csv"))
+    rows = len(pd.read_csv(w / "out" / "TS_02_instance_regions.csv"))
+    assert len(star) == (original["rlnTomoName"] == "TS_02").sum() == rows
     assert not list(w.glob("out/TS_01*"))
 
 
@@ -387,7 +388,8 @@ def test_clusterings_make_galleries_and_label_volumes_from_the_staged_data_and_m
             mask = read_instance_mask(chain["masks"] / f"{stem}_instance_preds.h5")
             assert volume.shape == mask.shape and ((volume > 0) <= (mask > 0)).all()
     # VISUALIZE got both clusterings: a distance map per clustering, as after kmeans + spectral on one machine
-    assert {"distance_map_by_kmeans.png", "distance_map_by_spectral.png"} <= {p.name for p in (chain["VISUALIZE"] / "vis").iterdir()}
+    figures = {p.name for p in (chain["VISUALIZE"] / "vis").iterdir()}
+    assert {"distance_map_by_kmeans.png", "distance_map_by_spectral.png"} <= figures
 
 
 # ------------------------------------------------------------------------------------------
@@ -456,7 +458,8 @@ def test_pipeline_publishes_the_same_files_as_the_one_machine_run(chain, cli_env
                           clustering_spectral={"num_clusters": 3, "estimate_num_clusters": False, "visualization": True,
                                                "n_neighbors": 5})
     for command in ("predict", "kmeans", "spectral", "visualize"):
-        proc = subprocess.run(["subtomo-embed", command, "-c", str(config)], env=cli_env, capture_output=True, text=True)
+        proc = subprocess.run(["subtomo-embed", command, "-c", str(config)], env=cli_env, capture_output=True,
+                              text=True)
         assert proc.returncode == 0, f"{command}: {proc.stderr[-2000:]}"
     one_machine = {p.relative_to(out).as_posix() for p in out.rglob("*")
                    if p.is_file() and not any(part.startswith(".") for part in p.relative_to(out).parts)}

@@ -61,12 +61,14 @@ def check_cuda_device(requested: str, index: int | None) -> None:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     where = f"CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else "CUDA_VISIBLE_DEVICES unset"
     if not torch.cuda.is_available():
-        build = f"torch {torch.__version__}, " + (f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build")
-        raise DeviceError(f"--device {requested} asked for, but no CUDA GPU is visible ({build}; {where}): run on a GPU "
-                          "node with the GPU passed into the container (Apptainer --nv, Docker --gpus), or use --device cpu")
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise DeviceError(f"--device {requested} asked for, but no CUDA GPU is visible (torch {torch.__version__}, "
+                          f"{build}; {where}): run on a GPU node with the GPU passed into the container "
+                          "(Apptainer --nv, Docker --gpus), or use --device cpu")
     count = torch.cuda.device_count()
     if index is not None and index >= count:
-        raise DeviceError(f"--device {requested} asked for, but only {count} CUDA GPU(s) are visible ({where})")
+        raise DeviceError(f"--device {requested} asked for, but only {count} CUDA GPU(s) are visible "
+                          f"({where})")
 
 
 def prefetch(iterator: Iterable, depth: int = 2) -> Iterator:
