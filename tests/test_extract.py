@@ -15,7 +15,7 @@ from subtomo_embed.core.extract import (
     plan_extraction,
     size_filter,
 )
-from subtomo_embed.core.io import create_contiguous_dataset
+from subtomo_embed.core.h5files import create_contiguous_dataset
 
 SHAPE = (30, 41, 37)
 

@@ -7,7 +7,7 @@ import pytest
 from skimage.morphology import convex_hull_image
 from synthetic import blob_mask
 
-from subtomo_embed.core.extract import convex_hull
+from subtomo_embed.core.hull import convex_hull
 
 
 def _skimage(v):

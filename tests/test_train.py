@@ -24,7 +24,7 @@ CRYOSIAM_TOP_KEYS = {"epoch", "global_step", "pytorch-lightning_version", "state
 
 def test_a_view_is_the_patch_predict_cuts(tmp_path):
     """Write one view as a tomogram + CryoSiam mask, run the pipeline's extract: same patch."""
-    from subtomo_embed.core import io
+    from subtomo_embed.core import h5files, io
     from subtomo_embed.stages.extraction import run_extract
 
     rng = np.random.default_rng(0)
@@ -37,7 +37,7 @@ def test_a_view_is_the_patch_predict_cuts(tmp_path):
                              "parameters.data.patch_size=[16,16,16]", "parameters.data.min=-2",
                              "parameters.data.max=3", "parameters.data.mean=0.4", "parameters.data.std=0.2"])
     [patches_file] = run_extract(cfg)
-    [expected] = list(io.iter_patches_file(patches_file))
+    [expected] = list(h5files.iter_patches_file(patches_file))
     np.testing.assert_array_equal(patch, expected)
     assert (patch == 0).mean() > 0.3  # hull-masked and zero-padded
 

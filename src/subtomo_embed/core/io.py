@@ -18,8 +18,7 @@ import socket
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,21 +51,6 @@ STAR_RENAMES = {
 }
 TMP_MARK = ".subtomo-tmp-"
 FINGERPRINT_ATTR = "input_fingerprint"  # root attribute of an HDF5 output: the fingerprint of what made it
-
-
-# --------------------------------------------------------------------------------------------
-# HDF5 datasets written from outside h5py
-
-
-def create_contiguous_dataset(group: h5py.Group, name: str, shape: tuple[int, ...], dtype) -> int | None:
-    """A contiguous, uncompressed dataset whose space is allocated now (not filled); returns the
-    byte offset of its data in the file, where other processes may write it directly (little-endian,
-    C order), or None when it holds no data."""
-    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
-    dataset = group.create_dataset(name, shape=shape, dtype=np.dtype(dtype).newbyteorder("<"), dcpl=dcpl)
-    return dataset.id.get_offset()
 
 
 # --------------------------------------------------------------------------------------------
@@ -464,116 +448,6 @@ def read_h5_attr(path: str | Path, name: str) -> str | None:
     """One root attribute as text; None when it, or the file, is missing or unreadable."""
     value = (read_h5_attrs(path) or {}).get(name)
     return None if value is None else str(value)
-
-
-# --------------------------------------------------------------------------------------------
-# patches files (extract -> embed)
-
-
-@dataclass
-class PatchesFile:
-    """What a ``<stem>_patches.h5`` holds, but the patches themselves."""
-
-    path: Path
-    stem: str
-    table: pd.DataFrame  # the regions rows, one per patch
-    count: int
-    stamp: str  # the extraction's fingerprint
-    tomogram_shape: tuple[int, ...] | None
-    voxel_size: tuple[float, ...] | None
-
-
-def write_patches_file(path: Path, shape: tuple[int, ...], columns: dict[str, np.ndarray], attrs: dict,
-                       fill: Callable[[Path, int | None], None]) -> None:
-    """``patches`` [N, z, y, x] float32 + ``regions/<column>``. The dataset is contiguous and its space
-    allocated up front, so ``fill(file, byte offset)`` (other processes) writes each patch straight to
-    its place in the file; the rest is written after it."""
-    with atomic_output(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            offset = create_contiguous_dataset(f, "patches", shape, np.float32)
-            if shape[0]:
-                f.flush()
-                fill(tmp, offset)
-            group = f.create_group("regions")
-            for column, values in columns.items():
-                group.create_dataset(column, data=values)
-            f.attrs["columns"] = json.dumps(list(columns))
-            for k, v in attrs.items():
-                f.attrs[k] = v
-
-
-def read_patches_file(path: Path) -> PatchesFile:
-    import pandas as pd
-
-    with open_h5(path) as f:
-        if "patches" not in f or "regions" not in f or "columns" not in f.attrs:
-            raise InputDataError("not a patches file (needs datasets 'patches' and group 'regions')", path)
-        table = pd.DataFrame({c: f["regions"][c][()] for c in json.loads(f.attrs["columns"])})
-        stem = f.attrs["stem"]
-        shape = tuple(int(n) for n in f.attrs["tomogram_shape"]) if "tomogram_shape" in f.attrs else None
-        voxel = tuple(float(v) for v in f.attrs["voxel_size"]) if "voxel_size" in f.attrs else None
-        return PatchesFile(path, stem.decode() if isinstance(stem, bytes) else str(stem), table,
-                           f["patches"].shape[0], str(f.attrs.get(FINGERPRINT_ATTR, "")), shape, voxel)
-
-
-def iter_patches_file(path: Path, chunk: int = 32) -> Iterator[np.ndarray]:
-    """The patches of a patches file in order, read ``chunk`` at a time."""
-    with open_h5(path) as f:
-        ds = dataset(f, "patches")
-        for start in range(0, ds.shape[0], chunk):
-            yield from ds[start : start + chunk]
-
-
-# --------------------------------------------------------------------------------------------
-# merged embeddings (CryoSiam's embeddings.h5, rows instead of columns, + names and labels)
-
-
-@dataclass
-class MergedContents:
-    embeddings: np.ndarray  # [N, dim] float32
-    counts: np.ndarray  # number_of_samples: instances per tomogram
-    stems: list[str] | None  # None in CryoSiam's files
-    labels: np.ndarray | None
-    key: str | None  # the fingerprint of the merge's inputs
-
-
-def write_merged_embeddings(path: Path, tomogram_rows: Iterable[np.ndarray], counts: Sequence[int], dim: int,
-                            stems: list[str], labels: np.ndarray, attrs: dict,
-                            then: Callable[[], None] | None = None) -> None:
-    """``embeddings.h5`` streamed from each tomogram's rows [n, dim]; ``then`` (the table) is written
-    inside the same atomic block, so when either fails neither file is left."""
-    with atomic_output(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            total = int(sum(counts))
-            ds = f.create_dataset("embeddings", shape=(total, dim), dtype=np.float32, chunks=(min(total, 4096), dim))
-            start = 0
-            for rows in tomogram_rows:
-                ds[start : start + len(rows)] = rows
-                start += len(rows)
-            f.create_dataset("number_of_samples", data=np.asarray(counts, dtype=np.int64))
-            f.create_dataset("tomograms", data=np.asarray(stems, dtype=object), dtype=h5py.string_dtype())
-            f.create_dataset("labels", data=labels)
-            for k, v in attrs.items():
-                f.attrs[k] = v
-        if then is not None:
-            then()
-
-
-def read_merged_embeddings(path: Path) -> MergedContents:
-    with open_h5(path) as f:
-        emb = dataset(f, "embeddings")
-        counts = dataset(f, "number_of_samples")
-        if emb.ndim != 2:
-            raise InputDataError(f"dataset 'embeddings' must be 2D [N, dim], got shape {emb.shape}", path)
-        stems = [s.decode() if isinstance(s, bytes) else str(s) for s in f["tomograms"][()]] if "tomograms" in f else None
-        key = f.attrs.get(FINGERPRINT_ATTR)
-        return MergedContents(
-            np.asarray(emb[()], dtype=np.float32),
-            np.asarray(counts[()], dtype=np.int64).ravel(),
-            stems,
-            np.asarray(f["labels"][()], dtype=np.int64) if "labels" in f else None,
-            None if key is None else (key.decode() if isinstance(key, bytes) else str(key)),
-        )
 
 
 def read_table(path: str | Path, **read_csv) -> pd.DataFrame:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..core import io, layout
+from ..core import h5files, io, layout
 from ..core.config import Config
 from ..core.errors import ConfigError, SubtomoError
 from ..core.extract import iter_patches
@@ -295,14 +295,14 @@ def run_predict(
 
 
 def patches_job(run: Run, path: Path) -> Job:
-    patches = io.read_patches_file(path)
+    patches = h5files.read_patches_file(path)
     geometry = None
     if patches.tomogram_shape is not None and patches.voxel_size is not None:
         z, y, x = patches.tomogram_shape
         vz, vy, vx = patches.voxel_size
         geometry = TomogramGeometry((z, y, x), (vz, vy, vx))
     stamp = io.fingerprint([], extraction=patches.stamp, contrastive=run.cfg.contrastive, checkpoint=run.model.digest)
-    return Job(patches.stem, stamp, lambda: Instances(patches.count, io.iter_patches_file(path), lambda: patches.table,
+    return Job(patches.stem, stamp, lambda: Instances(patches.count, h5files.iter_patches_file(path), lambda: patches.table,
                                                       lambda table: regions_star(patches.stem, table, geometry)))
 
 

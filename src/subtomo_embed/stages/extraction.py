@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core import io, layout
+from ..core import h5files, io, layout
 from ..core.config import Config
 from ..core.errors import ConfigError
 from ..core.extract import Extraction, cut_patches_into_file, import_modules
@@ -87,4 +87,4 @@ def write_patches(path: Path, stem: str, volume: np.ndarray, plan: Extraction, c
         "voxel_size": list(io.mrc_voxel_size(source)),
         io.FINGERPRINT_ATTR: stamp,
     }
-    io.write_patches_file(path, (len(plan), *size), plan.columns, attrs, cut_into)
+    h5files.write_patches_file(path, (len(plan), *size), plan.columns, attrs, cut_into)

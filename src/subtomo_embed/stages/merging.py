@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core import io, layout
+from ..core import h5files, io, layout
 from ..core import merge as M
 from ..core.config import Config
 from ..core.errors import InputDataError
@@ -189,7 +189,7 @@ def write_merge(cfg: Config, plan: MergePlan) -> Path:
             except M.MergeInputError as err:
                 raise InputDataError(str(err), tomogram.embeds) from None
 
-    io.write_merged_embeddings(plan.merged_path, tomogram_rows(), plan.counts, plan.dim, plan.stems,
+    h5files.write_merged_embeddings(plan.merged_path, tomogram_rows(), plan.counts, plan.dim, plan.stems,
                                plan.table["label"].to_numpy(np.int64),
                                {io.FINGERPRINT_ATTR: plan.key, "file_extension": cfg.file_extension},
                                then=lambda: io.write_regions_csv(plan.table_path, plan.table))
@@ -244,7 +244,7 @@ def load_merged(cfg: Config, folders: Folders, source: MergedSource | None = Non
     source = source or plan_merged(cfg, folders)
     path = write_merge(cfg, source.plan) if source.plan is not None else source.path
     assert path is not None
-    contents = io.read_merged_embeddings(path)
+    contents = h5files.read_merged_embeddings(path)
     embeddings, counts = contents.embeddings, contents.counts
     n = embeddings.shape[0]
     if n == 0:
