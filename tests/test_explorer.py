@@ -407,3 +407,32 @@ def test_explorer_thumbnail_limit_and_missing_tomograms(real, tmp_path):
     assert data["thumbnails"] == {} and data["n"] > 0
     assert "explorer without thumbnails" in output  # the log says why
     assert all(v is None for v in data["voxel_size"].values())
+
+
+def test_explorer_bounds_the_points_by_a_stratified_sample(real, tmp_path, monkeypatch):
+    from subtomo_embed.core.config import load_config
+    from subtomo_embed.stages.explorer import write_explorer
+    from subtomo_embed.stages.merging import load_merged, resolve_folders
+    from subtomo_embed.stages.visualize import existing_clusterings
+
+    cfg = load_config(real["config"])
+    folders = resolve_folders(cfg, None, None, None)
+    merged = load_merged(cfg, folders)
+    monkeypatch.setattr(E, "MAX_POINTS", 7)
+    folders.vis_dir = tmp_path  # the projection cache is read from here: copy it
+    for cache in (real["out"] / "vis").glob(".projection_*"):
+        (tmp_path / cache.name).write_bytes(cache.read_bytes())
+    path = write_explorer(cfg, folders, merged, existing_clusterings(folders, merged))["explorer"]
+    data = page_data_of(path.read_text(encoding="utf-8"))
+    rows = np.array(data["row"])
+    assert data["n"] == 7 and rows.tolist() == sorted(set(rows.tolist()))
+    assert {data["tomograms"][t] for t in decode(data["tomogram"], "<i4")} == {"TS_01", "TS_02"}
+    table = merged.table
+    assert data["label"] == table["label"].to_numpy()[rows].tolist()
+    assert {c["name"]: c for c in data["star"]}["rlnLabel"]["values"] == table["label"].to_numpy()[rows].tolist()
+    umap = pd.read_csv(real["out"] / "vis" / "all_tomograms_umap.csv")
+    coords = [decode(c, "<f4") for c in data["projections"][0]["coords"]]
+    np.testing.assert_allclose(np.c_[coords[0], coords[1]], umap[["x", "y"]].to_numpy()[rows], rtol=1e-6)
+    assert set(data["thumbnails"]) == {str(i) for i in range(7)}  # positions in the page
+    full = page_data_of((real["out"] / "vis" / E.EXPLORER_NAME).read_text(encoding="utf-8"))
+    assert all(data["thumbnails"][str(i)] == full["thumbnails"][str(r)] for i, r in enumerate(rows))

@@ -202,7 +202,7 @@
       const lines = [header.map(csvField).join(",")];
       const xyz = coords[view.projection];
       rows.forEach((i) => {
-        lines.push([D.tomograms[tomogramCode[i]], D.label[i], i, D.area[i], D.centroid[0][i], D.centroid[1][i],
+        lines.push([D.tomograms[tomogramCode[i]], D.label[i], D.row[i], D.area[i], D.centroid[0][i], D.centroid[1][i],
                     D.centroid[2][i]].concat(clusters.map((c) => c.categories[c.codes[i]]), xyz.map((c) => c[i]))
           .map(csvField).join(","));
       });

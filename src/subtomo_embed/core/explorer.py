@@ -31,7 +31,7 @@ EXPLORER_NAME = "embeddings_explorer.html"
 PLOT_DIV = "explorer-plot"
 THUMBNAIL_SIDE = 64  # pixels: a slice larger than this is shrunk by an integer factor
 MAX_THUMBNAIL_BYTES = 64 * 2**20  # bound on the inlined thumbnails (base64 text), whatever the count
-MAX_CATEGORIES_LISTED = 60  # categorical colourings with more categories get one colour per index (turbo)
+MAX_POINTS = 200_000  # bound on the points in the page (a stratified sample above): ~45 MB without thumbnails
 
 
 @dataclass
@@ -67,6 +67,7 @@ class Instances:
     area: np.ndarray  # voxels [N]
     centroid: np.ndarray  # z, y, x voxels [N, 3]
     voxel_size: dict[str, Sequence[float] | None] = field(default_factory=dict)  # stem -> (z, y, x) Å
+    row: np.ndarray | None = None  # each instance's row in the merged embeddings (default 0..N-1)
 
     def __len__(self) -> int:
         return int(len(self.label))
@@ -248,6 +249,7 @@ def page_data(instances: Instances, projections: Sequence[Projection], colouring
         "tomograms": tomograms.tolist(),
         "tomogram": _b64(tomogram_codes.ravel(), "<i4"),
         "label": np.asarray(instances.label, dtype=np.int64).tolist(),
+        "row": (np.arange(n) if instances.row is None else np.asarray(instances.row, dtype=np.int64)).tolist(),
         "area": np.asarray(instances.area, dtype=np.float64).tolist(),
         "centroid": [np.round(centroid[:, i], 3).tolist() for i in range(3)],
         "voxel_size": voxel_size,

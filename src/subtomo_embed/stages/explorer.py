@@ -32,32 +32,38 @@ def write_explorer(cfg: Config, folders: Folders, merged: Merged,
     if projection_name(cfg) is None:
         log.info("no explorer: no projection configured (visualize_umap false, no pca_components)")
         return {}
-    projections = []
-    for dims in ([2, 3] if cfg.visualization.umap_3d else [2]):
-        coords, method = global_projection(cfg, folders, merged, dims)
-        projections.append(E.Projection(f"{method.upper()} {dims}D", coords, axis_name(method)))
-    table = merged.table
-    tomograms = table["tomogram"].astype(str).to_numpy()
-    colourings = [E.Colouring(f"{layout.CLUSTER_METHODS[m]} cluster", c, cluster=True) for m, c in clusterings.items()]
-    colourings += [E.Colouring("tomogram", tomograms),
-                   E.Colouring("instance size", log_area(table), categorical=False, label="log2 area (voxels)")]
-    instances = E.Instances(tomograms, table["label"].to_numpy(np.int64), table["area"].to_numpy(),
-                            table[["centroid-0", "centroid-1", "centroid-2"]].to_numpy(np.float64),
-                            voxel_sizes(cfg, merged.stems))
+    tomograms = merged.table["tomogram"].astype(str).to_numpy()
     first_clusters = next(iter(clusterings.values()), None)
     strata = tomograms if first_clusters is None else np.char.add(np.char.add(tomograms, "/"),
                                                                       first_clusters.astype(str))
-    rows = E.thumbnail_rows(strata, cfg.visualization.explorer_thumbnails, cfg.seed)
-    pngs = dict(particle_thumbnails(cfg, merged, rows))
-    kept = [int(r) for r in rows if int(r) in pngs]  # the stratified priority order
-    thumbnails = E.encode_thumbnails(kept, (pngs[r] for r in kept))
+    shown = np.sort(E.thumbnail_rows(strata, E.MAX_POINTS, cfg.seed))  # every row up to MAX_POINTS
+    if shown.size < merged.n:
+        log.info("explorer: a stratified sample of %d of the %d instances (the page's bound)", shown.size, merged.n)
+    table = merged.table.iloc[shown]
+    projections = []
+    for dims in ([2, 3] if cfg.visualization.umap_3d else [2]):
+        coords, method = global_projection(cfg, folders, merged, dims)
+        projections.append(E.Projection(f"{method.upper()} {dims}D", coords[shown], axis_name(method)))
+    colourings = [E.Colouring(f"{layout.CLUSTER_METHODS[m]} cluster", c[shown], cluster=True)
+                  for m, c in clusterings.items()]
+    colourings += [E.Colouring("tomogram", tomograms[shown]),
+                   E.Colouring("instance size", log_area(table), categorical=False, label="log2 area (voxels)")]
+    instances = E.Instances(tomograms[shown], table["label"].to_numpy(np.int64), table["area"].to_numpy(),
+                            table[["centroid-0", "centroid-1", "centroid-2"]].to_numpy(np.float64),
+                            voxel_sizes(cfg, merged.stems), row=shown)
+    # thumbnails: a stratified sample of the shown points, in priority order (positions in the page)
+    wanted = E.thumbnail_rows(strata[shown], cfg.visualization.explorer_thumbnails, cfg.seed)
+    pngs = dict(particle_thumbnails(cfg, merged, shown[wanted]))
+    kept = [int(i) for i in wanted if int(shown[i]) in pngs]
+    thumbnails = E.encode_thumbnails(kept, (pngs[int(shown[i])] for i in kept))
+    star = selection_star(cfg, folders, merged, clusterings).iloc[shown].reset_index(drop=True)
     title = f"Embeddings explorer: {merged.n} instances of {len(merged.stems)} tomograms"
-    html = E.explorer_html(instances, projections, colourings, selection_star(cfg, folders, merged, clusterings),
-                           thumbnails, title=title)
+    title += f" ({shown.size} shown)" if shown.size < merged.n else ""
+    html = E.explorer_html(instances, projections, colourings, star, thumbnails, title=title)
     path = folders.vis_dir / E.EXPLORER_NAME
     with io.atomic_output(path) as tmp:
         tmp.write_text(html, encoding="utf-8")
-    log.info("wrote %s (%.1f MB: %d points, %d thumbnails)", path, path.stat().st_size / 2**20, merged.n,
+    log.info("wrote %s (%.1f MB: %d points, %d thumbnails)", path, path.stat().st_size / 2**20, shown.size,
              len(thumbnails))
     return {"explorer": path}
 
