@@ -46,9 +46,7 @@ def test_evaluate_scores_model_untrained_twin_and_descriptor(tmp_path):
     truth = D.run_simulate(tmp_path / "sim", 1, (40, 80, 80), 10, snr=3.0, wedge=None, seed=2, size_range=(3, 5))
     assert len(truth) == 10
     scores = D.run_evaluate(tmp_path / "sim", ckpt, config, device="cpu")
-    assert list(scores) == list(D.METHODS)
-    for kmeans_ari, spectral_ari in scores.values():
-        assert -1 <= kmeans_ari <= 1 and -1 <= spectral_ari <= 1
+    assert list(scores) == list(D.METHODS)  # what a one-step model scores says nothing: the demo test checks that
     # predict's own outputs were written next to the data, in CryoSiam's names
     assert (tmp_path / "sim" / "predictions" / "TS_01_embeds.h5").is_file()
 
@@ -81,4 +79,18 @@ def test_demo_end_to_end(tmp_path, cli_env):
     assert "Adjusted Rand index" in proc.stdout
     scores = pd.read_csv(tmp_path / "demo" / "ari.csv")
     assert set(scores["method"]) == set(D.METHODS) and len(scores) == 6
+    # The committed model must beat the untrained network and the descriptor on both sets. `make demo`
+    # printed (KMeans / spectral ARI): model 1.00 / 1.00 (SNR 3) and 0.95 / 0.96 (SNR 1 + wedge);
+    # untrained 0.11 / 0.09 and 0.04 / 0.05; descriptor 0.55 / 0.96 and 0.45 / 0.96 (models/MODEL_CARD.md).
+    # The descriptor's spectral ARI ties the model's, so the margins are on KMeans (0.45-0.5 seen, 0.2
+    # asked) and on the mean of the two (0.25 seen, 0.1 asked); against the untrained network 0.5 on
+    # both (0.85-0.95 seen).
+    for dataset, rows in scores.groupby("dataset"):
+        ari = rows.set_index("method")
+        model, untrained, descriptor = (ari.loc[m] for m in D.METHODS)
+        mean = {m: (ari.loc[m, "kmeans_ari"] + ari.loc[m, "spectral_ari"]) / 2 for m in D.METHODS}
+        assert model["kmeans_ari"] >= untrained["kmeans_ari"] + 0.5, dataset
+        assert model["spectral_ari"] >= untrained["spectral_ari"] + 0.5, dataset
+        assert model["kmeans_ari"] >= descriptor["kmeans_ari"] + 0.2, dataset
+        assert mean[D.METHODS[0]] >= mean[D.METHODS[2]] + 0.1, dataset
     assert list((tmp_path / "demo" / "easy" / "predictions" / "vis").rglob("*.png"))

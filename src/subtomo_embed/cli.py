@@ -36,16 +36,9 @@ def _root(
 
 
 def _register_all() -> None:
-    from .commands import embedding
+    from .commands import analysis, demo, embedding
 
-    embedding.register(app)
-    for name in ("analysis", "demo", "centers"):
-        try:
-            module = __import__(f"subtomo_embed.commands.{name}", fromlist=["register"])
-        except ModuleNotFoundError as err:
-            if err.name != f"subtomo_embed.commands.{name}":
-                raise
-            continue
+    for module in (embedding, analysis, demo):
         module.register(app)
 
 
@@ -80,6 +73,9 @@ def _end_process(code) -> None:
     code = 0 if code is None else int(code)
     if any(not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         sys.exit(code)  # let Python wait for them, as it always does
+    # Nothing is lost by skipping the teardown: every output is complete before it is renamed into
+    # place (io.atomic_output), the exit handlers flush and close the log files (logging.shutdown),
+    # and the standard streams are flushed below (tests/test_cli_exit.py runs real processes).
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
