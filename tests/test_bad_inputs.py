@@ -305,6 +305,8 @@ CASES = [
     # class 1: names that become paths
     Case("config-gpu-negative", lambda c: _set_config(c, parameters__gpu_devices=-1), 3,
          r"config\.yaml: key 'parameters\.gpu_devices': must be a GPU index"),
+    Case("config-count-too-large", lambda c: _set_config(c, visualization__pca_components=10**30), 3,
+         r"config\.yaml: key 'visualization\.pca_components': Input should be less than or equal to 2147483647"),
     Case("config-file-name-with-folder", lambda c: _set_config(c, test_files=["../TS_01.mrc"]), 3,
          r"config\.yaml: key 'test_files': must be a tomogram file name \(in data_folder\) without a folder part"),
 ]
