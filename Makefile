@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.subtomo-installed
 NF_LANG_JAR := $(VENV)/share/nf-lang/language-server-all.jar
 
-.PHONY: install bytecode demo test test-fast nf-lang bench clean
+.PHONY: install bytecode demo lint test test-fast nf-lang bench clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,12 @@ nf-lang: $(NF_LANG_JAR)
 demo: $(STAMP) bytecode
 	$(BIN)/subtomo-embed demo --output demo_output
 
-test: $(STAMP) $(NF_LANG_JAR) bytecode
+# ruff (settings in pyproject.toml) and mypy (non-strict: check_untyped_defs)
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bin benchmarks
+	$(BIN)/mypy src
+
+test: lint $(STAMP) $(NF_LANG_JAR) bytecode
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP) bytecode

@@ -99,18 +99,41 @@ def main() -> None:
     args = p.parse_args()
 
     if args.one:
-        print(json.dumps(one(args.one[0], int(args.one[1]), args.dim, args.k, args.groups, args.seed, args.spread, args.bridges)))
+        print(
+            json.dumps(
+                one(args.one[0], int(args.one[1]), args.dim, args.k, args.groups, args.seed, args.spread, args.bridges)
+            )
+        )
         return
 
-    print(f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"python {platform.python_version()}")
+    print(
+        f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"python {platform.python_version()}"
+    )
     if not args.json:
-        print(f"| method | N | dim | k | seconds | peak RSS MB | data MB | ARI | graph components |")
-        print(f"|---|---|---|---|---|---|---|---|---|")
+        print("| method | N | dim | k | seconds | peak RSS MB | data MB | ARI | graph components |")
+        print("|---|---|---|---|---|---|---|---|---|")
     for n in args.sizes:
         for method in args.methods:
-            cmd = [sys.executable, __file__, "--one", method, str(n), "--dim", str(args.dim), "--k", str(args.k),
-                   "--groups", str(args.groups), "--seed", str(args.seed), "--spread", str(args.spread), "--bridges", str(args.bridges)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                method,
+                str(n),
+                "--dim",
+                str(args.dim),
+                "--k",
+                str(args.k),
+                "--groups",
+                str(args.groups),
+                "--seed",
+                str(args.seed),
+                "--spread",
+                str(args.spread),
+                "--bridges",
+                str(args.bridges),
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
@@ -120,8 +143,12 @@ def main() -> None:
             if args.json:
                 print(json.dumps(r), flush=True)
             else:
-                print(f"| {r['method']} | {r['n']} | {r['dim']} | {r['k']} | {r['seconds']} | {r['peak_mb']} | "
-                      f"{r['data_mb']} | {r['ari'] if r['ari'] is not None else '-'} | {r.get('graph_components', '-')} |", flush=True)
+                print(
+                    f"| {r['method']} | {r['n']} | {r['dim']} | {r['k']} | {r['seconds']} | {r['peak_mb']} | "
+                    f"{r['data_mb']} | {r['ari'] if r['ari'] is not None else '-'} | "
+                    f"{r.get('graph_components', '-')} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -158,9 +158,18 @@ def main() -> None:
         max_diff = float(np.abs(ours - ref).max()) if ours.shape == ref.shape else float("nan")
         print(f"patches identical     : {identical} ({ours.shape[0]} patches, max |diff| {max_diff:.2g})")
         print(f"speed-up              : {base_s / ours_s:.1f}x   memory ratio {base_gb / ours_gb:.1f}x")
-        print(json.dumps({"ours_s": round(ours_s, 2), "baseline_s": round(base_s, 2), "speedup": round(base_s / ours_s, 1),
-                          "ours_peak_gb": round(ours_gb, 2), "baseline_peak_gb": round(base_gb, 2),
-                          "identical": identical}))
+        print(
+            json.dumps(
+                {
+                    "ours_s": round(ours_s, 2),
+                    "baseline_s": round(base_s, 2),
+                    "speedup": round(base_s / ours_s, 1),
+                    "ours_peak_gb": round(ours_gb, 2),
+                    "baseline_peak_gb": round(base_gb, 2),
+                    "identical": identical,
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

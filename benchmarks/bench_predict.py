@@ -46,14 +46,14 @@ def main() -> None:
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).parent))
+    import tempfile
+
     from bench_extract import make_data  # noqa: E402 (same synthetic tomogram maker)
 
     from subtomo_embed.core import io
     from subtomo_embed.core.embed import embed_patches
     from subtomo_embed.core.extract import Normalization, iter_patches, plan_extraction
     from subtomo_embed.core.model import build_simsiam
-
-    import tempfile
 
     device = torch.device(args.device)
     size = (args.patch,) * 3

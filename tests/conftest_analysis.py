@@ -14,7 +14,9 @@ import pandas as pd
 from subtomo_embed.core.io import regions_to_star_table, write_h5, write_mrc, write_regions_csv, write_star
 
 
-def grouped_embeddings(n: int, dim: int, groups: int, seed: int = 0, spread: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
+def grouped_embeddings(
+    n: int, dim: int, groups: int, seed: int = 0, spread: float = 0.15
+) -> tuple[np.ndarray, np.ndarray]:
     """[n, dim] embeddings in ``groups`` well separated Gaussian groups, and the group of each row."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((groups, dim)) * 1.0
@@ -57,9 +59,15 @@ def make_prediction_folder(
             {
                 "label": labels,
                 "area": rng.integers(20, 400, n).astype(np.int64),
-                "bbox-0": z0, "bbox-1": y0, "bbox-2": x0,
-                "bbox-3": z0 + 3, "bbox-4": y0 + 4, "bbox-5": x0 + 4,
-                "centroid-0": zc, "centroid-1": yc, "centroid-2": xc,
+                "bbox-0": z0,
+                "bbox-1": y0,
+                "bbox-2": x0,
+                "bbox-3": z0 + 3,
+                "bbox-4": y0 + 4,
+                "bbox-5": x0 + 4,
+                "centroid-0": zc,
+                "centroid-1": yc,
+                "centroid-2": xc,
                 "hull_area": np.zeros(n),
             }
         )
@@ -79,4 +87,10 @@ def make_prediction_folder(
             write_mrc(Path(volumes) / "masks" / f"{stem}.mrc", mask, 10.0)
         all_labels.append(labels)
         start += n
-    return {"stems": stems, "truth": truth, "labels": np.concatenate(all_labels), "embeddings": x, "counts": list(counts)}
+    return {
+        "stems": stems,
+        "truth": truth,
+        "labels": np.concatenate(all_labels),
+        "embeddings": x,
+        "counts": list(counts),
+    }

@@ -134,7 +134,14 @@ def write_picks(path: Path, masks: Path, voxel_size: float = 10.0) -> Path:
             mask = f["instances"][()]
         labels = [v for v in np.unique(mask) if v]
         for c in ndimage.center_of_mass(mask > 0, mask, labels):
-            rows.append({"rlnTomoName": stem, **{f"rlnCenteredCoordinate{a}Angst": (c[i] - mask.shape[i] / 2) * voxel_size
-                                                 for i, a in ((2, "X"), (1, "Y"), (0, "Z"))}})
+            rows.append(
+                {
+                    "rlnTomoName": stem,
+                    **{
+                        f"rlnCenteredCoordinate{a}Angst": (c[i] - mask.shape[i] / 2) * voxel_size
+                        for i, a in ((2, "X"), (1, "Y"), (0, "Z"))
+                    },
+                }
+            )
     starfile.write({"particles": pd.DataFrame(rows)}, path, overwrite=True)
     return path

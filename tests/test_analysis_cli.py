@@ -14,9 +14,8 @@ import pandas as pd
 import pytest
 import starfile
 import yaml
-from sklearn.metrics import adjusted_rand_score
-
 from conftest_analysis import make_prediction_folder
+from sklearn.metrics import adjusted_rand_score
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / "bin"
@@ -118,7 +117,9 @@ def test_per_cluster_particle_stars(project):
         total = 0
         for c in ids:
             star = starfile.read(pred / f"{method}_cluster_{c}_particles.star")
-            assert {"rlnTomoName", "rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"} <= set(star.columns)
+            assert {"rlnTomoName", "rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"} <= set(
+                star.columns
+            )
             assert (star["rlnClass"] == c).all()
             assert star["rlnMicrographName"].str.endswith(".mrc").all()
             total += len(star)
@@ -145,12 +146,20 @@ def test_label_volumes_carry_cluster_ids(project):
 def test_figures_and_coordinates(project):
     vis = project["vis"]
     expected = [
-        "all_tomograms_umap.csv", "all_tomograms_umap.png", "all_tomograms_umap_3d.csv", "all_tomograms_umap_3d.png",
-        "distance_map_by_tomogram.png", "kmeans_clusters_umap.png", "kmeans_clusters_umap.csv", "kmeans_distance_map.png",
-        "spectral_clusters_umap.png", "spectral_distance_map.png",
+        "all_tomograms_umap.csv",
+        "all_tomograms_umap.png",
+        "all_tomograms_umap_3d.csv",
+        "all_tomograms_umap_3d.png",
+        "distance_map_by_tomogram.png",
+        "kmeans_clusters_umap.png",
+        "kmeans_clusters_umap.csv",
+        "kmeans_distance_map.png",
+        "spectral_clusters_umap.png",
+        "spectral_distance_map.png",
         *[f"kmeans_cluster_{c}_gallery.png" for c in range(4)],
         *[f"spectral_cluster_{c}_gallery.png" for c in range(1, 5)],
-        *[f"{s}_umap.csv" for s in project["stems"]], *[f"{s}_umap.png" for s in project["stems"]],
+        *[f"{s}_umap.csv" for s in project["stems"]],
+        *[f"{s}_umap.png" for s in project["stems"]],
     ]
     missing = [n for n in expected if not (vis / n).is_file()]
     assert not missing
@@ -169,9 +178,21 @@ def test_pipeline_staging_with_merged_files_only(project, tmp_path):
     """As Nextflow runs it: merged files + regions CSVs staged in the work dir, flags only."""
     for name in ["embeddings.h5", "embeddings_table.csv", *[f"{s}_instance_regions.csv" for s in project["stems"]]]:
         os.symlink(project["pred"] / name, tmp_path / name)
-    run("subtomo-kmeans", "--input-dir", ".", "--output-dir", "out", "--vis-dir", "vis",
-        "--set", "clustering_kmeans.num_clusters=4", "--set", "clustering_kmeans.visualization=false", "--quiet",
-        cwd=tmp_path)
+    run(
+        "subtomo-kmeans",
+        "--input-dir",
+        ".",
+        "--output-dir",
+        "out",
+        "--vis-dir",
+        "vis",
+        "--set",
+        "clustering_kmeans.num_clusters=4",
+        "--set",
+        "clustering_kmeans.visualization=false",
+        "--quiet",
+        cwd=tmp_path,
+    )
     with h5py.File(tmp_path / "out" / "kmeans_clusters.h5") as f:
         staged = f["clusters"][()]
     with h5py.File(project["pred"] / "kmeans_clusters.h5") as f:
@@ -182,9 +203,21 @@ def test_pipeline_staging_with_merged_files_only(project, tmp_path):
 
 def test_seed_command_names(project, tmp_path):
     out = tmp_path / "out"
-    run("simsiam_embeddings_spectral_clustering", "--config_file", project["cfg"], "--output-dir", out,
-        "--set", "clustering_spectral.visualization=false", "--set", "clustering_spectral.estimate_num_clusters=false",
-        "--set", "clustering_spectral.num_clusters=4", "--set", "instances_mask_folder=null")
+    run(
+        "simsiam_embeddings_spectral_clustering",
+        "--config_file",
+        project["cfg"],
+        "--output-dir",
+        out,
+        "--set",
+        "clustering_spectral.visualization=false",
+        "--set",
+        "clustering_spectral.estimate_num_clusters=false",
+        "--set",
+        "clustering_spectral.num_clusters=4",
+        "--set",
+        "instances_mask_folder=null",
+    )
     with h5py.File(out / "spectral_clusters.h5") as f:
         assert adjusted_rand_score(project["truth"], f["clusters"][()]) >= 0.95
     help_text = run("simsiam_embeddings_kmeans_clustering", "--help").stdout
@@ -230,8 +263,10 @@ def test_bad_input_fails_cleanly(tmp_path, case, code, needle):
 
 
 def test_help_is_light():
-    code = ("import sys, subtomo_embed.commands.analysis, subtomo_embed.stages.merging, subtomo_embed.stages.clustering,"
-            " subtomo_embed.stages.visualize;"
-            "heavy = [m for m in ('umap', 'sklearn', 'matplotlib', 'pynndescent') if m in sys.modules];"
-            "assert not heavy, heavy")
+    code = (
+        "import sys, subtomo_embed.commands.analysis, subtomo_embed.stages.merging, subtomo_embed.stages.clustering,"
+        " subtomo_embed.stages.visualize;"
+        "heavy = [m for m in ('umap', 'sklearn', 'matplotlib', 'pynndescent') if m in sys.modules];"
+        "assert not heavy, heavy"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from conftest_analysis import grouped_embeddings
 from sklearn.datasets import make_blobs, make_moons
 from sklearn.metrics import adjusted_rand_score
 
 from subtomo_embed.core import cluster as C
-from conftest_analysis import grouped_embeddings
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,9 @@ def test_spectral_agrees_with_sklearn_nearest_neighbors(touching):
     from sklearn.cluster import SpectralClustering
 
     x, _ = touching
-    theirs = SpectralClustering(n_clusters=4, affinity="nearest_neighbors", n_neighbors=10, random_state=1).fit_predict(x)
+    theirs = SpectralClustering(n_clusters=4, affinity="nearest_neighbors", n_neighbors=10, random_state=1).fit_predict(
+        x
+    )
     ours = C.spectral(x, 4, n_neighbors=10, seed=0).labels
     assert adjusted_rand_score(theirs, ours) >= 0.95
 

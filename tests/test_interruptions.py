@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from synthetic import make_checkpoint, make_dataset, write_config
 
+
 def outputs(folder: Path) -> dict[str, str]:
     """Every output file's SHA-256 (the log and temporaries excluded)."""
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*"))

@@ -9,14 +9,14 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+from conftest_analysis import make_prediction_folder
 
+from subtomo_embed.core import io, layout
 from subtomo_embed.core import merge as M
 from subtomo_embed.core.config import config_from_dict
 from subtomo_embed.core.errors import InputDataError
-from subtomo_embed.core import io, layout
 from subtomo_embed.core.io import write_h5
 from subtomo_embed.stages.merging import Folders, load_merged, merge_embeddings
-from conftest_analysis import make_prediction_folder
 
 
 def _cfg(**raw):
@@ -67,7 +67,6 @@ def test_tidy_table_rows_index_the_merged_embeddings():
     assert table["row"].tolist() == [0, 1, 2]
     assert table["tomogram"].tolist() == ["A", "A", "B"]
     assert table["centroid-0"].tolist() == [1.5, 2.25, 0.125]  # not truncated
-    assert [len(p) for p in M.split_rows(np.arange(3), [2, 1])] == [2, 1]
 
 
 def test_fingerprint_changes_with_any_input_or_setting(tmp_path):

@@ -10,8 +10,16 @@ from subtomo_embed.core.extract import Normalization
 from subtomo_embed.core.model import load_model, read_checkpoint
 from subtomo_embed.core.simulate import random_particle
 from subtomo_embed.core.train import (
-    OPTIMIZER_KEY, TRAIN_STATE_KEY, Sitting, TrainingSettings, ViewSettings, embedding_spread, extract_view, make_pair,
-    train, view_volume,
+    OPTIMIZER_KEY,
+    TRAIN_STATE_KEY,
+    Sitting,
+    TrainingSettings,
+    ViewSettings,
+    embedding_spread,
+    extract_view,
+    make_pair,
+    train,
+    view_volume,
 )
 
 NET = {"block_type": "basic", "num_layers": [1, 1, 1, 1], "num_filters": [4, 8, 8, 16], "dim": 16, "pred_dim": 8,
@@ -69,7 +77,7 @@ def test_checkpoint_has_cryosiam_layout_loads_and_resumes(tmp_path):
         for key in ("block_type", "in_channels", "spatial_dims", "num_layers", "num_filters", "no_max_pool", "dim",
                     "pred_dim"):
             assert network[key] == NET[key]
-    assert all(k.startswith("_model.encoder.") or k.startswith("_model.predictor.") for k in ckpt["state_dict"])
+    assert all(k.startswith(("_model.encoder.", "_model.predictor.")) for k in ckpt["state_dict"])
     model, network = load_model(out, contrastive=True)
     assert network["dim"] == 16
     # the stored config is a valid config file again

@@ -8,9 +8,9 @@ matplotlib.use("Agg")
 
 import numpy as np
 import pytest
+from conftest_analysis import grouped_embeddings
 
 from subtomo_embed.core import visualize as V
-from conftest_analysis import grouped_embeddings
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +28,8 @@ def test_pca_projection(data):
 
 
 def test_umap_projection_is_seeded_and_separates_groups(data):
-    from sklearn.metrics import adjusted_rand_score
     from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score
 
     x, truth = data
     a, method = V.project(x, 2, metric="cosine", seed=3)

@@ -28,7 +28,8 @@ OutputDir = Annotated[
 VisDir = Annotated[
     Optional[Path],
     typer.Option(
-        "--vis-dir", help="Where figures and coordinates go (default: visualization.prediction_folder, else <output-dir>/vis)."
+        "--vis-dir",
+        help="Where figures and coordinates go (default: visualization.prediction_folder, else <output-dir>/vis).",
     ),
 ]
 

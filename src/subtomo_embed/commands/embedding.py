@@ -44,7 +44,9 @@ def predict(
     """Embed every instance of every tomogram (CryoSiam's simsiam_embeddings_predict)."""
     setup_logging(quiet)
     with guarded(debug):
-        cfg, log_file = _config(config_file, (overrides or []) + (["skip_missing_masks=true"] if skip_missing_masks else []))
+        cfg, log_file = _config(
+            config_file, (overrides or []) + (["skip_missing_masks=true"] if skip_missing_masks else [])
+        )
         setup_logging(quiet, log_file)
         from ..stages.embedding import run_predict
 
@@ -80,7 +82,9 @@ def extract(
     config_file: ConfigFile = None,
     filename: Filename = None,
     overrides: Overrides = None,
-    tomogram: Annotated[Optional[Path], typer.Option("--tomogram", help="A tomogram (MRC), instead of data_folder.")] = None,
+    tomogram: Annotated[
+        Optional[Path], typer.Option("--tomogram", help="A tomogram (MRC), instead of data_folder.")
+    ] = None,
     mask: Annotated[Optional[Path], typer.Option("--mask", help="Its instance mask (.h5 or MRC).")] = None,
     regions: Annotated[
         Optional[Path], typer.Option("--regions", help="CryoSiam's <stem>_instance_regions.csv for the boxes.")

@@ -12,11 +12,15 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .errors import ConfigError, DeviceError, ResourceError
+
+if TYPE_CHECKING:
+    from .model import SimSiam
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +54,9 @@ def pick_device(requested: str | None = "auto", gpu_devices: int | list[int] | N
         log.warning("no CUDA GPU available: running on the CPU (slow for CryoSiam-size networks)")
         return torch.device("cpu")
     if index >= torch.cuda.device_count():
-        raise ConfigError(f"parameters.gpu_devices asks for GPU {index}, but only {torch.cuda.device_count()} are visible")
+        raise ConfigError(
+            f"parameters.gpu_devices asks for GPU {index}, but only {torch.cuda.device_count()} are visible"
+        )
     return torch.device(f"cuda:{index}")
 
 
@@ -62,13 +68,14 @@ def check_cuda_device(requested: str, index: int | None) -> None:
     where = f"CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else "CUDA_VISIBLE_DEVICES unset"
     if not torch.cuda.is_available():
         build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-        raise DeviceError(f"--device {requested} asked for, but no CUDA GPU is visible (torch {torch.__version__}, "
-                          f"{build}; {where}): run on a GPU node with the GPU passed into the container "
-                          "(Apptainer --nv, Docker --gpus), or use --device cpu")
+        raise DeviceError(
+            f"--device {requested} asked for, but no CUDA GPU is visible (torch {torch.__version__}, "
+            f"{build}; {where}): run on a GPU node with the GPU passed into the container "
+            "(Apptainer --nv, Docker --gpus), or use --device cpu"
+        )
     count = torch.cuda.device_count()
     if index is not None and index >= count:
-        raise DeviceError(f"--device {requested} asked for, but only {count} CUDA GPU(s) are visible "
-                          f"({where})")
+        raise DeviceError(f"--device {requested} asked for, but only {count} CUDA GPU(s) are visible ({where})")
 
 
 def prefetch(iterator: Iterable, depth: int = 2) -> Iterator:
@@ -122,7 +129,7 @@ def _stack(buf: list[np.ndarray], pin: bool) -> torch.Tensor:
 
 
 def embed_patches(
-    model: torch.nn.Module,
+    model: SimSiam,
     patches: Iterable[np.ndarray],
     count: int,
     dim: int,
@@ -150,7 +157,7 @@ def embed_patches(
                 n = emb.shape[0]
                 if row + n > count:
                     raise RuntimeError(f"more patches than the {count} announced")
-                out[row:row + n] = emb
+                out[row : row + n] = emb
                 row += n
                 if progress is not None:
                     progress(n)

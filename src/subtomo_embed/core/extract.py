@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Box = tuple[slice, slice, slice]
+Box = tuple[slice, ...]  # (z, y, x)
 
 
 def import_modules(masking_type: int) -> None:
@@ -131,7 +131,7 @@ def _label_boxes(mask: np.ndarray, slabs: int | None = None) -> dict[int, Box]:
         return _sparse_label_boxes(mask)
     boxes: dict[int, Box] = {}
     for (z0, _), part in zip(ranges, parts):
-        for i, box in enumerate(part):
+        for i, box in enumerate(part or []):
             if box is None:
                 continue
             z, y, x = slice(z0 + box[0].start, z0 + box[0].stop), box[1], box[2]
@@ -246,7 +246,8 @@ def measure(regions: list[Region]) -> dict[str, np.ndarray]:
             columns[f"bbox-{axis + 3}"][i] = s.stop
             # the mean voxel position along the axis, from the voxel count of each slice (exact sums)
             per_slice = r.voxels.sum(axis=tuple(a for a in range(3) if a != axis))
-            columns[f"centroid-{axis}"][i] = int(per_slice @ np.arange(per_slice.size)) / area + s.start if area else np.nan
+            mean = int(per_slice @ np.arange(per_slice.size)) / area if area else np.nan
+            columns[f"centroid-{axis}"][i] = mean + s.start
     return columns
 
 

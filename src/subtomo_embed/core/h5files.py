@@ -44,7 +44,7 @@ def write_into_file(path: str | os.PathLike, at: int, data: np.ndarray) -> None:
     :func:`create_contiguous_dataset`), from any process."""
     fd = os.open(os.fspath(path), os.O_WRONLY)
     try:
-        if os.pwrite(fd, memoryview(np.ascontiguousarray(data)).cast("B"), at) != data.nbytes:
+        if os.pwrite(fd, np.ascontiguousarray(data).data.cast("B"), at) != data.nbytes:
             raise OSError(errno.ENOSPC, "short write")
     finally:
         os.close(fd)
@@ -149,7 +149,8 @@ def read_merged_embeddings(path: Path) -> MergedContents:
         counts = dataset(f, "number_of_samples")
         if emb.ndim != 2:
             raise InputDataError(f"dataset 'embeddings' must be 2D [N, dim], got shape {emb.shape}", path)
-        stems = [s.decode() if isinstance(s, bytes) else str(s) for s in f["tomograms"][()]] if "tomograms" in f else None
+        names = f["tomograms"][()] if "tomograms" in f else None
+        stems = None if names is None else [s.decode() if isinstance(s, bytes) else str(s) for s in names]
         key = f.attrs.get(FINGERPRINT_ATTR)
         return MergedContents(
             np.asarray(emb[()], dtype=np.float32),

@@ -247,7 +247,8 @@ def mrc_voxel_size(path: str | Path) -> tuple[float, float, float]:
                 values = (float(v.z), float(v.y), float(v.x))
     except (ValueError, OSError, EOFError) as err:
         raise InputDataError(f"not a readable MRC file ({_short(err)})", path) from None
-    return tuple(x if np.isfinite(x) and x > 0 else 1.0 for x in values)
+    z, y, x = (v if np.isfinite(v) and v > 0 else 1.0 for v in values)
+    return z, y, x
 
 
 def write_mrc(path: str | Path, data: np.ndarray, voxel_size: float = 1.0) -> None:

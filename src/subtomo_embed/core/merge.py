@@ -48,7 +48,9 @@ def check_finite(rows: np.ndarray) -> None:
     if bad.any():
         where = np.argwhere(bad)
         n_rows = int(np.unique(where[:, 0]).size)
-        raise MergeInputError(f"embeddings contain NaN or infinite values ({n_rows} instances, first at row {where[0, 0]})")
+        raise MergeInputError(
+            f"embeddings contain NaN or infinite values ({n_rows} instances, first at row {where[0, 0]})"
+        )
 
 
 def align_regions(regions: pd.DataFrame, labels: np.ndarray | None, n: int) -> pd.DataFrame:
@@ -92,14 +94,6 @@ def tidy_table(stems: Sequence[str], regions: Sequence[pd.DataFrame]) -> pd.Data
     return pd.concat(parts, ignore_index=True)
 
 
-def offsets(counts: Sequence[int]) -> np.ndarray:
+def offsets(counts: Sequence[int] | np.ndarray) -> np.ndarray:
     """Start row of each tomogram (and the total at the end)."""
     return np.concatenate([[0], np.cumsum(np.asarray(counts, dtype=np.int64))])
-
-
-def split_rows(values: np.ndarray, counts: Sequence[int]) -> list[np.ndarray]:
-    """Split per-instance values into per-tomogram pieces (merged order)."""
-    o = offsets(counts)
-    if o[-1] != len(values):
-        raise MergeInputError(f"number_of_samples sums to {o[-1]} but there are {len(values)} rows")
-    return [values[o[i] : o[i + 1]] for i in range(len(counts))]

@@ -159,14 +159,15 @@ def simulate_tomogram(
     Classes are balanced (cycled, in random order); if the volume is too crowded, fewer than
     ``n_particles`` are placed (with a warning).
     """
-    shape = tuple(int(s) for s in shape)
+    z, y, x = (int(s) for s in shape)
+    shape = (z, y, x)
     clean = np.zeros(shape, np.float32)
     mask = np.zeros(shape, np.int32)
     occupied = np.zeros(shape, bool)
     pool = list(classes) if classes is not None else list(range(len(CLASSES)))
     order = [pool[i % len(pool)] for i in range(n_particles)]
     rng.shuffle(order)
-    truth = []
+    truth: list[dict] = []
     for cls in order:
         p = random_particle(rng, cls, size_range)
         full = box_size(p)

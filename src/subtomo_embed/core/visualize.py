@@ -107,7 +107,11 @@ def stratified_subsample(groups: np.ndarray, max_points: int, seed: int = 0) -> 
 
 
 def distance_map(
-    embeddings: np.ndarray, groups: np.ndarray, metric: str = "euclidean", max_points: int = MAX_DISTANCE_MAP_POINTS, seed: int = 0
+    embeddings: np.ndarray,
+    groups: np.ndarray,
+    metric: str = "euclidean",
+    max_points: int = MAX_DISTANCE_MAP_POINTS,
+    seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairwise distances of a stratified subsample, ordered by group.
 
@@ -160,24 +164,40 @@ def _category_colours(n: int):
     return [cmap(i / max(n - 1, 1)) for i in range(n)]
 
 
-def draw_categorical(ax, xy: np.ndarray, values: Sequence, title: str, legend_title: str, counts: dict | None = None) -> None:
+def draw_categorical(
+    ax, xy: np.ndarray, values: np.ndarray | Sequence, title: str, legend_title: str, counts: dict | None = None
+) -> None:
     """Scatter coloured by a category (cluster, tomogram); a legend up to 20 categories, a colour bar above."""
-    values = np.asarray(values)
-    cats = list(dict.fromkeys(sorted(values.tolist(), key=_sort_key)))
+    items = np.asarray(values).tolist()
+    cats = list(dict.fromkeys(sorted(items, key=_sort_key)))
     colours = _category_colours(len(cats))
     index = {c: i for i, c in enumerate(cats)}
-    codes = np.array([index[v] for v in values.tolist()], dtype=int)
+    codes = np.array([index[v] for v in items], dtype=np.int64)
     style = marker_style(len(values))
     if len(cats) <= MAX_LEGEND_ENTRIES:
         ax.scatter(xy[:, 0], xy[:, 1], c=[colours[i] for i in codes], **style)
         plt = _plt()
         handles = [
-            plt.Line2D([], [], marker="o", linestyle="", markersize=7, color=colours[i],
-                       label=f"{c}" + (f" (n={counts[c]})" if counts and c in counts else ""))
+            plt.Line2D(
+                [],
+                [],
+                marker="o",
+                linestyle="",
+                markersize=7,
+                color=colours[i],
+                label=f"{c}" + (f" (n={counts[c]})" if counts and c in counts else ""),
+            )
             for i, c in enumerate(cats)
         ]
-        ax.legend(handles=handles, title=legend_title, loc="upper left", bbox_to_anchor=(1.01, 1.0),
-                  fontsize=8, title_fontsize=9, frameon=False)
+        ax.legend(
+            handles=handles,
+            title=legend_title,
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            fontsize=8,
+            title_fontsize=9,
+            frameon=False,
+        )
     else:
         sc = ax.scatter(xy[:, 0], xy[:, 1], c=codes, cmap="turbo", vmin=0, vmax=len(cats) - 1, **style)
         _colour_bar(ax, sc, f"{legend_title} index (0-{len(cats) - 1}, sorted by name)")
@@ -188,8 +208,15 @@ def draw_continuous(ax, xy: np.ndarray, values: np.ndarray, title: str, label: s
     """Scatter coloured by a value; the colour range is the 1st-99th percentile (outliers saturate)."""
     values = np.asarray(values, dtype=np.float64)
     lo, hi = np.nanpercentile(values, [1, 99]) if values.size else (0.0, 1.0)
-    sc = ax.scatter(xy[:, 0], xy[:, 1], c=values, cmap="viridis", vmin=lo, vmax=hi if hi > lo else lo + 1,
-                    **marker_style(len(values)))
+    sc = ax.scatter(
+        xy[:, 0],
+        xy[:, 1],
+        c=values,
+        cmap="viridis",
+        vmin=lo,
+        vmax=hi if hi > lo else lo + 1,
+        **marker_style(len(values)),
+    )
     _colour_bar(ax, sc, label)
     ax.set_title(title, fontsize=11)
 
@@ -233,19 +260,23 @@ def projection_figure(xy: np.ndarray, panels: Sequence[Panel], title: str, axis_
     return fig
 
 
-def projection3d_figure(xyz: np.ndarray, values: Sequence, title: str, axis_name: str, legend_title: str, categorical: bool):
+def projection3d_figure(
+    xyz: np.ndarray, values: Sequence, title: str, axis_name: str, legend_title: str, categorical: bool
+):
     plt = _plt()
     fig = plt.figure(figsize=(7.5, 6.5), layout="constrained")
     ax = fig.add_subplot(projection="3d")
     style = marker_style(len(xyz))
     if categorical:
-        values = np.asarray(values)
-        cats = list(dict.fromkeys(sorted(values.tolist(), key=_sort_key)))
+        items = np.asarray(values).tolist()
+        cats = list(dict.fromkeys(sorted(items, key=_sort_key)))
         colours = _category_colours(len(cats))
         index = {c: i for i, c in enumerate(cats)}
-        ax.scatter(xyz[:, 0], xyz[:, 1], xyz[:, 2], c=[colours[index[v]] for v in values.tolist()], **style)
+        ax.scatter(xyz[:, 0], xyz[:, 1], xyz[:, 2], c=[colours[index[v]] for v in items], **style)
         if len(cats) <= MAX_LEGEND_ENTRIES:
-            handles = [plt.Line2D([], [], marker="o", linestyle="", color=colours[i], label=str(c)) for i, c in enumerate(cats)]
+            handles = [
+                plt.Line2D([], [], marker="o", linestyle="", color=colours[i], label=str(c)) for i, c in enumerate(cats)
+            ]
             ax.legend(handles=handles, title=legend_title, loc="upper left", fontsize=8)
     else:
         import matplotlib.cm as cm

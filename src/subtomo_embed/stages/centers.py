@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -108,10 +109,13 @@ def tomogram_geometry(cfg: Config, tomogram: Path, shape: tuple[int, ...]) -> P.
     c = cfg.centers
     voxel = P.as_triple(c.voxel_size, "centers.voxel_size", cfg.source) or io.mrc_voxel_size(tomogram)
     picks_voxel = P.as_triple(c.picks_voxel_size, "centers.picks_voxel_size", cfg.source)
-    return P.Geometry(tuple(int(n) for n in shape), voxel, picks_voxel)
+    z, y, x = (int(n) for n in shape)
+    return P.Geometry((z, y, x), voxel, picks_voxel)
 
 
-def plan_picks(picks: TomogramPicks, geometry: P.Geometry, size: int, border: str) -> tuple[pd.DataFrame, np.ndarray, dict]:
+def plan_picks(
+    picks: TomogramPicks, geometry: P.Geometry, size: int, border: str
+) -> tuple[pd.DataFrame, np.ndarray, dict]:
     """The regions table of a tomogram's picks, which rows of ``picks`` it keeps, and the counts."""
     positions = P.to_voxels(picks.picks, picks.convention, geometry)
     shape = np.asarray(geometry.shape)
@@ -120,17 +124,22 @@ def plan_picks(picks: TomogramPicks, geometry: P.Geometry, size: int, border: st
     starts = P.box_start(np.where(finite[:, None], positions, 0), size)
     whole = ((starts >= 0) & (starts + size <= shape)).all(axis=1)
     keep = inside & (whole if border == "skip" else True)
-    counts = {"picks": len(positions), "outside the tomogram": int((~inside).sum()),
-              "box crossing the border": int((inside & ~whole).sum())}
+    counts = {
+        "picks": len(positions),
+        "outside the tomogram": int((~inside).sum()),
+        "box crossing the border": int((inside & ~whole).sum()),
+    }
     rows = np.flatnonzero(keep)
-    table = pd.DataFrame({
-        "label": picks.labels[rows],
-        "area": np.full(rows.size, size ** 3, dtype=np.int64),
-        **{f"bbox-{i}": starts[rows, i] for i in range(3)},
-        **{f"bbox-{i + 3}": starts[rows, i] + size for i in range(3)},
-        **{f"centroid-{i}": positions[rows, i] for i in range(3)},
-        "hull_area": np.zeros(rows.size, dtype=np.int64),
-    })
+    table = pd.DataFrame(
+        {
+            "label": picks.labels[rows],
+            "area": np.full(rows.size, size**3, dtype=np.int64),
+            **{f"bbox-{i}": starts[rows, i] for i in range(3)},
+            **{f"bbox-{i + 3}": starts[rows, i] + size for i in range(3)},
+            **{f"centroid-{i}": positions[rows, i] for i in range(3)},
+            "hull_area": np.zeros(rows.size, dtype=np.int64),
+        }
+    )
     if table["label"].duplicated().any():
         raise InputDataError("picks have duplicate labels (rlnLabel/label)", picks.source)
     return P.with_original_columns(table, picks.picks.iloc[rows]), rows, counts
@@ -138,7 +147,9 @@ def plan_picks(picks: TomogramPicks, geometry: P.Geometry, size: int, border: st
 
 def picks_star(table: pd.DataFrame) -> pd.DataFrame:
     """The picks' original rows (their columns, their convention) plus ``rlnLabel``."""
-    star = P.original_columns(table).copy()
+    original = P.original_columns(table)
+    assert original is not None  # the table was made from picks
+    star = original.copy()
     if "rlnLabel" not in star.columns:
         star["rlnLabel"] = table["label"].to_numpy(np.int64)
     return star
@@ -152,10 +163,15 @@ def centers_job(run: Run, source: PicksSource, tomogram: Path, size: int) -> Job
         log.warning("%s: no picks, skipped", stem)
         return None
     rows = pd.util.hash_pandas_object(picks.picks, index=False).to_numpy().tobytes()
-    stamp = io.fingerprint([tomogram, picks.source], extraction=extraction_settings(cfg),
-                           centers_patch_size=cfg.centers_patch_size, centers=cfg.centers.model_dump(),
-                           contrastive=cfg.contrastive, checkpoint=run.model.digest,
-                           picks=hashlib.sha256(rows).hexdigest())
+    stamp = io.fingerprint(
+        [tomogram, picks.source],
+        extraction=extraction_settings(cfg),
+        centers_patch_size=cfg.centers_patch_size,
+        centers=cfg.centers.model_dump(),
+        contrastive=cfg.contrastive,
+        checkpoint=run.model.digest,
+        picks=hashlib.sha256(rows).hexdigest(),
+    )
 
     def load() -> Instances:
         volume, _ = io.open_mrc_volume(tomogram)
@@ -163,12 +179,19 @@ def centers_job(run: Run, source: PicksSource, tomogram: Path, size: int) -> Job
         table, _, counts = plan_picks(picks, geometry, size, cfg.centers.border)
         _log_picks(cfg, stem, picks, geometry, counts)
         if len(table) == 0:
-            raise InputDataError(f"none of the {counts['picks']} picks of {stem} can be cut (check the "
-                                 "coordinate convention in the log)", picks.source)
+            raise InputDataError(
+                f"none of the {counts['picks']} picks of {stem} can be cut (check the "
+                "coordinate convention in the log)",
+                picks.source,
+            )
         positions = table[[f"centroid-{i}" for i in range(3)]].to_numpy()
         starts = table[[f"bbox-{i}" for i in range(3)]].to_numpy()
-        patches = (cut_centered_patch(volume, s, size, patch_size(cfg), normalization(cfg), p,
-                                      cfg.centers.mask_radius, str(tomogram)) for s, p in zip(starts, positions))
+        patches = (
+            cut_centered_patch(
+                volume, s, size, patch_size(cfg), normalization(cfg), p, cfg.centers.mask_radius, str(tomogram)
+            )
+            for s, p in zip(starts, positions)
+        )
         return Instances(len(table), patches, lambda: table, picks_star, exact_floats=True)
 
     return Job(stem, stamp, load)
@@ -176,12 +199,21 @@ def centers_job(run: Run, source: PicksSource, tomogram: Path, size: int) -> Job
 
 def _log_picks(cfg: Config, stem: str, picks: TomogramPicks, geometry: P.Geometry, counts: dict) -> None:
     scale = geometry.scale() if picks.convention.units == "voxels" else None
-    log.info("%s: %d picks (%s), tomogram %s voxels of %s Å%s; %d outside the tomogram (skipped), %d boxes "
-             "crossing the border (%s)", stem, counts["picks"], picks.convention.describe(),
-             "×".join(map(str, geometry.shape)), "×".join(f"{v:g}" for v in geometry.voxel_size),
-             f", picks scaled by {'×'.join(f'{s:g}' for s in scale)}" if scale is not None and
-             not np.allclose(scale, 1) else "", counts["outside the tomogram"],
-             counts["box crossing the border"], "zero-padded" if cfg.centers.border == "pad" else "skipped")
+    log.info(
+        "%s: %d picks (%s), tomogram %s voxels of %s Å%s; %d outside the tomogram (skipped), %d boxes "
+        "crossing the border (%s)",
+        stem,
+        counts["picks"],
+        picks.convention.describe(),
+        "×".join(map(str, geometry.shape)),
+        "×".join(f"{v:g}" for v in geometry.voxel_size),
+        f", picks scaled by {'×'.join(f'{s:g}' for s in scale)}"
+        if scale is not None and not np.allclose(scale, 1)
+        else "",
+        counts["outside the tomogram"],
+        counts["box crossing the border"],
+        "zero-padded" if cfg.centers.border == "pad" else "skipped",
+    )
 
 
 def run_predict_centers(
@@ -197,8 +229,13 @@ def run_predict_centers(
     tomograms = list_tomograms(cfg, filename)
     source = PicksSource(cfg, [cfg.stem(t.name) for t in tomograms])
     run = start_run("predict-centers", cfg, out, None, device, overwrite, keep_going)
-    log.info("embedding the picks of %d tomogram(s) from %s: boxes of %d³ voxels → patches %s, %s, on %s",
-             len(tomograms), source.path, size, "×".join(map(str, patch_size(cfg))),
-             f"sphere mask radius {cfg.centers.mask_radius:g}" if cfg.centers.mask_radius else "no mask",
-             run.device)
-    return embed_tomograms(run, [(cfg.stem(t.name), lambda t=t: centers_job(run, source, t, size)) for t in tomograms])
+    log.info(
+        "embedding the picks of %d tomogram(s) from %s: boxes of %d³ voxels → patches %s, %s, on %s",
+        len(tomograms),
+        source.path,
+        size,
+        "×".join(map(str, patch_size(cfg))),
+        f"sphere mask radius {cfg.centers.mask_radius:g}" if cfg.centers.mask_radius else "no mask",
+        run.device,
+    )
+    return embed_tomograms(run, [(cfg.stem(t.name), partial(centers_job, run, source, t, size)) for t in tomograms])

@@ -116,8 +116,14 @@ def dataset_config(data_root: Path, model: Path | None = None, config: Path | No
 def dataset_patches(cfg: Config) -> tuple[list[np.ndarray], pd.DataFrame]:
     """Every kept instance's patch exactly as predict cuts it, with (tomogram, label)."""
     from ..core.extract import iter_patches
-    from .tomograms import list_tomograms, load_tomogram_and_mask, locate_inputs, normalization, patch_size, \
-        plan_tomogram
+    from .tomograms import (
+        list_tomograms,
+        load_tomogram_and_mask,
+        locate_inputs,
+        normalization,
+        patch_size,
+        plan_tomogram,
+    )
 
     patches, keys = [], []
     for tomogram in list_tomograms(cfg):

@@ -22,8 +22,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -55,7 +56,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LoadedModel:
-    model: object
+    model: Any  # the SimSiam network (core.model), loaded with torch
     network: dict
     digest: str
     path: Path
@@ -269,7 +270,8 @@ def predict_job(run: Run, tomogram: Path) -> Job | None:
         patches = (p for _, p in iter_patches(volume, plan, patch_size(cfg), cfg.masking_type, normalization(cfg),
                                               str(inputs.tomogram)))
         geometry = TomogramGeometry.of(inputs.tomogram, volume.shape)
-        return Instances(len(plan), patches, lambda: plan.table, lambda table: regions_star(inputs.stem, table, geometry))
+        return Instances(len(plan), patches, lambda: plan.table,
+                         lambda table: regions_star(inputs.stem, table, geometry))
 
     return Job(inputs.stem, stamp, load)
 
@@ -285,9 +287,10 @@ def run_predict(
     out = prepare_output_folder(cfg.path("prediction_folder"))
     tomograms = list_tomograms(cfg, filename)
     run = start_run("predict", cfg, out, None, device, overwrite, keep_going)
-    log.info("embedding %d tomogram(s) on %s, batch size %d", len(tomograms), run.device,
-             cfg.hyper_parameters.batch_size)
-    return embed_tomograms(run, [(cfg.stem(t.name), lambda t=t: predict_job(run, t)) for t in tomograms])
+    log.info(
+        "embedding %d tomogram(s) on %s, batch size %d", len(tomograms), run.device, cfg.hyper_parameters.batch_size
+    )
+    return embed_tomograms(run, [(cfg.stem(t.name), partial(predict_job, run, t)) for t in tomograms])
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,8 +305,16 @@ def patches_job(run: Run, path: Path) -> Job:
         vz, vy, vx = patches.voxel_size
         geometry = TomogramGeometry((z, y, x), (vz, vy, vx))
     stamp = io.fingerprint([], extraction=patches.stamp, contrastive=run.cfg.contrastive, checkpoint=run.model.digest)
-    return Job(patches.stem, stamp, lambda: Instances(patches.count, h5files.iter_patches_file(path), lambda: patches.table,
-                                                      lambda table: regions_star(patches.stem, table, geometry)))
+    return Job(
+        patches.stem,
+        stamp,
+        lambda: Instances(
+            patches.count,
+            h5files.iter_patches_file(path),
+            lambda: patches.table,
+            lambda table: regions_star(patches.stem, table, geometry),
+        ),
+    )
 
 
 def run_embed(
@@ -322,6 +333,7 @@ def run_embed(
         folder = cfg.path("prediction_folder")
         patches_files = [layout.patches_file(folder, cfg.stem(t.name)) for t in list_tomograms(cfg, filename)]
     run = start_run("embed", cfg, out, checkpoint, device, overwrite, keep_going)
-    jobs = [(layout.stem_of(p, layout.PATCHES_SUFFIX) or p.name, lambda p=p: patches_job(run, p))
-            for p in patches_files]
+    jobs = [
+        (layout.stem_of(p, layout.PATCHES_SUFFIX) or p.name, partial(patches_job, run, p)) for p in patches_files
+    ]
     return embed_tomograms(run, jobs)

@@ -76,6 +76,7 @@ def write_patches(path: Path, stem: str, volume: np.ndarray, plan: Extraction, c
     size = patch_size(cfg)
 
     def cut_into(file: Path, offset: int | None) -> None:
+        assert offset is not None  # the file has patches: their data block is allocated
         with io.progress(total=len(plan), desc=stem, unit="patch") as bar:
             cut_patches_into_file(volume, plan, size, cfg.masking_type, normalization(cfg), file, offset, source,
                                   progress=bar)

@@ -149,7 +149,7 @@ def plan_merge(cfg: Config, input_dir: Path, output_dir: Path, force: bool = Fal
 
     # pass 1: shapes, labels and regions, all checked before anything is written
     regions_list: list[pd.DataFrame] = []
-    for stem, tomogram in zip(stems, inputs):
+    for tomogram in inputs:
         shape = io.h5_shape(tomogram.embeds, "embeddings")
         if len(shape) != 2:
             raise InputDataError(f"dataset 'embeddings' must be 2D [dim, N], got shape {shape}", tomogram.embeds)

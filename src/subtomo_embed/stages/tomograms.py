@@ -99,7 +99,8 @@ def load_tomogram_and_mask(inputs: TomogramInputs) -> tuple[np.ndarray, np.ndarr
     mask = io.read_instance_mask(inputs.mask)
     if mask.shape != volume.shape:
         raise InputDataError(
-            f"mask shape {tuple(mask.shape)} differs from its tomogram's {tuple(volume.shape)} ({inputs.tomogram.name})",
+            f"mask shape {tuple(mask.shape)} differs from its tomogram's {tuple(volume.shape)} "
+            f"({inputs.tomogram.name})",
             inputs.mask,
         )
     if not mask.any():

@@ -150,14 +150,22 @@ def per_tomogram_projections(cfg: Config, folders: Folders, merged: Merged,
             title = f"{stem}: {method.upper()} of {n} instances"
             if dims == 2:
                 panels = [
-                    V.Panel(table["log_area"].to_numpy()[draw], "instance size", "log2 area (voxels)", categorical=False),
+                    V.Panel(
+                        table["log_area"].to_numpy()[draw], "instance size", "log2 area (voxels)", categorical=False
+                    ),
                     *[V.Panel(table[col].to_numpy()[draw], col, col) for col in extra],
                     *_cluster_panels(clusterings, draw, rows, counted=False),
                 ]
                 fig = V.projection_figure(coords[draw], panels, title, axis_name(method))
             else:
-                fig = V.projection3d_figure(coords[draw], table["log_area"].to_numpy()[draw], title, axis_name(method),
-                                            "log2 area (voxels)", False)
+                fig = V.projection3d_figure(
+                    coords[draw],
+                    table["log_area"].to_numpy()[draw],
+                    title,
+                    axis_name(method),
+                    "log2 area (voxels)",
+                    False,
+                )
             tag = "" if dims == 2 else "_3d"
             png = layout.tomogram_projection(folders.vis_dir, stem, method, dims, "png")
             written[f"{stem}{tag}_png"] = save_figure(fig, png)
