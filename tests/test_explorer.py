@@ -286,19 +286,11 @@ def test_browser_hover_shows_label_and_thumbnail(example, browser, page):
 
 def test_browser_selection_downloads_star_and_csv(example, browser, page):
     import starfile
-    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
     browser.find_element(By.CSS_SELECTOR, '[data-title="Box Select"]').click()
     # a box around group 2 (centre (10, 0), points within ±1.5): nothing else lies within 5 of it
-    x0, y0 = point_on_screen(browser, 7.0, 3.0)
-    x1, y1 = point_on_screen(browser, 13.0, -3.0)
-    actions = ActionChains(browser)
-    move_to(browser, x0, y0)
-    actions.click_and_hold().perform()
-    for k in range(1, 11):
-        move_to(browser, x0 + (x1 - x0) * k // 10, y0 + (y1 - y0) * k // 10)
-    ActionChains(browser).release().perform()
+    drag_through(browser, [(7.0 + 0.6 * k, 3.0 - 0.6 * k) for k in range(11)])
     expected = np.flatnonzero(example["groups"] == 2)
     for _ in range(50):
         if browser.execute_script("return explorer.selected().length") == expected.size:
@@ -320,6 +312,39 @@ def test_browser_selection_downloads_star_and_csv(example, browser, page):
     assert csv["row"].tolist() == expected.tolist()
     assert (csv["KMeans cluster"] == 2).all()
     np.testing.assert_allclose(csv[["x", "y"]].to_numpy(), example["xy"][expected], atol=1e-5)
+
+
+def drag_through(browser, points: list[tuple[float, float]]) -> None:
+    """Press the mouse at the first data point, move through the others, release."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    pixels = [point_on_screen(browser, x, y) for x, y in points]
+    move_to(browser, *pixels[0])
+    ActionChains(browser).click_and_hold().perform()
+    for p in pixels[1:]:
+        move_to(browser, *p)
+    ActionChains(browser).release().perform()
+
+
+def test_browser_lasso_downloads_exactly_the_lassoed_particles(example, browser, page):
+    import starfile
+    from selenium.webdriver.common.by import By
+
+    for old in browser.downloads.iterdir():
+        old.unlink()
+    browser.find_element(By.CSS_SELECTOR, '[data-title="Lasso Select"]').click()
+    # a 12-sided polygon of radius 4 around group 1 (centre (0, 10)); the nearest other group is 10 away
+    angles = np.linspace(0, 2 * np.pi, 13)
+    drag_through(browser, [(4 * np.cos(a), 10 + 4 * np.sin(a)) for a in angles])
+    expected = np.flatnonzero(example["groups"] == 1)
+    for _ in range(50):
+        if browser.execute_script("return explorer.selected().length") == expected.size:
+            break
+        time.sleep(0.1)
+    assert browser.execute_script("return explorer.selected()") == expected.tolist()
+    browser.find_element(By.ID, "download-star").click()
+    got = starfile.read(wait_for_file(browser.downloads, "*.star"))
+    pd.testing.assert_frame_equal(got, example["star"].iloc[expected].reset_index(drop=True), check_dtype=False)
 
 
 def test_browser_switches_colouring_and_3d(example, browser, page):
