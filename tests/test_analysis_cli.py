@@ -1,4 +1,4 @@
-"""The bin/ executables of the global steps, run as subprocesses on real files."""
+"""The global steps on real files: the commands in this process, the bin/ executables as processes."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 import starfile
 import yaml
 from conftest_analysis import make_prediction_folder
+from inprocess import run_cli
 from sklearn.metrics import adjusted_rand_score
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,9 +25,12 @@ REGION_COLS = ["label", "area", *[f"bbox-{i}" for i in range(6)], "centroid-0", 
 
 
 def run(tool: str, *args, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(BIN / tool), *map(str, args)] if tool.startswith("subtomo-") else [
-        sys.executable, "-m", "subtomo_embed.cli", tool, *map(str, args)]
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    """A bin/ executable (``subtomo-kmeans`` ...) as a process, or a command of ``subtomo-embed`` in this one."""
+    if tool.startswith("subtomo-"):
+        cmd = [sys.executable, str(BIN / tool), *map(str, args)]
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    else:
+        proc = run_cli([tool, *args], cwd)
     if check and proc.returncode != 0:
         raise AssertionError(f"{tool} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc
@@ -53,10 +57,10 @@ def project(tmp_path_factory):
         visualization={"prediction_folder": str(root / "vis"), "distance": "cosine", "3d_umap": True},
         parameters={"data": {"patch_size": [16, 16, 16]}},
     )
-    run("subtomo-merge", "--config_file", cfg)
-    run("subtomo-visualize", "--config_file", cfg)
-    run("subtomo-kmeans", "--config_file", cfg)
-    run("subtomo-spectral", "--config_file", cfg)
+    run("subtomo-merge", "--config_file", cfg)  # one executable as a process; the steps' outputs are the point
+    run("visualize", "--config_file", cfg)
+    run("kmeans", "--config_file", cfg)
+    run("spectral", "--config_file", cfg)
     return {"root": root, "pred": pred, "vis": root / "vis", "cfg": cfg, **truth}
 
 

@@ -2,7 +2,6 @@
 RELION 5 picks come back from clustering with every original column and value."""
 
 import json
-import subprocess
 
 import h5py
 import mrcfile
@@ -10,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import starfile
+from inprocess import run_cli
 from synthetic import make_checkpoint, write_config, write_h5_mask
 
 from subtomo_embed.core import picks as P
@@ -20,7 +20,8 @@ VOXEL = (4.2, 3.1, 2.7)  # z, y, x Å: anisotropic
 
 
 def run(args, env, ok=True):
-    proc = subprocess.run(args, env=env, capture_output=True, text=True)
+    """The command in this process (``inprocess.run_cli``): its own process is not the point here."""
+    proc = run_cli(args)
     if ok:
         assert proc.returncode == 0, proc.stderr
     return proc

@@ -14,7 +14,7 @@ from subtomo_embed.core.descriptors import describe_all
 from subtomo_embed.core.extract import Normalization
 from subtomo_embed.core.model import load_model, read_checkpoint
 from subtomo_embed.core.simulate import random_particle
-from subtomo_embed.core.train import ViewSettings, make_view, train
+from subtomo_embed.core.train import ViewSettings, make_view
 from subtomo_embed.stages import demo as D
 
 TINY = {"block_type": "basic", "num_layers": [1, 1, 1, 1], "num_filters": [4, 8, 8, 16], "dim": 16, "pred_dim": 8,

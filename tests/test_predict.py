@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import starfile
+from inprocess import run_cli
 from reference import reference_embeddings, reference_patches
 from synthetic import make_checkpoint, write_config, write_h5_mask, write_mrc
 
@@ -15,7 +16,11 @@ from subtomo_embed.core.model import load_model
 
 
 def run(args, env, cwd=None, ok=True):
-    proc = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True)
+    """The command in this process (``inprocess.run_cli``); ``bin/`` wrappers as real processes."""
+    if args[0] == "subtomo-embed":
+        proc = run_cli(args, cwd)
+    else:
+        proc = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True)
     if ok:
         assert proc.returncode == 0, proc.stderr
     return proc
