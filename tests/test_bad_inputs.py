@@ -15,9 +15,9 @@ import os
 import re
 import resource
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import h5py
 import mrcfile
@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from synthetic import TINY_NETWORK, make_checkpoint, make_dataset, write_config, write_h5_mask, write_mrc
+from synthetic import TINY_NETWORK, make_checkpoint, make_dataset, write_config, write_h5_mask
 from typer.testing import CliRunner
 
 from subtomo_embed.cli import app
@@ -135,8 +135,6 @@ def _one_instance_kmeans(ctx):
         emb = f["embeddings"][()]
         del f["embeddings"]
         f["embeddings"] = emb[:, :1]
-    for stem in ("TS_01", "TS_02"):
-        pass
     (ctx["out"] / "TS_02_embeds.h5").unlink()
     import pandas as pd
 
@@ -242,7 +240,8 @@ CASES = [
     Case("data-folder-empty", lambda c: [p.unlink() for p in c["data"].glob("*.mrc")] and None, 4,
          r"data: no '\*\.mrc' tomograms found"),
     Case("tomogram-broken-link", lambda c: (_tomo(c).unlink(), _tomo(c).symlink_to(c["root"] / "gone.mrc"),
-                                            _only_ts01(c)) and None, 4, r"TS_01\.mrc: tomogram listed .* does not exist"),
+                                            _only_ts01(c)) and None, 4,
+         r"TS_01\.mrc: tomogram listed .* does not exist"),
     Case("mask-folder-missing", lambda c: _set_config(c, instances_mask_folder=str(c["root"] / "nomasks")), 4,
          r"nomasks: instances_mask_folder does not exist"),
     Case("mask-missing", lambda c: _mask(c).unlink(), 4, r"no instance mask for TS_01\.mrc"),
@@ -250,7 +249,8 @@ CASES = [
          r"TS_01\.mrc: (not a readable MRC file|MRC)"),
     Case("mrc-truncated", lambda c: (_truncate(_tomo(c)), _only_ts01(c)) and None, 4,
          r"TS_01\.mrc: .*(truncated|not a readable MRC)"),
-    Case("mrc-wrong-mode", lambda c: _mode(c, np.zeros(SHAPE, np.complex64)), 4, r"TS_01\.mrc: unsupported MRC data type"),
+    Case("mrc-wrong-mode", lambda c: _mode(c, np.zeros(SHAPE, np.complex64)), 4,
+         r"TS_01\.mrc: unsupported MRC data type"),
     Case("mrc-2d", lambda c: _mode(c, np.zeros(SHAPE[1:], np.float32)), 4, r"TS_01\.mrc: expected a 3D volume"),
     Case("mrc-nan-voxels", lambda c: _mode(c, np.full(SHAPE, np.nan, np.float32)), 4, r"TS_01\.mrc: .*NaN or Inf"),
     Case("mrc-inf-voxels", lambda c: _mode(c, np.full(SHAPE, np.inf, np.float32)), 4, r"TS_01\.mrc: .*NaN or Inf"),
@@ -271,7 +271,8 @@ CASES = [
     Case("checkpoint-pickled-code", _evil, 5, r"model\.ckpt: checkpoint holds pickled objects .* refusing to load"),
     Case("kmeans-more-clusters-than-instances", _one_instance_kmeans, 4, r"1 instances cannot make 3 clusters",
          command="kmeans"),
-    Case("embeddings-different-dimensions", _different_dims, 4, r"TS_02_embeds\.h5: .*(dimension|dim)", command="merge"),
+    Case("embeddings-different-dimensions", _different_dims, 4, r"TS_02_embeds\.h5: .*(dimension|dim)",
+         command="merge"),
     Case("embeddings-nan", _nan_embeddings, 4, r"TS_02_embeds\.h5: .*(NaN|finite)", command="merge"),
     Case("output-folder-not-writable", _unwritable_output, 6, r"cannot create output folder"),
     Case("out-of-space-mid-write", _file_size_limit, 6, r"no space left on the device while writing", subprocess=True),
@@ -279,7 +280,8 @@ CASES = [
     Case("config-alias-bomb", _alias_bomb, 3, r"config\.yaml: the YAML expands to more than 100,000 values"),
     Case("config-recursive-alias", lambda c: c["config"].write_text(c["config"].read_text() + "train_files: &a [*a]\n"),
          3, r"config\.yaml: a YAML alias at line \d+ refers to a value that contains it"),
-    Case("checkpoint-enormous-network", _enormous_network, 5, r"model\.ckpt: state_dict does not fit .*shape mismatches"),
+    Case("checkpoint-enormous-network", _enormous_network, 5,
+         r"model\.ckpt: state_dict does not fit .*shape mismatches"),
     Case("checkpoint-too-many-blocks", _too_many_blocks, 5, r"model\.ckpt: .*num_layers .* asks for 4000003 residual"),
     # class 5: one-line errors instead of tracebacks
     Case("config-seed-out-of-range", lambda c: _set_config(c, seed=2**32), 3, r"config\.yaml: key 'seed'"),
@@ -290,7 +292,8 @@ CASES = [
     Case("picks-empty-label", lambda c: _picks(c, label=""), 4,
          r"picks\.csv: picks column 'label' row 2 is not an integer id", command="predict-centers"),
     Case("picks-label-beyond-int64", lambda c: _picks(c, label="9223372036854775808"), 4,
-         r"picks\.csv: picks column 'label' row 2 holds 9223372036854775808, beyond a 64-bit", command="predict-centers"),
+         r"picks\.csv: picks column 'label' row 2 holds 9223372036854775808, beyond a 64-bit",
+         command="predict-centers"),
     # class 6: config strictness
     Case("config-reserved-key", lambda c: c["config"].write_text(c["config"].read_text() + "source: x\n"), 3,
          r"config\.yaml: unknown key 'source'"),
@@ -354,7 +357,7 @@ def test_bad_input(case: Case, tmp_path, cli_env):
     assert code == case.code, stderr[-2000:]
     assert re.search(case.message, message), message
     assert "Traceback" not in stderr
-    errors = [l for l in stderr.splitlines() if re.match(r"^\w[\w ]* error: ", l)]
+    errors = [line for line in stderr.splitlines() if re.match(r"^\w[\w ]* error: ", line)]
     assert len(errors) == 1, stderr
     assert _snapshot(out) == before_out
     assert {k: _snapshot(ctx[k]) for k in ("data", "masks")} == before_inputs
@@ -373,7 +376,7 @@ def test_table_in_the_docs_matches_these_rows():
     rows = re.findall(r"^\|\s*`([a-z0-9-]+)`\s*\|", doc, flags=re.M)
     assert rows == [c.row for c in CASES]
     for case in CASES:
-        line = next(l for l in doc.splitlines() if l.startswith(f"| `{case.row}`"))
+        line = next(row for row in doc.splitlines() if row.startswith(f"| `{case.row}`"))
         assert f"| {case.code} |" in line, case.row
 
 

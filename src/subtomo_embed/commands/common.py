@@ -76,9 +76,9 @@ def guarded(debug: bool = False):
     except MemoryError:
         if debug:
             raise
-        err = ResourceError("out of memory; reduce hyper_parameters.batch_size or the number of tomograms at once")
-        typer.echo(f"{err.kind}: {err}", err=True)
-        raise typer.Exit(err.exit_code) from None
+        oom = ResourceError("out of memory; reduce hyper_parameters.batch_size or the number of tomograms at once")
+        typer.echo(f"{oom.kind}: {oom}", err=True)
+        raise typer.Exit(oom.exit_code) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(130) from None

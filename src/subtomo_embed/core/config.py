@@ -58,26 +58,26 @@ class _Section(BaseModel):
 
 
 class KMeansConfig(_Section):
-    num_clusters: int = Field(6, ge=1, le=MAX_COUNT)
+    num_clusters: int = Field(default=6, ge=1, le=MAX_COUNT)
     visualization: bool = True
 
 
 class SpectralConfig(_Section):
-    num_clusters: int = Field(6, ge=1, le=MAX_COUNT)
+    num_clusters: int = Field(default=6, ge=1, le=MAX_COUNT)
     estimate_num_clusters: bool = False
     visualization: bool = True
-    n_neighbors: int = Field(10, ge=2, le=MAX_COUNT)  # extension: neighbours of the affinity graph
+    n_neighbors: int = Field(default=10, ge=2, le=MAX_COUNT)  # extension: neighbours of the affinity graph
 
 
 class VisualizationConfig(_Section):
     prediction_folder: str | None = None
     distance: Literal[DISTANCES] = "euclidean"  # type: ignore[valid-type]
-    pca_components: int | None = Field(None, ge=1, le=MAX_COUNT)
+    pca_components: int | None = Field(default=None, ge=1, le=MAX_COUNT)
     visualization_suffix: str = "instance_regions.csv"
     visualize_umap: bool = True
-    umap_3d: bool = Field(False, alias="3d_umap")
-    max_plot_points: int = Field(20000, ge=100, le=MAX_COUNT)  # extension: subsample for plots only
-    explorer_thumbnails: int = Field(20000, ge=0, le=MAX_COUNT)
+    umap_3d: bool = Field(default=False, alias="3d_umap")
+    max_plot_points: int = Field(default=20000, ge=100, le=MAX_COUNT)  # extension: subsample for plots only
+    explorer_thumbnails: int = Field(default=20000, ge=0, le=MAX_COUNT)
     """Extension: at most this many instances (a stratified sample) get a particle thumbnail in
     ``embeddings_explorer.html``; the others show text only on hover. 0: no thumbnails."""
 
@@ -103,7 +103,7 @@ class DataConfig(_Section):
         return v
 
     @model_validator(mode="after")
-    def _ranges(self) -> "DataConfig":
+    def _ranges(self) -> DataConfig:
         if not self.max > self.min:
             raise ValueError(f"max ({self.max}) must be greater than min ({self.min})")
         if not self.std > 0:
@@ -116,14 +116,14 @@ class NetworkConfig(_Section):
 
     spatial_dims: int = 3
     in_channels: int = 1
-    dim: int = Field(1024, ge=1, le=MAX_COUNT)
+    dim: int = Field(default=1024, ge=1, le=MAX_COUNT)
     block_type: Literal["basic", "bottleneck"] = "bottleneck"
     num_layers: list[int] = Field(default_factory=lambda: [1, 1, 1, 1])
     num_filters: list[int] = Field(default_factory=lambda: [64, 128, 256, 512])
     no_max_pool: bool = True
-    pred_dim: int = Field(512, ge=1, le=MAX_COUNT)
-    conv1_t_size: int = Field(7, ge=1, le=MAX_COUNT)
-    conv1_t_stride: int = Field(1, ge=1, le=MAX_COUNT)
+    pred_dim: int = Field(default=512, ge=1, le=MAX_COUNT)
+    conv1_t_size: int = Field(default=7, ge=1, le=MAX_COUNT)
+    conv1_t_stride: int = Field(default=1, ge=1, le=MAX_COUNT)
 
     @field_validator("num_layers", "num_filters")
     @classmethod
@@ -149,10 +149,10 @@ class ParametersConfig(_Section):
 
 
 class HyperParametersConfig(_Section):
-    batch_size: int = Field(10, ge=1, le=MAX_COUNT)
+    batch_size: int = Field(default=10, ge=1, le=MAX_COUNT)
     # extensions used by `train`
-    learning_rate: float = Field(0.001, gt=0)
-    max_steps: int = Field(1000, ge=1, le=MAX_COUNT)
+    learning_rate: float = Field(default=0.001, gt=0)
+    max_steps: int = Field(default=1000, ge=1, le=MAX_COUNT)
 
 
 class InstancesConfig(_Section):
@@ -177,7 +177,7 @@ class CentersConfig(_Section):
     voxel_size: Any = None  # Å per tomogram voxel (number or [z, y, x]); null: MRC header
     picks_voxel_size: Any = None  # Å per voxel of voxel-unit picks; null: the tomogram's
     tomogram_column: str | None = None  # the column naming each pick's tomogram; null: rlnTomoName, ...
-    mask_radius: float | None = Field(None, gt=0)  # voxels; null: no sphere mask
+    mask_radius: float | None = Field(default=None, gt=0)  # voxels; null: no sphere mask
     border: Literal["pad", "skip"] = "pad"
 
     @field_validator("voxel_size", "picks_voxel_size")
@@ -206,16 +206,16 @@ class Config(_Section):
     clustering_files: list[str] | None = None
     visualization_files: list[str] | None = None
 
-    min_particle_size: int | None = Field(None, ge=0, lt=2**63)
-    max_particle_size: int | None = Field(None, ge=0, lt=2**63)
+    min_particle_size: int | None = Field(default=None, ge=0, lt=2**63)
+    max_particle_size: int | None = Field(default=None, ge=0, lt=2**63)
     masking_type: Literal[0, 1, 2] = 1
-    expand_labels: int = Field(0, ge=0, le=MAX_COUNT)
+    expand_labels: int = Field(default=0, ge=0, le=MAX_COUNT)
 
     instances: InstancesConfig | None = None
 
     # CryoSiam's centres-based prediction (simsiam_embeddings_from_centers_predict)
     centers_file: str | None = None
-    centers_patch_size: int | None = Field(None, ge=1, le=MAX_COUNT)
+    centers_patch_size: int | None = Field(default=None, ge=1, le=MAX_COUNT)
     centers: CentersConfig = Field(default_factory=CentersConfig)
 
     clustering_kmeans: KMeansConfig = Field(default_factory=KMeansConfig)
@@ -225,7 +225,7 @@ class Config(_Section):
     hyper_parameters: HyperParametersConfig = Field(default_factory=HyperParametersConfig)
 
     # extensions (documented in docs/config.md)
-    seed: int = Field(0, ge=0, lt=2**32)  # NumPy's and scikit-learn's seeds are 32-bit
+    seed: int = Field(default=0, ge=0, lt=2**32)  # NumPy's and scikit-learn's seeds are 32-bit
     skip_missing_masks: bool = False
     mixed_precision: bool = False
 

@@ -7,6 +7,7 @@ A name is built here and nowhere else: a stage asks this module for a path, neve
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,6 +120,21 @@ def cluster_particles_star(folder: Path, method: str, cluster: int) -> Path:
 def label_volume(folder: Path, stem: str, method: str) -> Path:
     """A tomogram's instances painted with their cluster ids."""
     return folder / f"{stem}_clusters_{method}.mrc"
+
+
+def outputs_record(folder: Path, method: str) -> Path:
+    """``.<method>_outputs.json``: the files the last ``<method>`` run wrote (the next run removes
+    those it no longer writes)."""
+    return folder / f".{method}_outputs.json"
+
+
+def is_cluster_output(name: str, method: str) -> bool:
+    """Whether ``name`` is a file name a ``<method>`` clustering run writes (in either folder)."""
+    m = re.escape(method)
+    patterns = (rf"{m}_clusters\.h5", rf".+_clusters_{m}\.(h5|mrc)", rf".+_instance_regions_{m}_clustered\.(csv|star)",
+                rf"{m}_particles\.star", rf"{m}_cluster_\d+_(particles\.star|gallery\.png)",
+                rf"{m}_clusters_\w+\.(csv|png)", rf"{m}_distance_map\.png")
+    return any(re.fullmatch(p, name) for p in patterns)
 
 
 # --------------------------------------------------------------------------------------------

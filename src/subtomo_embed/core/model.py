@@ -75,18 +75,21 @@ class SimSiam(nn.Module):
             bias_downsample=bias_downsample,
             act=("relu", {"inplace": False}),
         )
-        prev_dim = self.encoder.fc.weight.shape[1]
-        self.encoder.fc = nn.Sequential(
+        head = self.encoder.fc
+        assert isinstance(head, nn.Linear)  # MONAI's ResNet ends in Linear(features, num_classes)
+        prev_dim = head.weight.shape[1]
+        fc = nn.Sequential(
             nn.Linear(prev_dim, prev_dim, bias=False),
             nn.BatchNorm1d(prev_dim),
             nn.ReLU(inplace=False),
             nn.Linear(prev_dim, prev_dim, bias=False),
             nn.BatchNorm1d(prev_dim),
             nn.ReLU(inplace=False),
-            self.encoder.fc,
+            head,
             nn.BatchNorm1d(dim, affine=False),
         )
-        self.encoder.fc[6].bias.requires_grad = False  # followed by BN
+        head.bias.requires_grad = False  # followed by BN
+        self.encoder.fc = fc  # type: ignore[assignment]  # MONAI types it Linear | None
         self.predictor = nn.Sequential(
             nn.Linear(dim, pred_dim, bias=False),
             nn.BatchNorm1d(pred_dim),
@@ -124,7 +127,8 @@ def build_simsiam(network: dict | None, bias_downsample: bool = True) -> SimSiam
 # checkpoints
 
 
-def lightning_checkpoint(model: SimSiam, config: dict, step: int = 0, epoch: int = 0, extra: dict | None = None) -> dict:
+def lightning_checkpoint(model: SimSiam, config: dict, step: int = 0, epoch: int = 0,
+                         extra: dict | None = None) -> dict:
     """A checkpoint dict in CryoSiam's Lightning layout."""
     state = {STATE_PREFIX + k: v.detach().cpu() for k, v in model.state_dict().items()}
     ckpt = {
@@ -149,7 +153,7 @@ def save_checkpoint(path: str | Path, model: SimSiam, config: dict, step: int = 
 
 # Plain containers Lightning writes into checkpoints (its ``AttributeDict`` is a dict subclass);
 # they are rebuilt as plain dicts. Nothing else that is not plain data may be unpickled.
-_LIGHTNING_CONTAINERS = [
+_LIGHTNING_CONTAINERS: list[Any] = [
     (dict, "lightning.fabric.utilities.data.AttributeDict"),
     (dict, "lightning_fabric.utilities.data.AttributeDict"),
     (dict, "pytorch_lightning.utilities.parsing.AttributeDict"),

@@ -61,7 +61,8 @@ class Convention:
         return f"{'/'.join(self.columns)} in {self.units}, {self.origin} origin"
 
 
-def detect_convention(table: pd.DataFrame, units: str = "auto", origin: str = "auto", source: Path | None = None) -> Convention:
+def detect_convention(table: pd.DataFrame, units: str = "auto", origin: str = "auto",
+                      source: Path | None = None) -> Convention:
     """The coordinate columns of a picks table and their convention (``units``/``origin`` override)."""
     known = [
         (RELION5, "angstrom", "centered"),
@@ -269,7 +270,8 @@ def as_triple(value, key: str, source: str) -> tuple[float, float, float] | None
     values = [value] * 3 if isinstance(value, (int, float)) else list(value)
     if len(values) != 3 or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values):
         raise ConfigError(f"key '{key}' must be a positive number or [z, y, x] (got {value!r})", source)
-    return tuple(float(v) for v in values)
+    z, y, x = (float(v) for v in values)
+    return z, y, x
 
 
 def box_start(position: np.ndarray, size: int) -> np.ndarray:

@@ -9,6 +9,7 @@ found), and RELION particles STAR files (all, and one per cluster). With
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pandas as pd
 from ..core import io, layout
 from ..core.config import Config
 from ..core.errors import ConfigError, InputDataError
+from ..core.picks import PICK_PREFIX
 from .figures import cluster_figures
 from .merging import Folders, Merged, load_merged, plan_merged
 
@@ -89,6 +91,7 @@ def write_cluster_outputs(
 ) -> dict[str, Path]:
     out = folders.output_dir
     written: dict[str, Path] = {}
+    also_written: list[Path] = []  # the per-tomogram and per-cluster files (issue 13: the next run's record)
     sizes = {int(c): int((labels == c).sum()) for c in ids}
     log.info("%s cluster sizes: %s", layout.CLUSTER_METHODS[method], sizes)
     path = layout.clusters(out, method)
@@ -108,6 +111,8 @@ def write_cluster_outputs(
         star = clustered_star(layout.TomogramOutputs(folders.input_dir, stem).regions_star, regions, pred)
         io.write_star(layout.clustered_regions_star(out, stem, method), star, exact=True)
         stars.append(star)
+        also_written += [layout.tomogram_clusters(out, stem, method), layout.clustered_regions_csv(out, stem, method),
+                         layout.clustered_regions_star(out, stem, method)]
     if all("rlnTomoName" in star.columns for star in stars):
         particles = pd.concat(stars, ignore_index=True)  # the rows predict wrote, in their convention
     else:
@@ -116,14 +121,50 @@ def write_cluster_outputs(
     for c in ids:
         io.write_star(layout.cluster_particles_star(out, method, int(c)),
                       particles[particles["rlnClass"] == c].reset_index(drop=True), exact=True)
+        also_written.append(layout.cluster_particles_star(out, method, int(c)))
     log.info("wrote %s, per-tomogram tables and per-cluster STAR files to %s", path.name, out)
 
     volume_ids = labels + 1 if ids.min() == 0 else labels  # background stays 0
-    write_label_volumes(cfg, merged, volume_ids, out, method)
+    also_written += write_label_volumes(cfg, merged, volume_ids, out, method)
     section = getattr(cfg, f"clustering_{method}")
     if section.visualization:
         written.update(cluster_figures(cfg, folders, merged, method, labels, ids, centers))
+    remove_previous_outputs(folders, method, [layout.particles_star(out, method), *written.values(), *also_written])
     return written
+
+
+# --- issue 13, class 4: a re-run leaves exactly its own outputs ---------------------------------------------
+
+
+def remove_previous_outputs(folders: Folders, method: str, written: list[Path]) -> None:
+    """Remove what the previous ``method`` run wrote (its record in the output folder) and this one
+    did not (e.g. ``kmeans_cluster_5_*`` after a re-run with k=3), then record this run's outputs.
+
+    Only files named in that record, in this run's output or visualization folder, whose names
+    are ours (:func:`layout.is_cluster_output`) are removed: never anything we did not write.
+    """
+    record = layout.outputs_record(folders.output_dir, method)
+    now = {p.absolute() for p in written}
+    previous = _read_record(record)
+    folders_ours = {folders.output_dir.absolute(), folders.vis_dir.absolute()}
+    stale = [p for p in previous if p not in now and p.parent in folders_ours
+             and layout.is_cluster_output(p.name, method) and p.is_file() and not p.is_symlink()]
+    for path in stale:
+        path.unlink()
+    if stale:
+        log.info("removed %d outputs of the previous %s run that this run does not write (e.g. %s)", len(stale),
+                 method, stale[0].name)
+    with io.atomic_output(record) as tmp:
+        tmp.write_text(json.dumps([str(p) for p in sorted(now)], indent=0))
+
+
+def _read_record(record: Path) -> list[Path]:
+    """The files a previous run recorded; nothing when there is no (readable) record."""
+    try:
+        names = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return []
+    return [Path(n) for n in names if isinstance(n, str)] if isinstance(names, list) else []
 
 
 def clustered_star(source: Path, regions: pd.DataFrame, classes: np.ndarray) -> pd.DataFrame:
@@ -162,15 +203,22 @@ def particles_table(cfg: Config, table: pd.DataFrame, labels: np.ndarray) -> pd.
     )
 
 
-def write_label_volumes(cfg: Config, merged: Merged, volume_ids: np.ndarray, out: Path, method: str) -> None:
-    """Per tomogram ``<stem>_clusters_<method>.mrc``: each instance's voxels carry its (1-based) cluster id."""
+def write_label_volumes(cfg: Config, merged: Merged, volume_ids: np.ndarray, out: Path, method: str) -> list[Path]:
+    """Per tomogram ``<stem>_clusters_<method>.mrc``: each instance's voxels carry its (1-based) cluster id.
+
+    Not for picks: a pick's id is not a label of the mask (painting the mask by it would be wrong).
+    """
     mask_folder = cfg.optional_path("instances_mask_folder")
     if mask_folder is None or not mask_folder.is_dir():
         log.info("no cluster label volumes: instances_mask_folder is %s",
                  "not set" if mask_folder is None else f"not a folder ({mask_folder})")
-        return
+        return []
+    if any(str(c).startswith(PICK_PREFIX) for c in merged.table.columns):
+        log.info("no cluster label volumes: the embeddings come from picks, whose ids are not labels of the masks "
+                 "(the clustered STAR files carry each pick's class)")
+        return []
     data_folder = cfg.optional_path("data_folder")
-    done = 0
+    done: list[Path] = []
     all_labels = merged.table["label"].to_numpy(np.int64)
     for i, stem in enumerate(io.progress(merged.stems, f"{method} label volumes")):
         mask_path = io.find_mask(mask_folder, stem, cfg.file_extension, cfg.instances_suffix)
@@ -179,13 +227,50 @@ def write_label_volumes(cfg: Config, merged: Merged, volume_ids: np.ndarray, out
             continue
         mask = io.read_instance_mask(mask_path)
         lab, cls = all_labels[merged.rows(i)], volume_ids[merged.rows(i)]
-        top = int(max(mask.max(initial=0), lab.max(initial=0)))
-        lut = np.zeros(top + 1, dtype=np.int8 if cls.max(initial=0) < 128 else np.int16)
-        lut[lab] = cls
         tomogram = data_folder / f"{stem}{cfg.file_extension}" if data_folder else None
-        io.write_mrc(layout.label_volume(out, stem, method), lut[mask], _voxel_size([mask_path, tomogram]))
-        done += 1
-    log.info("wrote %d cluster label volumes", done)
+        io.write_mrc(layout.label_volume(out, stem, method), paint_labels(mask, lab, cls),
+                     _voxel_size([mask_path, tomogram]))
+        done.append(layout.label_volume(out, stem, method))
+    log.info("wrote %d cluster label volumes", len(done))
+    return done
+
+
+_DENSE_TABLE_LIMIT = 2**24  # labels up to this go through a dense lookup table (at most 64 MiB)
+
+
+def label_volume_dtype(top: int) -> np.dtype:
+    """The smallest MRC data type that holds cluster ids 0..top exactly (MRC has no 32-bit integers)."""
+    for dtype in (np.int8, np.int16, np.uint16):
+        if top <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.float32)  # exact up to 2^24 ids
+
+
+def paint_labels(mask: np.ndarray, labels: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """A volume of ``mask``'s shape: ``values[i]`` where ``mask == labels[i]``, 0 elsewhere.
+
+    The table from label to value is sized by the labels present, never by the largest label
+    value (a label just above 2^53 must not ask for petabytes): a dense table when every label is
+    small, else a sorted lookup (``searchsorted``), one z slice at a time.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    dtype = label_volume_dtype(int(np.max(values, initial=0)))
+    if labels.size == 0:
+        return np.zeros(mask.shape, dtype=dtype)
+    top = int(max(mask.max(initial=0), labels.max()))
+    if top <= _DENSE_TABLE_LIMIT:
+        table = np.zeros(top + 1, dtype=dtype)
+        table[labels] = values
+        return table[mask]
+    order = np.argsort(labels, kind="stable")
+    keys, ordered = labels[order], np.asarray(values)[order].astype(dtype)
+    out = np.zeros(mask.shape, dtype=dtype)
+    for z in range(mask.shape[0]):
+        plane = mask[z].astype(np.int64, copy=False)
+        at = np.minimum(np.searchsorted(keys, plane), keys.size - 1)
+        hit = keys[at] == plane
+        out[z][hit] = ordered[at[hit]]
+    return out
 
 
 def _voxel_size(candidates: list[Path | None]) -> float:
