@@ -58,6 +58,7 @@ def example():
         "rlnTomoName": tomogram, "rlnLabel": label, "rlnArea": area,
         "rlnCoordinateZ": centroid[:, 0], "rlnCoordinateY": centroid[:, 1], "rlnCoordinateX": centroid[:, 2],
         "rlnCenteredCoordinateXAngst": np.round(centroid[:, 2] * 10.0 - 300.0, 2),
+        "rlnAngleRot": np.where(label % 7 == 0, np.nan, label * 0.25),  # missing values stay missing
         "rlnClass": groups,
     })
     star.loc[1, "rlnCoordinateX"] = 7.0  # an integral float must stay a float

@@ -180,6 +180,7 @@
         return s === "" || /\s/.test(s) ? '"' + s + '"' : s;
       }
       const v = c.values[i];
+      if (v === null) return "nan";
       if (c.kind === "float" && Number.isInteger(v)) return v.toFixed(1);  // stays a float when read back
       return String(v);
     }

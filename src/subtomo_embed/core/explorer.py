@@ -219,7 +219,10 @@ def star_columns(star) -> list[dict]:
         if kind in "iub":
             columns.append({"name": str(name), "kind": "int", "values": values.astype(np.int64).tolist()})
         elif kind == "f":
-            columns.append({"name": str(name), "kind": "float", "values": values.astype(np.float64).tolist()})
+            floats = values.astype(np.float64)
+            listed = [v if np.isfinite(v) else None for v in floats.tolist()] if not np.isfinite(floats).all() \
+                else floats.tolist()  # JSON has no NaN: null, written back as nan
+            columns.append({"name": str(name), "kind": "float", "values": listed})
         else:
             cats, codes = np.unique(values.astype(str), return_inverse=True)
             columns.append({"name": str(name), "kind": "str", "categories": cats.tolist(),
