@@ -63,7 +63,9 @@ def rotated(p: Particle, rng: np.random.Generator) -> Particle:
     return another_view(p, rng, 0.0)
 
 
-def another_view(p: Particle, rng: np.random.Generator, scale_jitter: float = 0.0, aspect_jitter: float = 0.0) -> Particle:
+def another_view(
+    p: Particle, rng: np.random.Generator, scale_jitter: float = 0.0, aspect_jitter: float = 0.0
+) -> Particle:
     """The same particle (class, size, aspect) at a new random orientation; its size and aspect
     optionally rescaled by factors in ``[1/(1+j), 1+j]`` (scale augmentations)."""
     size, aspect = p.size, p.aspect
@@ -191,8 +193,18 @@ def simulate_tomogram(
         clean[region] += density
         mask[region][body] = label
         centre = [c + (full - 1) / 2 - t.start for c, t in zip(corner, tight)]
-        truth.append({"label": label, "class": p.cls, "class_name": p.name, "size": round(p.size, 4),
-                      "aspect": round(p.aspect, 4), "z": centre[0], "y": centre[1], "x": centre[2]})
+        truth.append(
+            {
+                "label": label,
+                "class": p.cls,
+                "class_name": p.name,
+                "size": round(p.size, 4),
+                "aspect": round(p.aspect, 4),
+                "z": centre[0],
+                "y": centre[1],
+                "x": centre[2],
+            }
+        )
     if len(truth) < n_particles:
         log.warning("placed %d of %d particles: the volume %s is too crowded", len(truth), n_particles, shape)
     return Tomogram(degrade(clean, rng, snr, wedge), mask, truth)
@@ -203,7 +215,12 @@ def simulate_tomogram(
 
 
 def particle_volume(
-    p: Particle, rng: np.random.Generator, snr: float, wedge: float | None, box: int, dilate: int = 0,
+    p: Particle,
+    rng: np.random.Generator,
+    snr: float,
+    wedge: float | None,
+    box: int,
+    dilate: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One particle alone in a ``box``³ volume, degraded; returns (volume float32, mask int32 label 1).
 
