@@ -82,7 +82,6 @@ def snapshot(folder: Path) -> dict[str, str]:
 # --- class 1: names read from files never become paths ----------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: the fix in the stages lands next")  # PENDING
 def test_names_in_a_merged_file_never_become_paths(run, tmp_path):
     root, config, _ = run
     merged = root / "shared"
@@ -98,7 +97,6 @@ def test_names_in_a_merged_file_never_become_paths(run, tmp_path):
     assert snapshot(tmp_path) == before
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: the fix in the stages lands next")  # PENDING
 def test_a_patches_file_stem_never_becomes_a_path(run, tmp_path):
     root, config, _ = run
     code, stderr = invoke("extract", "-c", config, "--filename", "TS_01.mrc", "--output-dir", root / "patches")
@@ -142,14 +140,13 @@ def test_labels_above_2_to_the_53_make_no_dense_table(run):
 # --- class 3: no silent wrong results ----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: the fix in the stages lands next")  # PENDING
 def test_patches_of_another_size_than_the_config_are_refused(run):
     root, config, _ = run
     assert invoke("extract", "-c", config, "--filename", "TS_01.mrc", "--output-dir", root / "patches")[0] == 0
     code, stderr = invoke("embed", "-c", config, "--patches", root / "patches" / "TS_01_patches.h5", "--output-dir",
                           root / "emb", "--set", "parameters.data.patch_size=[8,8,8]")
     assert code == 4, stderr
-    assert re.search(r"TS_01_patches\.h5: patches of 12×12×12 .*parameters\.data\.patch_size \[8, 8, 8\]",
+    assert re.search(r"TS_01_patches\.h5: patches of 12×12×12 voxels, but parameters\.data\.patch_size is \[8, 8, 8\]",
                      last_line(stderr)), stderr
     assert not (root / "emb").exists() or not any((root / "emb").iterdir())
 
@@ -250,7 +247,6 @@ def test_an_output_folder_that_is_an_input_folder_is_refused_before_anything_is_
 # --- class 5: one line, the right exit code, nothing written ------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: the fix in the stages lands next")  # PENDING
 def test_an_hdf5_group_where_a_dataset_is_expected(run):
     root, config, set_config = run
     with h5py.File(root / "masks" / "TS_01_instance_preds.h5", "w") as f:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import h5py
 import numpy as np
 
+from . import layout
 from .errors import InputDataError
 from .io import FINGERPRINT_ATTR, atomic_output, dataset, open_h5
 
@@ -65,6 +66,7 @@ class PatchesFile:
     stamp: str  # the extraction's fingerprint
     tomogram_shape: tuple[int, ...] | None
     voxel_size: tuple[float, ...] | None
+    patch_shape: tuple[int, ...] = ()  # z, y, x of every patch
 
 
 def write_patches_file(path: Path, shape: tuple[int, ...], columns: dict[str, np.ndarray], attrs: dict,
@@ -92,12 +94,17 @@ def read_patches_file(path: Path) -> PatchesFile:
     with open_h5(path) as f:
         if "patches" not in f or "regions" not in f or "columns" not in f.attrs:
             raise InputDataError("not a patches file (needs datasets 'patches' and group 'regions')", path)
-        table = pd.DataFrame({c: f["regions"][c][()] for c in json.loads(f.attrs["columns"])})
-        stem = f.attrs["stem"]
+        if not isinstance(f["regions"], h5py.Group):
+            raise InputDataError("'regions' is an HDF5 dataset, not a group", path)
+        table = pd.DataFrame({c: dataset(f["regions"], c)[()] for c in json.loads(f.attrs["columns"])})
+        stem = layout.safe_stem(f.attrs.get("stem", ""), path)
         shape = tuple(int(n) for n in f.attrs["tomogram_shape"]) if "tomogram_shape" in f.attrs else None
         voxel = tuple(float(v) for v in f.attrs["voxel_size"]) if "voxel_size" in f.attrs else None
-        return PatchesFile(path, stem.decode() if isinstance(stem, bytes) else str(stem), table,
-                           f["patches"].shape[0], str(f.attrs.get(FINGERPRINT_ATTR, "")), shape, voxel)
+        patches = dataset(f, "patches")
+        if patches.ndim != 4:
+            raise InputDataError(f"dataset 'patches' must be 4D [N, z, y, x], got shape {patches.shape}", path)
+        return PatchesFile(path, stem, table, patches.shape[0], str(f.attrs.get(FINGERPRINT_ATTR, "")), shape, voxel,
+                           tuple(patches.shape[1:]))
 
 
 def iter_patches_file(path: Path, chunk: int = 32) -> Iterator[np.ndarray]:
@@ -149,13 +156,13 @@ def read_merged_embeddings(path: Path) -> MergedContents:
         counts = dataset(f, "number_of_samples")
         if emb.ndim != 2:
             raise InputDataError(f"dataset 'embeddings' must be 2D [N, dim], got shape {emb.shape}", path)
-        names = f["tomograms"][()] if "tomograms" in f else None
-        stems = None if names is None else [s.decode() if isinstance(s, bytes) else str(s) for s in names]
+        names = dataset(f, "tomograms")[()] if "tomograms" in f else None
+        stems = None if names is None else [layout.safe_stem(s, path) for s in np.ravel(names)]
         key = f.attrs.get(FINGERPRINT_ATTR)
         return MergedContents(
             np.asarray(emb[()], dtype=np.float32),
             np.asarray(counts[()], dtype=np.int64).ravel(),
             stems,
-            np.asarray(f["labels"][()], dtype=np.int64) if "labels" in f else None,
+            np.asarray(dataset(f, "labels")[()], dtype=np.int64) if "labels" in f else None,
             None if key is None else (key.decode() if isinstance(key, bytes) else str(key)),
         )

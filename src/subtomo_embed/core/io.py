@@ -282,7 +282,7 @@ def read_instance_mask(path: str | Path) -> np.ndarray:
         with open_h5(path) as f:
             if "instances" not in f:
                 raise InputDataError("HDF5 mask has no dataset 'instances'", path)
-            mask = f["instances"][()]
+            mask = dataset(f, "instances")[()]
     else:
         data, _ = open_mrc_volume(path)
         mask = np.asarray(data)
@@ -294,6 +294,9 @@ def read_instance_mask(path: str | Path) -> np.ndarray:
         raise InputDataError(f"mask has an unsupported data type {mask.dtype}", path)
     if mask.dtype.kind == "i" and mask.size and mask.min() < 0:
         raise InputDataError(f"mask has negative labels (minimum {int(mask.min())})", path)
+    if mask.dtype == np.uint64 and mask.size and int(mask.max()) > np.iinfo(np.int64).max:
+        raise InputDataError(f"mask has labels beyond a 64-bit signed integer (maximum {int(mask.max())}); "
+                             "relabel from 1", path)
     return mask
 
 
@@ -417,11 +420,14 @@ def open_h5(path: str | Path) -> Iterator[h5py.File]:
         raise InputDataError(f"not a readable HDF5 file ({_short(err)})", path) from None
 
 
-def dataset(f: h5py.File, name: str) -> h5py.Dataset:
-    """``f[name]``, or an :class:`InputDataError` naming the file that lacks it."""
+def dataset(f: h5py.File | h5py.Group, name: str) -> h5py.Dataset:
+    """``f[name]``, or an :class:`InputDataError` naming the file that lacks it or holds a group there."""
     if name not in f:
-        raise InputDataError(f"HDF5 file has no dataset '{name}'", Path(f.filename))
-    return f[name]
+        raise InputDataError(f"HDF5 file has no dataset '{name}'", Path(f.file.filename))
+    found = f[name]
+    if not isinstance(found, h5py.Dataset):
+        raise InputDataError(f"'{name}' is an HDF5 group, not a dataset", Path(f.file.filename))
+    return found
 
 
 def read_h5_dataset(path: str | Path, name: str) -> np.ndarray:

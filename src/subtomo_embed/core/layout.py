@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import InputDataError
+
 EMBEDS_SUFFIX = "_embeds.h5"
 LABELS_SUFFIX = "_instance_labels.h5"
 REGIONS_SUFFIX = "_instance_regions.csv"
@@ -23,6 +25,21 @@ MERGED_TABLE_NAME = "embeddings_table.csv"
 CLUSTER_METHODS = {"kmeans": "KMeans", "spectral": "Spectral"}  # file name -> display name
 
 
+def safe_stem(name: object, source: Path | str | None = None) -> str:
+    """``name`` as text if it is a plain file stem: no folder part (``/``, ``\\``), not ``.`` or
+    ``..``, no NUL, not empty; else an :class:`InputDataError` naming ``source``.
+
+    Every name read from a file (a merged file's ``tomograms``, a patches file's ``stem``) or given
+    by a user that becomes part of a path passes here, and every path built here from a stem checks
+    it again, so no input can make a command write (or read) outside the folders it was given.
+    """
+    text = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
+    if not text or text in (".", "..") or any(c in text for c in "/\\\0"):
+        raise InputDataError(f"tomogram name {text!r} is not a plain file name (a folder part, '..', NUL or empty); "
+                             "refusing to use it in a path", source)
+    return text
+
+
 # --------------------------------------------------------------------------------------------
 # per tomogram
 
@@ -33,6 +50,9 @@ class TomogramOutputs:
 
     folder: Path
     stem: str
+
+    def __post_init__(self) -> None:
+        safe_stem(self.stem, self.folder)
 
     @property
     def labels(self) -> Path:
@@ -56,7 +76,7 @@ class TomogramOutputs:
 
 
 def patches_file(folder: Path, stem: str) -> Path:
-    return folder / f"{stem}{PATCHES_SUFFIX}"
+    return folder / f"{safe_stem(stem, folder)}{PATCHES_SUFFIX}"
 
 
 def cryosiam_regions(mask_folder: Path, stem: str, instances_suffix: str) -> Path:
@@ -98,15 +118,15 @@ def clusters(folder: Path, method: str) -> Path:
 
 
 def tomogram_clusters(folder: Path, stem: str, method: str) -> Path:
-    return folder / f"{stem}_clusters_{method}.h5"
+    return folder / f"{safe_stem(stem, folder)}_clusters_{method}.h5"
 
 
 def clustered_regions_csv(folder: Path, stem: str, method: str) -> Path:
-    return folder / f"{stem}_instance_regions_{method}_clustered.csv"
+    return folder / f"{safe_stem(stem, folder)}_instance_regions_{method}_clustered.csv"
 
 
 def clustered_regions_star(folder: Path, stem: str, method: str) -> Path:
-    return folder / f"{stem}_instance_regions_{method}_clustered.star"
+    return folder / f"{safe_stem(stem, folder)}_instance_regions_{method}_clustered.star"
 
 
 def particles_star(folder: Path, method: str) -> Path:
@@ -119,7 +139,7 @@ def cluster_particles_star(folder: Path, method: str, cluster: int) -> Path:
 
 def label_volume(folder: Path, stem: str, method: str) -> Path:
     """A tomogram's instances painted with their cluster ids."""
-    return folder / f"{stem}_clusters_{method}.mrc"
+    return folder / f"{safe_stem(stem, folder)}_clusters_{method}.mrc"
 
 
 def outputs_record(folder: Path, method: str) -> Path:
@@ -155,7 +175,7 @@ def all_tomograms(vis: Path, projection: str, dims: int, extension: str) -> Path
 
 
 def tomogram_projection(vis: Path, stem: str, projection: str, dims: int, extension: str) -> Path:
-    return vis / f"{stem}_{projection}{_dims_tag(dims)}.{extension}"
+    return vis / f"{safe_stem(stem, vis)}_{projection}{_dims_tag(dims)}.{extension}"
 
 
 def distance_map(vis: Path, ordered_by: str) -> Path:

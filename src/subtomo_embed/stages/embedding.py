@@ -30,7 +30,7 @@ import numpy as np
 
 from ..core import h5files, io, layout
 from ..core.config import Config
-from ..core.errors import ConfigError, SubtomoError
+from ..core.errors import ConfigError, InputDataError, SubtomoError
 from ..core.extract import iter_patches
 from .tomograms import (
     TomogramGeometry,
@@ -297,8 +297,21 @@ def run_predict(
 # embed: patches files
 
 
-def patches_job(run: Run, path: Path) -> Job:
+def read_patches_header(cfg: Config, path: Path) -> h5files.PatchesFile:
+    """A patches file's header, checked against this run: its stem is a plain name (read by
+    :func:`h5files.read_patches_file`) and its patches have the config's patch size (never embed
+    8³ patches under a 32³ config)."""
     patches = h5files.read_patches_file(path)
+    size = patch_size(cfg)
+    if patches.patch_shape != size:
+        raise InputDataError(
+            f"patches of {'×'.join(map(str, patches.patch_shape))} voxels, but parameters.data.patch_size is "
+            f"{list(size)} ({cfg.origin('parameters.data.patch_size')}): extract them with this config", path)
+    return patches
+
+
+def patches_job(run: Run, patches: h5files.PatchesFile) -> Job:
+    path = patches.path
     geometry = None
     if patches.tomogram_shape is not None and patches.voxel_size is not None:
         z, y, x = patches.tomogram_shape
@@ -328,12 +341,10 @@ def run_embed(
     keep_going: bool = False,
 ) -> RunSummary:
     """Embed patches files (from ``extract``) and write the per-tomogram outputs."""
-    out = prepare_output_folder(output_dir or cfg.path("prediction_folder"))
     if not patches_files:
         folder = cfg.path("prediction_folder")
         patches_files = [layout.patches_file(folder, cfg.stem(t.name)) for t in list_tomograms(cfg, filename)]
+    headers = [read_patches_header(cfg, p) for p in patches_files]  # every file checked before anything is written
+    out = prepare_output_folder(output_dir or cfg.path("prediction_folder"))
     run = start_run("embed", cfg, out, checkpoint, device, overwrite, keep_going)
-    jobs = [
-        (layout.stem_of(p, layout.PATCHES_SUFFIX) or p.name, partial(patches_job, run, p)) for p in patches_files
-    ]
-    return embed_tomograms(run, jobs)
+    return embed_tomograms(run, [(h.stem, partial(patches_job, run, h)) for h in headers])
