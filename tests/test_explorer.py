@@ -462,3 +462,30 @@ def test_explorer_bounds_the_points_by_a_stratified_sample(real, tmp_path, monke
     assert set(data["thumbnails"]) == {str(i) for i in range(7)}  # positions in the page
     full = page_data_of((real["out"] / "vis" / E.EXPLORER_NAME).read_text(encoding="utf-8"))
     assert all(data["thumbnails"][str(i)] == full["thumbnails"][str(r)] for i, r in enumerate(rows))
+
+
+def test_thumbnails_of_picks_are_the_boxes_predict_centers_cut(tmp_path):
+    """Embeddings of picks: the thumbnails are the picked boxes (their labels are pick ids, not mask labels)."""
+    from real_run import run_cli
+    from subtomo_embed.core import io as sio
+    from subtomo_embed.core.extract import Normalization, cut_centered_patch
+    from synthetic import make_checkpoint, make_dataset, write_config, write_picks
+
+    data, masks = make_dataset(tmp_path, n_instances=9)
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "config.yaml", data_folder=data, prediction_folder=out,
+                          trained_model=make_checkpoint(tmp_path / "model.ckpt"),
+                          centers_file=write_picks(tmp_path / "picks.star", masks), centers_patch_size=9,
+                          centers={"mask_radius": 3.5})
+    for command in ("predict-centers", "kmeans", "visualize"):
+        run_cli(command, "--config_file", config)
+    data_page = page_data_of((out / "vis" / E.EXPLORER_NAME).read_text(encoding="utf-8"))
+    table = pd.read_csv(out / "embeddings_table.csv")
+    assert len(data_page["thumbnails"]) == len(table) > 0
+    volume, _ = sio.open_mrc_volume(data / "TS_01.mrc")
+    for row in np.flatnonzero(table["tomogram"] == "TS_01")[:3]:
+        r = table.iloc[row]
+        patch = cut_centered_patch(volume, r[["bbox-0", "bbox-1", "bbox-2"]].to_numpy(np.int64), 9, (12, 12, 12),
+                                   Normalization(0, 1, 0, 1), r[["centroid-0", "centroid-1", "centroid-2"]].to_numpy(),
+                                   3.5)
+        assert base64.b64decode(data_page["thumbnails"][str(row)]) == E.thumbnail_png(patch)

@@ -154,6 +154,20 @@ def masked_patches(volume, mask: np.ndarray, regions, patch_size: Sequence[int],
         yield patch
 
 
+def picked_patches(volume, regions, patch_size: Sequence[int], norm, mask_radius: float | None = None,
+                   source: str = "tomogram") -> Iterator[np.ndarray]:
+    """Each pick's patch exactly as ``predict-centers`` cuts it (``core.extract.cut_centered_patch``):
+    the cubic box ``bbox`` of the regions table, sphere-masked with ``mask_radius`` around the centroid."""
+    from .extract import cut_centered_patch
+
+    starts = regions[[f"bbox-{i}" for i in range(3)]].to_numpy(np.int64)
+    sizes = regions["bbox-3"].to_numpy(np.int64) - starts[:, 0]
+    centres = regions[[f"centroid-{i}" for i in range(3)]].to_numpy(np.float64)
+    for start, size, centre in zip(starts, sizes, centres):
+        yield cut_centered_patch(volume, start, int(size), tuple(int(s) for s in patch_size), norm, centre,
+                                 mask_radius, source)
+
+
 # --------------------------------------------------------------------------------------------
 # colours
 

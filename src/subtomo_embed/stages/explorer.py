@@ -101,38 +101,50 @@ def selection_star(cfg: Config, folders: Folders, merged: Merged, clusterings: d
 
 
 def particle_thumbnails(cfg: Config, merged: Merged, rows: np.ndarray):
-    """Yield (row, PNG bytes) for the given rows, tomogram by tomogram; tomograms whose volume or
-    mask is not found (or unreadable) are skipped with a log line."""
-    from .tomograms import normalization, patch_size
-
+    """Yield (row, PNG bytes) for the given rows, tomogram by tomogram, each the patch its embedding
+    was made from: masked regions as ``predict`` cuts them, or, for embeddings of picks (regions
+    columns ``pick:...``), the boxes ``predict-centers`` cuts. Tomograms whose volume (or mask) is
+    not found or unreadable are skipped with a log line."""
     if rows.size == 0:
         return
-    data_folder = cfg.optional_path("data_folder")
-    mask_folder = cfg.optional_path("instances_mask_folder")
-    if data_folder is None or mask_folder is None or not data_folder.is_dir() or not mask_folder.is_dir():
-        log.info("explorer without thumbnails: data_folder and instances_mask_folder must both be folders "
-                 "(data_folder %s, instances_mask_folder %s)", data_folder, mask_folder)
+    picks = any(str(c).startswith("pick:") for c in merged.table.columns)
+    needed = ["data_folder"] if picks else ["data_folder", "instances_mask_folder"]
+    folders = {key: cfg.optional_path(key) for key in needed}
+    if any(f is None or not f.is_dir() for f in folders.values()):
+        log.info("explorer without thumbnails: %s must be folders (%s)", " and ".join(needed),
+                 ", ".join(f"{k} {v}" for k, v in folders.items()))
         return
+    data_folder, mask_folder = folders["data_folder"], folders.get("instances_mask_folder")
     tomogram_of = merged.table["tomogram"].astype(str).to_numpy()
     for stem in merged.stems:
         mine = np.sort(rows[tomogram_of[rows] == stem])
         if mine.size == 0:
             continue
         tomogram = data_folder / f"{stem}{cfg.file_extension}"
-        mask_path = io.find_mask(mask_folder, stem, cfg.file_extension, cfg.instances_suffix)
-        if not tomogram.is_file() or mask_path is None:
+        mask_path = None if picks else io.find_mask(mask_folder, stem, cfg.file_extension, cfg.instances_suffix)
+        if not tomogram.is_file() or (not picks and mask_path is None):
             missing = "tomogram" if not tomogram.is_file() else "mask"
             log.info("explorer: no thumbnails for %s (%s not found)", stem, missing)
             continue
         try:
-            volume, _ = io.open_mrc_volume(tomogram)
-            mask = io.read_instance_mask(mask_path)
-            if mask.shape != volume.shape:
-                raise InputDataError(f"mask shape {mask.shape} differs from the tomogram's {volume.shape}", mask_path)
-            patches = E.masked_patches(volume, mask, merged.table.iloc[mine], patch_size(cfg), cfg.masking_type,
-                                       cfg.expand_labels, normalization(cfg))
+            patches = _patches(cfg, tomogram, mask_path, merged.table.iloc[mine])
             for row, patch in zip(mine, patches):
                 yield int(row), E.thumbnail_png(patch)
         except InputDataError as err:
             log.info("explorer: no thumbnails for %s: %s", stem, err)
+
+
+def _patches(cfg: Config, tomogram: Path, mask_path: Path | None, regions: pd.DataFrame):
+    """The patches of ``regions`` in ``tomogram``: masked regions (with ``mask_path``) or picked boxes."""
+    from .tomograms import normalization, patch_size
+
+    volume, _ = io.open_mrc_volume(tomogram)
+    if mask_path is None:
+        return E.picked_patches(volume, regions, patch_size(cfg), normalization(cfg), cfg.centers.mask_radius,
+                                str(tomogram))
+    mask = io.read_instance_mask(mask_path)
+    if mask.shape != volume.shape:
+        raise InputDataError(f"mask shape {mask.shape} differs from the tomogram's {volume.shape}", mask_path)
+    return E.masked_patches(volume, mask, regions, patch_size(cfg), cfg.masking_type, cfg.expand_labels,
+                            normalization(cfg))
 
