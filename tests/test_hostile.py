@@ -157,7 +157,6 @@ def _regions_beside_the_mask(root, change):
     table.to_csv(root / "masks" / "TS_01_instance_regions.csv", index=False)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: the fix in the stages lands next")  # PENDING
 @pytest.mark.parametrize("change,message", [
     (lambda t: t.assign(label=t["label"].where(t.index != 0, 999)), r"label 999 .*not in the mask"),
     (lambda t: pd.concat([t, t.iloc[:1]]), r"label \d+ appears twice"),

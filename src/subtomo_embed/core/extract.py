@@ -32,6 +32,8 @@ from .io import REGION_COLUMNS
 from .parallel import default_workers, fork_map, thread_map
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import pandas as pd
 
 log = logging.getLogger(__name__)
@@ -216,20 +218,27 @@ def regions_from_mask(mask: np.ndarray, expand_labels: int = 0, workers: int | N
     return list(thread_map(grow, boxes, workers))
 
 
-def regions_from_table(mask: np.ndarray, table: pd.DataFrame, expand_labels: int = 0) -> list[Region]:
-    """Regions whose boxes come from a CryoSiam regions CSV; voxels from the grown mask in that box.
+def regions_from_table(mask: np.ndarray, table: pd.DataFrame, expand_labels: int = 0,
+                       source: Path | None = None) -> list[Region]:
+    """Regions whose boxes come from a CryoSiam regions CSV (``source``); voxels from the grown mask
+    in that box. A bbox outside the mask, or a label with no voxel in its bbox (not in the mask),
+    is an :class:`InputDataError` naming the CSV: an empty patch is never embedded.
 
     This is what CryoSiam does when ``<stem>_instance_regions.csv`` sits beside the mask.
     """
     regions = []
     shape = mask.shape
+    what = source if source is not None else "regions table"
     bounds = table[[f"bbox-{i}" for i in range(6)]].to_numpy(dtype=np.int64)
     for label, row in zip(table["label"].to_numpy(), bounds):
         lo, hi = row[:3], row[3:]
         if any(a < 0 or b > n or a >= b for a, b, n in zip(lo, hi, shape)):
-            raise InputDataError(f"regions table: label {label} has a bbox {row.tolist()} outside the mask {shape}")
+            raise InputDataError(f"label {label} has a bbox {row.tolist()} outside the mask {shape}", what)
         box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-        regions.append(grow_label(mask, int(label), box, expand_labels))
+        region = grow_label(mask, int(label), box, expand_labels)
+        if not region.voxels.any():
+            raise InputDataError(f"label {label} has no voxel in its bbox {row.tolist()}: not in the mask", what)
+        regions.append(region)
     return regions
 
 
@@ -342,11 +351,13 @@ def plan_extraction(
     max_size: int | None = None,
     regions_table: pd.DataFrame | None = None,
     processes: bool = False,
+    regions_source: Path | None = None,
 ) -> Extraction:
     """Find, grow, measure and size-filter the instances of a mask (no tomogram needed);
-    ``processes``: grow on forked workers (see :func:`~.parallel.fork_map`)."""
+    ``processes``: grow on forked workers (see :func:`~.parallel.fork_map`); ``regions_source``:
+    the CSV ``regions_table`` was read from (for messages)."""
     if regions_table is not None:
-        regions = regions_from_table(mask, regions_table, expand_labels)
+        regions = regions_from_table(mask, regions_table, expand_labels, regions_source)
         columns = {c: regions_table[c].to_numpy() for c in regions_table.columns}
         columns["hull_area"] = np.zeros(len(regions), np.int64)
     else:

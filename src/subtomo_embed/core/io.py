@@ -317,10 +317,36 @@ def read_regions_csv(path: str | Path) -> pd.DataFrame:
     missing = [c for c in needed if c not in df.columns]
     if missing:
         raise InputDataError(f"regions CSV lacks columns {missing}", path)
-    for c in df.columns:
-        if c == "label" or c.startswith("bbox"):
-            df[c] = df[c].astype(np.int64)
+    for c in needed:
+        df[c] = _integer_column(df[c], c, path)
+    bounds = df[[f"bbox-{i}" for i in range(6)]].to_numpy()
+    bad = np.flatnonzero((bounds[:, :3] < 0).any(axis=1) | (bounds[:, :3] >= bounds[:, 3:]).any(axis=1))
+    if bad.size:
+        row = int(bad[0])
+        raise InputDataError(f"label {df['label'].iloc[row]} (row {row + 1}) has an empty or inverted bbox "
+                             f"{bounds[row].tolist()}", path)
+    twice = df["label"].duplicated(keep=False).to_numpy()
+    if twice.any():
+        rows = np.flatnonzero(twice)
+        first = df["label"].iloc[rows[0]]
+        again = rows[df["label"].iloc[rows].to_numpy() == first]
+        raise InputDataError(f"label {first} appears twice (rows {again[0] + 1} and {again[1] + 1}): each instance "
+                             "would be embedded twice", path)
     return df
+
+
+def _integer_column(values: pd.Series, column: str, path: Path) -> np.ndarray:
+    """A table column as int64, or an InputDataError naming the first row that is not an integer."""
+    import pandas as pd
+
+    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(numbers) | (numbers != np.round(numbers)) | (np.abs(numbers) >= 2.0**63)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise InputDataError(f"column '{column}' row {row + 1} is not an integer ({values.iloc[row]!r})", path)
+    if values.dtype.kind in "iu":
+        return values.to_numpy(dtype=np.int64)
+    return numbers.astype(np.int64)
 
 
 def write_regions_csv(path: str | Path, regions: pd.DataFrame) -> None:

@@ -123,7 +123,8 @@ def plan_tomogram(cfg: Config, inputs: TomogramInputs, mask: np.ndarray, process
     if inputs.regions is not None:
         log.info("%s: boxes and areas from %s (CryoSiam's regions table)", inputs.stem, inputs.regions.name)
     check_patch_fits(cfg, mask.shape, inputs.tomogram)
-    return plan_extraction(mask, cfg.expand_labels, cfg.min_particle_bound, cfg.max_particle_bound, table, processes)
+    return plan_extraction(mask, cfg.expand_labels, cfg.min_particle_bound, cfg.max_particle_bound, table, processes,
+                           inputs.regions)
 
 
 def normalization(cfg: Config) -> Normalization:
