@@ -241,3 +241,10 @@ def test_sizes_and_counts_beyond_what_numpy_takes_are_config_errors(key):
         config_from_dict({}, "c.yaml", [f"{key}={huge}"])
     with pytest.raises(ConfigError, match=r"patch_size"):
         config_from_dict({}, "c.yaml", [f"parameters.data.patch_size=[8, 8, {huge}]"])
+
+
+def test_is_set_tells_given_keys_from_defaults():
+    cfg = config_from_dict({"parameters": {"data": {"min": 0}}}, "c.yaml", ["hyper_parameters.batch_size=3"])
+    assert cfg.is_set("parameters.data.min") and cfg.is_set("hyper_parameters.batch_size")
+    assert not cfg.is_set("parameters.data.patch_size") and not cfg.is_set("parameters.network.dim")
+    assert not cfg.is_set("seed")

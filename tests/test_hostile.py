@@ -230,7 +230,6 @@ def test_a_rerun_with_fewer_clusters_leaves_no_old_cluster_files(run):
     assert "removed 4 outputs of the previous kmeans run" in stderr
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: the fix in the stages lands next")  # PENDING
 def test_an_output_folder_that_is_an_input_folder_is_refused_before_anything_is_written(run):
     root, config, set_config = run
     set_config(prediction_folder=str(root / "data"))

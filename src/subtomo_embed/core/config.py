@@ -276,6 +276,16 @@ class Config(_Section):
         value = getattr(self, key)
         return None if value in (None, "") else Path(os.path.expanduser(value)).absolute()
 
+    def is_set(self, key: str) -> bool:
+        """Whether a (dotted) key was given, in the file or with ``--set``, rather than defaulted."""
+        node: BaseModel = self
+        *sections, last = key.split(".")
+        for part in sections:
+            if part not in node.model_fields_set:
+                return False
+            node = getattr(node, part)
+        return last in node.model_fields_set
+
     def check_output_folder(self, folder: Path, what: str = "prediction_folder") -> None:
         """Refuse an output folder that is ``data_folder`` or ``instances_mask_folder`` (symlinks
         resolved): our MRC and HDF5 outputs there would be read back as tomograms or masks, and a

@@ -270,7 +270,7 @@ def _fit_report(expected: dict[str, torch.Tensor], state: dict[str, Any]) -> lis
 
 
 def load_model(path: str | Path, contrastive: bool = True, run_config: Config | None = None,
-               masking: bool = True) -> tuple[SimSiam, dict]:
+               masking: bool = True, given_only: bool = False) -> tuple[SimSiam, dict]:
     """Build the network a CryoSiam checkpoint describes, load its weights strictly, eval mode.
 
     Returns (model, network config). A checkpoint that lacks keys, does not fit, or holds
@@ -278,7 +278,8 @@ def load_model(path: str | Path, contrastive: bool = True, run_config: Config | 
     built on the meta device (no memory) and compared with the weights, so a small file cannot
     make it allocate more than its own weights. With ``run_config``, a ``parameters.network.dim``
     set there must equal the checkpoint's, and the input contract is compared
-    (:func:`check_input_contract`; ``masking``: whether the run masks patches by ``masking_type``).
+    (:func:`check_input_contract`; ``masking``: whether the run masks patches by ``masking_type``;
+    ``given_only``: only keys the run's config sets, e.g. for ``embed``, whose patches were cut earlier).
     """
     path = Path(path)
     ckpt = read_checkpoint(path)
@@ -306,7 +307,7 @@ def load_model(path: str | Path, contrastive: bool = True, run_config: Config | 
     model.float().eval()
     if run_config is not None:
         _check_dim(run_config, full["dim"], path)
-        check_input_contract(stored, run_config, path, masking)
+        check_input_contract(stored, run_config, path, masking, given_only)
     log.info(
         "loaded %s: %s ResNet %s, filters %s, dim %d, %s",
         path.name, full["block_type"], full["num_layers"], full["num_filters"], full["dim"],
@@ -326,8 +327,9 @@ def _check_dim(cfg: Config, dim: int, path: Path) -> None:
 # the input contract
 
 
-def run_input_contract(cfg: Config, masking: bool = True) -> dict[str, Any]:
-    """What this run feeds the network, keyed as in the checkpoint's stored config."""
+def run_input_contract(cfg: Config, masking: bool = True, given_only: bool = False) -> dict[str, Any]:
+    """What this run feeds the network, keyed as in the checkpoint's stored config (``given_only``:
+    only the keys its config sets)."""
     data = cfg.parameters.data
     contract: dict[str, Any] = {
         "parameters.data.patch_size": [int(s) for s in data.patch_size],
@@ -338,6 +340,8 @@ def run_input_contract(cfg: Config, masking: bool = True) -> dict[str, Any]:
     }
     if masking:
         contract["masking_type"] = cfg.masking_type
+    if given_only:
+        return {k: v for k, v in contract.items() if cfg.is_set(k)}
     return contract
 
 
@@ -359,7 +363,8 @@ def _same(stored: Any, run: Any) -> bool:
         return False
 
 
-def check_input_contract(stored: dict, cfg: Config, path: Path, masking: bool = True) -> list[str]:
+def check_input_contract(stored: dict, cfg: Config, path: Path, masking: bool = True,
+                         given_only: bool = False) -> list[str]:
     """Compare the input the checkpoint was trained on (patch size, normalization, masking, as its
     stored config records them) with this run's; warn once, clearly, on a difference.
 
@@ -367,7 +372,7 @@ def check_input_contract(stored: dict, cfg: Config, path: Path, masking: bool = 
     size or scale, its embeddings just mean less. Returns the differences (one text each).
     """
     differences, unrecorded = [], []
-    for key, run_value in run_input_contract(cfg, masking).items():
+    for key, run_value in run_input_contract(cfg, masking, given_only).items():
         stored_value = _stored_value(stored, key)
         if stored_value is None:
             unrecorded.append(key)

@@ -225,7 +225,7 @@ def run_predict_centers(
 ) -> RunSummary:
     """Embed a box around every pick of every selected tomogram."""
     size = centers_box_size(cfg)
-    out = prepare_output_folder(cfg.path("prediction_folder"))
+    out = prepare_output_folder(cfg.path("prediction_folder"), cfg)
     tomograms = list_tomograms(cfg, filename)
     source = PicksSource(cfg, [cfg.stem(t.name) for t in tomograms])
     run = start_run("predict-centers", cfg, out, None, device, overwrite, keep_going)

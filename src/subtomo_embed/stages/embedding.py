@@ -66,7 +66,9 @@ class LoadedModel:
         return int(self.network["dim"])
 
 
-def load_checkpoint_for(cfg: Config, checkpoint: Path | None = None) -> LoadedModel:
+def load_checkpoint_for(cfg: Config, checkpoint: Path | None = None, what: str = "predict") -> LoadedModel:
+    """The run's model; its stored input contract is compared with the run's (patches of picks
+    are not masked by label; ``embed``'s patches were cut before, so only keys its config sets)."""
     from ..core.model import load_model
 
     if checkpoint is None:
@@ -76,13 +78,8 @@ def load_checkpoint_for(cfg: Config, checkpoint: Path | None = None) -> LoadedMo
             if log_dir is None:
                 raise ConfigError("key 'trained_model' must be set (or log_dir with model/last.ckpt)", cfg.source)
             checkpoint = log_dir / "model" / "last.ckpt"
-    model, network = load_model(checkpoint, cfg.contrastive)
-    net_cfg = cfg.parameters.network
-    if "dim" in net_cfg.model_fields_set and net_cfg.dim != network["dim"]:
-        raise ConfigError(
-            f"parameters.network.dim is {net_cfg.dim} but the checkpoint {checkpoint.name} has dim {network['dim']}",
-            cfg.source,
-        )
+    model, network = load_model(checkpoint, cfg.contrastive, run_config=cfg, masking=what != "predict-centers",
+                                given_only=what == "embed")
     return LoadedModel(model, network, io.file_digest(checkpoint), checkpoint)
 
 
@@ -247,7 +244,7 @@ def start_run(what: str, cfg: Config, out: Path, checkpoint: Path | None, device
     """The model loaded and the device chosen (``out`` is prepared first: :func:`prepare_output_folder`)."""
     from ..core.embed import pick_device
 
-    loaded = load_checkpoint_for(cfg, checkpoint)
+    loaded = load_checkpoint_for(cfg, checkpoint, what)
     return Run(what, cfg, out, loaded, pick_device(device, cfg.parameters.gpu_devices), overwrite, keep_going)
 
 
@@ -284,7 +281,7 @@ def run_predict(
     keep_going: bool = False,
 ) -> RunSummary:
     """Embed every selected tomogram (CryoSiam's ``simsiam_embeddings_predict``)."""
-    out = prepare_output_folder(cfg.path("prediction_folder"))
+    out = prepare_output_folder(cfg.path("prediction_folder"), cfg)
     tomograms = list_tomograms(cfg, filename)
     run = start_run("predict", cfg, out, None, device, overwrite, keep_going)
     log.info(
@@ -299,11 +296,11 @@ def run_predict(
 
 def read_patches_header(cfg: Config, path: Path) -> h5files.PatchesFile:
     """A patches file's header, checked against this run: its stem is a plain name (read by
-    :func:`h5files.read_patches_file`) and its patches have the config's patch size (never embed
-    8³ patches under a 32³ config)."""
+    :func:`h5files.read_patches_file`) and, when the config sets a patch size, its patches have
+    that size (never embed 8³ patches under a 32³ config)."""
     patches = h5files.read_patches_file(path)
     size = patch_size(cfg)
-    if patches.patch_shape != size:
+    if cfg.is_set("parameters.data.patch_size") and patches.patch_shape != size:
         raise InputDataError(
             f"patches of {'×'.join(map(str, patches.patch_shape))} voxels, but parameters.data.patch_size is "
             f"{list(size)} ({cfg.origin('parameters.data.patch_size')}): extract them with this config", path)
@@ -345,6 +342,7 @@ def run_embed(
         folder = cfg.path("prediction_folder")
         patches_files = [layout.patches_file(folder, cfg.stem(t.name)) for t in list_tomograms(cfg, filename)]
     headers = [read_patches_header(cfg, p) for p in patches_files]  # every file checked before anything is written
-    out = prepare_output_folder(output_dir or cfg.path("prediction_folder"))
+    out = prepare_output_folder(output_dir or cfg.path("prediction_folder"), cfg,
+                                "--output-dir" if output_dir else "prediction_folder")
     run = start_run("embed", cfg, out, checkpoint, device, overwrite, keep_going)
     return embed_tomograms(run, [(h.stem, partial(patches_job, run, h)) for h in headers])

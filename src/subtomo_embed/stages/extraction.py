@@ -39,7 +39,8 @@ def run_extract(
     overwrite: bool = False,
 ) -> list[Path]:
     """Cut the patches of one or more tomograms into ``<stem>_patches.h5`` files."""
-    out = prepare_output_folder(output_dir or cfg.path("prediction_folder"))
+    out = prepare_output_folder(output_dir or cfg.path("prediction_folder"), cfg,
+                                "--output-dir" if output_dir else "prediction_folder")
     if tomogram is not None:
         if mask is None:
             raise ConfigError("--tomogram needs --mask")

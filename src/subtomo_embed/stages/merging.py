@@ -51,6 +51,8 @@ def resolve_folders(cfg: Config, input_dir: Path | None, output_dir: Path | None
         vis = out / "vis"
     if not inp.is_dir():
         raise InputDataError("input folder does not exist", inp)
+    cfg.check_output_folder(out, "--output-dir" if output_dir else "prediction_folder")
+    cfg.check_output_folder(vis, "--vis-dir" if vis_dir else "the visualization folder")
     return Folders(inp, out, vis)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core import io, layout
-from ..core.config import Config
+from ..core.config import Config, plain_name
 from ..core.errors import ConfigError, InputDataError
 from ..core.extract import Extraction, Normalization, plan_extraction
 
@@ -43,8 +43,11 @@ class TomogramGeometry:
         return cls((z, y, x), io.mrc_voxel_size(tomogram))
 
 
-def prepare_output_folder(folder: Path) -> Path:
-    """Checked writable (created if needed) and cleared of an interrupted run's temporaries."""
+def prepare_output_folder(folder: Path, cfg: Config | None = None, what: str = "prediction_folder") -> Path:
+    """Checked writable (created if needed) and cleared of an interrupted run's temporaries; with
+    ``cfg``, first refused if it is an input folder (:meth:`Config.check_output_folder`)."""
+    if cfg is not None:
+        cfg.check_output_folder(folder, what)
     folder = io.check_writable_folder(folder)
     io.remove_stale_temporaries(folder)
     return folder
@@ -56,7 +59,10 @@ def list_tomograms(cfg: Config, filename: str | None = None) -> list[Path]:
     if not folder.is_dir():
         raise InputDataError("data_folder does not exist or is not a folder", folder)
     if filename:
-        names = [filename]
+        try:
+            names = [plain_name(filename, "a tomogram file name (in data_folder)")]
+        except ValueError as err:
+            raise ConfigError(f"--filename {filename!r}: {err}") from None
     elif cfg.test_files is not None:
         names = list(cfg.test_files) + list(cfg.train_files or [])
     else:
