@@ -59,9 +59,15 @@ mkdir "$work/context"
 tar -C "$repo" --exclude=__pycache__ --exclude='*.egg-info' -cf - \
     pyproject.toml requirements.lock README.md src bin containers | tar -C "$work/context" -xf -
 
+image_id() { "${podman[@]}" image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true; }
+previous=$(image_id)
 start=$SECONDS
 "${podman[@]}" build --quiet --layers --pull=never --network host \
-    --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
-    "${build_args[@]}" "${mounts[@]}" -f containers/Dockerfile.cpu -t "$tag" "$work/context" >/dev/null
+    --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 "${build_args[@]}" "${mounts[@]}" \
+    -f "$work/context/containers/Dockerfile.cpu" -t "$tag" "$work/context" >/dev/null
 echo "build_test_image: $tag built in $(seconds "$start") s" \
     "($("${podman[@]}" image inspect --format '{{.Size}}' "$tag") bytes)" >&2
+# the image this one replaces, so that rebuilds do not pile up (cached layers stay)
+if [[ -n $previous && $previous != "$(image_id)" ]]; then
+    "${podman[@]}" rmi "$previous" >/dev/null 2>&1 || true
+fi

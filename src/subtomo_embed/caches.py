@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+from collections.abc import MutableMapping
 from pathlib import Path
-from typing import MutableMapping
 
 # variable -> its library's default folder under HOME (XDG folders when set)
 CACHE_VARIABLES = {"NUMBA_CACHE_DIR": ("XDG_CACHE_HOME", ".cache"), "MPLCONFIGDIR": ("XDG_CONFIG_HOME", ".config")}

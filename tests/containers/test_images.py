@@ -21,8 +21,8 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import h5py
 import numpy as np
@@ -246,6 +246,14 @@ def test_the_flow_in_the_image_started_as_docker_does_equals_the_venv_run(venv_f
 def test_the_flow_in_the_image_started_as_apptainer_does_equals_the_venv_run(venv_flow, apptainer_flow):
     assert_same_outputs(venv_flow, apptainer_flow)
     assert list((apptainer_flow["VISUALIZE"] / "vis").glob("*umap*.png"))
+
+
+def test_the_image_has_ps_no_compiler_and_nothing_of_its_build(image):
+    """ps for Nextflow's task metrics; the build-time mounts (/mnt, /tmp/dist) and sources left nothing behind."""
+    check = ('command -v ps && ! command -v cc && ! command -v gcc && test "$(id -u)" = 1000 '
+             '&& test -z "$(ls -A /mnt)" && test -z "$(ls -A /tmp)" && test ! -e /src')
+    proc = subprocess.run([*RUN, image, "bash", "-c", check], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_the_demo_runs_in_the_image_as_another_user_on_a_read_only_root(image, top):

@@ -40,7 +40,8 @@ def train(
         "training/last.ckpt"),
     steps: Annotated[Optional[int], typer.Option(help="Total steps (default hyper_parameters.max_steps).")] = None,
     device: Device = "auto",
-    restart: Annotated[bool, typer.Option("--restart", help="Start from scratch even if the checkpoint exists.")] = False,
+    restart: Annotated[
+        bool, typer.Option("--restart", help="Start from scratch even if the checkpoint exists.")] = False,
     time_limit: Annotated[
         Optional[float], typer.Option("--time-limit", help="Stop after this many minutes (saved; run again to go on).")
     ] = None,
@@ -71,7 +72,8 @@ def train(
 
 def evaluate(
     data: Annotated[Path, typer.Option("--data", help="A folder made by `subtomo-embed simulate`.")],
-    model: Annotated[Optional[Path], typer.Option("--model", help="Checkpoint (default: the config's trained_model).")] = None,
+    model: Annotated[
+        Optional[Path], typer.Option("--model", help="Checkpoint (default: the config's trained_model).")] = None,
     config_file: ConfigFile = None,
     device: Device = "auto",
     debug: Debug = False,
@@ -89,9 +91,11 @@ def evaluate(
 
 def demo(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where everything goes.")] = Path("demo_output"),
-    retrain: Annotated[bool, typer.Option("--retrain", help="Train a new model first instead of the committed one.")] = False,
+    retrain: Annotated[
+        bool, typer.Option("--retrain", help="Train a new model first instead of the committed one.")] = False,
     steps: Annotated[Optional[int], typer.Option(help="Training steps with --retrain (default: the config's).")] = None,
-    model: Annotated[Optional[Path], typer.Option("--model", help="Use this checkpoint instead of the committed one.")] = None,
+    model: Annotated[
+        Optional[Path], typer.Option("--model", help="Use this checkpoint instead of the committed one.")] = None,
     tomograms: Annotated[int, typer.Option(min=1, help="Simulated tomograms per difficulty.")] = 2,
     particles: Annotated[int, typer.Option(min=20, help="Particles per tomogram.")] = 70,
     shape: Annotated[tuple[int, int, int], typer.Option(help="Tomogram shape z y x (voxels).")] = (64, 192, 192),
