@@ -163,6 +163,30 @@ def test_keep_going_finishes_the_others(dataset, cli_env):
     assert sorted(p.name for p in dataset["out"].glob("*_embeds.h5")) == ["TS_02_embeds.h5"]
 
 
+def test_the_one_loop_keeps_going_past_a_failing_tomogram(dataset):
+    """predict, embed and predict-centers share embed_tomograms: a job that fails (here as an
+    unreadable patches file would) is recorded, the next tomogram is done, the summary counts both."""
+    from subtomo_embed.core.config import load_config
+    from subtomo_embed.core.errors import InputDataError
+    from subtomo_embed.stages.embedding import embed_tomograms, predict_job, start_run
+
+    cfg = load_config(dataset["config"])
+    dataset["out"].mkdir()
+    run = start_run("embed", cfg, dataset["out"], None, "cpu", overwrite=False, keep_going=True)
+
+    def unreadable():
+        raise InputDataError("not a readable HDF5 file", dataset["out"] / "TS_01_patches.h5")
+
+    tomogram = dataset["data"] / "TS_02.mrc"
+    summary = embed_tomograms(run, [("TS_01", unreadable), ("TS_02", lambda: predict_job(run, tomogram))])
+    assert summary.done == ["TS_02"] and summary.skipped == []
+    assert [stem for stem, _ in summary.failed] == ["TS_01"] and "not a readable HDF5" in summary.failed[0][1]
+    assert sorted(p.name for p in dataset["out"].glob("*_embeds.h5")) == ["TS_02_embeds.h5"]
+    run.keep_going = False
+    with pytest.raises(InputDataError):
+        embed_tomograms(run, [("TS_01", unreadable)])
+
+
 def test_unknown_config_key(dataset, cli_env):
     text = dataset["config"].read_text().replace("masking_type:", "masking_typo:")
     dataset["config"].write_text(text)
