@@ -177,7 +177,6 @@ def test_a_bad_cryosiam_regions_csv_is_an_input_error_naming_it(run, change, mes
     assert not (root / "o2").exists() or not any((root / "o2").glob("TS_01*"))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: the fix in the stages lands next")  # PENDING
 def test_an_invalid_voxel_size_is_not_used(run, caplog):
     import mrcfile
 

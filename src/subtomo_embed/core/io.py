@@ -232,12 +232,15 @@ def open_mrc_volume(path: str | Path) -> tuple[np.ndarray, float]:
         raise InputDataError(f"expected a 3D volume, got shape {tuple(data.shape)}", path)
     if data.dtype.kind not in "iuf":
         raise InputDataError(f"unsupported MRC data type {data.dtype} (mode {int(mrc.header.mode)})", path)
-    voxel = float(mrc.voxel_size.x) if mrc.voxel_size.x > 0 else 1.0
+    x = float(mrc.voxel_size.x)
+    voxel = x if np.isfinite(x) and x > 0 else 1.0  # never inf or NaN into an output's header
     return data, voxel
 
 
-def mrc_voxel_size(path: str | Path) -> tuple[float, float, float]:
-    """The voxel size (z, y, x, Å) in an MRC header; 1.0 on an axis where the header has none."""
+def mrc_voxel_size(path: str | Path) -> tuple[float, float, float] | None:
+    """The voxel size (z, y, x, Å) in an MRC header, or None (with a warning) when it is not one:
+    0 (unset), negative, NaN or Inf on an axis. Never a made-up 1 Å: Å coordinates computed from
+    it would be silently wrong."""
     path = Path(path)
     try:
         with warnings.catch_warnings():
@@ -247,7 +250,11 @@ def mrc_voxel_size(path: str | Path) -> tuple[float, float, float]:
                 values = (float(v.z), float(v.y), float(v.x))
     except (ValueError, OSError, EOFError) as err:
         raise InputDataError(f"not a readable MRC file ({_short(err)})", path) from None
-    z, y, x = (v if np.isfinite(v) and v > 0 else 1.0 for v in values)
+    if not all(np.isfinite(v) and v > 0 for v in values):
+        log.warning("%s: the MRC header's voxel size (%s Å) is not a size: nothing is converted to Å with it",
+                    path, ", ".join(f"{v:g}" for v in values))
+        return None
+    z, y, x = values
     return z, y, x
 
 
@@ -320,7 +327,7 @@ def read_regions_csv(path: str | Path) -> pd.DataFrame:
     for c in needed:
         df[c] = _integer_column(df[c], c, path)
     bounds = df[[f"bbox-{i}" for i in range(6)]].to_numpy()
-    bad = np.flatnonzero((bounds[:, :3] < 0).any(axis=1) | (bounds[:, :3] >= bounds[:, 3:]).any(axis=1))
+    bad = np.flatnonzero((bounds[:, :3] >= bounds[:, 3:]).any(axis=1))  # (picks' boxes may start below 0)
     if bad.size:
         row = int(bad[0])
         raise InputDataError(f"label {df['label'].iloc[row]} (row {row + 1}) has an empty or inverted bbox "

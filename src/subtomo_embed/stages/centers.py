@@ -105,10 +105,16 @@ class PicksSource:
         return TomogramPicks(stem, table, pick_ids(table, 1), convention, path)
 
 
-def tomogram_geometry(cfg: Config, tomogram: Path, shape: tuple[int, ...]) -> P.Geometry:
+def tomogram_geometry(cfg: Config, tomogram: Path, shape: tuple[int, ...],
+                      units: str = "angstrom") -> P.Geometry:
     c = cfg.centers
     voxel = P.as_triple(c.voxel_size, "centers.voxel_size", cfg.source) or io.mrc_voxel_size(tomogram)
     picks_voxel = P.as_triple(c.picks_voxel_size, "centers.picks_voxel_size", cfg.source)
+    if voxel is None:  # issue 13: never 1 Å made up for Å picks or another binning
+        if units == "angstrom" or picks_voxel is not None:
+            raise InputDataError("the MRC header's voxel size is not a size (0, NaN or Inf) and these picks need "
+                                 "it: set centers.voxel_size", tomogram)
+        voxel = (1.0, 1.0, 1.0)  # voxel picks of this tomogram: the size is not used
     z, y, x = (int(n) for n in shape)
     return P.Geometry((z, y, x), voxel, picks_voxel)
 
@@ -175,7 +181,10 @@ def centers_job(run: Run, source: PicksSource, tomogram: Path, size: int) -> Job
 
     def load() -> Instances:
         volume, _ = io.open_mrc_volume(tomogram)
-        geometry = tomogram_geometry(cfg, tomogram, volume.shape)
+        if size > min(volume.shape):  # as predict's patch_size: a box beyond the tomogram is a mistake
+            raise ConfigError(f"centers_patch_size {size} is larger than the tomogram {tomogram.name} "
+                              f"{list(volume.shape)}", cfg.origin("centers_patch_size"))
+        geometry = tomogram_geometry(cfg, tomogram, volume.shape, picks.convention.units)
         table, _, counts = plan_picks(picks, geometry, size, cfg.centers.border)
         _log_picks(cfg, stem, picks, geometry, counts)
         if len(table) == 0:

@@ -86,7 +86,9 @@ def write_patches(path: Path, stem: str, volume: np.ndarray, plan: Extraction, c
         "stem": stem,
         "settings": json.dumps(extraction_settings(cfg)),
         "tomogram_shape": list(volume.shape),
-        "voxel_size": list(io.mrc_voxel_size(source)),
         io.FINGERPRINT_ATTR: stamp,
     }
+    voxel = io.mrc_voxel_size(source)
+    if voxel is not None:  # else embed's STAR gets no Å coordinates, as predict's
+        attrs["voxel_size"] = list(voxel)
     h5files.write_patches_file(path, (len(plan), *size), plan.columns, attrs, cut_into)

@@ -38,9 +38,11 @@ class TomogramGeometry:
     voxel_size: tuple[float, float, float]
 
     @classmethod
-    def of(cls, tomogram: Path, shape: tuple[int, ...]) -> TomogramGeometry:
+    def of(cls, tomogram: Path, shape: tuple[int, ...]) -> TomogramGeometry | None:
+        """None when the header has no valid voxel size (the STAR then has no Å coordinates)."""
         z, y, x = (int(n) for n in shape)
-        return cls((z, y, x), io.mrc_voxel_size(tomogram))
+        voxel = io.mrc_voxel_size(tomogram)
+        return None if voxel is None else cls((z, y, x), voxel)
 
 
 def prepare_output_folder(folder: Path, cfg: Config | None = None, what: str = "prediction_folder") -> Path:
