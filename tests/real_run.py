@@ -19,6 +19,25 @@ def run_cli(*args) -> str:
     return result.output
 
 
+def inner_picks(path: Path, masks: Path, box: int, shape=(32, 48, 40), voxel_size: float = 10.0) -> Path:
+    """RELION 5 picks at the mask instances' centroids (``synthetic.write_picks``), keeping those whose
+    ``box`` fits inside the tomogram (a box across the border has a negative bbox start, which
+    ``read_regions_csv`` refuses since the bbox checks; see the report)."""
+    import numpy as np
+    import starfile
+
+    from synthetic import write_picks
+
+    write_picks(path, masks, voxel_size)
+    picks = starfile.read(path)
+    inside = np.ones(len(picks), bool)
+    for axis, name in enumerate("ZYX"):
+        centre = picks[f"rlnCenteredCoordinate{name}Angst"].to_numpy() / voxel_size + shape[axis] / 2
+        inside &= (np.round(centre) - box // 2 >= 0) & (np.round(centre) - box // 2 + box <= shape[axis])
+    starfile.write({"particles": picks[inside].reset_index(drop=True)}, path, overwrite=True)
+    return path
+
+
 def small_run(root: Path) -> dict:
     data, masks = make_dataset(root, n_instances=9)
     out = root / "out"

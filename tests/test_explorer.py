@@ -466,16 +466,16 @@ def test_explorer_bounds_the_points_by_a_stratified_sample(real, tmp_path, monke
 
 def test_thumbnails_of_picks_are_the_boxes_predict_centers_cut(tmp_path):
     """Embeddings of picks: the thumbnails are the picked boxes (their labels are pick ids, not mask labels)."""
-    from real_run import run_cli
+    from real_run import inner_picks, run_cli
     from subtomo_embed.core import io as sio
     from subtomo_embed.core.extract import Normalization, cut_centered_patch
-    from synthetic import make_checkpoint, make_dataset, write_config, write_picks
+    from synthetic import make_checkpoint, make_dataset, write_config
 
     data, masks = make_dataset(tmp_path, n_instances=9)
     out = tmp_path / "out"
     config = write_config(tmp_path / "config.yaml", data_folder=data, prediction_folder=out,
                           trained_model=make_checkpoint(tmp_path / "model.ckpt"),
-                          centers_file=write_picks(tmp_path / "picks.star", masks), centers_patch_size=9,
+                          centers_file=inner_picks(tmp_path / "picks.star", masks, 9), centers_patch_size=9,
                           centers={"mask_radius": 3.5})
     for command in ("predict-centers", "kmeans", "visualize"):
         run_cli(command, "--config_file", config)

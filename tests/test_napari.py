@@ -151,3 +151,21 @@ def test_widget_saves_selected_points_and_clusters_as_star(run, viewer, tmp_path
     with pytest.raises(ValueError, match="nothing chosen"):
         widget(points=points, which="selected points", method="kmeans", cluster=0, path=tmp_path / "none.star")
     assert not (tmp_path / "none.star").exists()
+
+
+def test_reader_on_picks_has_no_mask_layer(viewer, tmp_path):
+    """Embeddings of picks: their labels are pick ids, so the mask (other labels) is not shown as their instances."""
+    from real_run import inner_picks, run_cli
+    from synthetic import make_checkpoint, make_dataset, write_config
+
+    data, masks = make_dataset(tmp_path, n_instances=9)
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "config.yaml", data_folder=data, instances_mask_folder=masks,
+                          prediction_folder=out, trained_model=make_checkpoint(tmp_path / "model.ckpt"),
+                          centers_file=inner_picks(tmp_path / "picks.star", masks, 9), centers_patch_size=9)
+    run_cli("predict-centers", "--config_file", config)
+    viewer.open(str(out / "TS_01_embeds.h5"), plugin="subtomo-embed")
+    assert [type(layer).__name__ for layer in viewer.layers] == ["Image", "Points"]
+    regions = pd.read_csv(out / "TS_01_instance_regions.csv")
+    np.testing.assert_allclose(viewer.layers["TS_01 instances"].data,
+                               regions[["centroid-0", "centroid-1", "centroid-2"]].to_numpy())

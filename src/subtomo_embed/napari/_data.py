@@ -115,6 +115,13 @@ def instance_features(sources: Sources, stem: str) -> pd.DataFrame:
     return table
 
 
+def from_picks(sources: Sources, stem: str) -> bool:
+    """Embeddings of picks (``predict-centers``: regions columns ``pick:...``), whose labels are pick
+    ids, not mask labels."""
+    header = pd.read_csv(sources.prediction_folder / f"{stem}_instance_regions.csv", nrows=0).columns
+    return any(str(c).startswith("pick:") for c in header)
+
+
 def cluster_column(features: pd.DataFrame) -> str | None:
     return next((f"{m}_cluster" for m in CLUSTER_METHODS if f"{m}_cluster" in features.columns), None)
 

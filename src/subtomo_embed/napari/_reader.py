@@ -57,11 +57,11 @@ def tomogram_layers(sources: _data.Sources, stem: str) -> list[tuple]:
                                 "metadata": meta}, "image"))
     else:
         log.info("napari: tomogram %s not found (set data_folder in a config YAML and open that)", stem)
-    mask_path = sources.mask(stem)
+    mask_path = None if _data.from_picks(sources, stem) else sources.mask(stem)
     if mask_path is not None:
         layers.append((io.read_instance_mask(mask_path), _labels_kwargs(stem, features, column, meta), "labels"))
     else:
-        log.info("napari: instance mask of %s not found", stem)
+        log.info("napari: no instance mask layer for %s (not found, or the instances are picks)", stem)
     centres = features[["centroid-0", "centroid-1", "centroid-2"]].to_numpy(np.float64)
     size = np.clip(np.cbrt(features["area"].to_numpy(np.float64)) * 1.2, 2, None)
     layers.append((centres, {"name": f"{stem} instances", "features": features, "size": size,
