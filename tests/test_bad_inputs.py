@@ -22,10 +22,11 @@ from pathlib import Path
 import h5py
 import mrcfile
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
-from synthetic import TINY_NETWORK, make_checkpoint, make_dataset, write_config, write_h5_mask
+from synthetic import TINY_NETWORK, make_checkpoint, make_dataset, write_config, write_h5_mask, write_picks
 from typer.testing import CliRunner
 
 from subtomo_embed.cli import app
@@ -197,7 +198,7 @@ def _too_many_blocks(ctx):
     _save_ckpt(ctx, ckpt)
 
 
-def _picks(ctx, coordinate=None, label=None):
+def _picks(ctx, coordinate=None, label=None, size=8):
     import pandas as pd
 
     rows = pd.DataFrame({"x": [10.0, 20.0, 15.0], "y": [10.0, 20.0, 30.0], "z": [10.0, 12.0, 14.0],
@@ -208,7 +209,50 @@ def _picks(ctx, coordinate=None, label=None):
         rows.loc[1, "label"] = label
     picks = ctx["root"] / "picks.csv"
     rows.to_csv(picks, index=False)
-    _set_config(ctx, centers_file=str(picks), centers_patch_size=8, test_files=["TS_01.mrc"])
+    _set_config(ctx, centers_file=str(picks), centers_patch_size=size, test_files=["TS_01.mrc"])
+
+
+def _merged_with_folder_names(ctx):
+    _predicted(ctx)
+    _cli_ok(ctx, "merge")
+    shared = ctx["root"] / "shared"
+    shared.mkdir()
+    (ctx["out"] / "embeddings.h5").rename(shared / "embeddings.h5")
+    with h5py.File(shared / "embeddings.h5", "r+") as f:
+        del f["tomograms"]
+        f["tomograms"] = np.array([b"../../x/TS_01", b"/tmp/TS_02"])
+    return ["--input-dir", shared, "--output-dir", ctx["out"]]
+
+
+def _patches(ctx, stem=None, size=None):
+    _cli_ok(ctx, "extract", "--filename", "TS_01.mrc")
+    patches = ctx["out"] / "TS_01_patches.h5"
+    if stem is not None:
+        with h5py.File(patches, "r+") as f:
+            f.attrs["stem"] = stem
+    extra = ["--set", f"parameters.data.patch_size={size}".replace(" ", "")] if size else []
+    return ["--patches", patches, *extra]
+
+
+def _regions_csv(ctx, change):
+    _predicted(ctx)
+    table = pd.read_csv(ctx["out"] / "TS_01_instance_regions.csv")
+    change(table).to_csv(ctx["masks"] / "TS_01_instance_regions.csv", index=False)
+    _set_config(ctx, prediction_folder=str(ctx["root"] / "again"), test_files=["TS_01.mrc"])
+    ctx["out"] = ctx["root"] / "again"
+
+
+def _nan_voxel_picks(ctx):
+    with mrcfile.open(_tomo(ctx), "r+") as m:
+        m.voxel_size = (float("nan"),) * 3
+    write_picks(ctx["root"] / "picks.star", ctx["masks"])
+    _set_config(ctx, centers_file=str(ctx["root"] / "picks.star"), centers_patch_size=8, test_files=["TS_01.mrc"])
+
+
+def _nan_weights(ctx):
+    ckpt = _ckpt()
+    ckpt["state_dict"]["_model.encoder.conv1.weight"][0] = float("nan")
+    _save_ckpt(ctx, ckpt)
 
 
 def _log_dir_file(ctx):
@@ -310,6 +354,36 @@ CASES = [
          r"config\.yaml: key 'parameters\.gpu_devices': must be a GPU index"),
     Case("config-count-too-large", lambda c: _set_config(c, visualization__pca_components=10**30), 3,
          r"config\.yaml: key 'visualization\.pca_components': Input should be less than or equal to 2147483647"),
+    Case("filename-with-folder", lambda c: ["--filename", "../data/TS_01.mrc"], 3,
+         r"^config error: --filename '\.\./data/TS_01\.mrc': must be a tomogram file name"),
+    Case("merged-names-with-folders", _merged_with_folder_names, 4,
+         r"shared/embeddings\.h5: tomogram name '\.\./\.\./x/TS_01' is not a plain file name", command="kmeans"),
+    Case("patches-stem-with-folder", lambda c: _patches(c, stem="../../y"), 4,
+         r"TS_01_patches\.h5: tomogram name '\.\./\.\./y' is not a plain file name", command="embed"),
+    Case("patches-other-size", lambda c: _patches(c, size=[8, 8, 8]), 4,
+         r"TS_01_patches\.h5: patches of 12×12×12 voxels, but parameters\.data\.patch_size is \[8, 8, 8\]",
+         command="embed"),
+    Case("regions-csv-text", lambda c: _regions_csv(c, lambda t: t.astype({"bbox-1": object}).assign(
+        **{"bbox-1": ["x1"] + list(t["bbox-1"][1:])})), 4,
+         r"TS_01_instance_regions\.csv: column 'bbox-1' row 1 is not an integer \('x1'\)"),
+    Case("regions-csv-inverted-bbox", lambda c: _regions_csv(c, lambda t: t.assign(**{"bbox-2": t["bbox-5"]})), 4,
+         r"TS_01_instance_regions\.csv: label \d+ \(row 1\) has an empty or inverted bbox"),
+    Case("regions-csv-label-not-in-mask", lambda c: _regions_csv(c, lambda t: t.assign(
+        label=t["label"].where(t.index != 0, 999))), 4, r"TS_01_instance_regions\.csv: label 999 has no voxel in its bbox"),
+    Case("regions-csv-duplicate-row", lambda c: _regions_csv(c, lambda t: pd.concat([t, t.iloc[:1]])), 4,
+         r"TS_01_instance_regions\.csv: label \d+ appears twice"),
+    Case("hdf5-group-not-dataset", lambda c: (h5py.File(_mask(c), "w").create_group("instances").create_dataset(
+        "x", data=[1]), _only_ts01(c)) and None, 4, r"TS_01_instance_preds\.h5: 'instances' is an HDF5 group"),
+    Case("mask-labels-beyond-int64", lambda c: _mask_values(c, np.full(SHAPE, 2**63 + 5, np.uint64)), 4,
+         r"mask has labels beyond a 64-bit signed integer"),
+    Case("output-folder-is-data-folder", lambda c: _set_config(c, prediction_folder=str(c["data"])), 3,
+         r"config\.yaml: prediction_folder .*data is the data_folder"),
+    Case("mrc-voxel-size-nan-picks", _nan_voxel_picks, 4,
+         r"TS_01\.mrc: the MRC header's voxel size is not a size .* set centers\.voxel_size",
+         command="predict-centers"),
+    Case("centers-patch-larger-than-tomogram", lambda c: _picks(c, size=64), 3,
+         r"config\.yaml: centers_patch_size 64 is larger than the tomogram TS_01\.mrc", command="predict-centers"),
+    Case("checkpoint-nan-weights", _nan_weights, 5, r"model\.ckpt: 1 weights hold NaN or Inf values"),
     Case("config-file-name-with-folder", lambda c: _set_config(c, test_files=["../TS_01.mrc"]), 3,
          r"config\.yaml: key 'test_files': must be a tomogram file name \(in data_folder\) without a folder part"),
 ]

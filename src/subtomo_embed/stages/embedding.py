@@ -173,13 +173,15 @@ class Job:
 @dataclass
 class RunSummary:
     done: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # already complete
+    nothing: list[str] = field(default_factory=list)  # nothing to embed (no mask with the skip option, no picks)
     failed: list[tuple[str, str]] = field(default_factory=list)
 
     def report(self, what: str, folder: Path) -> None:
+        without = f", {len(self.nothing)} with nothing to embed (skipped)" if self.nothing else ""
         log.info(
-            "%s: %d tomogram(s) done, %d already complete, %d failed; outputs in %s",
-            what, len(self.done), len(self.skipped), len(self.failed), folder,
+            "%s: %d tomogram(s) done, %d already complete%s, %d failed; outputs in %s",
+            what, len(self.done), len(self.skipped), without, len(self.failed), folder,
         )
         for stem, reason in self.failed:
             log.error("  failed: %s: %s", stem, reason)
@@ -217,7 +219,7 @@ def embed_tomograms(run: Run, jobs: Iterable[tuple[str, Callable[[], Job | None]
         with summary.attempt(stem, run.keep_going):
             job = make_job()
             if job is None:
-                summary.skipped.append(stem)
+                summary.nothing.append(stem)
                 continue
             if not run.overwrite and is_done(run.out, job.stem, job.stamp):
                 log.info("%s: already complete, skipped", job.stem)
