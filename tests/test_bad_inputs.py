@@ -369,7 +369,8 @@ CASES = [
     Case("regions-csv-inverted-bbox", lambda c: _regions_csv(c, lambda t: t.assign(**{"bbox-2": t["bbox-5"]})), 4,
          r"TS_01_instance_regions\.csv: label \d+ \(row 1\) has an empty or inverted bbox"),
     Case("regions-csv-label-not-in-mask", lambda c: _regions_csv(c, lambda t: t.assign(
-        label=t["label"].where(t.index != 0, 999))), 4, r"TS_01_instance_regions\.csv: label 999 has no voxel in its bbox"),
+        label=t["label"].where(t.index != 0, 999))), 4,
+         r"TS_01_instance_regions\.csv: label 999 has no voxel in its bbox"),
     Case("regions-csv-duplicate-row", lambda c: _regions_csv(c, lambda t: pd.concat([t, t.iloc[:1]])), 4,
          r"TS_01_instance_regions\.csv: label \d+ appears twice"),
     Case("hdf5-group-not-dataset", lambda c: (h5py.File(_mask(c), "w").create_group("instances").create_dataset(
