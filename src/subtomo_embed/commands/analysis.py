@@ -7,6 +7,7 @@ CryoSiam's names (``simsiam_visualize_embeddings``, ``simsiam_embeddings_kmeans_
 
 from __future__ import annotations
 
+from importlib import import_module
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -62,58 +63,34 @@ def merge(
         run_merge(cfg, folders, force=force)
 
 
-def visualize(
-    config_file: ConfigFile = None,
-    overrides: Overrides = None,
-    input_dir: InputDir = None,
-    output_dir: OutputDir = None,
-    vis_dir: VisDir = None,
-    debug: Debug = False,
-    quiet: Quiet = False,
-) -> None:
-    """UMAP/PCA projections (all tomograms and each tomogram), coordinates CSV, PNGs and distance maps."""
-    setup_logging(quiet)
-    with guarded(debug):
-        cfg, folders = _setup(config_file, overrides, input_dir, output_dir, vis_dir, quiet)
-        from ..stages.visualize import run_visualize
+def _step(stage: str, function: str, doc: str):
+    """A command that runs ``stages.<stage>.<function>(cfg, folders)`` (imported when it runs)."""
 
-        run_visualize(cfg, folders)
+    def command(
+        config_file: ConfigFile = None,
+        overrides: Overrides = None,
+        input_dir: InputDir = None,
+        output_dir: OutputDir = None,
+        vis_dir: VisDir = None,
+        debug: Debug = False,
+        quiet: Quiet = False,
+    ) -> None:
+        setup_logging(quiet)
+        with guarded(debug):
+            cfg, folders = _setup(config_file, overrides, input_dir, output_dir, vis_dir, quiet)
+            run = getattr(import_module(f"subtomo_embed.stages.{stage}"), function)
+            run(cfg, folders)
 
-
-def kmeans(
-    config_file: ConfigFile = None,
-    overrides: Overrides = None,
-    input_dir: InputDir = None,
-    output_dir: OutputDir = None,
-    vis_dir: VisDir = None,
-    debug: Debug = False,
-    quiet: Quiet = False,
-) -> None:
-    """KMeans clustering of the embeddings (clustering_kmeans.num_clusters; 0-based cluster ids)."""
-    setup_logging(quiet)
-    with guarded(debug):
-        cfg, folders = _setup(config_file, overrides, input_dir, output_dir, vis_dir, quiet)
-        from ..stages.clustering import run_kmeans
-
-        run_kmeans(cfg, folders)
+    command.__doc__ = doc
+    return command
 
 
-def spectral(
-    config_file: ConfigFile = None,
-    overrides: Overrides = None,
-    input_dir: InputDir = None,
-    output_dir: OutputDir = None,
-    vis_dir: VisDir = None,
-    debug: Debug = False,
-    quiet: Quiet = False,
-) -> None:
-    """Spectral clustering on a sparse k-NN graph (clustering_spectral; 1-based cluster ids as CryoSiam)."""
-    setup_logging(quiet)
-    with guarded(debug):
-        cfg, folders = _setup(config_file, overrides, input_dir, output_dir, vis_dir, quiet)
-        from ..stages.clustering import run_spectral
-
-        run_spectral(cfg, folders)
+visualize = _step("visualize", "run_visualize",
+                  "UMAP/PCA projections (all tomograms and each tomogram), coordinates CSV, PNGs and distance maps.")
+kmeans = _step("clustering", "run_kmeans",
+               "KMeans clustering of the embeddings (clustering_kmeans.num_clusters; 0-based cluster ids).")
+spectral = _step("clustering", "run_spectral",
+                 "Spectral clustering on a sparse k-NN graph (clustering_spectral; 1-based cluster ids as CryoSiam).")
 
 
 def register(app: typer.Typer) -> None:
