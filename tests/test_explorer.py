@@ -386,7 +386,8 @@ def test_visualize_writes_the_explorer(real):
     assert data["n"] == n and data["tomograms"] == ["TS_01", "TS_02"]
     assert data["label"] == table["label"].tolist()
     assert data["voxel_size"] == {"TS_01": [10.0, 10.0, 10.0], "TS_02": [10.0, 10.0, 10.0]}  # the MRC headers
-    assert [c["name"] for c in data["colourings"]] == ["KMeans cluster", "Spectral cluster", "tomogram", "instance size"]
+    names = [c["name"] for c in data["colourings"]]
+    assert names == ["KMeans cluster", "Spectral cluster", "tomogram", "instance size"]
     kmeans = sio.read_h5_dataset(real["out"] / "kmeans_clusters.h5", "clusters")
     cats = data["colourings"][0]["categories"]
     np.testing.assert_array_equal(np.array(cats)[decode(data["colourings"][0]["codes"], "<i4")].astype(int), kmeans)
@@ -420,7 +421,8 @@ def test_explorer_thumbnail_limit_and_missing_tomograms(real, tmp_path):
     from real_run import run_cli
 
     vis = tmp_path / "vis5"
-    run_cli("visualize", "--config_file", real["config"], "--vis-dir", vis, "--set", "visualization.explorer_thumbnails=5")
+    run_cli("visualize", "--config_file", real["config"], "--vis-dir", vis,
+            "--set", "visualization.explorer_thumbnails=5")
     data = page_data_of((vis / E.EXPLORER_NAME).read_text(encoding="utf-8"))
     assert len(data["thumbnails"]) == 5
     groups = {data["tomograms"][t] for t in decode(data["tomogram"], "<i4")[[int(r) for r in data["thumbnails"]]]}
