@@ -259,3 +259,73 @@ def test_an_hdf5_group_where_a_dataset_is_expected(run):
     code, stderr = invoke("merge", "-c", config, "--input-dir", root / "out", "--output-dir", root / "m")
     assert code == 4 and re.search(r"TS_02_embeds\.h5: 'embeddings' is an HDF5 group, not a dataset",
                                    last_line(stderr)), stderr
+
+
+# --- the hostile round (issue 13's "fresh round of your own") ---------------------------------------------------
+
+
+def test_a_tomogram_is_never_its_own_mask(run):
+    root, config, set_config = run
+    set_config(instances_mask_folder=str(root / "data"), test_files=["TS_01.mrc"], prediction_folder=str(root / "o2"))
+    code, stderr = invoke("predict", "-c", config)
+    assert code == 4 and "TS_01.mrc: the instance mask found for this tomogram is the tomogram itself" in stderr
+
+
+def test_label_volumes_hold_every_cluster_id_exactly():
+    from subtomo_embed.stages.clustering import label_volume_dtype, paint_labels
+
+    assert [label_volume_dtype(k) for k in (5, 127, 128, 32767, 32768, 65535, 65536)] == [
+        np.int8, np.int8, np.int16, np.int16, np.uint16, np.uint16, np.float32]  # int16 wrapped above 32767
+    mask = np.zeros((3, 4, 5), np.int64)
+    mask[0, :2] = 7
+    mask[1, 1:3] = 2**60
+    mask[2, 3] = 9  # not clustered: stays 0
+    for labels in ([7, 2**60], [7, 3]):  # a huge label (sorted lookup) and small ones only (dense table)
+        labels = np.array(labels)
+        painted = paint_labels(np.where(mask == 2**60, labels[1], mask), labels, np.array([40000, 2]))
+        assert painted.dtype == np.uint16
+        assert (painted[0, :2] == 40000).all() and (painted[1, 1:3] == 2).all()
+        assert painted.sum() == 40000 * 10 + 2 * 10
+
+
+def test_nan_in_a_merged_file_used_as_it_is(run):
+    root, config, _ = run
+    shared = root / "shared"
+    shared.mkdir()
+    for name in ("embeddings.h5", "embeddings_table.csv"):
+        shutil.copy(root / "out" / name, shared / name)
+    with h5py.File(shared / "embeddings.h5", "r+") as f:
+        f["embeddings"][0, 0] = np.nan
+    code, stderr = invoke("kmeans", "-c", config, "--input-dir", shared, "--output-dir", root / "k")
+    assert code == 4 and re.search(r"shared/embeddings\.h5: .*(NaN|finite)", last_line(stderr)), stderr
+    assert not (root / "k").exists() or not any((root / "k").iterdir())
+
+
+def test_a_picks_file_without_picks_is_said_so(run):
+    root, config, set_config = run
+    (root / "picks.csv").write_text("x,y,z\n")
+    set_config(centers_file=str(root / "picks.csv"), centers_patch_size=8, test_files=["TS_01.mrc"],
+               prediction_folder=str(root / "pc"))
+    code, stderr = invoke("predict-centers", "-c", config)
+    assert code == 0 and "TS_01: no picks, skipped" in stderr
+    assert "0 tomogram(s) done, 0 already complete, 1 with nothing to embed (skipped)" in stderr
+
+
+def test_an_output_file_that_is_a_symlink_is_replaced_not_followed(run, tmp_path):
+    root, config, set_config = run
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (root / "out" / "TS_01_embeds.h5").unlink()
+    (root / "out" / "TS_01_embeds.h5").symlink_to(victim)
+    assert invoke("predict", "-c", config)[0] == 0
+    assert victim.read_text() == "keep me" and not (root / "out" / "TS_01_embeds.h5").is_symlink()
+
+
+def test_unicode_and_spaces_in_names_go_through(run):
+    root, config, set_config = run
+    (root / "data" / "TS_01.mrc").rename(root / "data" / "TS ü 01.mrc")
+    (root / "masks" / "TS_01_instance_preds.h5").rename(root / "masks" / "TS ü 01_instance_preds.h5")
+    set_config(prediction_folder=str(root / "o2"))
+    assert invoke("predict", "-c", config)[0] == 0
+    assert invoke("kmeans", "-c", config)[0] == 0
+    assert (root / "o2" / "TS ü 01_clusters_kmeans.mrc").is_file()

@@ -97,6 +97,9 @@ def locate_inputs(cfg: Config, tomogram: Path) -> TomogramInputs | None:
             raise InputDataError(message, mask_folder)
         log.warning("%s: skipped (%s)", stem, message)
         return None
+    if mask.resolve() == tomogram.resolve():  # instances_mask_folder = data_folder with MRC masks
+        raise InputDataError("the instance mask found for this tomogram is the tomogram itself "
+                             "(instances_mask_folder is data_folder?)", tomogram)
     regions = layout.cryosiam_regions(mask_folder, stem, cfg.instances_suffix)
     return TomogramInputs(stem, tomogram, mask, regions if regions.is_file() else None)
 
