@@ -385,6 +385,8 @@ CASES = [
     Case("centers-patch-larger-than-tomogram", lambda c: _picks(c, size=64), 3,
          r"config\.yaml: centers_patch_size 64 is larger than the tomogram TS_01\.mrc", command="predict-centers"),
     Case("checkpoint-nan-weights", _nan_weights, 5, r"model\.ckpt: 1 weights hold NaN or Inf values"),
+    Case("mask-is-the-tomogram", lambda c: _set_config(c, instances_mask_folder=str(c["data"])), 4,
+         r"TS_0[12]\.mrc: the instance mask found for this tomogram is the tomogram itself"),
     Case("config-file-name-with-folder", lambda c: _set_config(c, test_files=["../TS_01.mrc"]), 3,
          r"config\.yaml: key 'test_files': must be a tomogram file name \(in data_folder\) without a folder part"),
 ]
