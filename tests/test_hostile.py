@@ -329,3 +329,33 @@ def test_unicode_and_spaces_in_names_go_through(run):
     assert invoke("predict", "-c", config)[0] == 0
     assert invoke("kmeans", "-c", config)[0] == 0
     assert (root / "o2" / "TS ü 01_clusters_kmeans.mrc").is_file()
+
+
+@pytest.mark.parametrize("name,value,message", [
+    ("number_of_samples", lambda f: np.array([-3, f["embeddings"].shape[0] + 3]), r"holds a negative count \(-3\)"),
+    ("labels", lambda f: f["labels"][:3], r"dataset 'labels' has 3 entries but there are \d+ embeddings"),
+])
+def test_a_merged_file_whose_counts_or_labels_do_not_fit_is_refused(run, name, value, message):
+    root, config, _ = run
+    shared = root / "shared"
+    shared.mkdir()
+    for file in ("embeddings.h5", "embeddings_table.csv"):
+        shutil.copy(root / "out" / file, shared / file)
+    with h5py.File(shared / "embeddings.h5", "r+") as f:
+        data = value(f)
+        del f[name]
+        f[name] = data
+    code, stderr = invoke("kmeans", "-c", config, "--input-dir", shared, "--output-dir", root / "k")
+    assert code == 4 and re.search(r"shared/embeddings\.h5: .*" + message, last_line(stderr)), stderr
+
+
+def test_a_patches_file_whose_regions_do_not_fit_its_patches(run):
+    root, config, _ = run
+    assert invoke("extract", "-c", config, "--filename", "TS_01.mrc", "--output-dir", root / "p")[0] == 0
+    with h5py.File(root / "p" / "TS_01_patches.h5", "r+") as f:
+        labels = f["regions/label"][()]
+        del f["regions/label"]
+        f["regions/label"] = labels[:2]
+    code, stderr = invoke("embed", "-c", config, "--patches", root / "p" / "TS_01_patches.h5", "--output-dir",
+                          root / "e")
+    assert code == 4 and "regions column 'label' does not have one value per patch" in last_line(stderr), stderr

@@ -96,7 +96,12 @@ def read_patches_file(path: Path) -> PatchesFile:
             raise InputDataError("not a patches file (needs datasets 'patches' and group 'regions')", path)
         if not isinstance(f["regions"], h5py.Group):
             raise InputDataError("'regions' is an HDF5 dataset, not a group", path)
-        table = pd.DataFrame({c: dataset(f["regions"], c)[()] for c in json.loads(f.attrs["columns"])})
+        columns = {c: dataset(f["regions"], c)[()] for c in json.loads(f.attrs["columns"])}
+        count = dataset(f, "patches").shape[0]
+        short = [c for c, v in columns.items() if np.ndim(v) != 1 or len(v) != count]
+        if short:
+            raise InputDataError(f"regions column '{short[0]}' does not have one value per patch ({count})", path)
+        table = pd.DataFrame(columns)
         stem = layout.safe_stem(f.attrs.get("stem", ""), path)
         shape = tuple(int(n) for n in f.attrs["tomogram_shape"]) if "tomogram_shape" in f.attrs else None
         voxel = tuple(float(v) for v in f.attrs["voxel_size"]) if "voxel_size" in f.attrs else None

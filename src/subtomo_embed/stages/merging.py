@@ -251,8 +251,12 @@ def load_merged(cfg: Config, folders: Folders, source: MergedSource | None = Non
     n = embeddings.shape[0]
     if n == 0:
         raise InputDataError("no embeddings found: the merged file is empty", path)
+    if (counts < 0).any():
+        raise InputDataError(f"number_of_samples holds a negative count ({int(counts.min())})", path)
     if int(counts.sum()) != n:
         raise InputDataError(f"number_of_samples sums to {int(counts.sum())} but there are {n} embeddings", path)
+    if contents.labels is not None and len(contents.labels) != n:
+        raise InputDataError(f"dataset 'labels' has {len(contents.labels)} entries but there are {n} embeddings", path)
     try:
         M.check_finite(embeddings)
     except M.MergeInputError as err:
