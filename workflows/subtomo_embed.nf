@@ -126,6 +126,7 @@ workflow SUBTOMO_EMBED {
         'visualization.visualize_umap'           : setting('visualization.visualize_umap', true),
         'visualization.3d_umap'                  : setting('visualization.3d_umap', false),
         'visualization.max_plot_points'          : setting('visualization.max_plot_points', 20000),
+        'visualization.explorer_thumbnails'      : setting('visualization.explorer_thumbnails', 20000),
         'visualization.visualization_suffix'     : setting('visualization.visualization_suffix', suffixDefault),
         visualization_files                      : setting('visualization_files', null),
         instances                                : setting('instances', null),
@@ -245,7 +246,7 @@ workflow SUBTOMO_EMBED {
     ch_clusters = CLUSTER_KMEANS.out.clusters
         .mix(CLUSTER_SPECTRAL.out.clusters)
         .collect(sort: { a, b -> byName(a, b) })
-    VISUALIZE(MERGE_EMBEDDINGS.out.merged, ch_clusters, ch_data_all, ch_masks_all, visualizeFlags)
+    VISUALIZE(MERGE_EMBEDDINGS.out.merged, ch_clusters, ch_stars, ch_data_all, ch_masks_all, visualizeFlags)
 
     ch_versions = ch_embed_versions
         .mix(MERGE_EMBEDDINGS.out.versions, CLUSTER_KMEANS.out.versions,

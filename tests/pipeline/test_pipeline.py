@@ -193,7 +193,8 @@ NETWORK = {"contrastive": True, "parameters.network.dim": 16, "mixed_precision":
 VISUALIZATION = {"seed": 0, "file_extension": ".mrc", "parameters.data.patch_size": [12, 12, 12],
                  "visualization.distance": "euclidean", "visualization.pca_components": None,
                  "visualization.visualize_umap": True, "visualization.3d_umap": False,
-                 "visualization.max_plot_points": 20000, "visualization.visualization_suffix": "instance_regions.csv",
+                 "visualization.max_plot_points": 20000, "visualization.explorer_thumbnails": 20000,
+                 "visualization.visualization_suffix": "instance_regions.csv",
                  "visualization_files": None, "instances": None}
 SETTINGS = {
     "EXTRACT_PATCHES": {"file_extension": ".mrc", "min_particle_size": 10, "max_particle_size": None,
@@ -284,9 +285,9 @@ def chain(tmp_path_factory):
         stage(a, m / "embeddings.h5", m / "embeddings_table.csv")
         stage(a, *[data / f"{s}.mrc" for s in STEMS], into="data")
         stage(a, *[masks / f"{s}_instance_preds.h5" for s in STEMS], into="masks")
-        if process.startswith("CLUSTER"):  # `path stars`: each tomogram's regions STAR
-            stage(a, *[work[f"embed_{s}"] / f"{s}_instance_regions.star" for s in STEMS])
-        else:  # `path clusters`: both clusterings, so the projections are coloured by them
+        # `path stars`: each tomogram's regions STAR (cluster STAR files, the explorer's selection)
+        stage(a, *[work[f"embed_{s}"] / f"{s}_instance_regions.star" for s in STEMS])
+        if process == "VISUALIZE":  # `path clusters`: both clusterings, so the projections are coloured by them
             stage(a, work["CLUSTER_KMEANS"] / "out" / "kmeans_clusters.h5",
                   work["CLUSTER_SPECTRAL"] / "out" / "spectral_clusters.h5")
         run_block(process, "script", a, script_values(process))

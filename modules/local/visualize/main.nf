@@ -5,6 +5,7 @@ process VISUALIZE {
     input:
     tuple path(embeddings), path(table)
     path clusters                      // kmeans_clusters.h5, spectral_clusters.h5: projections coloured by them
+    path stars                         // each tomogram's regions STAR: the explorer's selection downloads its rows
     path tomograms, stageAs: 'data/*'  // particle thumbnails
     path masks, stageAs: 'masks/*'
     val settings
