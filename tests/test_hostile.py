@@ -334,6 +334,7 @@ def test_unicode_and_spaces_in_names_go_through(run):
 @pytest.mark.parametrize("name,value,message", [
     ("number_of_samples", lambda f: np.array([-3, f["embeddings"].shape[0] + 3]), r"holds a negative count \(-3\)"),
     ("labels", lambda f: f["labels"][:3], r"dataset 'labels' has 3 entries but there are \d+ embeddings"),
+    ("tomograms", lambda f: np.array([b"TS_01", b"TS_01"]), r"tomogram 'TS_01' appears twice in 'tomograms'"),
 ])
 def test_a_merged_file_whose_counts_or_labels_do_not_fit_is_refused(run, name, value, message):
     root, config, _ = run

@@ -264,6 +264,9 @@ def load_merged(cfg: Config, folders: Folders, source: MergedSource | None = Non
     stems = contents.stems if contents.stems is not None else _stems_without_names(cfg, folders, path, len(counts))
     if len(stems) != len(counts):
         raise InputDataError(f"{len(stems)} tomogram names but {len(counts)} entries in number_of_samples", path)
+    twice = sorted({s for s in stems if stems.count(s) > 1})
+    if twice:  # each tomogram's outputs would overwrite the other's
+        raise InputDataError(f"tomogram {twice[0]!r} appears twice in 'tomograms'", path)
     table = _merged_table(folders, path, stems, counts, contents.labels)
     key = contents.key if contents.key is not None else io.fingerprint([path])
     return Merged(embeddings, counts, stems, table, path, key)
