@@ -110,6 +110,7 @@ def test_large_component_uses_sparse_solver(monkeypatch, touching):
     assert adjusted_rand_score(truth, C.spectral(x, 4, seed=0).labels) >= 0.95
 
 
+@pytest.mark.slow  # ~1 min: pynndescent on enough points to leave the exact graph
 def test_approximate_knn_graph_clusters_the_same(touching):
     x, truth = touching
     result = C.spectral(x, 4, seed=0, exact_max=100)  # pynndescent path

@@ -145,6 +145,7 @@ def test_extract_and_embed_killed_resume_to_identical_outputs(workload, cli_env,
         assert not temporaries(out)
 
 
+@pytest.mark.slow  # three predict processes (their being separate processes is the point)
 def test_two_runs_on_one_folder_at_once(workload, cli_env, tmp_path):
     ref_cfg, ref_out = config_for(tmp_path, workload, "reference")
     subprocess.run(["subtomo-embed", "predict", "-c", str(ref_cfg)], env=cli_env, check=True, capture_output=True)
