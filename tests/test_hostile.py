@@ -360,3 +360,20 @@ def test_a_patches_file_whose_regions_do_not_fit_its_patches(run):
     code, stderr = invoke("embed", "-c", config, "--patches", root / "p" / "TS_01_patches.h5", "--output-dir",
                           root / "e")
     assert code == 4 and "regions column 'label' does not have one value per patch" in last_line(stderr), stderr
+
+
+@pytest.mark.parametrize("target,command,code,message", [
+    ("data/TS_01.mrc", "predict", 4, r"TS_01\.mrc: not a readable MRC file"),
+    ("masks/TS_01_instance_preds.h5", "predict", 4, r"TS_01_instance_preds\.h5: not a readable HDF5 file"),
+    ("model.ckpt", "predict", 5, r"model\.ckpt: not a readable PyTorch checkpoint"),
+    ("out/TS_01_embeds.h5", "merge", 4, r"TS_01_embeds\.h5: not a readable HDF5 file"),
+    ("config.yaml", "merge", 3, r"config\.yaml: key 'prediction_folder' must be set"),
+])
+def test_zero_size_files_are_named(run, target, command, code, message):
+    root, config, set_config = run
+    set_config(test_files=["TS_01.mrc"], prediction_folder=str(root / "o2") if command == "predict" else
+               str(root / "out"))
+    (root / target).write_bytes(b"")
+    extra = ["--output-dir", root / "m"] if command == "merge" else []
+    got, stderr = invoke(command, "-c", config, *extra)
+    assert got == code and re.search(message, last_line(stderr)), stderr
