@@ -34,7 +34,7 @@ def synthetic(n: int, seed: int = 0):
     label = np.arange(n) + 1
     area = rng.integers(100, 20000, n)
     centroid = rng.uniform(0, 500, (n, 3)).round(3)
-    instances = E.Instances(tomogram, label, area, centroid, {t: (8.0, 8.0, 8.0) for t in np.unique(tomogram)})
+    instances = E.Instances(tomogram, label, area, centroid, dict.fromkeys(np.unique(tomogram), (8.0, 8.0, 8.0)))
     projections = [E.Projection("UMAP 2D", xyz[:, :2], "UMAP"), E.Projection("UMAP 3D", xyz, "UMAP")]
     colourings = [E.Colouring("KMeans cluster", clusters, cluster=True),
                   E.Colouring("Spectral cluster", (clusters + rng.integers(0, 2, n)) % 10 + 1, cluster=True),

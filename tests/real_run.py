@@ -25,7 +25,6 @@ def inner_picks(path: Path, masks: Path, box: int, shape=(32, 48, 40), voxel_siz
     ``read_regions_csv`` refuses since the bbox checks; see the report)."""
     import numpy as np
     import starfile
-
     from synthetic import write_picks
 
     write_picks(path, masks, voxel_size)

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from subtomo_embed.core import explorer as E
 from synthetic import blob_mask
 from tools import require_executable, require_module
+
+from subtomo_embed.core import explorer as E
 
 N_GROUPS = 5
 PER_GROUP = 60
@@ -469,9 +469,10 @@ def test_explorer_bounds_the_points_by_a_stratified_sample(real, tmp_path, monke
 def test_thumbnails_of_picks_are_the_boxes_predict_centers_cut(tmp_path):
     """Embeddings of picks: the thumbnails are the picked boxes (their labels are pick ids, not mask labels)."""
     from real_run import inner_picks, run_cli
+    from synthetic import make_checkpoint, make_dataset, write_config
+
     from subtomo_embed.core import io as sio
     from subtomo_embed.core.extract import Normalization, cut_centered_patch
-    from synthetic import make_checkpoint, make_dataset, write_config
 
     data, masks = make_dataset(tmp_path, n_instances=9)
     out = tmp_path / "out"

@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import starfile
-
 from real_run import small_run
 from tools import require_executable, require_module
 

@@ -148,7 +148,8 @@ def request(settings: list[Setting], process: str, labels: list[str], directive:
     def resolve(name: str):
         generic = [s for s in settings if s.path == ("process", name)]
         by_label = [s for s in settings if len(s.path) == 3 and s.path[0] == "process" and s.path[2] == name
-                    and s.path[1].startswith("withLabel:") and any(re.fullmatch(s.path[1][10:], l) for l in labels)]
+                    and s.path[1].startswith("withLabel:")
+                    and any(re.fullmatch(s.path[1][10:], label) for label in labels)]
         by_name = [s for s in settings if len(s.path) == 3 and s.path[0] == "process" and s.path[2] == name
                    and s.path[1].startswith("withName:") and re.fullmatch(s.path[1][9:], process)]
         chosen = (by_name or by_label or generic or [None])[-1]

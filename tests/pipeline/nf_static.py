@@ -256,7 +256,6 @@ def config_settings(path: Path) -> list[Setting]:
     text = strip_comments(path.read_text()).replace('"""', '"').replace("'''", "'")
     tokens = _tokens(text)
     settings: list[Setting] = []
-    i = 0
 
     def skip_value(i: int) -> int:
         depth = 0

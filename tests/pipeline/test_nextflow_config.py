@@ -67,7 +67,7 @@ def test_without_the_profiles_own_limits_the_test_profile_would_ask_32_gb(tmp_pa
     text, n = re.subn(r"process \{\s*resourceLimits[^}]*\}", "", text)
     assert n == 1
     (tmp_path / "conf" / "test.config").write_text(text)
-    asked = dict((p, a) for p, attempt, a in requests(tmp_path, ["test"]) if attempt == 1)
+    asked = {p: a for p, attempt, a in requests(tmp_path, ["test"]) if attempt == 1}
     assert asked["EMBED"]["memory"] == 32 * GB and asked["EXTRACT_PATCHES"]["memory"] == 16 * GB
 
 
@@ -288,7 +288,6 @@ def test_the_default_params_pass_the_schema(profiles):
     """What validateParameters() checks first: the params as nextflow.config (and the test profile)
     set them, against nextflow_schema.json (trace_report_suffix's date, not a literal, as a string)."""
     import jsonschema
-
     from nf_config import groovy_literal
 
     params = {}

@@ -100,8 +100,9 @@ def test_no_image_is_unpinned():
 
 
 def test_lock_file_pins_every_package():
-    lines = [l for l in (REPO / "requirements.lock").read_text().splitlines() if l and not l.startswith("#")]
-    assert lines and all(re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[\w.+!\-]+", l) for l in lines)
+    text = (REPO / "requirements.lock").read_text()
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert lines and all(re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[\w.+!\-]+", line) for line in lines)
     assert "torch==2.13.0" in lines
 
 

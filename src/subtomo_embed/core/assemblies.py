@@ -66,8 +66,9 @@ def _ring(n: int, phase: float = 0.0, z: float = 0.0) -> np.ndarray:
     return np.stack([np.cos(t), np.sin(t), np.full(n, z)], axis=1)
 
 
-def _unit(points: np.ndarray) -> np.ndarray:
-    points = np.asarray(points, dtype=float)
+def _unit(positions) -> np.ndarray:
+    """Points (n, 3) centred on 0 and scaled so that the farthest is at distance 1."""
+    points = np.asarray(positions, dtype=float)
     points = points - points.mean(axis=0)
     return points / np.linalg.norm(points, axis=1).max()
 

@@ -81,9 +81,9 @@ class SphericalHarmonicPower:
         points = centre[None, None, :] + self.radii[:, None, None] * directions[None]
         self.points = points.reshape(-1, 3).T
         self.n_directions = len(directions)
-        degrees = [(l, m) for l in range(self.max_degree + 1) for m in range(-l, l + 1)]
-        self.degree_of = np.array([l for l, _ in degrees])
-        basis = np.stack([sph_harm_y(l, m, t.ravel(), p.ravel()) for l, m in degrees])  # (lm, directions)
+        degrees = [(d, m) for d in range(self.max_degree + 1) for m in range(-d, d + 1)]
+        self.degree_of = np.array([d for d, _ in degrees])
+        basis = np.stack([sph_harm_y(d, m, t.ravel(), p.ravel()) for d, m in degrees])  # (lm, directions)
         self.projector = (np.conj(basis) * weights[None]).T  # (directions, lm)
 
     def __call__(self, patch: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ import html
 import io as _io
 import json
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -66,7 +66,7 @@ class Instances:
     label: np.ndarray  # int [N]
     area: np.ndarray  # voxels [N]
     centroid: np.ndarray  # z, y, x voxels [N, 3]
-    voxel_size: dict[str, Sequence[float] | None] = field(default_factory=dict)  # stem -> (z, y, x) Å
+    voxel_size: Mapping[str, Sequence[float] | None] = field(default_factory=dict)  # stem -> (z, y, x) Å
     row: np.ndarray | None = None  # each instance's row in the merged embeddings (default 0..N-1)
 
     def __len__(self) -> int:
@@ -150,8 +150,13 @@ def masked_patches(volume, mask: np.ndarray, regions, patch_size: Sequence[int],
 
     found = regions_from_table(mask, regions, expand_labels)
     extraction = Extraction({"hull_area": np.zeros(len(found), np.int64)}, found)
-    for _, patch in iter_patches(volume, extraction, tuple(int(s) for s in patch_size), masking_type, norm):
+    for _, patch in iter_patches(volume, extraction, _box(patch_size), masking_type, norm):
         yield patch
+
+
+def _box(patch_size: Sequence[int]) -> tuple[int, int, int]:
+    z, y, x = (int(s) for s in patch_size)
+    return z, y, x
 
 
 def picked_patches(volume, regions, patch_size: Sequence[int], norm, mask_radius: float | None = None,
@@ -164,7 +169,7 @@ def picked_patches(volume, regions, patch_size: Sequence[int], norm, mask_radius
     sizes = regions["bbox-3"].to_numpy(np.int64) - starts[:, 0]
     centres = regions[[f"centroid-{i}" for i in range(3)]].to_numpy(np.float64)
     for start, size, centre in zip(starts, sizes, centres):
-        yield cut_centered_patch(volume, start, int(size), tuple(int(s) for s in patch_size), norm, centre,
+        yield cut_centered_patch(volume, start, int(size), _box(patch_size), norm, centre,
                                  mask_radius, source)
 
 
@@ -257,8 +262,8 @@ def page_data(instances: Instances, projections: Sequence[Projection], colouring
     if star is not None and len(star) != n:
         raise ValueError(f"the STAR table has {len(star)} rows for {n} instances")
     tomograms, tomogram_codes = np.unique(np.asarray(instances.tomogram).astype(str), return_inverse=True)
-    voxel_size = {str(t): (None if instances.voxel_size.get(str(t)) is None
-                           else [float(v) for v in instances.voxel_size[str(t)]]) for t in tomograms}
+    sizes = {str(t): instances.voxel_size.get(str(t)) for t in tomograms}
+    voxel_size = {t: (None if v is None else [float(x) for x in v]) for t, v in sizes.items()}
     centroid = np.asarray(instances.centroid, dtype=np.float64)
     return {
         "n": n,

@@ -9,7 +9,6 @@ napari-clusters-plotter can plot and select from. Coordinates are voxels (z, y, 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 
@@ -47,7 +46,7 @@ def tomogram_layers(sources: _data.Sources, stem: str) -> list[tuple]:
     features = _data.instance_features(sources, stem)
     column = _data.cluster_column(features)
     meta = {"subtomo_embed": {"prediction_folder": str(sources.prediction_folder), "stem": stem}}
-    layers = []
+    layers: list[tuple] = []
     tomogram = sources.tomogram(stem)
     if tomogram is not None:
         volume, _ = io.open_mrc_volume(tomogram)
@@ -64,9 +63,9 @@ def tomogram_layers(sources: _data.Sources, stem: str) -> list[tuple]:
         log.info("napari: no instance mask layer for %s (not found, or the instances are picks)", stem)
     centres = features[["centroid-0", "centroid-1", "centroid-2"]].to_numpy(np.float64)
     size = np.clip(np.cbrt(features["area"].to_numpy(np.float64)) * 1.2, 2, None)
-    layers.append((centres, {"name": f"{stem} instances", "features": features, "size": size,
-                             "face_color": _data.point_colours(features, column), "border_width": 0,
-                             "metadata": meta}, "points"))
+    points = {"name": f"{stem} instances", "features": features, "size": size,
+              "face_color": _data.point_colours(features, column), "border_width": 0, "metadata": meta}
+    layers.append((centres, points, "points"))
     return layers
 
 

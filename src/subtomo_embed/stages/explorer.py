@@ -115,13 +115,15 @@ def particle_thumbnails(cfg: Config, merged: Merged, rows: np.ndarray):
                  ", ".join(f"{k} {v}" for k, v in folders.items()))
         return
     data_folder, mask_folder = folders["data_folder"], folders.get("instances_mask_folder")
+    assert data_folder is not None and (picks or mask_folder is not None)  # checked above
     tomogram_of = merged.table["tomogram"].astype(str).to_numpy()
     for stem in merged.stems:
         mine = np.sort(rows[tomogram_of[rows] == stem])
         if mine.size == 0:
             continue
         tomogram = data_folder / f"{stem}{cfg.file_extension}"
-        mask_path = None if picks else io.find_mask(mask_folder, stem, cfg.file_extension, cfg.instances_suffix)
+        mask_path = None if picks or mask_folder is None else io.find_mask(
+            mask_folder, stem, cfg.file_extension, cfg.instances_suffix)
         if not tomogram.is_file() or (not picks and mask_path is None):
             missing = "tomogram" if not tomogram.is_file() else "mask"
             log.info("explorer: no thumbnails for %s (%s not found)", stem, missing)
