@@ -40,6 +40,7 @@ from tools import require_executable  # noqa: E402
 pytestmark = pytest.mark.slow
 
 IMAGE = "localhost/subtomo-embed:test-cpu"
+BASE_IMAGE = "localhost/subtomo-embed-base:bookworm"  # build_test_image.sh's default
 PODMAN = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs"]
 RUN = [*PODMAN, "run", "--rm", "--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
 TASK_UID = 1000  # when the tests run as root; otherwise the user's own uid (rootless podman, keep-id)
@@ -49,6 +50,8 @@ Runner = Callable[[str, Path, dict, dict], None]
 @pytest.fixture(scope="session")
 def image() -> str:
     require_executable("podman")
+    if subprocess.run([*PODMAN, "image", "exists", BASE_IMAGE]).returncode != 0:
+        require_executable("mmdebstrap")  # the script makes the Debian base with it
     proc = subprocess.run(["bash", str(REPO / "containers" / "build_test_image.sh"), IMAGE],
                           capture_output=True, text=True)
     assert proc.returncode == 0, f"building {IMAGE} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
