@@ -377,3 +377,18 @@ def test_zero_size_files_are_named(run, target, command, code, message):
     extra = ["--output-dir", root / "m"] if command == "merge" else []
     got, stderr = invoke(command, "-c", config, *extra)
     assert got == code and re.search(message, last_line(stderr)), stderr
+
+
+def test_a_visualize_rerun_on_fewer_tomograms_leaves_no_old_projections(run):
+    root, config, set_config = run
+    set_config(visualization__pca_components=2)
+    assert invoke("visualize", "-c", config)[0] == 0
+    vis = root / "out" / "vis"
+    assert (vis / "TS_02_pca.csv").is_file()
+    (vis / "TS_02_notes_pca.csv").write_text("mine: never in our record")
+    set_config(clustering_files=["TS_01"])
+    code, stderr = invoke("visualize", "-c", config, "--output-dir", root / "out")
+    assert code == 0, stderr
+    assert not (vis / "TS_02_pca.csv").exists() and not (vis / "TS_02_pca.png").exists()
+    assert (vis / "TS_01_pca.csv").is_file() and (vis / "TS_02_notes_pca.csv").is_file()
+    assert "outputs of the previous visualize run that this run does not write" in stderr

@@ -18,7 +18,7 @@ import socket
 import time
 import uuid
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -198,6 +198,33 @@ def remove_stale_temporaries(folder: str | Path) -> int:
 
 # --------------------------------------------------------------------------------------------
 # MRC
+
+
+def replace_outputs_record(record: Path, written: Iterable[Path], folders: Iterable[Path],
+                           is_ours: Callable[[str], bool], what: str) -> list[Path]:
+    """Remove the files the previous run recorded in ``record`` that this run did not write, then
+    record this run's ``written`` files; returns those removed.
+
+    A re-run thus leaves exactly its own outputs (no ``kmeans_cluster_5_*`` after k=3), and only
+    files named in the record, in one of ``folders``, whose names are ours (``is_ours``), that are
+    plain files (not links) are ever removed: never a file this package did not write.
+    """
+    now = {Path(p).absolute() for p in written}
+    ours = {Path(f).absolute() for f in folders}
+    try:
+        names = json.loads(Path(record).read_text())
+    except (OSError, ValueError):
+        names = []
+    previous = [Path(n) for n in names if isinstance(n, str)] if isinstance(names, list) else []
+    stale = [p for p in previous if p not in now and p.parent in ours and is_ours(p.name)
+             and p.is_file() and not p.is_symlink()]
+    for path in stale:
+        path.unlink()
+    if stale:
+        log.info("removed %d outputs of %s that this run does not write (e.g. %s)", len(stale), what, stale[0].name)
+    with atomic_output(record) as tmp:
+        tmp.write_text(json.dumps([str(p) for p in sorted(now)], indent=0))
+    return stale
 
 
 def open_mrc_volume(path: str | Path) -> tuple[np.ndarray, float]:

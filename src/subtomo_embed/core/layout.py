@@ -148,6 +148,12 @@ def outputs_record(folder: Path, method: str) -> Path:
     return folder / f".{method}_outputs.json"
 
 
+def is_visualize_output(name: str) -> bool:
+    """Whether ``name`` is a file name ``visualize`` writes into the visualization folder."""
+    patterns = (r".+_(umap|pca)(_3d)?\.(csv|png)", r"distance_map_by_\w+\.png", r"embeddings_explorer\.html")
+    return any(re.fullmatch(p, name) for p in patterns)
+
+
 def is_cluster_output(name: str, method: str) -> bool:
     """Whether ``name`` is a file name a ``<method>`` clustering run writes (in either folder)."""
     m = re.escape(method)

@@ -9,7 +9,6 @@ found), and RELION particles STAR files (all, and one per cluster). With
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -137,34 +136,11 @@ def write_cluster_outputs(
 
 
 def remove_previous_outputs(folders: Folders, method: str, written: list[Path]) -> None:
-    """Remove what the previous ``method`` run wrote (its record in the output folder) and this one
-    did not (e.g. ``kmeans_cluster_5_*`` after a re-run with k=3), then record this run's outputs.
-
-    Only files named in that record, in this run's output or visualization folder, whose names
-    are ours (:func:`layout.is_cluster_output`) are removed: never anything we did not write.
-    """
-    record = layout.outputs_record(folders.output_dir, method)
-    now = {p.absolute() for p in written}
-    previous = _read_record(record)
-    folders_ours = {folders.output_dir.absolute(), folders.vis_dir.absolute()}
-    stale = [p for p in previous if p not in now and p.parent in folders_ours
-             and layout.is_cluster_output(p.name, method) and p.is_file() and not p.is_symlink()]
-    for path in stale:
-        path.unlink()
-    if stale:
-        log.info("removed %d outputs of the previous %s run that this run does not write (e.g. %s)", len(stale),
-                 method, stale[0].name)
-    with io.atomic_output(record) as tmp:
-        tmp.write_text(json.dumps([str(p) for p in sorted(now)], indent=0))
-
-
-def _read_record(record: Path) -> list[Path]:
-    """The files a previous run recorded; nothing when there is no (readable) record."""
-    try:
-        names = json.loads(record.read_text())
-    except (OSError, ValueError):
-        return []
-    return [Path(n) for n in names if isinstance(n, str)] if isinstance(names, list) else []
+    """What the previous ``method`` run wrote and this one did not (``kmeans_cluster_5_*`` after a
+    re-run with k=3) is removed (:func:`io.replace_outputs_record`), names of ours only."""
+    io.replace_outputs_record(layout.outputs_record(folders.output_dir, method), written,
+                              [folders.output_dir, folders.vis_dir],
+                              lambda name: layout.is_cluster_output(name, method), f"the previous {method} run")
 
 
 def clustered_star(source: Path, regions: pd.DataFrame, classes: np.ndarray) -> pd.DataFrame:

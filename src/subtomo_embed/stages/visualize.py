@@ -37,6 +37,8 @@ def run_visualize(cfg: Config, folders: Folders) -> dict[str, Path]:
         written.update(write_explorer(cfg, folders, merged, clusterings))  # embeddings_explorer.html
     written.update(distance_maps(cfg, folders, merged, clusterings))
     log.info("wrote %d visualization files to %s", len(written), folders.vis_dir)
+    io.replace_outputs_record(layout.outputs_record(folders.vis_dir, "visualize"), written.values(), [folders.vis_dir],
+                              layout.is_visualize_output, "the previous visualize run")  # e.g. fewer tomograms
     return written
 
 
@@ -145,7 +147,9 @@ def per_tomogram_projections(cfg: Config, folders: Folders, merged: Merged,
             csv = table.copy()
             for j, axis in enumerate("xyz"[:dims]):
                 csv[axis] = coords[:, j]
-            io.write_regions_csv(layout.tomogram_projection(folders.vis_dir, stem, method, dims, "csv"), csv)
+            coords_csv = layout.tomogram_projection(folders.vis_dir, stem, method, dims, "csv")
+            io.write_regions_csv(coords_csv, csv)
+            written[f"{stem}{'' if dims == 2 else '_3d'}_csv"] = coords_csv
             draw = V.plot_subsample(n, v.max_plot_points, cfg.seed)
             title = f"{stem}: {method.upper()} of {n} instances"
             if dims == 2:
