@@ -17,6 +17,7 @@ both ways and in the venv (tests/pipeline's ``run_block``), and every output mus
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -241,6 +242,17 @@ def assert_same_outputs(venv: dict[str, Path], other: dict[str, Path]) -> None:
                 assert a.read_text() == b.read_text(), where
 
 
+def test_the_image_holds_the_checkout_s_package(image):
+    """Every file of the package in the image is the checkout's (a stale build cache would not be)."""
+    site = "/opt/venv/lib/python3.11/site-packages"
+    listing = subprocess.run([*RUN, "-w", site, image, "bash", "-c", "find subtomo_embed -type f ! -name '*.pyc' "
+                              "! -path '*__pycache__*' -exec md5sum {} +"], capture_output=True, text=True, check=True)
+    in_image = {name: digest for digest, name in (line.split() for line in listing.stdout.splitlines())}
+    checkout = {str(f.relative_to(REPO / "src")): hashlib.md5(f.read_bytes()).hexdigest()
+                for f in (REPO / "src" / "subtomo_embed").rglob("*") if f.is_file() and f.suffix != ".pyc"}
+    assert in_image == checkout
+
+
 def test_the_flow_in_the_image_started_as_docker_does_equals_the_venv_run(venv_flow, docker_flow):
     assert_same_outputs(venv_flow, docker_flow)
     assert list((docker_flow["VISUALIZE"] / "vis").glob("*umap*.png"))  # umap (numba) ran
@@ -252,7 +264,7 @@ def test_the_flow_in_the_image_started_as_apptainer_does_equals_the_venv_run(ven
 
 
 def test_the_image_has_ps_no_compiler_and_nothing_of_its_build(image):
-    """ps for Nextflow's task metrics; the build-time mounts (/mnt, /tmp/dist) and sources left nothing behind."""
+    """ps for Nextflow's task metrics; the build-time mount (/mnt) and the sources left nothing behind."""
     check = ('command -v ps && ! command -v cc && ! command -v gcc && test "$(id -u)" = 1000 '
              '&& test -z "$(ls -A /mnt)" && test -z "$(ls -A /tmp)" && test ! -e /src')
     proc = subprocess.run([*RUN, image, "bash", "-c", check], capture_output=True, text=True)
