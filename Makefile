@@ -35,6 +35,7 @@ demo: $(STAMP) bytecode
 # ruff (settings in pyproject.toml) and mypy (non-strict: check_untyped_defs)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bin benchmarks
+	$(BIN)/ruff format --check src tests bin benchmarks
 	$(BIN)/mypy src
 
 test: lint $(STAMP) $(NF_LANG_JAR) bytecode

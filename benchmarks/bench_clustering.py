@@ -75,25 +75,45 @@ def one(method: str, n: int, dim: int, k: int, groups: int, seed: int, spread: f
         raise SystemExit(f"unknown method {method}")
     seconds = time.perf_counter() - t0
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"method": method, "n": n, "dim": dim, "k": k, "seconds": round(seconds, 1),
-            "peak_mb": round(peak_kb / 1024), "data_mb": round(n * dim * 4 / 2**20),
-            "ari": None if ari is None else round(float(ari), 3), **extra}
+    return {
+        "method": method,
+        "n": n,
+        "dim": dim,
+        "k": k,
+        "seconds": round(seconds, 1),
+        "peak_mb": round(peak_kb / 1024),
+        "data_mb": round(n * dim * 4 / 2**20),
+        "ari": None if ari is None else round(float(ari), 3),
+        **extra,
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     p.add_argument("--dim", type=int, default=1024)
-    p.add_argument("--methods", nargs="+", default=["kmeans", "spectral", "umap"],
-                   choices=["kmeans", "spectral", "spectral_estimate", "umap"])
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=["kmeans", "spectral", "umap"],
+        choices=["kmeans", "spectral", "spectral_estimate", "umap"],
+    )
     p.add_argument("--k", type=int, default=10, help="clusters (the upper bound for spectral_estimate)")
     p.add_argument("--groups", type=int, default=10, help="true groups in the synthetic data")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--spread", type=float, default=0.35,
-                   help="noise per dimension around unit-variance group centres (0.35: separate groups, "
-                        "a k-NN graph with one component per group)")
-    p.add_argument("--bridges", type=float, default=0.0,
-                   help="fraction of points between two groups (0.05 joins the k-NN graph into one component)")
+    p.add_argument(
+        "--spread",
+        type=float,
+        default=0.35,
+        help="noise per dimension around unit-variance group centres (0.35: separate groups, "
+        "a k-NN graph with one component per group)",
+    )
+    p.add_argument(
+        "--bridges",
+        type=float,
+        default=0.0,
+        help="fraction of points between two groups (0.05 joins the k-NN graph into one component)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     p.add_argument("--one", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
     args = p.parse_args()

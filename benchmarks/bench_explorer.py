@@ -36,10 +36,12 @@ def synthetic(n: int, seed: int = 0):
     centroid = rng.uniform(0, 500, (n, 3)).round(3)
     instances = E.Instances(tomogram, label, area, centroid, dict.fromkeys(np.unique(tomogram), (8.0, 8.0, 8.0)))
     projections = [E.Projection("UMAP 2D", xyz[:, :2], "UMAP"), E.Projection("UMAP 3D", xyz, "UMAP")]
-    colourings = [E.Colouring("KMeans cluster", clusters, cluster=True),
-                  E.Colouring("Spectral cluster", (clusters + rng.integers(0, 2, n)) % 10 + 1, cluster=True),
-                  E.Colouring("tomogram", tomogram),
-                  E.Colouring("instance size", np.log2(area), categorical=False, label="log2 area (voxels)")]
+    colourings = [
+        E.Colouring("KMeans cluster", clusters, cluster=True),
+        E.Colouring("Spectral cluster", (clusters + rng.integers(0, 2, n)) % 10 + 1, cluster=True),
+        E.Colouring("tomogram", tomogram),
+        E.Colouring("instance size", np.log2(area), categorical=False, label="log2 area (voxels)"),
+    ]
     star = pd.DataFrame({"rlnTomoName": tomogram, "rlnLabel": label, "rlnArea": area})
     for i in range(6):
         star[f"rlnBbox-{i}"] = rng.integers(0, 500, n)

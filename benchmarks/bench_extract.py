@@ -47,7 +47,7 @@ def make_data(folder: Path, shape, n, seed=0, patch=64):
         box = tuple(slice(c[i] - r[i], c[i] + r[i] + 1) for i in range(3))
         if mask[box].any():
             continue
-        zz, yy, xx = np.ogrid[-r[0]:r[0] + 1, -r[1]:r[1] + 1, -r[2]:r[2] + 1]
+        zz, yy, xx = np.ogrid[-r[0] : r[0] + 1, -r[1] : r[1] + 1, -r[2] : r[2] + 1]
         inside = (zz / r[0]) ** 2 + (yy / r[1]) ** 2 + (xx / r[2]) ** 2 <= 1
         label += 1
         mask[box][inside] = label
@@ -128,26 +128,70 @@ def main() -> None:
         tmp = Path(tmp)
         t0 = time.perf_counter()
         tomogram, mask, n = make_data(tmp, tuple(args.shape), args.instances)
-        print(f"data: {tuple(args.shape)} float32 ({tomogram.stat().st_size / 1e9:.2f} GB), {n} instances, "
-              f"patch {args.patch}³, expand_labels {args.expand}, masking_type {args.masking} "
-              f"(made in {time.perf_counter() - t0:.1f} s)")
-        overrides = ["--set", f"parameters.data.patch_size=[{args.patch},{args.patch},{args.patch}]",
-                     "--set", f"expand_labels={args.expand}", "--set", f"masking_type={args.masking}",
-                     "--set", "min_particle_size=10", "--set", "parameters.data.min=-3",
-                     "--set", "parameters.data.max=3", "--set", "parameters.data.mean=0.5",
-                     "--set", "parameters.data.std=0.2"]
-        runs = [run_measured([str(bin_dir / "subtomo-embed"), "extract", "--tomogram", str(tomogram), "--mask",
-                              str(mask), "--output-dir", str(tmp / f"ours_{i}"), "--quiet", *overrides])
-                for i in range(args.repeat)]
+        print(
+            f"data: {tuple(args.shape)} float32 ({tomogram.stat().st_size / 1e9:.2f} GB), {n} instances, "
+            f"patch {args.patch}³, expand_labels {args.expand}, masking_type {args.masking} "
+            f"(made in {time.perf_counter() - t0:.1f} s)"
+        )
+        overrides = [
+            "--set",
+            f"parameters.data.patch_size=[{args.patch},{args.patch},{args.patch}]",
+            "--set",
+            f"expand_labels={args.expand}",
+            "--set",
+            f"masking_type={args.masking}",
+            "--set",
+            "min_particle_size=10",
+            "--set",
+            "parameters.data.min=-3",
+            "--set",
+            "parameters.data.max=3",
+            "--set",
+            "parameters.data.mean=0.5",
+            "--set",
+            "parameters.data.std=0.2",
+        ]
+        runs = [
+            run_measured(
+                [
+                    str(bin_dir / "subtomo-embed"),
+                    "extract",
+                    "--tomogram",
+                    str(tomogram),
+                    "--mask",
+                    str(mask),
+                    "--output-dir",
+                    str(tmp / f"ours_{i}"),
+                    "--quiet",
+                    *overrides,
+                ]
+            )
+            for i in range(args.repeat)
+        ]
         ours_s = float(np.median([r[0] for r in runs]))
         ours_gb = max(r[1] for r in runs)
-        print(f"subtomo-embed extract : {ours_s:7.2f} s  peak {ours_gb:5.2f} GB  ({n / ours_s:.0f} instances/s; "
-              f"median of {args.repeat}: {', '.join(f'{r[0]:.2f}' for r in runs)} s)")
+        print(
+            f"subtomo-embed extract : {ours_s:7.2f} s  peak {ours_gb:5.2f} GB  ({n / ours_s:.0f} instances/s; "
+            f"median of {args.repeat}: {', '.join(f'{r[0]:.2f}' for r in runs)} s)"
+        )
         if args.skip_baseline:
             return
-        base_s, base_gb, _ = run_measured([sys.executable, __file__, "--patch", str(args.patch), "--expand",
-                                           str(args.expand), "--masking", str(args.masking), "--_baseline",
-                                           str(tomogram), str(mask), str(tmp / "baseline.npy")])
+        base_s, base_gb, _ = run_measured(
+            [
+                sys.executable,
+                __file__,
+                "--patch",
+                str(args.patch),
+                "--expand",
+                str(args.expand),
+                "--masking",
+                str(args.masking),
+                "--_baseline",
+                str(tomogram),
+                str(mask),
+                str(tmp / "baseline.npy"),
+            ]
+        )
         print(f"CryoSiam method       : {base_s:7.2f} s  peak {base_gb:5.2f} GB")
         import h5py
 

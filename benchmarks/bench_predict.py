@@ -24,10 +24,20 @@ import numpy as np
 import torch
 
 NETWORKS = {
-    "small": {"block_type": "basic", "num_layers": [1, 1, 1, 1], "num_filters": [16, 32, 64, 128], "dim": 256,
-              "pred_dim": 64},
-    "cryosiam": {"block_type": "bottleneck", "num_layers": [1, 1, 1, 1], "num_filters": [64, 128, 256, 512],
-                 "dim": 1024, "pred_dim": 512},
+    "small": {
+        "block_type": "basic",
+        "num_layers": [1, 1, 1, 1],
+        "num_filters": [16, 32, 64, 128],
+        "dim": 256,
+        "pred_dim": 64,
+    },
+    "cryosiam": {
+        "block_type": "bottleneck",
+        "num_layers": [1, 1, 1, 1],
+        "num_filters": [64, 128, 256, 512],
+        "dim": 1024,
+        "pred_dim": 512,
+    },
 }
 
 
@@ -94,13 +104,17 @@ def main() -> None:
         run((x for _, x in iter_patches(volume, p, size, 1, norm)), len(p))
         overlapped = len(p) / (time.perf_counter() - t)
 
-    print(f"{args.network} network, {len(patches)} patches of {args.patch}³, batch {args.batch_size}, {device}"
-          f"{', mixed precision' if args.mixed_precision else ''}")
+    print(
+        f"{args.network} network, {len(patches)} patches of {args.patch}³, batch {args.batch_size}, {device}"
+        f"{', mixed precision' if args.mixed_precision else ''}"
+    )
     print(f"model alone : {model_only:8.1f} patches/s")
     print(f"sequential  : {sequential:8.1f} patches/s   (cut all, then embed: CryoSiam's order)")
     print(f"overlapped  : {overlapped:8.1f} patches/s   (ours)")
-    print(f"overlapped / model alone = {overlapped / model_only:.2f};  overlapped / sequential = "
-          f"{overlapped / sequential:.2f}")
+    print(
+        f"overlapped / model alone = {overlapped / model_only:.2f};  overlapped / sequential = "
+        f"{overlapped / sequential:.2f}"
+    )
 
 
 if __name__ == "__main__":

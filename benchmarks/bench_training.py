@@ -59,8 +59,10 @@ def main() -> None:
         if i:  # the first step warms up
             times.append(time.perf_counter() - t)
     step = float(np.median(times))
-    print(f"SimSiam step on {device} ({torch.get_num_threads()} threads), batch {args.batch}, patch "
-          f"{settings.patch_size}: {step:.3f} s/step, {2 * args.batch / step:.0f} views/s")
+    print(
+        f"SimSiam step on {device} ({torch.get_num_threads()} threads), batch {args.batch}, patch "
+        f"{settings.patch_size}: {step:.3f} s/step, {2 * args.batch / step:.0f} views/s"
+    )
     print(f"the simulator keeps up while it makes >= {args.batch / step:.1f} pairs/s")
 
 

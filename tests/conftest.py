@@ -20,7 +20,10 @@ def dataset(tmp_path):
     ckpt = make_checkpoint(tmp_path / "model.ckpt")
     out = tmp_path / "out"
     config = write_config(
-        tmp_path / "config.yaml", data_folder=data, instances_mask_folder=masks, prediction_folder=out,
+        tmp_path / "config.yaml",
+        data_folder=data,
+        instances_mask_folder=masks,
+        prediction_folder=out,
         trained_model=ckpt,
     )
     return {"root": tmp_path, "data": data, "masks": masks, "ckpt": ckpt, "out": out, "config": config}

@@ -40,9 +40,14 @@ def inner_picks(path: Path, masks: Path, box: int, shape=(32, 48, 40), voxel_siz
 def small_run(root: Path) -> dict:
     data, masks = make_dataset(root, n_instances=9)
     out = root / "out"
-    config = write_config(root / "config.yaml", data_folder=data, instances_mask_folder=masks, prediction_folder=out,
-                          trained_model=make_checkpoint(root / "model.ckpt"),
-                          clustering_spectral__num_clusters=2)
+    config = write_config(
+        root / "config.yaml",
+        data_folder=data,
+        instances_mask_folder=masks,
+        prediction_folder=out,
+        trained_model=make_checkpoint(root / "model.ckpt"),
+        clustering_spectral__num_clusters=2,
+    )
     for command in ("predict", "kmeans", "spectral", "visualize"):
         run_cli(command, "--config_file", config)
     return {"root": root, "data": data, "masks": masks, "out": out, "config": config}

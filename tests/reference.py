@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def reference_patches(image, mask, patch_size, masking, expand, norm=(0, 1, 0, 1), min_size=None, max_size=None,
-                      regions=None):
+def reference_patches(
+    image, mask, patch_size, masking, expand, norm=(0, 1, 0, 1), min_size=None, max_size=None, regions=None
+):
     from monai.transforms import CenterSpatialCrop, NormalizeIntensity, ScaleIntensityRange, SpatialPad
     from skimage.measure import regionprops_table
     from skimage.morphology import convex_hull_image

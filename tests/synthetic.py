@@ -101,8 +101,12 @@ def write_config(path: Path, **values) -> Path:
         "clustering_kmeans": {"num_clusters": 3, "visualization": False},
         "clustering_spectral": {"num_clusters": 3, "estimate_num_clusters": False, "visualization": False},
         "visualization": {
-            "prediction_folder": None, "distance": "euclidean", "pca_components": None,
-            "visualization_suffix": "instance_regions.csv", "visualize_umap": True, "3d_umap": False,
+            "prediction_folder": None,
+            "distance": "euclidean",
+            "pca_components": None,
+            "visualization_suffix": "instance_regions.csv",
+            "visualize_umap": True,
+            "3d_umap": False,
         },
         "parameters": {
             "gpu_devices": None,

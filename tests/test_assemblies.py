@@ -18,9 +18,18 @@ from subtomo_embed.core.assemblies import (
 from subtomo_embed.core.descriptors import SphericalHarmonicPower, describe_all, describe_sh_all
 
 
-@pytest.mark.parametrize(("family", "n", "count"), [("ring", 5, 5), ("dihedral", 4, 8), ("tetrahedral", 0, 4),
-                                                     ("octahedral", 0, 6), ("cubic", 0, 8), ("icosahedral", 0, 12),
-                                                     ("filament", 7, 7)])
+@pytest.mark.parametrize(
+    ("family", "n", "count"),
+    [
+        ("ring", 5, 5),
+        ("dihedral", 4, 8),
+        ("tetrahedral", 0, 4),
+        ("octahedral", 0, 6),
+        ("cubic", 0, 8),
+        ("icosahedral", 0, 12),
+        ("filament", 7, 7),
+    ],
+)
 def test_family_positions_have_their_count_and_unit_scale(family, n, count):
     p = family_positions(family, n, height=1.0, twist_degrees=90.0)
     assert p.shape == (count, 3)
@@ -82,9 +91,16 @@ def test_spherical_harmonic_power_does_not_change_when_the_particle_turns():
 
 def test_arrangement_classes_defeat_the_radial_descriptor_but_not_the_spherical_harmonics():
     # same outer diameter, same mass: only the arrangement differs
-    classes = [make_assembly(n, f, 18, mass=1200, n=k, height=1.0) for n, f, k in
-               (("ring4", "ring", 4), ("ring6", "ring", 6), ("tet", "tetrahedral", 0), ("oct", "octahedral", 0),
-                ("d4", "dihedral", 4))]
+    classes = [
+        make_assembly(n, f, 18, mass=1200, n=k, height=1.0)
+        for n, f, k in (
+            ("ring4", "ring", 4),
+            ("ring6", "ring", 6),
+            ("tet", "tetrahedral", 0),
+            ("oct", "octahedral", 0),
+            ("d4", "dihedral", 4),
+        )
+    ]
     volumes, masks, truth = simulate_set(classes, 24, seed=0, box=32, snr=3.0)
     scores = {}
     for name, describe in (("radial", describe_all), ("sh", describe_sh_all)):

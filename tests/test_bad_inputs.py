@@ -185,24 +185,29 @@ def _alias_bomb(ctx):
 def _enormous_network(ctx):
     ckpt = _ckpt()
     big = dict(TINY_NETWORK, num_filters=[2**16] * 4, dim=2**30)  # ~10^14 weights if it were built
-    ckpt["hyper_parameters"] = {"config": {"parameters": {"network": big}}, "backbone_config": {
-        "parameters": {"network": big}}}
+    ckpt["hyper_parameters"] = {
+        "config": {"parameters": {"network": big}},
+        "backbone_config": {"parameters": {"network": big}},
+    }
     _save_ckpt(ctx, ckpt)
 
 
 def _too_many_blocks(ctx):
     ckpt = _ckpt()
     deep = dict(TINY_NETWORK, num_layers=[4_000_000, 1, 1, 1])
-    ckpt["hyper_parameters"] = {"config": {"parameters": {"network": deep}}, "backbone_config": {
-        "parameters": {"network": deep}}}
+    ckpt["hyper_parameters"] = {
+        "config": {"parameters": {"network": deep}},
+        "backbone_config": {"parameters": {"network": deep}},
+    }
     _save_ckpt(ctx, ckpt)
 
 
 def _picks(ctx, coordinate=None, label=None, size=8):
     import pandas as pd
 
-    rows = pd.DataFrame({"x": [10.0, 20.0, 15.0], "y": [10.0, 20.0, 30.0], "z": [10.0, 12.0, 14.0],
-                         "label": ["1", "2", "3"]}).astype(object)
+    rows = pd.DataFrame(
+        {"x": [10.0, 20.0, 15.0], "y": [10.0, 20.0, 30.0], "z": [10.0, 12.0, 14.0], "label": ["1", "2", "3"]}
+    ).astype(object)
     if coordinate is not None:
         rows.loc[1, "x"] = coordinate
     if label is not None:
@@ -268,44 +273,92 @@ def _mode(ctx, data):
 
 
 CASES = [
-    Case("config-unknown-key", lambda c: c["config"].write_text(c["config"].read_text() + "masking_typ: 1\n"),
-         3, r"config\.yaml: unknown key 'masking_typ'"),
+    Case(
+        "config-unknown-key",
+        lambda c: c["config"].write_text(c["config"].read_text() + "masking_typ: 1\n"),
+        3,
+        r"config\.yaml: unknown key 'masking_typ'",
+    ),
     Case("config-wrong-type", lambda c: _set_config(c, masking_type="hull"), 3, r"config\.yaml: key 'masking_type'"),
-    Case("config-nested-wrong-type", lambda c: _set_config(c, hyper_parameters__batch_size=2.5), 3,
-         r"key 'hyper_parameters\.batch_size'"),
+    Case(
+        "config-nested-wrong-type",
+        lambda c: _set_config(c, hyper_parameters__batch_size=2.5),
+        3,
+        r"key 'hyper_parameters\.batch_size'",
+    ),
     Case("config-missing-key", lambda c: _set_config(c, trained_model=None, log_dir=None), 3, r"key 'trained_model'"),
     Case("config-file-missing", lambda c: c["config"].unlink(), 3, r"config\.yaml: config file does not exist"),
     Case("config-not-yaml", lambda c: c["config"].write_text("data_folder: [unclosed\n"), 3, r"not valid YAML"),
     Case("patch-size-zero", lambda c: _set_config(c, parameters__data__patch_size=[0, 12, 12]), 3, r"patch_size"),
-    Case("patch-size-larger-than-tomogram", lambda c: _set_config(c, parameters__data__patch_size=[64, 64, 64]), 3,
-         r"patch_size \[64, 64, 64\] is larger than the tomogram TS_01\.mrc"),
-    Case("data-folder-missing", lambda c: _set_config(c, data_folder=str(c["root"] / "nowhere")), 4,
-         r"nowhere: data_folder does not exist"),
-    Case("data-folder-empty", lambda c: [p.unlink() for p in c["data"].glob("*.mrc")] and None, 4,
-         r"data: no '\*\.mrc' tomograms found"),
-    Case("tomogram-broken-link", lambda c: (_tomo(c).unlink(), _tomo(c).symlink_to(c["root"] / "gone.mrc"),
-                                            _only_ts01(c)) and None, 4,
-         r"TS_01\.mrc: tomogram listed .* does not exist"),
-    Case("mask-folder-missing", lambda c: _set_config(c, instances_mask_folder=str(c["root"] / "nomasks")), 4,
-         r"nomasks: instances_mask_folder does not exist"),
+    Case(
+        "patch-size-larger-than-tomogram",
+        lambda c: _set_config(c, parameters__data__patch_size=[64, 64, 64]),
+        3,
+        r"patch_size \[64, 64, 64\] is larger than the tomogram TS_01\.mrc",
+    ),
+    Case(
+        "data-folder-missing",
+        lambda c: _set_config(c, data_folder=str(c["root"] / "nowhere")),
+        4,
+        r"nowhere: data_folder does not exist",
+    ),
+    Case(
+        "data-folder-empty",
+        lambda c: [p.unlink() for p in c["data"].glob("*.mrc")] and None,
+        4,
+        r"data: no '\*\.mrc' tomograms found",
+    ),
+    Case(
+        "tomogram-broken-link",
+        lambda c: (_tomo(c).unlink(), _tomo(c).symlink_to(c["root"] / "gone.mrc"), _only_ts01(c)) and None,
+        4,
+        r"TS_01\.mrc: tomogram listed .* does not exist",
+    ),
+    Case(
+        "mask-folder-missing",
+        lambda c: _set_config(c, instances_mask_folder=str(c["root"] / "nomasks")),
+        4,
+        r"nomasks: instances_mask_folder does not exist",
+    ),
     Case("mask-missing", lambda c: _mask(c).unlink(), 4, r"no instance mask for TS_01\.mrc"),
-    Case("mrc-corrupt-header", lambda c: (_tomo(c).write_bytes(os.urandom(2048)), _only_ts01(c)) and None, 4,
-         r"TS_01\.mrc: (not a readable MRC file|MRC)"),
-    Case("mrc-truncated", lambda c: (_truncate(_tomo(c)), _only_ts01(c)) and None, 4,
-         r"TS_01\.mrc: .*(truncated|not a readable MRC)"),
-    Case("mrc-wrong-mode", lambda c: _mode(c, np.zeros(SHAPE, np.complex64)), 4,
-         r"TS_01\.mrc: unsupported MRC data type"),
+    Case(
+        "mrc-corrupt-header",
+        lambda c: (_tomo(c).write_bytes(os.urandom(2048)), _only_ts01(c)) and None,
+        4,
+        r"TS_01\.mrc: (not a readable MRC file|MRC)",
+    ),
+    Case(
+        "mrc-truncated",
+        lambda c: (_truncate(_tomo(c)), _only_ts01(c)) and None,
+        4,
+        r"TS_01\.mrc: .*(truncated|not a readable MRC)",
+    ),
+    Case(
+        "mrc-wrong-mode", lambda c: _mode(c, np.zeros(SHAPE, np.complex64)), 4, r"TS_01\.mrc: unsupported MRC data type"
+    ),
     Case("mrc-2d", lambda c: _mode(c, np.zeros(SHAPE[1:], np.float32)), 4, r"TS_01\.mrc: expected a 3D volume"),
     Case("mrc-nan-voxels", lambda c: _mode(c, np.full(SHAPE, np.nan, np.float32)), 4, r"TS_01\.mrc: .*NaN or Inf"),
     Case("mrc-inf-voxels", lambda c: _mode(c, np.full(SHAPE, np.inf, np.float32)), 4, r"TS_01\.mrc: .*NaN or Inf"),
-    Case("hdf5-truncated", lambda c: (_truncate(_mask(c), 0.3), _only_ts01(c)) and None, 4,
-         r"TS_01_instance_preds\.h5: not a readable HDF5 file"),
-    Case("hdf5-no-instances", lambda c: (h5py.File(_mask(c), "w").create_dataset("labels", data=[1]), _only_ts01(c))
-         and None, 4, r"TS_01_instance_preds\.h5: HDF5 mask has no dataset 'instances'"),
+    Case(
+        "hdf5-truncated",
+        lambda c: (_truncate(_mask(c), 0.3), _only_ts01(c)) and None,
+        4,
+        r"TS_01_instance_preds\.h5: not a readable HDF5 file",
+    ),
+    Case(
+        "hdf5-no-instances",
+        lambda c: (h5py.File(_mask(c), "w").create_dataset("labels", data=[1]), _only_ts01(c)) and None,
+        4,
+        r"TS_01_instance_preds\.h5: HDF5 mask has no dataset 'instances'",
+    ),
     Case("mask-float", lambda c: _mask_values(c, np.zeros(SHAPE, np.float32)), 4, r"float data type"),
     Case("mask-negative-labels", lambda c: _mask_values(c, np.full(SHAPE, -1, np.int32)), 4, r"negative labels"),
-    Case("mask-shape-differs", lambda c: _mask_values(c, np.ones((5, 5, 5), np.int32)), 4,
-         r"TS_01_instance_preds\.h5: mask shape \(5, 5, 5\) differs from its tomogram's \(32, 48, 40\)"),
+    Case(
+        "mask-shape-differs",
+        lambda c: _mask_values(c, np.ones((5, 5, 5), np.int32)),
+        4,
+        r"TS_01_instance_preds\.h5: mask shape \(5, 5, 5\) differs from its tomogram's \(32, 48, 40\)",
+    ),
     Case("mask-no-instances", lambda c: _mask_values(c, np.zeros(SHAPE, np.int32)), 4, r"mask has no instances"),
     Case("checkpoint-missing", lambda c: c["ckpt"].unlink(), 5, r"model\.ckpt: checkpoint file does not exist"),
     Case("checkpoint-truncated", lambda c: _truncate(c["ckpt"]), 5, r"model\.ckpt: not a readable PyTorch checkpoint"),
@@ -313,82 +366,200 @@ CASES = [
     Case("checkpoint-missing-keys", _missing_keys, 5, r"model\.ckpt: .*missing keys \(e\.g\. encoder\.conv1\.weight"),
     Case("checkpoint-extra-keys", _extra_keys, 5, r"model\.ckpt: .*unexpected keys \(e\.g\. head\.weight"),
     Case("checkpoint-pickled-code", _evil, 5, r"model\.ckpt: checkpoint holds pickled objects .* refusing to load"),
-    Case("kmeans-more-clusters-than-instances", _one_instance_kmeans, 4, r"1 instances cannot make 3 clusters",
-         command="kmeans"),
-    Case("embeddings-different-dimensions", _different_dims, 4, r"TS_02_embeds\.h5: .*(dimension|dim)",
-         command="merge"),
+    Case(
+        "kmeans-more-clusters-than-instances",
+        _one_instance_kmeans,
+        4,
+        r"1 instances cannot make 3 clusters",
+        command="kmeans",
+    ),
+    Case(
+        "embeddings-different-dimensions", _different_dims, 4, r"TS_02_embeds\.h5: .*(dimension|dim)", command="merge"
+    ),
     Case("embeddings-nan", _nan_embeddings, 4, r"TS_02_embeds\.h5: .*(NaN|finite)", command="merge"),
     Case("output-folder-not-writable", _unwritable_output, 6, r"cannot create output folder"),
     Case("out-of-space-mid-write", _file_size_limit, 6, r"no space left on the device while writing", subprocess=True),
     # issue 13, class 2: small inputs that asked for unbounded resources
     Case("config-alias-bomb", _alias_bomb, 3, r"config\.yaml: the YAML expands to more than 100,000 values"),
-    Case("config-recursive-alias", lambda c: c["config"].write_text(c["config"].read_text() + "train_files: &a [*a]\n"),
-         3, r"config\.yaml: a YAML alias at line \d+ refers to a value that contains it"),
-    Case("checkpoint-enormous-network", _enormous_network, 5,
-         r"model\.ckpt: state_dict does not fit .*shape mismatches"),
+    Case(
+        "config-recursive-alias",
+        lambda c: c["config"].write_text(c["config"].read_text() + "train_files: &a [*a]\n"),
+        3,
+        r"config\.yaml: a YAML alias at line \d+ refers to a value that contains it",
+    ),
+    Case(
+        "checkpoint-enormous-network", _enormous_network, 5, r"model\.ckpt: state_dict does not fit .*shape mismatches"
+    ),
     Case("checkpoint-too-many-blocks", _too_many_blocks, 5, r"model\.ckpt: .*num_layers .* asks for 4000003 residual"),
     # class 5: one-line errors instead of tracebacks
     Case("config-seed-out-of-range", lambda c: _set_config(c, seed=2**32), 3, r"config\.yaml: key 'seed'"),
-    Case("config-unknown-distance", lambda c: _set_config(c, visualization__distance="euclidian"), 3,
-         r"config\.yaml: key 'visualization\.distance': Input should be 'euclidean'"),
-    Case("picks-text-coordinates", lambda c: _picks(c, coordinate="abc"), 4,
-         r"picks\.csv: picks column 'x' row 2 is not a finite number \('abc'\)", command="predict-centers"),
-    Case("picks-empty-label", lambda c: _picks(c, label=""), 4,
-         r"picks\.csv: picks column 'label' row 2 is not an integer id", command="predict-centers"),
-    Case("picks-label-beyond-int64", lambda c: _picks(c, label="9223372036854775808"), 4,
-         r"picks\.csv: picks column 'label' row 2 holds 9223372036854775808, beyond a 64-bit",
-         command="predict-centers"),
+    Case(
+        "config-unknown-distance",
+        lambda c: _set_config(c, visualization__distance="euclidian"),
+        3,
+        r"config\.yaml: key 'visualization\.distance': Input should be 'euclidean'",
+    ),
+    Case(
+        "picks-text-coordinates",
+        lambda c: _picks(c, coordinate="abc"),
+        4,
+        r"picks\.csv: picks column 'x' row 2 is not a finite number \('abc'\)",
+        command="predict-centers",
+    ),
+    Case(
+        "picks-empty-label",
+        lambda c: _picks(c, label=""),
+        4,
+        r"picks\.csv: picks column 'label' row 2 is not an integer id",
+        command="predict-centers",
+    ),
+    Case(
+        "picks-label-beyond-int64",
+        lambda c: _picks(c, label="9223372036854775808"),
+        4,
+        r"picks\.csv: picks column 'label' row 2 holds 9223372036854775808, beyond a 64-bit",
+        command="predict-centers",
+    ),
     # class 6: config strictness
-    Case("config-reserved-key", lambda c: c["config"].write_text(c["config"].read_text() + "source: x\n"), 3,
-         r"config\.yaml: unknown key 'source'"),
-    Case("config-duplicate-key", lambda c: c["config"].write_text(c["config"].read_text() + "masking_type: 2\n"), 3,
-         r"config\.yaml: key 'masking_type' appears twice"),
+    Case(
+        "config-reserved-key",
+        lambda c: c["config"].write_text(c["config"].read_text() + "source: x\n"),
+        3,
+        r"config\.yaml: unknown key 'source'",
+    ),
+    Case(
+        "config-duplicate-key",
+        lambda c: c["config"].write_text(c["config"].read_text() + "masking_type: 2\n"),
+        3,
+        r"config\.yaml: key 'masking_type' appears twice",
+    ),
     # class 7: messages that name the right culprit
-    Case("config-set-wrong-type", lambda c: ["--set", "masking_type=hull"], 3,
-         r"^config error: --set masking_type=hull: key 'masking_type'"),
-    Case("checkpoint-is-a-folder", lambda c: (c["ckpt"].unlink(), c["ckpt"].mkdir()) and None, 5,
-         r"model\.ckpt: is a folder, not a checkpoint file"),
+    Case(
+        "config-set-wrong-type",
+        lambda c: ["--set", "masking_type=hull"],
+        3,
+        r"^config error: --set masking_type=hull: key 'masking_type'",
+    ),
+    Case(
+        "checkpoint-is-a-folder",
+        lambda c: (c["ckpt"].unlink(), c["ckpt"].mkdir()) and None,
+        5,
+        r"model\.ckpt: is a folder, not a checkpoint file",
+    ),
     Case("log-dir-is-a-file", _log_dir_file, 3, r"a_file: log_dir is a file, not a folder"),
     # class 1: names that become paths
-    Case("config-gpu-negative", lambda c: _set_config(c, parameters__gpu_devices=-1), 3,
-         r"config\.yaml: key 'parameters\.gpu_devices': must be a GPU index"),
-    Case("config-count-too-large", lambda c: _set_config(c, visualization__pca_components=10**30), 3,
-         r"config\.yaml: key 'visualization\.pca_components': Input should be less than or equal to 2147483647"),
-    Case("filename-with-folder", lambda c: ["--filename", "../data/TS_01.mrc"], 3,
-         r"^config error: --filename '\.\./data/TS_01\.mrc': must be a tomogram file name"),
-    Case("merged-names-with-folders", _merged_with_folder_names, 4,
-         r"shared/embeddings\.h5: tomogram name '\.\./\.\./x/TS_01' is not a plain file name", command="kmeans"),
-    Case("patches-stem-with-folder", lambda c: _patches(c, stem="../../y"), 4,
-         r"TS_01_patches\.h5: tomogram name '\.\./\.\./y' is not a plain file name", command="embed"),
-    Case("patches-other-size", lambda c: _patches(c, size=[8, 8, 8]), 4,
-         r"TS_01_patches\.h5: patches of 12×12×12 voxels, but parameters\.data\.patch_size is \[8, 8, 8\]",
-         command="embed"),
-    Case("regions-csv-text", lambda c: _regions_csv(c, lambda t: t.astype({"bbox-1": object}).assign(
-        **{"bbox-1": ["x1"] + list(t["bbox-1"][1:])})), 4,
-         r"TS_01_instance_regions\.csv: column 'bbox-1' row 1 is not an integer \('x1'\)"),
-    Case("regions-csv-inverted-bbox", lambda c: _regions_csv(c, lambda t: t.assign(**{"bbox-2": t["bbox-5"]})), 4,
-         r"TS_01_instance_regions\.csv: label \d+ \(row 1\) has an empty or inverted bbox"),
-    Case("regions-csv-label-not-in-mask", lambda c: _regions_csv(c, lambda t: t.assign(
-        label=t["label"].where(t.index != 0, 999))), 4,
-         r"TS_01_instance_regions\.csv: label 999 has no voxel in its bbox"),
-    Case("regions-csv-duplicate-row", lambda c: _regions_csv(c, lambda t: pd.concat([t, t.iloc[:1]])), 4,
-         r"TS_01_instance_regions\.csv: label \d+ appears twice"),
-    Case("hdf5-group-not-dataset", lambda c: (h5py.File(_mask(c), "w").create_group("instances").create_dataset(
-        "x", data=[1]), _only_ts01(c)) and None, 4, r"TS_01_instance_preds\.h5: 'instances' is an HDF5 group"),
-    Case("mask-labels-beyond-int64", lambda c: _mask_values(c, np.full(SHAPE, 2**63 + 5, np.uint64)), 4,
-         r"mask has labels beyond a 64-bit signed integer"),
-    Case("output-folder-is-data-folder", lambda c: _set_config(c, prediction_folder=str(c["data"])), 3,
-         r"config\.yaml: prediction_folder .*data is the data_folder"),
-    Case("mrc-voxel-size-nan-picks", _nan_voxel_picks, 4,
-         r"TS_01\.mrc: the MRC header's voxel size is not a size .* set centers\.voxel_size",
-         command="predict-centers"),
-    Case("centers-patch-larger-than-tomogram", lambda c: _picks(c, size=64), 3,
-         r"config\.yaml: centers_patch_size 64 is larger than the tomogram TS_01\.mrc", command="predict-centers"),
+    Case(
+        "config-gpu-negative",
+        lambda c: _set_config(c, parameters__gpu_devices=-1),
+        3,
+        r"config\.yaml: key 'parameters\.gpu_devices': must be a GPU index",
+    ),
+    Case(
+        "config-count-too-large",
+        lambda c: _set_config(c, visualization__pca_components=10**30),
+        3,
+        r"config\.yaml: key 'visualization\.pca_components': Input should be less than or equal to 2147483647",
+    ),
+    Case(
+        "filename-with-folder",
+        lambda c: ["--filename", "../data/TS_01.mrc"],
+        3,
+        r"^config error: --filename '\.\./data/TS_01\.mrc': must be a tomogram file name",
+    ),
+    Case(
+        "merged-names-with-folders",
+        _merged_with_folder_names,
+        4,
+        r"shared/embeddings\.h5: tomogram name '\.\./\.\./x/TS_01' is not a plain file name",
+        command="kmeans",
+    ),
+    Case(
+        "patches-stem-with-folder",
+        lambda c: _patches(c, stem="../../y"),
+        4,
+        r"TS_01_patches\.h5: tomogram name '\.\./\.\./y' is not a plain file name",
+        command="embed",
+    ),
+    Case(
+        "patches-other-size",
+        lambda c: _patches(c, size=[8, 8, 8]),
+        4,
+        r"TS_01_patches\.h5: patches of 12×12×12 voxels, but parameters\.data\.patch_size is \[8, 8, 8\]",
+        command="embed",
+    ),
+    Case(
+        "regions-csv-text",
+        lambda c: _regions_csv(
+            c, lambda t: t.astype({"bbox-1": object}).assign(**{"bbox-1": ["x1"] + list(t["bbox-1"][1:])})
+        ),
+        4,
+        r"TS_01_instance_regions\.csv: column 'bbox-1' row 1 is not an integer \('x1'\)",
+    ),
+    Case(
+        "regions-csv-inverted-bbox",
+        lambda c: _regions_csv(c, lambda t: t.assign(**{"bbox-2": t["bbox-5"]})),
+        4,
+        r"TS_01_instance_regions\.csv: label \d+ \(row 1\) has an empty or inverted bbox",
+    ),
+    Case(
+        "regions-csv-label-not-in-mask",
+        lambda c: _regions_csv(c, lambda t: t.assign(label=t["label"].where(t.index != 0, 999))),
+        4,
+        r"TS_01_instance_regions\.csv: label 999 has no voxel in its bbox",
+    ),
+    Case(
+        "regions-csv-duplicate-row",
+        lambda c: _regions_csv(c, lambda t: pd.concat([t, t.iloc[:1]])),
+        4,
+        r"TS_01_instance_regions\.csv: label \d+ appears twice",
+    ),
+    Case(
+        "hdf5-group-not-dataset",
+        lambda c: (
+            (h5py.File(_mask(c), "w").create_group("instances").create_dataset("x", data=[1]), _only_ts01(c)) and None
+        ),
+        4,
+        r"TS_01_instance_preds\.h5: 'instances' is an HDF5 group",
+    ),
+    Case(
+        "mask-labels-beyond-int64",
+        lambda c: _mask_values(c, np.full(SHAPE, 2**63 + 5, np.uint64)),
+        4,
+        r"mask has labels beyond a 64-bit signed integer",
+    ),
+    Case(
+        "output-folder-is-data-folder",
+        lambda c: _set_config(c, prediction_folder=str(c["data"])),
+        3,
+        r"config\.yaml: prediction_folder .*data is the data_folder",
+    ),
+    Case(
+        "mrc-voxel-size-nan-picks",
+        _nan_voxel_picks,
+        4,
+        r"TS_01\.mrc: the MRC header's voxel size is not a size .* set centers\.voxel_size",
+        command="predict-centers",
+    ),
+    Case(
+        "centers-patch-larger-than-tomogram",
+        lambda c: _picks(c, size=64),
+        3,
+        r"config\.yaml: centers_patch_size 64 is larger than the tomogram TS_01\.mrc",
+        command="predict-centers",
+    ),
     Case("checkpoint-nan-weights", _nan_weights, 5, r"model\.ckpt: 1 weights hold NaN or Inf values"),
-    Case("mask-is-the-tomogram", lambda c: _set_config(c, instances_mask_folder=str(c["data"])), 4,
-         r"TS_0[12]\.mrc: the instance mask found for this tomogram is the tomogram itself"),
-    Case("config-file-name-with-folder", lambda c: _set_config(c, test_files=["../TS_01.mrc"]), 3,
-         r"config\.yaml: key 'test_files': must be a tomogram file name \(in data_folder\) without a folder part"),
+    Case(
+        "mask-is-the-tomogram",
+        lambda c: _set_config(c, instances_mask_folder=str(c["data"])),
+        4,
+        r"TS_0[12]\.mrc: the instance mask found for this tomogram is the tomogram itself",
+    ),
+    Case(
+        "config-file-name-with-folder",
+        lambda c: _set_config(c, test_files=["../TS_01.mrc"]),
+        3,
+        r"config\.yaml: key 'test_files': must be a tomogram file name \(in data_folder\) without a folder part",
+    ),
 ]
 
 
@@ -397,8 +568,11 @@ def _snapshot(folder: Path) -> dict[str, str]:
         return {}
     if folder.is_file():
         return {folder.name: hashlib.sha256(folder.read_bytes()).hexdigest()}
-    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir")
-            for p in sorted(folder.rglob("*")) if not p.is_symlink()}
+    return {
+        str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir")
+        for p in sorted(folder.rglob("*"))
+        if not p.is_symlink()
+    }
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.row for c in CASES])
@@ -406,10 +580,14 @@ def test_bad_input(case: Case, tmp_path, cli_env):
     data, masks = make_dataset(tmp_path, shape=SHAPE)
     ckpt = make_checkpoint(tmp_path / "model.ckpt")
     out = tmp_path / "out"
-    config = write_config(tmp_path / "config.yaml", data_folder=data, instances_mask_folder=masks,
-                          prediction_folder=out, trained_model=ckpt)
-    ctx = {"root": tmp_path, "data": data, "masks": masks, "ckpt": ckpt, "out": out, "config": config,
-           "env": cli_env}
+    config = write_config(
+        tmp_path / "config.yaml",
+        data_folder=data,
+        instances_mask_folder=masks,
+        prediction_folder=out,
+        trained_model=ckpt,
+    )
+    ctx = {"root": tmp_path, "data": data, "masks": masks, "ckpt": ckpt, "out": out, "config": config, "env": cli_env}
     extra = case.setup(ctx)
     extra = extra if isinstance(extra, list) else []  # a setup may return extra CLI args
     out = ctx["out"]
@@ -424,8 +602,13 @@ def test_bad_input(case: Case, tmp_path, cli_env):
             if limit:
                 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-        proc = subprocess.run(["subtomo-embed", case.command, "-c", str(config), *extra], env=cli_env,
-                              capture_output=True, text=True, preexec_fn=limit_file_size)
+        proc = subprocess.run(
+            ["subtomo-embed", case.command, "-c", str(config), *extra],
+            env=cli_env,
+            capture_output=True,
+            text=True,
+            preexec_fn=limit_file_size,
+        )
         code, stderr, escaped = proc.returncode, proc.stderr, None
     else:
         code, stderr, escaped = invoke(case.command, "-c", config, *extra)
@@ -443,8 +626,12 @@ def test_bad_input(case: Case, tmp_path, cli_env):
 
 def test_debug_shows_the_traceback(dataset, cli_env):
     dataset["ckpt"].unlink()
-    proc = subprocess.run(["subtomo-embed", "predict", "-c", str(dataset["config"]), "--debug"], env=cli_env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["subtomo-embed", "predict", "-c", str(dataset["config"]), "--debug"],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
@@ -458,7 +645,16 @@ def test_table_in_the_docs_matches_these_rows():
 
 
 def test_extract_of_a_missing_tomogram_path_is_an_input_error(dataset, tmp_path):
-    code, stderr, escaped = invoke("extract", "-c", dataset["config"], "--tomogram", tmp_path / "absent.mrc", "--mask",
-                                   tmp_path / "absent.h5", "--output-dir", tmp_path / "patches")
+    code, stderr, escaped = invoke(
+        "extract",
+        "-c",
+        dataset["config"],
+        "--tomogram",
+        tmp_path / "absent.mrc",
+        "--mask",
+        tmp_path / "absent.h5",
+        "--output-dir",
+        tmp_path / "patches",
+    )
     assert code == 4 and escaped is None
     assert re.search(r"absent\.mrc: cannot read the file", stderr.strip().splitlines()[-1]), stderr

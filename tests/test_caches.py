@@ -71,9 +71,11 @@ def test_unset_variables_and_an_unwritable_home_get_a_private_folder(tmp_path):
     home.mkdir(mode=0o555)
     tmp_path.chmod(0o755)
     caches = Path(__file__).parents[1] / "src" / "subtomo_embed" / "caches.py"  # stdlib only: any python runs it
-    code = (f"import importlib.util as u, os; s = u.spec_from_file_location('caches', {str(caches)!r}); "
-            "m = u.module_from_spec(s); s.loader.exec_module(m); m.use_writable_caches(os.environ); "
-            "print(os.environ['NUMBA_CACHE_DIR'], os.environ['MPLCONFIGDIR'])")
+    code = (
+        f"import importlib.util as u, os; s = u.spec_from_file_location('caches', {str(caches)!r}); "
+        "m = u.module_from_spec(s); s.loader.exec_module(m); m.use_writable_caches(os.environ); "
+        "print(os.environ['NUMBA_CACHE_DIR'], os.environ['MPLCONFIGDIR'])"
+    )
     env = {"HOME": str(home), "PATH": os.environ["PATH"]}
     if os.geteuid() == 0:  # nobody, with the system's python (the venv's may lie in root's home)
         python, setuid = "/usr/bin/python3", lambda: os.setuid(65534)

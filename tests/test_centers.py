@@ -86,8 +86,11 @@ def test_picks_written_in_each_convention_come_back_to_the_same_voxels(name):
         np.testing.assert_allclose(written["rlnCenteredCoordinateXAngst"], (voxels[:, 2] - SHAPE[2] / 2) * VOXEL[2])
     if name == "unbinned voxels (4x finer)":
         np.testing.assert_allclose(written["rlnCoordinateZ"], voxels[:, 0] * 4)
-    detected = P.detect_convention(written, "auto" if origin == "corner" or units == "angstrom" else units,
-                                   "auto" if name != "centred voxels" else "centered")
+    detected = P.detect_convention(
+        written,
+        "auto" if origin == "corner" or units == "angstrom" else units,
+        "auto" if name != "centred voxels" else "centered",
+    )
     assert detected == convention
     np.testing.assert_allclose(P.to_voxels(written, detected, geometry), voxels, rtol=0, atol=1e-9)
 
@@ -121,7 +124,7 @@ def test_centred_box_inside_equals_masking_type_0_and_pads_with_zero_outside():
     centre = np.array([18.0, 25.0, 21.0])
     got = cut_centered_patch(volume, P.box_start(centre, 9), 9, (9, 9, 9), Normalization(-10, 10, 0, 1), centre, 3.0)
     zz, yy, xx = np.mgrid[-4:5, -4:5, -4:5]
-    assert np.array_equal(got != 0, zz ** 2 + yy ** 2 + xx ** 2 <= 9)
+    assert np.array_equal(got != 0, zz**2 + yy**2 + xx**2 <= 9)
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,14 +149,19 @@ def relion5_star(path, truth, voxel=VOXEL):
     rows = []
     for stem, centres in truth.items():
         for i, c in enumerate(centres):
-            rows.append({
-                "rlnTomoName": stem,
-                "rlnCenteredCoordinateXAngst": (c[2] - SHAPE[2] / 2) * voxel[2],
-                "rlnCenteredCoordinateYAngst": (c[1] - SHAPE[1] / 2) * voxel[1],
-                "rlnCenteredCoordinateZAngst": (c[0] - SHAPE[0] / 2) * voxel[0],
-                "rlnAngleRot": 10.0 * i, "rlnAngleTilt": 90.0, "rlnAnglePsi": -33.123456,
-                "rlnOpticsGroup": 1, "rlnTomoParticleName": f"{stem}/{i + 1}",
-            })
+            rows.append(
+                {
+                    "rlnTomoName": stem,
+                    "rlnCenteredCoordinateXAngst": (c[2] - SHAPE[2] / 2) * voxel[2],
+                    "rlnCenteredCoordinateYAngst": (c[1] - SHAPE[1] / 2) * voxel[1],
+                    "rlnCenteredCoordinateZAngst": (c[0] - SHAPE[0] / 2) * voxel[0],
+                    "rlnAngleRot": 10.0 * i,
+                    "rlnAngleTilt": 90.0,
+                    "rlnAnglePsi": -33.123456,
+                    "rlnOpticsGroup": 1,
+                    "rlnTomoParticleName": f"{stem}/{i + 1}",
+                }
+            )
     starfile.write({"particles": pd.DataFrame(rows)}, path, overwrite=True)
     return path
 
@@ -163,10 +171,23 @@ def picks_setup(tmp_path):
     data, masks, truth = cube_dataset(tmp_path)
     ckpt = make_checkpoint(tmp_path / "model.ckpt")
     star = relion5_star(tmp_path / "particles.star", truth)
-    common = dict(data_folder=data, instances_mask_folder=masks, trained_model=ckpt, masking_type=0,
-                  expand_labels=0, min_particle_size=None)
-    return {"root": tmp_path, "data": data, "masks": masks, "truth": truth, "ckpt": ckpt, "star": star,
-            "common": common}
+    common = dict(
+        data_folder=data,
+        instances_mask_folder=masks,
+        trained_model=ckpt,
+        masking_type=0,
+        expand_labels=0,
+        min_particle_size=None,
+    )
+    return {
+        "root": tmp_path,
+        "data": data,
+        "masks": masks,
+        "truth": truth,
+        "ckpt": ckpt,
+        "star": star,
+        "common": common,
+    }
 
 
 def read_embeddings(folder, stem):
@@ -177,8 +198,13 @@ def read_embeddings(folder, stem):
 def test_embeddings_from_centres_equal_those_from_masks(picks_setup, cli_env):
     s = picks_setup
     masks_cfg = write_config(s["root"] / "m.yaml", prediction_folder=s["root"] / "from_masks", **s["common"])
-    picks_cfg = write_config(s["root"] / "p.yaml", prediction_folder=s["root"] / "from_picks",
-                             centers_file=s["star"], centers_patch_size=7, **s["common"])
+    picks_cfg = write_config(
+        s["root"] / "p.yaml",
+        prediction_folder=s["root"] / "from_picks",
+        centers_file=s["star"],
+        centers_patch_size=7,
+        **s["common"],
+    )
     run(["subtomo-embed", "predict", "--config_file", str(masks_cfg)], cli_env)
     proc = run(["subtomo-embed", "simsiam_embeddings_from_centers_predict", "--config_file", str(picks_cfg)], cli_env)
     assert "in angstrom, centered origin" in proc.stderr
@@ -189,16 +215,20 @@ def test_embeddings_from_centres_equal_those_from_masks(picks_setup, cli_env):
         np.testing.assert_allclose(from_picks, from_masks, rtol=1e-5, atol=1e-6)
         regions = pd.read_csv(s["root"] / "from_picks" / f"{stem}_instance_regions.csv")
         # STAR keeps 6 decimals of Å and MRC headers a float32 voxel size: a millionth of a voxel
-        np.testing.assert_allclose(regions[["centroid-0", "centroid-1", "centroid-2"]].to_numpy(), s["truth"][stem],
-                                   atol=1e-5)
-        assert (regions["area"] == 7 ** 3).all()
+        np.testing.assert_allclose(
+            regions[["centroid-0", "centroid-1", "centroid-2"]].to_numpy(), s["truth"][stem], atol=1e-5
+        )
+        assert (regions["area"] == 7**3).all()
         assert "pick:rlnAngleRot" in regions.columns
     # predict's own STAR names the tomogram and gives RELION 5 coordinates (Å from the centre)
     star = starfile.read(s["root"] / "from_masks" / "TS_02_instance_regions.star")
     assert (star["rlnTomoName"] == "TS_02").all()
     for axis, name in enumerate("ZYX"):
-        np.testing.assert_allclose(star[f"rlnCenteredCoordinate{name}Angst"],
-                                   (s["truth"]["TS_02"][:, axis] - SHAPE[axis] / 2) * VOXEL[axis], atol=1e-4)
+        np.testing.assert_allclose(
+            star[f"rlnCenteredCoordinate{name}Angst"],
+            (s["truth"]["TS_02"][:, axis] - SHAPE[axis] / 2) * VOXEL[axis],
+            atol=1e-4,
+        )
     # the running pick id goes on across tomograms
     with h5py.File(s["root"] / "from_picks" / "TS_02_instance_labels.h5") as f:
         assert f["labels"][()].tolist() == list(range(7, 13))
@@ -206,8 +236,13 @@ def test_embeddings_from_centres_equal_those_from_masks(picks_setup, cli_env):
 
 def test_relion5_picks_come_back_from_clustering_with_every_column(picks_setup, cli_env):
     s = picks_setup
-    cfg = write_config(s["root"] / "p.yaml", prediction_folder=s["root"] / "pred", centers_file=s["star"],
-                       centers_patch_size=7, **s["common"])
+    cfg = write_config(
+        s["root"] / "p.yaml",
+        prediction_folder=s["root"] / "pred",
+        centers_file=s["star"],
+        centers_patch_size=7,
+        **s["common"],
+    )
     run(["subtomo-embed", "predict-centers", "--config_file", str(cfg)], cli_env)
     run(["subtomo-embed", "kmeans", "--config_file", str(cfg)], cli_env)
     original = starfile.read(s["star"])
@@ -233,14 +268,20 @@ def test_csv_and_copick_picks_one_file_per_tomogram_and_the_border(picks_setup, 
     c1, c2 = s["truth"]["TS_01"], s["truth"]["TS_02"]
     extra = np.array([[1.0, 1.0, 1.0], [-5.0, 10.0, 10.0]])  # box off the edge; centre outside
     pd.DataFrame(np.vstack([c1, extra])[:, ::-1], columns=["x", "y", "z"]).to_csv(folder / "TS_01.csv", index=False)
-    points = [{"location": {"x": c[2] * VOXEL[2], "y": c[1] * VOXEL[1], "z": c[0] * VOXEL[0]}, "instance_id": 0}
-              for c in c2]
-    (folder / "TS_02_ribosome.json").write_text(json.dumps({"run_name": "TS_02", "unit": "angstrom",
-                                                            "points": points}))
+    points = [
+        {"location": {"x": c[2] * VOXEL[2], "y": c[1] * VOXEL[1], "z": c[0] * VOXEL[0]}, "instance_id": 0} for c in c2
+    ]
+    (folder / "TS_02_ribosome.json").write_text(json.dumps({"run_name": "TS_02", "unit": "angstrom", "points": points}))
     for border, expected in (("pad", 7), ("skip", 6)):
         out = tmp_path / f"out_{border}"
-        cfg = write_config(tmp_path / f"{border}.yaml", prediction_folder=out, centers_file=folder,
-                           centers_patch_size=7, centers={"border": border, "mask_radius": 3.5}, **s["common"])
+        cfg = write_config(
+            tmp_path / f"{border}.yaml",
+            prediction_folder=out,
+            centers_file=folder,
+            centers_patch_size=7,
+            centers={"border": border, "mask_radius": 3.5},
+            **s["common"],
+        )
         proc = run(["subtomo-embed", "predict-centers", "--config_file", str(cfg)], cli_env)
         assert "1 outside the tomogram" in proc.stderr
         assert len(pd.read_csv(out / "TS_01_instance_regions.csv")) == expected
@@ -254,8 +295,9 @@ def test_bad_picks_are_clear_errors(picks_setup, cli_env, tmp_path):
     bad.write_text("a,b,c\n1,2,3\n")
     for picks, size, message in ((bad, 7, "no coordinate columns"), (s["star"], None, "centers_patch_size")):
         out = tmp_path / "out"
-        cfg = write_config(tmp_path / "c.yaml", prediction_folder=out, centers_file=picks, centers_patch_size=size,
-                           **s["common"])
+        cfg = write_config(
+            tmp_path / "c.yaml", prediction_folder=out, centers_file=picks, centers_patch_size=size, **s["common"]
+        )
         proc = run(["subtomo-embed", "predict-centers", "--config_file", str(cfg)], cli_env, ok=False)
         assert proc.returncode in (3, 4) and message in proc.stderr and "Traceback" not in proc.stderr
         assert not out.exists() or not any(out.iterdir())

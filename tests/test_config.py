@@ -38,13 +38,16 @@ def test_unknown_and_nested_unknown_keys_named(tmp_path):
     assert "\n" not in text
 
 
-@pytest.mark.parametrize("key,value,fragment", [
-    ("masking_type", 3, "masking_type"),
-    ("masking_type", "1", "masking_type"),
-    ("min_particle_size", "ten", "min_particle_size"),
-    ("contrastive", "yes", "contrastive"),
-    ("test_files", "TS_01.mrc", "test_files"),
-])
+@pytest.mark.parametrize(
+    "key,value,fragment",
+    [
+        ("masking_type", 3, "masking_type"),
+        ("masking_type", "1", "masking_type"),
+        ("min_particle_size", "ten", "min_particle_size"),
+        ("contrastive", "yes", "contrastive"),
+        ("test_files", "TS_01.mrc", "test_files"),
+    ],
+)
 def test_wrong_types_named(key, value, fragment):
     with pytest.raises(ConfigError, match=fragment):
         config_from_dict({key: value})
@@ -57,8 +60,9 @@ def test_bad_patch_sizes(patch):
 
 
 def test_overrides_use_the_same_rules():
-    cfg = config_from_dict({}, overrides=["parameters.data.patch_size=[8,9,10]", "max_particle_size=null",
-                                          "visualization.3d_umap=true"])
+    cfg = config_from_dict(
+        {}, overrides=["parameters.data.patch_size=[8,9,10]", "max_particle_size=null", "visualization.3d_umap=true"]
+    )
     assert cfg.parameters.data.patch_size == [8, 9, 10] and cfg.max_particle_size is None
     assert cfg.visualization.umap_3d is True
     with pytest.raises(ConfigError, match="unknown key 'nope'"):
@@ -78,8 +82,10 @@ def test_stem_and_particle_bounds():
     cfg = config_from_dict({"file_extension": "rec", "max_particle_size": 0, "min_particle_size": 0})
     assert cfg.file_extension == ".rec" and cfg.stem("TS_01.rec") == "TS_01"
     assert cfg.max_particle_bound is None and cfg.min_particle_bound is None
-    assert config_from_dict({"instances": {"min_center_distance": 5, "max_center_distance": 20}}
-                            ).instances_suffix == "_min-5_max-20"
+    assert (
+        config_from_dict({"instances": {"min_center_distance": 5, "max_center_distance": 20}}).instances_suffix
+        == "_min-5_max-20"
+    )
 
 
 def test_not_yaml_and_not_a_mapping(tmp_path):
@@ -110,31 +116,39 @@ def test_alias_bomb_is_refused_before_it_is_expanded(tmp_path):
 
 
 def test_a_few_aliases_within_the_bound_still_work(tmp_path):
-    cfg = _load_text(tmp_path, "parameters:\n  data:\n    patch_size: &p [8, 8, 8]\n"
-                               "clustering_kmeans: &k {num_clusters: 4}\nclustering_spectral: *k\n")
+    cfg = _load_text(
+        tmp_path,
+        "parameters:\n  data:\n    patch_size: &p [8, 8, 8]\n"
+        "clustering_kmeans: &k {num_clusters: 4}\nclustering_spectral: *k\n",
+    )
     assert cfg.parameters.data.patch_size == [8, 8, 8] and cfg.clustering_spectral.num_clusters == 4
 
 
-@pytest.mark.parametrize("text,message", [
-    ("test_files: &a [*a]\n", r"alias at line 1 refers to a value that contains it"),
-    ("masking_type: 0\nexpand_labels: 1\nmasking_type: 2\n", r"key 'masking_type' appears twice .*lines 1 and 3"),
-    ("test_files: " + "[" * 3000 + "]" * 3000 + "\n", r"nested too deeply"),
-    ("source: somewhere.yaml\n", r"unknown key 'source'"),
-    ("visualization:\n  umap_3d: true\n", r"unknown key 'visualization\.umap_3d'"),
-    ("seed: -1\n", r"key 'seed'"),
-    ("seed: 4294967296\n", r"key 'seed'"),
-    ("visualization:\n  distance: euclidian\n", r"key 'visualization\.distance'"),
-    ("file_extension: /../x.mrc\n", r"key 'file_extension': must be a file extension without a folder part"),
-    ("test_files: ['../../TS_01.mrc']\n", r"key 'test_files': must be a tomogram file name"),
-    ("clustering_files: [..]\n", r"key 'clustering_files'"),
-    ("visualization:\n  visualization_suffix: ../x.csv\n", r"key 'visualization\.visualization_suffix'"),
-    ("instances:\n  min_center_distance: ../../x\n  max_center_distance: 2\n",
-     r"key 'instances\.min_center_distance': must be a number or null"),
-    ('data_folder: "a\\0b"\n', r"key 'data_folder': a path cannot hold a NUL character"),
-    ("centers:\n  voxel_size: .nan\n", r"key 'centers\.voxel_size': must be a positive number"),
-    ("centers:\n  picks_voxel_size: [1, 2]\n", r"key 'centers\.picks_voxel_size'"),
-    ("parameters:\n  network:\n    num_layers: [1, 1]\n", r"key 'parameters\.network\.num_layers': must be four"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("test_files: &a [*a]\n", r"alias at line 1 refers to a value that contains it"),
+        ("masking_type: 0\nexpand_labels: 1\nmasking_type: 2\n", r"key 'masking_type' appears twice .*lines 1 and 3"),
+        ("test_files: " + "[" * 3000 + "]" * 3000 + "\n", r"nested too deeply"),
+        ("source: somewhere.yaml\n", r"unknown key 'source'"),
+        ("visualization:\n  umap_3d: true\n", r"unknown key 'visualization\.umap_3d'"),
+        ("seed: -1\n", r"key 'seed'"),
+        ("seed: 4294967296\n", r"key 'seed'"),
+        ("visualization:\n  distance: euclidian\n", r"key 'visualization\.distance'"),
+        ("file_extension: /../x.mrc\n", r"key 'file_extension': must be a file extension without a folder part"),
+        ("test_files: ['../../TS_01.mrc']\n", r"key 'test_files': must be a tomogram file name"),
+        ("clustering_files: [..]\n", r"key 'clustering_files'"),
+        ("visualization:\n  visualization_suffix: ../x.csv\n", r"key 'visualization\.visualization_suffix'"),
+        (
+            "instances:\n  min_center_distance: ../../x\n  max_center_distance: 2\n",
+            r"key 'instances\.min_center_distance': must be a number or null",
+        ),
+        ('data_folder: "a\\0b"\n', r"key 'data_folder': a path cannot hold a NUL character"),
+        ("centers:\n  voxel_size: .nan\n", r"key 'centers\.voxel_size': must be a positive number"),
+        ("centers:\n  picks_voxel_size: [1, 2]\n", r"key 'centers\.picks_voxel_size'"),
+        ("parameters:\n  network:\n    num_layers: [1, 1]\n", r"key 'parameters\.network\.num_layers': must be four"),
+    ],
+)
 def test_hostile_values_are_config_errors_naming_key_and_file(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message) as err:
         _load_text(tmp_path, text)
@@ -159,8 +173,9 @@ def test_ignored_cryosiam_keys_warn_and_are_listed_in_the_docs(tmp_path, caplog)
     from subtomo_embed.core.config import IGNORED_CRYOSIAM_KEYS
 
     with caplog.at_level("WARNING"):
-        cfg = _load_text(tmp_path, "visualization:\n  visualize_3d_mask: true\n  3d_mask_extension: '.mrc'\n"
-                                   "  distance: cosine\n")
+        cfg = _load_text(
+            tmp_path, "visualization:\n  visualize_3d_mask: true\n  3d_mask_extension: '.mrc'\n  distance: cosine\n"
+        )
     assert cfg.visualization.distance == "cosine"
     assert "ignoring CryoSiam's key 'visualization.visualize_3d_mask'" in caplog.text
     doc = (REPO / "docs" / "config.md").read_text()
@@ -176,8 +191,11 @@ def test_overrides_are_blamed_on_set_not_the_file(tmp_path):
     text = str(err.value)
     assert text.startswith("c.yaml: unknown key 'masking_typ'") or "c.yaml: unknown key 'masking_typ'" in text
     assert "--set masking_type=hull: key 'masking_type'" in text
-    with pytest.raises(ConfigError, match=r"^--set parameters\.data\.max=-1: key 'parameters\.data\.max'|"
-                                          r"with --set parameters\.data\.max=-1: key 'parameters\.data'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^--set parameters\.data\.max=-1: key 'parameters\.data\.max'|"
+        r"with --set parameters\.data\.max=-1: key 'parameters\.data'",
+    ):
         config_from_dict({}, "c.yaml", ["parameters.data.max=-1"])
     cfg = config_from_dict({"trained_model": None}, "c.yaml", ["parameters.data.patch_size=[8,8,8]", "data_folder=x"])
     assert cfg.origin("parameters.data.patch_size") == "--set parameters.data.patch_size=[8,8,8]"
@@ -193,8 +211,11 @@ def test_set_values_are_read_by_the_bounded_loader():
     levels += [f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 9)]
     with pytest.raises(ConfigError, match=r"^--set test_files=.*: the YAML expands to more than 100,000 values"):
         config_from_dict({}, "c.yaml", ["test_files=[" + ", ".join(levels) + "]"])
-    assert config_from_dict({}, "c.yaml", ["parameters.data.patch_size=[&a 8, *a, *a]"]).parameters.data.patch_size \
-        == [8, 8, 8]
+    assert config_from_dict({}, "c.yaml", ["parameters.data.patch_size=[&a 8, *a, *a]"]).parameters.data.patch_size == [
+        8,
+        8,
+        8,
+    ]
 
 
 def test_config_path_that_is_a_folder_or_too_big(tmp_path):
@@ -220,8 +241,9 @@ def test_gpu_devices_are_indices_or_null(value):
 def test_an_output_folder_may_not_be_an_input_folder(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "data")
-    cfg = config_from_dict({"data_folder": str(tmp_path / "data"), "instances_mask_folder": str(tmp_path / "masks")},
-                           "c.yaml")
+    cfg = config_from_dict(
+        {"data_folder": str(tmp_path / "data"), "instances_mask_folder": str(tmp_path / "masks")}, "c.yaml"
+    )
     for same in (tmp_path / "data", tmp_path / "link", tmp_path / "data" / ".." / "data"):
         with pytest.raises(ConfigError, match=r"^c\.yaml: prediction_folder .* is the data_folder"):
             cfg.check_output_folder(same)
@@ -231,10 +253,20 @@ def test_an_output_folder_may_not_be_an_input_folder(tmp_path):
         cfg.check_output_folder(apart)
 
 
-@pytest.mark.parametrize("key", ["hyper_parameters.batch_size", "expand_labels", "centers_patch_size",
-                                 "clustering_kmeans.num_clusters", "clustering_spectral.n_neighbors",
-                                 "visualization.pca_components", "visualization.max_plot_points",
-                                 "parameters.network.dim", "min_particle_size"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "hyper_parameters.batch_size",
+        "expand_labels",
+        "centers_patch_size",
+        "clustering_kmeans.num_clusters",
+        "clustering_spectral.n_neighbors",
+        "visualization.pca_components",
+        "visualization.max_plot_points",
+        "parameters.network.dim",
+        "min_particle_size",
+    ],
+)
 def test_sizes_and_counts_beyond_what_numpy_takes_are_config_errors(key):
     huge = str(10**30)
     with pytest.raises(ConfigError, match=rf"^--set {re.escape(key)}={huge}: key '{re.escape(key)}'"):

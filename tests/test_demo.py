@@ -17,8 +17,16 @@ from subtomo_embed.core.simulate import random_particle
 from subtomo_embed.core.train import ViewSettings, make_view
 from subtomo_embed.stages import demo as D
 
-TINY = {"block_type": "basic", "num_layers": [1, 1, 1, 1], "num_filters": [4, 8, 8, 16], "dim": 16, "pred_dim": 8,
-        "no_max_pool": False, "spatial_dims": 3, "in_channels": 1}
+TINY = {
+    "block_type": "basic",
+    "num_layers": [1, 1, 1, 1],
+    "num_filters": [4, 8, 8, 16],
+    "dim": 16,
+    "pred_dim": 8,
+    "no_max_pool": False,
+    "spatial_dims": 3,
+    "in_channels": 1,
+}
 
 
 def test_descriptor_separates_spheres_from_rods():
@@ -65,16 +73,21 @@ def test_committed_model_is_small_cryosiam_shaped_and_described():
     assert full["dim"] == model.dim
     # the demo config describes the committed model, so --retrain makes the same network
     demo = load_config(D.DEMO_CONFIG).parameters.network.model_dump()
-    assert {k: demo[k] for k in ("num_filters", "num_layers", "dim", "pred_dim", "no_max_pool", "block_type")} == \
-        {k: network[k] for k in ("num_filters", "num_layers", "dim", "pred_dim", "no_max_pool", "block_type")}
+    assert {k: demo[k] for k in ("num_filters", "num_layers", "dim", "pred_dim", "no_max_pool", "block_type")} == {
+        k: network[k] for k in ("num_filters", "num_layers", "dim", "pred_dim", "no_max_pool", "block_type")
+    }
     card = (path.parent / "MODEL_CARD.md").read_text()
     assert "subtomo-embed train" in card and "ARI" in card
 
 
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path, cli_env):
-    proc = subprocess.run(["subtomo-embed", "demo", "--output", str(tmp_path / "demo"), "--device", "cpu"],
-                          env=cli_env, capture_output=True, text=True)
+    proc = subprocess.run(
+        ["subtomo-embed", "demo", "--output", str(tmp_path / "demo"), "--device", "cpu"],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Adjusted Rand index" in proc.stdout
     scores = pd.read_csv(tmp_path / "demo" / "ari.csv")

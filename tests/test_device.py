@@ -47,11 +47,18 @@ def test_cli_device_cuda_fails_in_one_line_with_exit_7_and_writes_nothing(comman
     data, masks = make_dataset(tmp_path, n_tomograms=1, n_instances=4)
     out = tmp_path / "out"
     out.mkdir()
-    config = write_config(tmp_path / "config.yaml", data_folder=data, instances_mask_folder=masks,
-                          prediction_folder=out, trained_model=make_checkpoint(tmp_path / "model.ckpt"),
-                          centers_file=write_picks(tmp_path / "picks.star", masks), centers_patch_size=9)
-    proc = subprocess.run(["subtomo-embed", command, "-c", str(config), "--device", "cuda"], env=cli_env,
-                          capture_output=True, text=True)
+    config = write_config(
+        tmp_path / "config.yaml",
+        data_folder=data,
+        instances_mask_folder=masks,
+        prediction_folder=out,
+        trained_model=make_checkpoint(tmp_path / "model.ckpt"),
+        centers_file=write_picks(tmp_path / "picks.star", masks),
+        centers_patch_size=9,
+    )
+    proc = subprocess.run(
+        ["subtomo-embed", command, "-c", str(config), "--device", "cuda"], env=cli_env, capture_output=True, text=True
+    )
     assert proc.returncode == 7, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if " error: " in line]
     assert len(errors) == 1 and errors[0].startswith("device error: --device cuda asked for"), proc.stderr

@@ -54,20 +54,33 @@ def example():
         E.Colouring("tomogram", tomogram),
         E.Colouring("instance size", np.log2(area), categorical=False, label="log2 area (voxels)"),
     ]
-    star = pd.DataFrame({
-        "rlnTomoName": tomogram, "rlnLabel": label, "rlnArea": area,
-        "rlnCoordinateZ": centroid[:, 0], "rlnCoordinateY": centroid[:, 1], "rlnCoordinateX": centroid[:, 2],
-        "rlnCenteredCoordinateXAngst": np.round(centroid[:, 2] * 10.0 - 300.0, 2),
-        "rlnAngleRot": np.where(label % 7 == 0, np.nan, label * 0.25),  # missing values stay missing
-        "rlnClass": groups,
-    })
+    star = pd.DataFrame(
+        {
+            "rlnTomoName": tomogram,
+            "rlnLabel": label,
+            "rlnArea": area,
+            "rlnCoordinateZ": centroid[:, 0],
+            "rlnCoordinateY": centroid[:, 1],
+            "rlnCoordinateX": centroid[:, 2],
+            "rlnCenteredCoordinateXAngst": np.round(centroid[:, 2] * 10.0 - 300.0, 2),
+            "rlnAngleRot": np.where(label % 7 == 0, np.nan, label * 0.25),  # missing values stay missing
+            "rlnClass": groups,
+        }
+    )
     star.loc[1, "rlnCoordinateX"] = 7.0  # an integral float must stay a float
     patches = [rng.normal(size=(16, 16, 16)).astype(np.float32) for _ in range(40)]
     thumb_rows = [LONE, *range(10, 49)]
     thumbnails = E.encode_thumbnails(thumb_rows, (E.thumbnail_png(p) for p in patches))
     html = E.explorer_html(instances, projections, colourings, star, thumbnails, title="test explorer")
-    return {"html": html, "xy": xy, "groups": groups, "star": star, "thumbnails": thumbnails, "n": n,
-            "colourings": colourings}
+    return {
+        "html": html,
+        "xy": xy,
+        "groups": groups,
+        "star": star,
+        "thumbnails": thumbnails,
+        "n": n,
+        "colourings": colourings,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,9 +184,17 @@ def test_thumbnail_patches_are_the_patches_predict_cuts():
 
 
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--enable-unsafe-swiftshader", "--window-size=1400,900", "--force-device-scale-factor=1",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--enable-unsafe-swiftshader",
+    "--window-size=1400,900",
+    "--force-device-scale-factor=1",
 ]
 
 
@@ -210,10 +231,15 @@ def open_page(driver, path: Path) -> None:
 
 def point_on_screen(driver, x: float, y: float) -> tuple[int, int]:
     """Page pixel of data point (x, y) on the 2D plot (plotly's own axis conversion)."""
-    return tuple(driver.execute_script(
-        """const gd = document.getElementById('explorer-plot'), L = gd._fullLayout, r = gd.getBoundingClientRect();
+    return tuple(
+        driver.execute_script(
+            """const gd = document.getElementById('explorer-plot'), L = gd._fullLayout, r = gd.getBoundingClientRect();
            return [Math.round(r.left + L._size.l + L.xaxis.d2p(arguments[0])),
-                   Math.round(r.top + L._size.t + L.yaxis.d2p(arguments[1]))];""", x, y))
+                   Math.round(r.top + L._size.t + L.yaxis.d2p(arguments[1]))];""",
+            x,
+            y,
+        )
+    )
 
 
 def move_to(driver, x: int, y: int) -> None:
@@ -409,8 +435,10 @@ def test_visualize_writes_the_explorer(real):
     mask = sio.read_instance_mask(real["masks"] / "TS_02_instance_preds.h5")
     volume, _ = sio.open_mrc_volume(real["data"] / "TS_02.mrc")
     plan = plan_extraction(mask, expand_labels=2, min_size=10)
-    patches = {int(plan.columns["label"][i]): p.copy()
-               for i, p in iter_patches(volume, plan, (12, 12, 12), 1, Normalization(0, 1, 0, 1))}
+    patches = {
+        int(plan.columns["label"][i]): p.copy()
+        for i, p in iter_patches(volume, plan, (12, 12, 12), 1, Normalization(0, 1, 0, 1))
+    }
     row = int(np.flatnonzero(table["tomogram"] == "TS_02")[0])
     png = base64.b64decode(data["thumbnails"][str(row)])
     assert png == E.thumbnail_png(patches[int(table["label"][row])])
@@ -421,16 +449,18 @@ def test_explorer_thumbnail_limit_and_missing_tomograms(real, tmp_path):
     from real_run import run_cli
 
     vis = tmp_path / "vis5"
-    run_cli("visualize", "--config_file", real["config"], "--vis-dir", vis,
-            "--set", "visualization.explorer_thumbnails=5")
+    run_cli(
+        "visualize", "--config_file", real["config"], "--vis-dir", vis, "--set", "visualization.explorer_thumbnails=5"
+    )
     data = page_data_of((vis / E.EXPLORER_NAME).read_text(encoding="utf-8"))
     assert len(data["thumbnails"]) == 5
     groups = {data["tomograms"][t] for t in decode(data["tomogram"], "<i4")[[int(r) for r in data["thumbnails"]]]}
     assert groups == {"TS_01", "TS_02"}  # stratified: both tomograms
 
     vis = tmp_path / "nodata"
-    output = run_cli("visualize", "--config_file", real["config"], "--vis-dir", vis,
-                     "--set", f"data_folder={tmp_path / 'nowhere'}")
+    output = run_cli(
+        "visualize", "--config_file", real["config"], "--vis-dir", vis, "--set", f"data_folder={tmp_path / 'nowhere'}"
+    )
     data = page_data_of((vis / E.EXPLORER_NAME).read_text(encoding="utf-8"))
     assert data["thumbnails"] == {} and data["n"] > 0
     assert "explorer without thumbnails" in output  # the log says why
@@ -476,10 +506,15 @@ def test_thumbnails_of_picks_are_the_boxes_predict_centers_cut(tmp_path):
 
     data, masks = make_dataset(tmp_path, n_instances=9)
     out = tmp_path / "out"
-    config = write_config(tmp_path / "config.yaml", data_folder=data, prediction_folder=out,
-                          trained_model=make_checkpoint(tmp_path / "model.ckpt"),
-                          centers_file=inner_picks(tmp_path / "picks.star", masks, 9), centers_patch_size=9,
-                          centers={"mask_radius": 3.5})
+    config = write_config(
+        tmp_path / "config.yaml",
+        data_folder=data,
+        prediction_folder=out,
+        trained_model=make_checkpoint(tmp_path / "model.ckpt"),
+        centers_file=inner_picks(tmp_path / "picks.star", masks, 9),
+        centers_patch_size=9,
+        centers={"mask_radius": 3.5},
+    )
     for command in ("predict-centers", "kmeans", "visualize"):
         run_cli(command, "--config_file", config)
     data_page = page_data_of((out / "vis" / E.EXPLORER_NAME).read_text(encoding="utf-8"))
@@ -488,7 +523,13 @@ def test_thumbnails_of_picks_are_the_boxes_predict_centers_cut(tmp_path):
     volume, _ = sio.open_mrc_volume(data / "TS_01.mrc")
     for row in np.flatnonzero(table["tomogram"] == "TS_01")[:3]:
         r = table.iloc[row]
-        patch = cut_centered_patch(volume, r[["bbox-0", "bbox-1", "bbox-2"]].to_numpy(np.int64), 9, (12, 12, 12),
-                                   Normalization(0, 1, 0, 1), r[["centroid-0", "centroid-1", "centroid-2"]].to_numpy(),
-                                   3.5)
+        patch = cut_centered_patch(
+            volume,
+            r[["bbox-0", "bbox-1", "bbox-2"]].to_numpy(np.int64),
+            9,
+            (12, 12, 12),
+            Normalization(0, 1, 0, 1),
+            r[["centroid-0", "centroid-1", "centroid-2"]].to_numpy(),
+            3.5,
+        )
         assert base64.b64decode(data_page["thumbnails"][str(row)]) == E.thumbnail_png(patch)

@@ -41,8 +41,19 @@ def test_patches_equal_cryosiam(volume_and_mask, masking, expand, patch_size):
     for a, b in zip(ours, ref):
         assert a.shape == tuple(patch_size) and a.dtype == np.float32
         np.testing.assert_allclose(a, b, atol=1e-6)
-    for col in ["area", "bbox-0", "bbox-1", "bbox-2", "bbox-3", "bbox-4", "bbox-5", "centroid-0", "centroid-1",
-                "centroid-2", "hull_area"]:
+    for col in [
+        "area",
+        "bbox-0",
+        "bbox-1",
+        "bbox-2",
+        "bbox-3",
+        "bbox-4",
+        "bbox-5",
+        "centroid-0",
+        "centroid-1",
+        "centroid-2",
+        "hull_area",
+    ]:
         np.testing.assert_allclose(plan.table[col].to_numpy(float), [float(r[col]) for r in ref_rows], err_msg=col)
 
 
@@ -76,9 +87,9 @@ def test_large_particle_is_cropped_not_resized():
     mask[2:37, 5:30, 10:13] = 1  # 35 x 25 x 3 box
     image = np.arange(mask.size, dtype=np.float32).reshape(mask.shape) / mask.size
     plan = plan_extraction(mask, 0)
-    (_, patch), = list(iter_patches(image, plan, (16, 16, 16), 0, Normalization()))
+    ((_, patch),) = list(iter_patches(image, plan, (16, 16, 16), 0, Normalization()))
     # z: box 35 > 16 -> keep from 35//2 - 8 = 9, i.e. tomogram z 11..27; x: box 3 < 16 -> 6 zeros before
-    np.testing.assert_array_equal(patch[:, :, 6:9], image[11:27, 5 + 12 - 8:5 + 12 + 8, 10:13])
+    np.testing.assert_array_equal(patch[:, :, 6:9], image[11:27, 5 + 12 - 8 : 5 + 12 + 8, 10:13])
     assert not patch[:, :, :6].any() and not patch[:, :, 9:].any()
 
 

@@ -42,8 +42,13 @@ def predicted(tmp_path_factory):
     root = tmp_path_factory.mktemp("predicted")
     data, masks = make_dataset(root)
     ckpt = make_checkpoint(root / "model.ckpt")
-    config = write_config(root / "config.yaml", data_folder=data, instances_mask_folder=masks,
-                          prediction_folder=root / "out", trained_model=ckpt)
+    config = write_config(
+        root / "config.yaml",
+        data_folder=data,
+        instances_mask_folder=masks,
+        prediction_folder=root / "out",
+        trained_model=ckpt,
+    )
     for command in ("predict", "merge"):
         code, stderr = invoke(command, "-c", config)
         assert code == 0, stderr
@@ -75,8 +80,15 @@ def run(predicted, tmp_path):
 
 
 def snapshot(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir")
-            for p in sorted(folder.rglob("*")) if not p.is_symlink()} if folder.exists() else {}
+    return (
+        {
+            str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir")
+            for p in sorted(folder.rglob("*"))
+            if not p.is_symlink()
+        }
+        if folder.exists()
+        else {}
+    )
 
 
 # --- class 1: names read from files never become paths ----------------------------------------------
@@ -143,11 +155,22 @@ def test_labels_above_2_to_the_53_make_no_dense_table(run):
 def test_patches_of_another_size_than_the_config_are_refused(run):
     root, config, _ = run
     assert invoke("extract", "-c", config, "--filename", "TS_01.mrc", "--output-dir", root / "patches")[0] == 0
-    code, stderr = invoke("embed", "-c", config, "--patches", root / "patches" / "TS_01_patches.h5", "--output-dir",
-                          root / "emb", "--set", "parameters.data.patch_size=[8,8,8]")
+    code, stderr = invoke(
+        "embed",
+        "-c",
+        config,
+        "--patches",
+        root / "patches" / "TS_01_patches.h5",
+        "--output-dir",
+        root / "emb",
+        "--set",
+        "parameters.data.patch_size=[8,8,8]",
+    )
     assert code == 4, stderr
-    assert re.search(r"TS_01_patches\.h5: patches of 12×12×12 voxels, but parameters\.data\.patch_size is \[8, 8, 8\]",
-                     last_line(stderr)), stderr
+    assert re.search(
+        r"TS_01_patches\.h5: patches of 12×12×12 voxels, but parameters\.data\.patch_size is \[8, 8, 8\]",
+        last_line(stderr),
+    ), stderr
     assert not (root / "emb").exists() or not any((root / "emb").iterdir())
 
 
@@ -157,16 +180,23 @@ def _regions_beside_the_mask(root, change):
     table.to_csv(root / "masks" / "TS_01_instance_regions.csv", index=False)
 
 
-@pytest.mark.parametrize("change,message", [
-    (lambda t: t.assign(label=t["label"].where(t.index != 0, 999)), r"label 999 .*not in the mask"),
-    (lambda t: pd.concat([t, t.iloc[:1]]), r"label \d+ appears twice"),
-    (lambda t: t.astype({"bbox-0": object}).assign(**{"bbox-0": ["abc"] + list(t["bbox-0"][1:])}),
-     r"column 'bbox-0' row 1 is not an integer \('abc'\)"),
-    (lambda t: t.assign(**{"bbox-3": t["bbox-3"].astype(float).where(t.index != 1, np.nan)}),
-     r"column 'bbox-3' row 2 is not an integer"),
-    (lambda t: t.assign(**{"bbox-0": t["bbox-3"]}), r"empty or inverted bbox"),
-    (lambda t: t.assign(**{"bbox-5": t["bbox-5"] + 1000}), r"bbox .* outside the mask"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda t: t.assign(label=t["label"].where(t.index != 0, 999)), r"label 999 .*not in the mask"),
+        (lambda t: pd.concat([t, t.iloc[:1]]), r"label \d+ appears twice"),
+        (
+            lambda t: t.astype({"bbox-0": object}).assign(**{"bbox-0": ["abc"] + list(t["bbox-0"][1:])}),
+            r"column 'bbox-0' row 1 is not an integer \('abc'\)",
+        ),
+        (
+            lambda t: t.assign(**{"bbox-3": t["bbox-3"].astype(float).where(t.index != 1, np.nan)}),
+            r"column 'bbox-3' row 2 is not an integer",
+        ),
+        (lambda t: t.assign(**{"bbox-0": t["bbox-3"]}), r"empty or inverted bbox"),
+        (lambda t: t.assign(**{"bbox-5": t["bbox-5"] + 1000}), r"bbox .* outside the mask"),
+    ],
+)
 def test_a_bad_cryosiam_regions_csv_is_an_input_error_naming_it(run, change, message):
     root, config, set_config = run
     _regions_beside_the_mask(root, change)
@@ -222,10 +252,15 @@ def test_a_rerun_with_fewer_clusters_leaves_no_old_cluster_files(run):
     code, stderr = invoke("kmeans", "-c", config)
     assert code == 0, stderr
     assert sorted(p.name for p in out.glob("kmeans_cluster_*")) == [
-        "kmeans_cluster_0_particles.star", "kmeans_cluster_1_particles.star", "kmeans_cluster_9_particles.star",
-        "kmeans_cluster_notes.txt"]
+        "kmeans_cluster_0_particles.star",
+        "kmeans_cluster_1_particles.star",
+        "kmeans_cluster_9_particles.star",
+        "kmeans_cluster_notes.txt",
+    ]
     assert sorted(p.name for p in vis.glob("kmeans_cluster_*")) == [
-        "kmeans_cluster_0_gallery.png", "kmeans_cluster_1_gallery.png"]
+        "kmeans_cluster_0_gallery.png",
+        "kmeans_cluster_1_gallery.png",
+    ]
     assert "removed 4 outputs of the previous kmeans run" in stderr
 
 
@@ -250,15 +285,17 @@ def test_an_hdf5_group_where_a_dataset_is_expected(run):
         f.create_group("instances").create_dataset("x", data=[1])
     set_config(test_files=["TS_01.mrc"], prediction_folder=str(root / "o2"))
     code, stderr = invoke("predict", "-c", config)
-    assert code == 4 and re.search(r"TS_01_instance_preds\.h5: 'instances' is an HDF5 group, not a dataset",
-                                   last_line(stderr)), stderr
+    assert code == 4 and re.search(
+        r"TS_01_instance_preds\.h5: 'instances' is an HDF5 group, not a dataset", last_line(stderr)
+    ), stderr
     with h5py.File(root / "out" / "TS_02_embeds.h5", "r+") as f:
         data = f["embeddings"][()]
         del f["embeddings"]
         f.create_group("embeddings").create_dataset("x", data=data)
     code, stderr = invoke("merge", "-c", config, "--input-dir", root / "out", "--output-dir", root / "m")
-    assert code == 4 and re.search(r"TS_02_embeds\.h5: 'embeddings' is an HDF5 group, not a dataset",
-                                   last_line(stderr)), stderr
+    assert code == 4 and re.search(
+        r"TS_02_embeds\.h5: 'embeddings' is an HDF5 group, not a dataset", last_line(stderr)
+    ), stderr
 
 
 # --- the hostile round (issue 13's "fresh round of your own") ---------------------------------------------------
@@ -275,7 +312,14 @@ def test_label_volumes_hold_every_cluster_id_exactly():
     from subtomo_embed.stages.clustering import label_volume_dtype, paint_labels
 
     assert [label_volume_dtype(k) for k in (5, 127, 128, 32767, 32768, 65535, 65536)] == [
-        np.int8, np.int8, np.int16, np.int16, np.uint16, np.uint16, np.float32]  # int16 wrapped above 32767
+        np.int8,
+        np.int8,
+        np.int16,
+        np.int16,
+        np.uint16,
+        np.uint16,
+        np.float32,
+    ]  # int16 wrapped above 32767
     mask = np.zeros((3, 4, 5), np.int64)
     mask[0, :2] = 7
     mask[1, 1:3] = 2**60
@@ -304,8 +348,12 @@ def test_nan_in_a_merged_file_used_as_it_is(run):
 def test_a_picks_file_without_picks_is_said_so(run):
     root, config, set_config = run
     (root / "picks.csv").write_text("x,y,z\n")
-    set_config(centers_file=str(root / "picks.csv"), centers_patch_size=8, test_files=["TS_01.mrc"],
-               prediction_folder=str(root / "pc"))
+    set_config(
+        centers_file=str(root / "picks.csv"),
+        centers_patch_size=8,
+        test_files=["TS_01.mrc"],
+        prediction_folder=str(root / "pc"),
+    )
     code, stderr = invoke("predict-centers", "-c", config)
     assert code == 0 and "TS_01: no picks, skipped" in stderr
     assert "0 tomogram(s) done, 0 already complete, 1 with nothing to embed (skipped)" in stderr
@@ -331,11 +379,14 @@ def test_unicode_and_spaces_in_names_go_through(run):
     assert (root / "o2" / "TS ü 01_clusters_kmeans.mrc").is_file()
 
 
-@pytest.mark.parametrize("name,value,message", [
-    ("number_of_samples", lambda f: np.array([-3, f["embeddings"].shape[0] + 3]), r"holds a negative count \(-3\)"),
-    ("labels", lambda f: f["labels"][:3], r"dataset 'labels' has 3 entries but there are \d+ embeddings"),
-    ("tomograms", lambda f: np.array([b"TS_01", b"TS_01"]), r"tomogram 'TS_01' appears twice in 'tomograms'"),
-])
+@pytest.mark.parametrize(
+    "name,value,message",
+    [
+        ("number_of_samples", lambda f: np.array([-3, f["embeddings"].shape[0] + 3]), r"holds a negative count \(-3\)"),
+        ("labels", lambda f: f["labels"][:3], r"dataset 'labels' has 3 entries but there are \d+ embeddings"),
+        ("tomograms", lambda f: np.array([b"TS_01", b"TS_01"]), r"tomogram 'TS_01' appears twice in 'tomograms'"),
+    ],
+)
 def test_a_merged_file_whose_counts_or_labels_do_not_fit_is_refused(run, name, value, message):
     root, config, _ = run
     shared = root / "shared"
@@ -357,22 +408,27 @@ def test_a_patches_file_whose_regions_do_not_fit_its_patches(run):
         labels = f["regions/label"][()]
         del f["regions/label"]
         f["regions/label"] = labels[:2]
-    code, stderr = invoke("embed", "-c", config, "--patches", root / "p" / "TS_01_patches.h5", "--output-dir",
-                          root / "e")
+    code, stderr = invoke(
+        "embed", "-c", config, "--patches", root / "p" / "TS_01_patches.h5", "--output-dir", root / "e"
+    )
     assert code == 4 and "regions column 'label' does not have one value per patch" in last_line(stderr), stderr
 
 
-@pytest.mark.parametrize("target,command,code,message", [
-    ("data/TS_01.mrc", "predict", 4, r"TS_01\.mrc: not a readable MRC file"),
-    ("masks/TS_01_instance_preds.h5", "predict", 4, r"TS_01_instance_preds\.h5: not a readable HDF5 file"),
-    ("model.ckpt", "predict", 5, r"model\.ckpt: not a readable PyTorch checkpoint"),
-    ("out/TS_01_embeds.h5", "merge", 4, r"TS_01_embeds\.h5: not a readable HDF5 file"),
-    ("config.yaml", "merge", 3, r"config\.yaml: key 'prediction_folder' must be set"),
-])
+@pytest.mark.parametrize(
+    "target,command,code,message",
+    [
+        ("data/TS_01.mrc", "predict", 4, r"TS_01\.mrc: not a readable MRC file"),
+        ("masks/TS_01_instance_preds.h5", "predict", 4, r"TS_01_instance_preds\.h5: not a readable HDF5 file"),
+        ("model.ckpt", "predict", 5, r"model\.ckpt: not a readable PyTorch checkpoint"),
+        ("out/TS_01_embeds.h5", "merge", 4, r"TS_01_embeds\.h5: not a readable HDF5 file"),
+        ("config.yaml", "merge", 3, r"config\.yaml: key 'prediction_folder' must be set"),
+    ],
+)
 def test_zero_size_files_are_named(run, target, command, code, message):
     root, config, set_config = run
-    set_config(test_files=["TS_01.mrc"], prediction_folder=str(root / "o2") if command == "predict" else
-               str(root / "out"))
+    set_config(
+        test_files=["TS_01.mrc"], prediction_folder=str(root / "o2") if command == "predict" else str(root / "out")
+    )
     (root / target).write_bytes(b"")
     extra = ["--output-dir", root / "m"] if command == "merge" else []
     got, stderr = invoke(command, "-c", config, *extra)

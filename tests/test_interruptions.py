@@ -17,8 +17,11 @@ from synthetic import make_checkpoint, make_dataset, write_config
 
 def outputs(folder: Path) -> dict[str, str]:
     """Every output file's SHA-256 (the log and temporaries excluded)."""
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*"))
-            if p.is_file() and not p.name.endswith(".log")}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.glob("*"))
+        if p.is_file() and not p.name.endswith(".log")
+    }
 
 
 def finished(folder: Path) -> list[Path]:
@@ -47,8 +50,14 @@ def workload(tmp_path_factory):
 def config_for(root: Path, workload, name: str) -> tuple[Path, Path]:
     _, data, masks, ckpt = workload
     out = root / name
-    cfg = write_config(root / f"{name}.yaml", data_folder=data, instances_mask_folder=masks, prediction_folder=out,
-                       trained_model=ckpt, parameters__data__patch_size=[16, 16, 16])
+    cfg = write_config(
+        root / f"{name}.yaml",
+        data_folder=data,
+        instances_mask_folder=masks,
+        prediction_folder=out,
+        trained_model=ckpt,
+        parameters__data__patch_size=[16, 16, 16],
+    )
     return cfg, out
 
 
@@ -69,8 +78,7 @@ def startup_seconds(cmd, env, out: Path) -> float:
     return first if first is not None else time.perf_counter() - start
 
 
-def kill_at(cmd, env, out: Path, *, files: int | None = None, temporary: bool = False,
-            after: float = 0.0) -> bool:
+def kill_at(cmd, env, out: Path, *, files: int | None = None, temporary: bool = False, after: float = 0.0) -> bool:
     """Start ``cmd`` and SIGKILL it at a point of its own progress: ``after`` seconds past the moment
     ``out`` first holds a temporary (``temporary``) or ``files`` finished output files (or past the
     start, when neither is given). Returns True if the process was still running when killed."""
@@ -128,13 +136,21 @@ def test_extract_and_embed_killed_resume_to_identical_outputs(workload, cli_env,
     reference = outputs(ref_out)
     # 4 kills in each step: at its first temporary, and after each finished tomogram but the last
     # (extract writes 1 file per tomogram, embed 4)
-    step_points = {"extract": [dict(temporary=True), dict(files=1), dict(files=2), dict(files=2, after=0.02)],
-                   "embed": [dict(temporary=True), dict(files=extracted + 4), dict(files=extracted + 8),
-                             dict(files=extracted + 8, after=0.02)]}
+    step_points = {
+        "extract": [dict(temporary=True), dict(files=1), dict(files=2), dict(files=2, after=0.02)],
+        "embed": [
+            dict(temporary=True),
+            dict(files=extracted + 4),
+            dict(files=extracted + 8),
+            dict(files=extracted + 8, after=0.02),
+        ],
+    }
     for i, (step, point) in enumerate((s, p) for s, ps in step_points.items() for p in ps):
         run_cfg, out = config_for(tmp_path, workload, f"split_{i}")
-        commands = {name: [str(run_cfg) if c == str(cfg) else c for c in cmd]
-                    for name, cmd in (("extract", extract), ("embed", embed))}
+        commands = {
+            name: [str(run_cfg) if c == str(cfg) else c for c in cmd]
+            for name, cmd in (("extract", extract), ("embed", embed))
+        }
         if step == "embed":
             run(commands["extract"], cli_env)
         assert kill_at(commands[step], cli_env, out, **point), f"{step} ended before the kill at {point}"
@@ -150,8 +166,12 @@ def test_two_runs_on_one_folder_at_once(workload, cli_env, tmp_path):
     ref_cfg, ref_out = config_for(tmp_path, workload, "reference")
     subprocess.run(["subtomo-embed", "predict", "-c", str(ref_cfg)], env=cli_env, check=True, capture_output=True)
     cfg, out = config_for(tmp_path, workload, "shared")
-    procs = [subprocess.Popen(["subtomo-embed", "predict", "-c", str(cfg)], env=cli_env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            ["subtomo-embed", "predict", "-c", str(cfg)], env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        for _ in range(2)
+    ]
     for p in procs:
         p.wait()
         assert p.returncode == 0, p.stderr.read()

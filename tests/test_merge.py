@@ -100,8 +100,17 @@ def test_merge_writes_layout_and_table(tmp_path):
         assert f.attrs[io.FINGERPRINT_ATTR]
     assert np.allclose(emb, truth["embeddings"])
     table = pd.read_csv(tmp_path / layout.MERGED_TABLE_NAME)
-    assert list(table.columns) == ["tomogram", "label", "row", "area", *[f"bbox-{i}" for i in range(6)],
-                                   "centroid-0", "centroid-1", "centroid-2", "hull_area"]
+    assert list(table.columns) == [
+        "tomogram",
+        "label",
+        "row",
+        "area",
+        *[f"bbox-{i}" for i in range(6)],
+        "centroid-0",
+        "centroid-1",
+        "centroid-2",
+        "hull_area",
+    ]
     assert table["row"].tolist() == list(range(15))
     assert np.array_equal(table["label"], truth["labels"])
     regions = pd.read_csv(tmp_path / "TS_01_instance_regions.csv")

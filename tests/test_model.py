@@ -31,9 +31,17 @@ def test_round_trip_same_embeddings(tmp_path):
 
 def test_key_layout_matches_cryosiam_module_names():
     keys = set(build_simsiam(TINY_NETWORK).state_dict())
-    for k in ["encoder.conv1.weight", "encoder.bn1.running_mean", "encoder.layer1.0.conv1.weight",
-              "encoder.layer2.0.downsample.0.weight", "encoder.fc.0.weight", "encoder.fc.6.weight",
-              "encoder.fc.6.bias", "predictor.0.weight", "predictor.3.bias"]:
+    for k in [
+        "encoder.conv1.weight",
+        "encoder.bn1.running_mean",
+        "encoder.layer1.0.conv1.weight",
+        "encoder.layer2.0.downsample.0.weight",
+        "encoder.fc.0.weight",
+        "encoder.fc.6.weight",
+        "encoder.fc.6.bias",
+        "predictor.0.weight",
+        "predictor.3.bias",
+    ]:
         assert k in keys, k
     assert "encoder.fc.0.bias" not in keys and "predictor.0.bias" not in keys
 
@@ -195,8 +203,9 @@ def _contract_config(**data):
     from subtomo_embed.core.config import config_from_dict
 
     overrides = [f"parameters.data.{k}={v}" for k, v in data.items()]
-    return config_from_dict({"parameters": {"data": {"patch_size": [12, 12, 12]}}, "masking_type": 1}, "run.yaml",
-                            overrides)
+    return config_from_dict(
+        {"parameters": {"data": {"patch_size": [12, 12, 12]}}, "masking_type": 1}, "run.yaml", overrides
+    )
 
 
 def _trained_with(tmp_path, data: dict, masking_type=1):
@@ -214,8 +223,10 @@ def test_the_input_contract_is_compared_and_a_difference_warned(tmp_path, caplog
     with caplog.at_level("WARNING"):
         load_model(path, run_config=_contract_config(patch_size="[16,16,16]", std=0.5))
     assert "trained.ckpt: this run's input differs from what the model was trained on" in caplog.text
-    assert "parameters.data.patch_size [12, 12, 12] in training, [16, 16, 16] here " \
-           "(--set parameters.data.patch_size=[16,16,16])" in caplog.text
+    assert (
+        "parameters.data.patch_size [12, 12, 12] in training, [16, 16, 16] here "
+        "(--set parameters.data.patch_size=[16,16,16])" in caplog.text
+    )
     assert "parameters.data.std 1 in training, 0.5 here" in caplog.text and "data.mean" not in caplog.text
 
 
@@ -226,7 +237,8 @@ def test_masking_is_compared_only_where_the_run_masks_by_label(tmp_path, caplog)
     stored = read_checkpoint(path)["hyper_parameters"]["backbone_config"]
     with caplog.at_level("INFO"):
         assert check_input_contract(stored, _contract_config(), path) == [
-            "masking_type 2 in training, 1 here (run.yaml)"]
+            "masking_type 2 in training, 1 here (run.yaml)"
+        ]
         assert check_input_contract(stored, _contract_config(), path, masking=False) == []
     assert "does not record parameters.data.min, parameters.data.max" in caplog.text
 
@@ -236,7 +248,10 @@ def test_a_dim_set_in_the_run_must_equal_the_checkpoints(tmp_path):
     from subtomo_embed.core.errors import ConfigError
 
     path = make_checkpoint(tmp_path / "m.ckpt")
-    with pytest.raises(ConfigError, match=r"^--set parameters\.network\.dim=1024: parameters\.network\.dim is 1024 "
-                                          r"but the checkpoint m\.ckpt has dim 16"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^--set parameters\.network\.dim=1024: parameters\.network\.dim is 1024 "
+        r"but the checkpoint m\.ckpt has dim 16",
+    ):
         load_model(path, run_config=config_from_dict({}, "run.yaml", ["parameters.network.dim=1024"]))
     load_model(path, run_config=config_from_dict({}, "run.yaml"))  # not set: the checkpoint's

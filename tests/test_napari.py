@@ -24,8 +24,12 @@ def x_display():
     require_module("napari")
     xvfb = require_executable("Xvfb")
     read, write = os.pipe()
-    server = subprocess.Popen([xvfb, "-displayfd", str(write), "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
-                              pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [xvfb, "-displayfd", str(write), "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+        pass_fds=(write,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     os.close(write)
     with os.fdopen(read) as pipe:
         number = pipe.readline().strip()
@@ -159,12 +163,19 @@ def test_reader_on_picks_has_no_mask_layer(viewer, tmp_path):
 
     data, masks = make_dataset(tmp_path, n_instances=9)
     out = tmp_path / "out"
-    config = write_config(tmp_path / "config.yaml", data_folder=data, instances_mask_folder=masks,
-                          prediction_folder=out, trained_model=make_checkpoint(tmp_path / "model.ckpt"),
-                          centers_file=inner_picks(tmp_path / "picks.star", masks, 9), centers_patch_size=9)
+    config = write_config(
+        tmp_path / "config.yaml",
+        data_folder=data,
+        instances_mask_folder=masks,
+        prediction_folder=out,
+        trained_model=make_checkpoint(tmp_path / "model.ckpt"),
+        centers_file=inner_picks(tmp_path / "picks.star", masks, 9),
+        centers_patch_size=9,
+    )
     run_cli("predict-centers", "--config_file", config)
     viewer.open(str(out / "TS_01_embeds.h5"), plugin="subtomo-embed")
     assert [type(layer).__name__ for layer in viewer.layers] == ["Image", "Points"]
     regions = pd.read_csv(out / "TS_01_instance_regions.csv")
-    np.testing.assert_allclose(viewer.layers["TS_01 instances"].data,
-                               regions[["centroid-0", "centroid-1", "centroid-2"]].to_numpy())
+    np.testing.assert_allclose(
+        viewer.layers["TS_01 instances"].data, regions[["centroid-0", "centroid-1", "centroid-2"]].to_numpy()
+    )

@@ -16,8 +16,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "src" / "subtomo_embed" / "data"
-SHIPPED = {"subtomo_embed/data/configs/demo.yaml": DATA / "configs" / "demo.yaml",
-           "subtomo_embed/data/models/demo_simsiam.ckpt": DATA / "models" / "demo_simsiam.ckpt"}
+SHIPPED = {
+    "subtomo_embed/data/configs/demo.yaml": DATA / "configs" / "demo.yaml",
+    "subtomo_embed/data/models/demo_simsiam.ckpt": DATA / "models" / "demo_simsiam.ckpt",
+}
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +31,22 @@ def wheel(tmp_path_factory) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
     shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(root), str(source)], check=True, cwd=root)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(root),
+            str(source),
+        ],
+        check=True,
+        cwd=root,
+    )
     (built,) = root.glob("subtomo_embed-*.whl")
     return built
 
@@ -53,11 +69,19 @@ def installed(wheel, tmp_path_factory) -> Path:
     venv = tmp_path_factory.mktemp("venv") / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
-    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               check=True, capture_output=True, text=True).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
     (site / "project-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
-                    str(wheel)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps", str(wheel)],
+        check=True,
+    )
     return venv
 
 
@@ -68,18 +92,42 @@ def clean_env() -> dict[str, str]:
 
 
 def test_the_installed_package_is_the_wheel_not_the_checkout(installed, tmp_path):
-    proc = subprocess.run([str(installed / "bin" / "python"), "-c",
-                           "import subtomo_embed; print(subtomo_embed.__file__)"],
-                          cwd=tmp_path, env=clean_env(), check=True, capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(installed / "bin" / "python"), "-c", "import subtomo_embed; print(subtomo_embed.__file__)"],
+        cwd=tmp_path,
+        env=clean_env(),
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     assert Path(proc.stdout.strip()).is_relative_to(installed)
 
 
 @pytest.mark.slow
 def test_a_wheel_install_runs_the_demo_away_from_the_source_tree(installed, tmp_path):
     out = tmp_path / "demo"
-    proc = subprocess.run([str(installed / "bin" / "subtomo-embed"), "demo", "--output", "demo", "--device", "cpu",
-                           "--tomograms", "1", "--particles", "25", "--shape", "48", "112", "112"],
-                          cwd=tmp_path, env=clean_env(), capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            str(installed / "bin" / "subtomo-embed"),
+            "demo",
+            "--output",
+            "demo",
+            "--device",
+            "cpu",
+            "--tomograms",
+            "1",
+            "--particles",
+            "25",
+            "--shape",
+            "48",
+            "112",
+            "112",
+        ],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     shipped_model = next(installed.glob("lib/python3*/site-packages/subtomo_embed/data/models/demo_simsiam.ckpt"))
     assert f"(model: {shipped_model})" in proc.stdout

@@ -49,9 +49,15 @@ def cosine(a, b):
 
 @pytest.mark.parametrize("contrastive,masking", [(True, 1), (False, 2), (True, 0)])
 def test_predict_matches_cryosiam(dataset, cli_env, contrastive, masking):
-    cfg = write_config(dataset["root"] / "c.yaml", data_folder=dataset["data"],
-                       instances_mask_folder=dataset["masks"], prediction_folder=dataset["out"],
-                       trained_model=dataset["ckpt"], contrastive=contrastive, masking_type=masking)
+    cfg = write_config(
+        dataset["root"] / "c.yaml",
+        data_folder=dataset["data"],
+        instances_mask_folder=dataset["masks"],
+        prediction_folder=dataset["out"],
+        trained_model=dataset["ckpt"],
+        contrastive=contrastive,
+        masking_type=masking,
+    )
     run(["subtomo-embed", "simsiam_embeddings_predict", "--config_file", str(cfg)], cli_env)
     for stem in ["TS_01", "TS_02"]:
         emb, labels, regions = read_outputs(dataset["out"], stem)
@@ -59,8 +65,13 @@ def test_predict_matches_cryosiam(dataset, cli_env, contrastive, masking):
         assert emb.shape == (16, len(rows))  # [dim, N], as CryoSiam
         assert labels.dtype == np.int64 and labels.tolist() == [int(r["label"]) for r in rows]
         assert regions["label"].tolist() == labels.tolist()
-        assert list(regions.columns) == ["label", "area", *[f"bbox-{i}" for i in range(6)],
-                                         *[f"centroid-{i}" for i in range(3)], "hull_area"]
+        assert list(regions.columns) == [
+            "label",
+            "area",
+            *[f"bbox-{i}" for i in range(6)],
+            *[f"centroid-{i}" for i in range(3)],
+            "hull_area",
+        ]
         assert np.all(cosine(emb.T, ref) >= 0.999)
         star = starfile.read(dataset["out"] / f"{stem}_instance_regions.star")
         assert star["rlnLabel"].tolist() == labels.tolist()
@@ -73,13 +84,43 @@ def test_extract_then_embed_equals_predict(dataset, cli_env, tmp_path):
     run(["subtomo-embed", "predict", "-c", cfg], cli_env)
     staged = tmp_path / "staged"
     staged.mkdir()
-    run(["subtomo-extract", "--tomogram", str(dataset["data"] / "TS_02.mrc"),
-         "--mask", str(dataset["masks"] / "TS_02_instance_preds.h5"), "--output-dir", str(staged),
-         "--set", "min_particle_size=10", "--set", "expand_labels=2", "--set", "masking_type=1",
-         "--set", "parameters.data.patch_size=[12,12,12]"], cli_env, cwd=staged)
+    run(
+        [
+            "subtomo-extract",
+            "--tomogram",
+            str(dataset["data"] / "TS_02.mrc"),
+            "--mask",
+            str(dataset["masks"] / "TS_02_instance_preds.h5"),
+            "--output-dir",
+            str(staged),
+            "--set",
+            "min_particle_size=10",
+            "--set",
+            "expand_labels=2",
+            "--set",
+            "masking_type=1",
+            "--set",
+            "parameters.data.patch_size=[12,12,12]",
+        ],
+        cli_env,
+        cwd=staged,
+    )
     assert (staged / "TS_02_patches.h5").is_file()
-    run(["subtomo-embed-patches", "--patches", "TS_02_patches.h5", "--checkpoint", str(dataset["ckpt"]),
-         "--output-dir", str(staged), "--device", "cpu"], cli_env, cwd=staged)
+    run(
+        [
+            "subtomo-embed-patches",
+            "--patches",
+            "TS_02_patches.h5",
+            "--checkpoint",
+            str(dataset["ckpt"]),
+            "--output-dir",
+            str(staged),
+            "--device",
+            "cpu",
+        ],
+        cli_env,
+        cwd=staged,
+    )
     a = read_outputs(dataset["out"], "TS_02")
     b = read_outputs(staged, "TS_02")
     np.testing.assert_allclose(a[0], b[0], atol=1e-5)
@@ -119,8 +160,13 @@ def test_mrc_label_volume_mask(tmp_path, cli_env):
 
     data, masks = make_dataset(tmp_path, n_tomograms=1, mask_format="mrc")
     ckpt = make_checkpoint(tmp_path / "m.ckpt")
-    cfg = write_config(tmp_path / "c.yaml", data_folder=data, instances_mask_folder=masks,
-                       prediction_folder=tmp_path / "out", trained_model=ckpt)
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        data_folder=data,
+        instances_mask_folder=masks,
+        prediction_folder=tmp_path / "out",
+        trained_model=ckpt,
+    )
     run(["subtomo-embed", "predict", "-c", str(cfg)], cli_env)
     assert (tmp_path / "out" / "TS_01_embeds.h5").is_file()
 

@@ -72,9 +72,29 @@ def test_the_same_particle_twice_shares_shape_not_orientation():
 
 def run_simulate_cli(out, env, seed):
     return subprocess.run(
-        ["subtomo-embed", "simulate", "--output", str(out), "--tomograms", "2", "--shape", "40", "80", "80",
-         "--particles", "10", "--snr", "2", "--wedge", "60", "--seed", str(seed)],
-        env=env, capture_output=True, text=True,
+        [
+            "subtomo-embed",
+            "simulate",
+            "--output",
+            str(out),
+            "--tomograms",
+            "2",
+            "--shape",
+            "40",
+            "80",
+            "80",
+            "--particles",
+            "10",
+            "--snr",
+            "2",
+            "--wedge",
+            "60",
+            "--seed",
+            str(seed),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
     )
 
 

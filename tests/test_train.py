@@ -22,8 +22,16 @@ from subtomo_embed.core.train import (
     view_volume,
 )
 
-NET = {"block_type": "basic", "num_layers": [1, 1, 1, 1], "num_filters": [4, 8, 8, 16], "dim": 16, "pred_dim": 8,
-       "no_max_pool": False, "spatial_dims": 3, "in_channels": 1}
+NET = {
+    "block_type": "basic",
+    "num_layers": [1, 1, 1, 1],
+    "num_filters": [4, 8, 8, 16],
+    "dim": 16,
+    "pred_dim": 8,
+    "no_max_pool": False,
+    "spatial_dims": 3,
+    "in_channels": 1,
+}
 NORM = Normalization(-2, 3, 0.4, 0.2)
 SETTINGS = ViewSettings((16, 16, 16), 1, 1, NORM, size_range=(3.0, 4.0))
 QUIET = Sitting(progress=False)
@@ -40,10 +48,21 @@ def test_a_view_is_the_patch_predict_cuts(tmp_path):
     patch = extract_view(volume, mask, SETTINGS)
     io.write_mrc(tmp_path / "data" / "v.mrc", volume)
     io.write_h5(tmp_path / "masks" / "v_instance_preds.h5", {"instances": mask})
-    cfg = load_config(None, [f"data_folder={tmp_path / 'data'}", f"instances_mask_folder={tmp_path / 'masks'}",
-                             f"prediction_folder={tmp_path / 'out'}", "masking_type=1", "expand_labels=1",
-                             "parameters.data.patch_size=[16,16,16]", "parameters.data.min=-2",
-                             "parameters.data.max=3", "parameters.data.mean=0.4", "parameters.data.std=0.2"])
+    cfg = load_config(
+        None,
+        [
+            f"data_folder={tmp_path / 'data'}",
+            f"instances_mask_folder={tmp_path / 'masks'}",
+            f"prediction_folder={tmp_path / 'out'}",
+            "masking_type=1",
+            "expand_labels=1",
+            "parameters.data.patch_size=[16,16,16]",
+            "parameters.data.min=-2",
+            "parameters.data.max=3",
+            "parameters.data.mean=0.4",
+            "parameters.data.std=0.2",
+        ],
+    )
     [patches_file] = run_extract(cfg)
     [expected] = list(h5files.iter_patches_file(patches_file))
     np.testing.assert_array_equal(patch, expected)
@@ -65,8 +84,13 @@ def test_spread_sees_collapse():
 def test_checkpoint_has_cryosiam_layout_loads_and_resumes(tmp_path):
     cfg = load_config(None, ["parameters.data.patch_size=[16,16,16]"])
     out = tmp_path / "last.ckpt"
-    train(cfg.model_dump(by_alias=True), NET, TrainingSettings(SETTINGS, 2, batch_size=4), out,
-          sitting=Sitting(save_every=1, progress=False))
+    train(
+        cfg.model_dump(by_alias=True),
+        NET,
+        TrainingSettings(SETTINGS, 2, batch_size=4),
+        out,
+        sitting=Sitting(save_every=1, progress=False),
+    )
     ckpt = read_checkpoint(out)
     assert set(ckpt) == CRYOSIAM_TOP_KEYS | {OPTIMIZER_KEY, TRAIN_STATE_KEY}
     assert ckpt["global_step"] == 2
@@ -74,8 +98,16 @@ def test_checkpoint_has_cryosiam_layout_loads_and_resumes(tmp_path):
     for section in ("config", "backbone_config"):
         network = ckpt["hyper_parameters"][section]["parameters"]["network"]
         # the keys CryoSiam's loader reads (cryosiam.apps.simsiam_prediction.utils.load_prediction_model)
-        for key in ("block_type", "in_channels", "spatial_dims", "num_layers", "num_filters", "no_max_pool", "dim",
-                    "pred_dim"):
+        for key in (
+            "block_type",
+            "in_channels",
+            "spatial_dims",
+            "num_layers",
+            "num_filters",
+            "no_max_pool",
+            "dim",
+            "pred_dim",
+        ):
             assert network[key] == NET[key]
     assert all(k.startswith(("_model.encoder.", "_model.predictor.")) for k in ckpt["state_dict"])
     model, network = load_model(out, contrastive=True)
@@ -85,8 +117,13 @@ def test_checkpoint_has_cryosiam_layout_loads_and_resumes(tmp_path):
     assert load_config(tmp_path / "again.yaml").parameters.network.num_filters == [4, 8, 8, 16]
 
     before = {k: v.clone() for k, v in ckpt["state_dict"].items()}
-    train(cfg.model_dump(by_alias=True), NET, TrainingSettings(SETTINGS, 3, batch_size=4), out,
-          sitting=Sitting(save_every=1, progress=False))
+    train(
+        cfg.model_dump(by_alias=True),
+        NET,
+        TrainingSettings(SETTINGS, 3, batch_size=4),
+        out,
+        sitting=Sitting(save_every=1, progress=False),
+    )
     again = read_checkpoint(out)
     assert again["global_step"] == 3
     assert [h["step"] for h in again[TRAIN_STATE_KEY]["history"]][-1] == 3

@@ -53,8 +53,9 @@ def image() -> str:
     require_executable("podman")
     if subprocess.run([*PODMAN, "image", "exists", BASE_IMAGE]).returncode != 0:
         require_executable("mmdebstrap")  # the script makes the Debian base with it
-    proc = subprocess.run(["bash", str(REPO / "containers" / "build_test_image.sh"), IMAGE],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["bash", str(REPO / "containers" / "build_test_image.sh"), IMAGE], capture_output=True, text=True
+    )
     assert proc.returncode == 0, f"building {IMAGE} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     print(proc.stderr.strip(), file=sys.stderr)
     return IMAGE
@@ -95,16 +96,31 @@ def run_flow(top: Path, name: str, run: Runner) -> dict[str, Path]:
     for stem in pipeline.STEMS:
         w = task(f"extract_{stem}")
         pipeline.stage(w, data / f"{stem}.mrc", masks / f"{stem}_instance_preds.h5")
-        run("EXTRACT_PATCHES", w, pipeline.script_values(
-            "EXTRACT_PATCHES", meta_id=stem, tomogram=f"{stem}.mrc", mask=f"{stem}_instance_preds.h5"), {})
+        run(
+            "EXTRACT_PATCHES",
+            w,
+            pipeline.script_values(
+                "EXTRACT_PATCHES", meta_id=stem, tomogram=f"{stem}.mrc", mask=f"{stem}_instance_preds.h5"
+            ),
+            {},
+        )
         e = task(f"embed_{stem}")
         pipeline.stage(e, w / f"{stem}_patches.h5", ckpt)
-        run("EMBED", e, pipeline.script_values("EMBED", meta_id=stem, patches=f"{stem}_patches.h5"),
-            pipeline.TASK_ENVIRONMENT)
+        run(
+            "EMBED",
+            e,
+            pipeline.script_values("EMBED", meta_id=stem, patches=f"{stem}_patches.h5"),
+            pipeline.TASK_ENVIRONMENT,
+        )
     m = task("MERGE_EMBEDDINGS")
-    per_tomogram = sorted((tasks[f"embed_{s}"] / f"{s}{suffix}" for s in pipeline.STEMS
-                           for suffix in ("_embeds.h5", "_instance_labels.h5", "_instance_regions.csv")),
-                          key=lambda f: f.name)
+    per_tomogram = sorted(
+        (
+            tasks[f"embed_{s}"] / f"{s}{suffix}"
+            for s in pipeline.STEMS
+            for suffix in ("_embeds.h5", "_instance_labels.h5", "_instance_regions.csv")
+        ),
+        key=lambda f: f.name,
+    )
     pipeline.stage(m, *per_tomogram, into="per_tomogram")
     run("MERGE_EMBEDDINGS", m, pipeline.script_values("MERGE_EMBEDDINGS"), {})
     for process in ("CLUSTER_KMEANS", "CLUSTER_SPECTRAL", "VISUALIZE"):
@@ -115,14 +131,21 @@ def run_flow(top: Path, name: str, run: Runner) -> dict[str, Path]:
         if process.startswith("CLUSTER"):
             pipeline.stage(a, *[tasks[f"embed_{s}"] / f"{s}_instance_regions.star" for s in pipeline.STEMS])
         else:
-            pipeline.stage(a, tasks["CLUSTER_KMEANS"] / "out" / "kmeans_clusters.h5",
-                           tasks["CLUSTER_SPECTRAL"] / "out" / "spectral_clusters.h5")
+            pipeline.stage(
+                a,
+                tasks["CLUSTER_KMEANS"] / "out" / "kmeans_clusters.h5",
+                tasks["CLUSTER_SPECTRAL"] / "out" / "spectral_clusters.h5",
+            )
         run(process, a, pipeline.script_values(process), {})
     p = task("PREDICT_CENTERS")
     pipeline.stage(p, data / "TS_02.mrc", ckpt)
     pipeline.stage(p, picks, into="picks")
-    run("PREDICT_CENTERS", p, pipeline.script_values("PREDICT_CENTERS", meta_id="TS_02", tomogram="TS_02.mrc",
-                                                     picks_name=picks.name), pipeline.TASK_ENVIRONMENT)
+    run(
+        "PREDICT_CENTERS",
+        p,
+        pipeline.script_values("PREDICT_CENTERS", meta_id="TS_02", tomogram="TS_02.mrc", picks_name=picks.name),
+        pipeline.TASK_ENVIRONMENT,
+    )
     return tasks
 
 
@@ -160,8 +183,10 @@ def container_runner(image: str, top: Path, apptainer: bool) -> Runner:
         give_to_task_user(workdir)
         command = [*container_command(image, top, workdir, env, apptainer), "bash", "-euo", "pipefail", ".command.sh"]
         proc = subprocess.run(command, capture_output=True, text=True)
-        assert proc.returncode == 0, \
+        assert proc.returncode == 0, (
             f"{process} failed in {image}:\n{' '.join(command)}\n{script}\n{proc.stderr[-3000:]}"
+        )
+
     return run
 
 
@@ -245,11 +270,26 @@ def assert_same_outputs(venv: dict[str, Path], other: dict[str, Path]) -> None:
 def test_the_image_holds_the_checkout_s_package(image):
     """Every file of the package in the image is the checkout's (a stale build cache would not be)."""
     site = "/opt/venv/lib/python3.11/site-packages"
-    listing = subprocess.run([*RUN, "-w", site, image, "bash", "-c", "find subtomo_embed -type f ! -name '*.pyc' "
-                              "! -path '*__pycache__*' -exec md5sum {} +"], capture_output=True, text=True, check=True)
+    listing = subprocess.run(
+        [
+            *RUN,
+            "-w",
+            site,
+            image,
+            "bash",
+            "-c",
+            "find subtomo_embed -type f ! -name '*.pyc' ! -path '*__pycache__*' -exec md5sum {} +",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     in_image = {name: digest for digest, name in (line.split() for line in listing.stdout.splitlines())}
-    checkout = {str(f.relative_to(REPO / "src")): hashlib.md5(f.read_bytes()).hexdigest()
-                for f in (REPO / "src" / "subtomo_embed").rglob("*") if f.is_file() and f.suffix != ".pyc"}
+    checkout = {
+        str(f.relative_to(REPO / "src")): hashlib.md5(f.read_bytes()).hexdigest()
+        for f in (REPO / "src" / "subtomo_embed").rglob("*")
+        if f.is_file() and f.suffix != ".pyc"
+    }
     assert in_image == checkout
 
 
@@ -265,8 +305,10 @@ def test_the_flow_in_the_image_started_as_apptainer_does_equals_the_venv_run(ven
 
 def test_the_image_has_ps_no_compiler_and_nothing_of_its_build(image):
     """ps for Nextflow's task metrics; the build-time mount (/mnt) and the sources left nothing behind."""
-    check = ('command -v ps && ! command -v cc && ! command -v gcc && test "$(id -u)" = 1000 '
-             '&& test -z "$(ls -A /mnt)" && test -z "$(ls -A /tmp)" && test ! -e /src')
+    check = (
+        'command -v ps && ! command -v cc && ! command -v gcc && test "$(id -u)" = 1000 '
+        '&& test -z "$(ls -A /mnt)" && test -z "$(ls -A /tmp)" && test ! -e /src'
+    )
     proc = subprocess.run([*RUN, image, "bash", "-c", check], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -275,9 +317,30 @@ def test_the_demo_runs_in_the_image_as_another_user_on_a_read_only_root(image, t
     out = top / "demo"
     out.mkdir()
     give_to_task_user(out)
-    command = [*RUN, *user_options(), "--read-only", "-v", f"{out}:{out}", "-w", str(out), image,
-               "subtomo-embed", "demo", "--output", "demo", "--device", "cpu",
-               "--tomograms", "1", "--particles", "25", "--shape", "48", "112", "112"]
+    command = [
+        *RUN,
+        *user_options(),
+        "--read-only",
+        "-v",
+        f"{out}:{out}",
+        "-w",
+        str(out),
+        image,
+        "subtomo-embed",
+        "demo",
+        "--output",
+        "demo",
+        "--device",
+        "cpu",
+        "--tomograms",
+        "1",
+        "--particles",
+        "25",
+        "--shape",
+        "48",
+        "112",
+        "112",
+    ]
     proc = subprocess.run(command, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "(model: /opt/venv/lib/python3.11/site-packages/subtomo_embed/data/models/demo_simsiam.ckpt)" in proc.stdout

@@ -74,17 +74,25 @@ def functions(nf_file: Path) -> str:
             if depth == 0:
                 break
             i += 1
-        out.append(text[match.start():i + 1])
+        out.append(text[match.start() : i + 1])
     return "\n\n".join(out)
 
 
 def groovy(jar: Path, nf_file: Path, calls: list[str], params: dict | None = None) -> list[dict]:
     """Evaluate each Groovy expression in ``calls`` with ``nf_file``'s functions; one
     ``{"value": ...}`` or ``{"error": message}`` per call (values as JSON)."""
-    script = (PRELUDE + "\n" + f"params = new groovy.json.JsonSlurper().parseText('''{json.dumps(params or {})}''')\n"
-              + functions(nf_file) + "\n" + "\n".join(f"answer {{ {call} }}" for call in calls) + "\n")
-    proc = subprocess.run(["java", "-cp", str(jar), "groovy.ui.GroovyMain", "-e", script], capture_output=True,
-                          text=True, timeout=300)
+    script = (
+        PRELUDE
+        + "\n"
+        + f"params = new groovy.json.JsonSlurper().parseText('''{json.dumps(params or {})}''')\n"
+        + functions(nf_file)
+        + "\n"
+        + "\n".join(f"answer {{ {call} }}" for call in calls)
+        + "\n"
+    )
+    proc = subprocess.run(
+        ["java", "-cp", str(jar), "groovy.ui.GroovyMain", "-e", script], capture_output=True, text=True, timeout=300
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"groovy failed:\n{proc.stderr[-3000:]}")
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]

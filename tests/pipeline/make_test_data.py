@@ -39,14 +39,24 @@ def md5(path: Path) -> str:
 
 
 def published(folder: Path) -> list[str]:
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
 
 
 def one_machine_run(root: Path, name: str, commands: list[str], **extra) -> dict:
     out = root / name
-    config = write_config(root / f"{name}.yaml", data_folder=root / "data", instances_mask_folder=root / "masks",
-                          prediction_folder=out, trained_model=root / "model.ckpt", **TEST_CONFIG, **extra)
+    config = write_config(
+        root / f"{name}.yaml",
+        data_folder=root / "data",
+        instances_mask_folder=root / "masks",
+        prediction_folder=out,
+        trained_model=root / "model.ckpt",
+        **TEST_CONFIG,
+        **extra,
+    )
     for command in commands:
         subprocess.run(["subtomo-embed", command, "-c", str(config)], check=True)
     names = published(out)
@@ -63,8 +73,13 @@ def main() -> None:
     if "--expected" in sys.argv:
         expected = {
             "masks": one_machine_run(root, "expected", ["predict", "kmeans", "spectral", "visualize"]),
-            "picks": one_machine_run(root, "expected_picks", ["predict-centers", "kmeans", "spectral", "visualize"],
-                                     centers_file=root / "picks.star", centers_patch_size=PICKS_PATCH_SIZE),
+            "picks": one_machine_run(
+                root,
+                "expected_picks",
+                ["predict-centers", "kmeans", "spectral", "visualize"],
+                centers_file=root / "picks.star",
+                centers_patch_size=PICKS_PATCH_SIZE,
+            ),
         }
         (root / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
     print(f"test data in {root}")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from nf_static import Setting, config_settings
 
-MEMORY = {"B": 1, "KB": 2 ** 10, "MB": 2 ** 20, "GB": 2 ** 30, "TB": 2 ** 40}
+MEMORY = {"B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}
 DURATION = {"ms": 1 / 3_600_000, "s": 1 / 3600, "m": 1 / 60, "min": 1 / 60, "h": 1, "d": 24}  # in hours
 
 
@@ -143,15 +143,28 @@ def request(settings: list[Setting], process: str, labels: list[str], directive:
         # a closure runs per task and sees the final params; a plain value took the params of
         # its place in the files when Nextflow read it
         closure = s.value.strip().startswith("{")
-        return evaluate(s.value, final if closure else params_of(settings[:position[id(s)]]), attempt)
+        return evaluate(s.value, final if closure else params_of(settings[: position[id(s)]]), attempt)
 
     def resolve(name: str):
         generic = [s for s in settings if s.path == ("process", name)]
-        by_label = [s for s in settings if len(s.path) == 3 and s.path[0] == "process" and s.path[2] == name
-                    and s.path[1].startswith("withLabel:")
-                    and any(re.fullmatch(s.path[1][10:], label) for label in labels)]
-        by_name = [s for s in settings if len(s.path) == 3 and s.path[0] == "process" and s.path[2] == name
-                   and s.path[1].startswith("withName:") and re.fullmatch(s.path[1][9:], process)]
+        by_label = [
+            s
+            for s in settings
+            if len(s.path) == 3
+            and s.path[0] == "process"
+            and s.path[2] == name
+            and s.path[1].startswith("withLabel:")
+            and any(re.fullmatch(s.path[1][10:], label) for label in labels)
+        ]
+        by_name = [
+            s
+            for s in settings
+            if len(s.path) == 3
+            and s.path[0] == "process"
+            and s.path[2] == name
+            and s.path[1].startswith("withName:")
+            and re.fullmatch(s.path[1][9:], process)
+        ]
         chosen = (by_name or by_label or generic or [None])[-1]
         return None if chosen is None else value_of(chosen)
 

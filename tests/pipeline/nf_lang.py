@@ -18,17 +18,26 @@ from pathlib import Path
 class LanguageServer:
     def __init__(self, jar: Path, root: Path):
         self.root = root
-        self.proc = subprocess.Popen(["java", "-jar", str(jar)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            ["java", "-jar", str(jar)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
         self.messages: queue.Queue = queue.Queue()
         self._id = 0
         threading.Thread(target=self._read, daemon=True).start()
-        self.request("initialize", {"processId": os.getpid(), "rootUri": root.as_uri(),
-                                    "workspaceFolders": [{"uri": root.as_uri(), "name": root.name}],
-                                    "capabilities": {}})
+        self.request(
+            "initialize",
+            {
+                "processId": os.getpid(),
+                "rootUri": root.as_uri(),
+                "workspaceFolders": [{"uri": root.as_uri(), "name": root.name}],
+                "capabilities": {},
+            },
+        )
         self.notify("initialized", {})
-        self.notify("workspace/didChangeConfiguration", {"settings": {"nextflow": {
-            "files": {"exclude": [".git", ".nf-test", "work", ".venv"]}, "debug": False}}})
+        self.notify(
+            "workspace/didChangeConfiguration",
+            {"settings": {"nextflow": {"files": {"exclude": [".git", ".nf-test", "work", ".venv"]}, "debug": False}}},
+        )
 
     def _read(self) -> None:
         stream = self.proc.stdout
@@ -74,9 +83,17 @@ class LanguageServer:
         for msg in self._pending:
             self._collect(msg, result)
         for f in files:
-            self.notify("textDocument/didOpen", {"textDocument": {
-                "uri": f.as_uri(), "languageId": "nextflow" if f.suffix == ".nf" else "nextflow-config",
-                "version": 1, "text": f.read_text()}})
+            self.notify(
+                "textDocument/didOpen",
+                {
+                    "textDocument": {
+                        "uri": f.as_uri(),
+                        "languageId": "nextflow" if f.suffix == ".nf" else "nextflow-config",
+                        "version": 1,
+                        "text": f.read_text(),
+                    }
+                },
+            )
         deadline = time.monotonic() + timeout
         last = time.monotonic()
         while time.monotonic() < deadline:
@@ -107,5 +124,9 @@ class LanguageServer:
 
 
 def errors(diags: dict[Path, list[dict]]) -> list[str]:
-    return [f"{path.name}:{d['range']['start']['line'] + 1}: {d['message']}"
-            for path, items in diags.items() for d in items if d.get("severity", 1) == 1]
+    return [
+        f"{path.name}:{d['range']['start']['line'] + 1}: {d['message']}"
+        for path, items in diags.items()
+        for d in items
+        if d.get("severity", 1) == 1
+    ]

@@ -38,20 +38,20 @@ def strip_comments(text: str) -> str:
                 quote = None
                 continue
             if c == "\\" and i + 1 < n:
-                out.append(text[i:i + 2])
+                out.append(text[i : i + 2])
                 i += 2
                 continue
             out.append(c)
             i += 1
         elif text.startswith('"""', i) or text.startswith("'''", i):
-            quote = text[i:i + 3]
+            quote = text[i : i + 3]
             out.append(quote)
             i += 3
         elif c in "\"'":
             quote = c
             out.append(c)
             i += 1
-        elif text.startswith("//", i) and not text[i - 1:i] == "\\":  # not the end of a slashy regex /a\//
+        elif text.startswith("//", i) and not text[i - 1 : i] == "\\":  # not the end of a slashy regex /a\//
             j = text.find("\n", i)
             i = n if j < 0 else j
         elif text.startswith("/*", i):
@@ -67,8 +67,12 @@ def strip_comments(text: str) -> str:
 
 def blank_strings(text: str) -> str:
     """Replace every string literal's contents by spaces (quotes kept; line breaks kept)."""
-    return re.sub(r'("""|\'\'\'|"|\')((?:\\.|(?!\1).)*?)\1',
-                  lambda m: m.group(1) + re.sub(r"[^\n]", " ", m.group(2)) + m.group(1), text, flags=re.S)
+    return re.sub(
+        r'("""|\'\'\'|"|\')((?:\\.|(?!\1).)*?)\1',
+        lambda m: m.group(1) + re.sub(r"[^\n]", " ", m.group(2)) + m.group(1),
+        text,
+        flags=re.S,
+    )
 
 
 def braced(text: str, open_index: int) -> tuple[str, int]:
@@ -80,7 +84,7 @@ def braced(text: str, open_index: int) -> tuple[str, int]:
         elif text[i] == "}":
             depth -= 1
             if depth == 0:
-                return text[open_index + 1:i], i
+                return text[open_index + 1 : i], i
     raise ValueError(f"unbalanced brace at offset {open_index}")
 
 
@@ -107,7 +111,7 @@ def _sections(body: str, names: tuple[str, ...]) -> dict[str, str]:
     out = {}
     for k, (start, name) in enumerate(marks):
         end = marks[k + 1][0] if k + 1 < len(marks) else len(body)
-        out[name] = body[body.index(":", start) + 1:end]
+        out[name] = body[body.index(":", start) + 1 : end]
     return out
 
 
@@ -119,11 +123,14 @@ def declarations(path: Path) -> dict[str, Callable_]:
     for match in re.finditer(r"^(process|workflow)\s+(\w+)\s*\{", text, flags=re.M):
         kind, name = match.groups()
         body, _ = braced(text, match.end() - 1)
-        raw_body = raw[match.end():match.end() + len(body)]
+        raw_body = raw[match.end() : match.end() + len(body)]
         if kind == "process":
             parts = _sections(raw_body, ("input", "output", "when", "script", "shell", "exec", "stub"))
-            inputs = [line for line in parts.get("input", "").splitlines()
-                      if re.match(r"\s*(tuple|path|val|env|stdin|each|file)\b", line)]
+            inputs = [
+                line
+                for line in parts.get("input", "").splitlines()
+                if re.match(r"\s*(tuple|path|val|env|stdin|each|file)\b", line)
+            ]
             emits = set(re.findall(r"\bemit:\s*(\w+)", parts.get("output", "")))
             found[name] = Callable_(name, kind, len(inputs), emits, path)
         else:
@@ -143,7 +150,7 @@ def includes(path: Path) -> dict[str, tuple[str, Path]]:
         names, source = match.groups()
         if source.startswith("plugin/"):
             continue
-        target = (path.parent / source)
+        target = path.parent / source
         target = target if target.suffix == ".nf" else target.with_suffix(".nf")
         for item in re.split(r"[;\n]", names):
             item = item.strip()
@@ -177,7 +184,7 @@ def _call_arguments(text: str, open_paren: int) -> str:
         elif text[i] in ")]}":
             depth -= 1
             if depth == 0:
-                return text[open_paren + 1:i]
+                return text[open_paren + 1 : i]
     raise ValueError(f"unbalanced parenthesis at offset {open_paren}")
 
 
@@ -200,12 +207,16 @@ def check_calls(files: list[Path]) -> list[str]:
             for match in re.finditer(rf"(?<![\w.]){name}\s*\(", text):
                 count = top_level_arguments(_call_arguments(text, match.end() - 1))
                 if count != decl.inputs:
-                    problems.append(f"{path.name}:{line_of(text, match.start())}: {name} called with {count} "
-                                    f"argument(s), but its {decl.kind} declares {decl.inputs} input(s)")
+                    problems.append(
+                        f"{path.name}:{line_of(text, match.start())}: {name} called with {count} "
+                        f"argument(s), but its {decl.kind} declares {decl.inputs} input(s)"
+                    )
             for match in re.finditer(rf"(?<![\w.]){name}\.out\.(\w+)", text):
                 if match.group(1) not in decl.emits:
-                    problems.append(f"{path.name}:{line_of(text, match.start())}: {name}.out.{match.group(1)}: "
-                                    f"{name} emits only {sorted(decl.emits)}")
+                    problems.append(
+                        f"{path.name}:{line_of(text, match.start())}: {name}.out.{match.group(1)}: "
+                        f"{name} emits only {sorted(decl.emits)}"
+                    )
         # a variable holding X.out (in every branch that assigns it) has X's emits
         aliases: dict[str, list[str]] = {}
         for match in re.finditer(r"^\s*(\w+)\s*=\s*(\w+)\.out\s*$", text, flags=re.M):
@@ -214,8 +225,10 @@ def check_calls(files: list[Path]) -> list[str]:
             for match in re.finditer(rf"(?<![\w.]){var}\.(\w+)\b(?!\s*\()", text):
                 for source in sources:
                     if source in known and match.group(1) not in known[source].emits:
-                        problems.append(f"{path.name}:{line_of(text, match.start())}: {var}.{match.group(1)}: "
-                                        f"{var} may be {source}.out, which emits only {sorted(known[source].emits)}")
+                        problems.append(
+                            f"{path.name}:{line_of(text, match.start())}: {var}.{match.group(1)}: "
+                            f"{var} may be {source}.out, which emits only {sorted(known[source].emits)}"
+                        )
     return problems
 
 
@@ -231,8 +244,10 @@ class Setting:
     value: str = ""  # the value's source text (comments removed)
 
 
-_TOKEN = re.compile(r"""(?P<nl>\n)|(?P<ws>[ \t\r]+)|(?P<str>"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*')|"""
-                    r"""(?P<ident>[A-Za-z_$][\w$]*(?:\.[A-Za-z_$][\w$]*)*)|(?P<op>==|!=|<=|>=|&&|\|\||\?:|\S)""")
+_TOKEN = re.compile(
+    r"""(?P<nl>\n)|(?P<ws>[ \t\r]+)|(?P<str>"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*')|"""
+    r"""(?P<ident>[A-Za-z_$][\w$]*(?:\.[A-Za-z_$][\w$]*)*)|(?P<op>==|!=|<=|>=|&&|\|\||\?:|\S)"""
+)
 
 
 def _tokens(text: str) -> list[tuple[str, str, int, int]]:
@@ -270,7 +285,7 @@ def config_settings(path: Path) -> list[Setting]:
             elif kind == "nl" and depth == 0:
                 # a value continues on the next line after an operator or before a leading ?/:
                 prev = tokens[i - 1]
-                nxt = next((t for t in tokens[i + 1:] if t[0] != "nl"), None)
+                nxt = next((t for t in tokens[i + 1 :] if t[0] != "nl"), None)
                 if not (prev[0] == "op" and prev[1] in "+-*/?:,") and not (nxt and nxt[0] == "op" and nxt[1] in "?:"):
                     return i
             i += 1
@@ -286,13 +301,18 @@ def config_settings(path: Path) -> list[Setting]:
             elif kind == "ident" and i + 1 < len(tokens) and tokens[i + 1][1] == "=":
                 end = skip_value(i + 2)
                 stop = tokens[end][3] if end < len(tokens) else len(text)
-                source = text[tokens[i + 1][3] + 1:stop].strip()
+                source = text[tokens[i + 1][3] + 1 : stop].strip()
                 settings.append(Setting(scope + tuple(value.split(".")), path.name, line, source))
                 i = end
             elif kind == "ident" and i + 1 < len(tokens) and tokens[i + 1][1] == "{":
                 i = block(i + 2, scope + tuple(value.split(".")))
-            elif (kind == "ident" and value in ("withLabel", "withName") and tokens[i + 1][1] == ":"
-                  and tokens[i + 2][0] == "str" and tokens[i + 3][1] == "{"):
+            elif (
+                kind == "ident"
+                and value in ("withLabel", "withName")
+                and tokens[i + 1][1] == ":"
+                and tokens[i + 2][0] == "str"
+                and tokens[i + 3][1] == "{"
+            ):
                 i = block(i + 4, scope + (f"{value}:{tokens[i + 2][1][1:-1]}",))
             elif kind == "ident" and value in ("includeConfig", "id") and tokens[i + 1][0] == "str":
                 if value == "includeConfig":
@@ -326,7 +346,7 @@ def _method_names(data: bytes) -> set[str]:
         tag = data[pos]
         if tag == 1:
             length = struct.unpack_from(">H", data, pos + 1)[0]
-            pool[k] = data[pos + 3:pos + 3 + length].decode("utf-8", "replace")
+            pool[k] = data[pos + 3 : pos + 3 + length].decode("utf-8", "replace")
             pos += 3 + length
         else:
             pos += 1 + sizes[tag]

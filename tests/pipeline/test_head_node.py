@@ -39,8 +39,18 @@ def test_picks_files_are_paired_as_the_one_machine_run_pairs_them(jar, tmp_path)
     from subtomo_embed.core.errors import InputDataError
     from subtomo_embed.core.picks import picks_file_for
 
-    picks = _touch(tmp_path / "picks", "TS_01.star", "TS_02_particles.csv", "TS_03.json", "TS_03_old.star",
-                   "TS_04_a.star", "TS_04_b.CSV", "TS_1.star", "notes.txt", "TS_06.STAR")
+    picks = _touch(
+        tmp_path / "picks",
+        "TS_01.star",
+        "TS_02_particles.csv",
+        "TS_03.json",
+        "TS_03_old.star",
+        "TS_04_a.star",
+        "TS_04_b.CSV",
+        "TS_1.star",
+        "notes.txt",
+        "TS_06.STAR",
+    )
     (picks / "TS_05.star").mkdir()  # a folder is not a picks file
     stems = ["TS_01", "TS_02", "TS_03", "TS_04", "TS_05", "TS_06", "TS_07", "TS_1"]
     answers = groovy(jar, WORKFLOW, [f"picksFileFor(picksFilesIn('{picks}'), '{s}', '{picks}')" for s in stems])
@@ -58,10 +68,18 @@ def test_picks_files_are_paired_as_the_one_machine_run_pairs_them(jar, tmp_path)
 def test_masks_are_found_as_the_one_machine_run_finds_them(jar, tmp_path):
     from subtomo_embed.core.io import find_mask
 
-    masks = _touch(tmp_path / "masks", "A_instance_preds.h5", "A.mrc", "B.mrc", "C.rec",
-                   "D_instance_preds_min-1_max-9.h5", "E.map")
-    cases = [("A", ".mrc", ""), ("B", ".mrc", ""), ("C", ".mrc", ""), ("D", ".mrc", "_min-1_max-9"), ("D", ".mrc", ""),
-             ("E", ".map", ""), ("F", ".mrc", "")]
+    masks = _touch(
+        tmp_path / "masks", "A_instance_preds.h5", "A.mrc", "B.mrc", "C.rec", "D_instance_preds_min-1_max-9.h5", "E.map"
+    )
+    cases = [
+        ("A", ".mrc", ""),
+        ("B", ".mrc", ""),
+        ("C", ".mrc", ""),
+        ("D", ".mrc", "_min-1_max-9"),
+        ("D", ".mrc", ""),
+        ("E", ".map", ""),
+        ("F", ".mrc", ""),
+    ]
     answers = groovy(jar, WORKFLOW, [f"maskOf(file('{masks}'), '{s}', '{e}', '{x}')" for s, e, x in cases])
     for (stem, ext, suffix), answer in zip(cases, answers):
         expected = find_mask(masks, stem, ext, suffix)
@@ -72,13 +90,17 @@ def test_tomograms_are_listed_by_name_and_an_empty_or_missing_folder_is_an_error
     data = _touch(tmp_path / "data", "TS_10.mrc", "TS_02.mrc", "TS_01.mrc", ".hidden.mrc", "TS_03.rec")
     (data / "sub.mrc").mkdir()
     empty = _touch(tmp_path / "empty")
-    answers = groovy(jar, WORKFLOW, [
-        f"tomogramsIn('{data}', '.mrc', null)",
-        f"tomogramsIn('{data}', '.mrc', ['TS_02.mrc', 'TS_99.mrc'])",
-        f"tomogramsIn('{data}', '.mrc', ['TS_99.mrc'])",
-        f"tomogramsIn('{empty}', '.mrc', null)",
-        f"tomogramsIn('{tmp_path / 'nowhere'}', '.mrc', null)",
-    ])
+    answers = groovy(
+        jar,
+        WORKFLOW,
+        [
+            f"tomogramsIn('{data}', '.mrc', null)",
+            f"tomogramsIn('{data}', '.mrc', ['TS_02.mrc', 'TS_99.mrc'])",
+            f"tomogramsIn('{data}', '.mrc', ['TS_99.mrc'])",
+            f"tomogramsIn('{empty}', '.mrc', null)",
+            f"tomogramsIn('{tmp_path / 'nowhere'}', '.mrc', null)",
+        ],
+    )
     assert answers[0] == {"value": [str(data / n) for n in ("TS_01.mrc", "TS_02.mrc", "TS_10.mrc")]}
     assert answers[1] == {"value": [str(data / "TS_02.mrc")]}
     assert "none of test_files" in answers[2]["error"] and str(data) in answers[2]["error"]
@@ -97,8 +119,13 @@ def test_flags_are_written_as_the_tests_write_them(jar):
 
 
 def test_settings_default_when_a_section_is_partial(jar):
-    calls = ["setting('hyper_parameters.batch_size', 10)", "setting('visualization.distance', 'x')",
-             "setting('clustering_kmeans.num_clusters', 6)", "stemOf('TS_01.mrc', '.mrc')"]
-    answers = groovy(jar, WORKFLOW, calls,
-                     params={"hyper_parameters": {"batch_size": 4}, "visualization": {"distance": None}})
+    calls = [
+        "setting('hyper_parameters.batch_size', 10)",
+        "setting('visualization.distance', 'x')",
+        "setting('clustering_kmeans.num_clusters', 6)",
+        "stemOf('TS_01.mrc', '.mrc')",
+    ]
+    answers = groovy(
+        jar, WORKFLOW, calls, params={"hyper_parameters": {"batch_size": 4}, "visualization": {"distance": None}}
+    )
     assert [a["value"] for a in answers] == [4, "x", 6, "TS_01"]

@@ -22,7 +22,7 @@ from nf_static import config_settings  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 MODULES = {p.parent.name.upper(): p for p in REPO.glob("modules/local/*/main.nf")}
 NF_FILES = sorted([*REPO.glob("*.nf"), *REPO.glob("workflows/*.nf"), *REPO.glob("modules/local/*/main.nf")])
-GB = 2 ** 30
+GB = 2**30
 
 
 def requests(repo: Path, profiles: list[str]):
@@ -30,8 +30,11 @@ def requests(repo: Path, profiles: list[str]):
     retries = int(request(settings, "X", [], "maxRetries"))
     for process, module in MODULES.items():
         for attempt in range(1, retries + 2):
-            yield process, attempt, {d: request(settings, process, labels_of(module), d, attempt)
-                                     for d in ("cpus", "memory", "time")}
+            yield (
+                process,
+                attempt,
+                {d: request(settings, process, labels_of(module), d, attempt) for d in ("cpus", "memory", "time")},
+            )
 
 
 # ------------------------------------------------------------------------------------------
@@ -75,7 +78,9 @@ def test_the_evaluator_reads_units_and_refuses_what_it_does_not_know():
     assert evaluate("{ 8.GB * task.attempt }", {}, 3) == Memory(24 * GB)
     assert evaluate("'6.GB'", {}) == 6 * GB and evaluate("'1.h'", {}) == Duration(1)
     assert evaluate("[cpus: params.max_cpus, memory: params.max_memory]", {"max_cpus": 2, "max_memory": "6.GB"}) == {
-        "cpus": 2, "memory": 6 * GB}
+        "cpus": 2,
+        "memory": 6 * GB,
+    }
     with pytest.raises(ValueError):
         evaluate("{ check_max(8.GB, 'memory') }", {})
 
@@ -146,7 +151,7 @@ def test_the_batch_size_is_outside_the_task_hash():
     script references; the batch size must come in through none of them."""
     for process in ("EMBED", "PREDICT_CENTERS"):
         text = MODULES[process].read_text()
-        script = text[text.index("script:"):text.index("stub:")]
+        script = text[text.index("script:") : text.index("stub:")]
         assert "task.ext.args" in script  # so ext.args must not carry it
         assert "batch_size" not in script.replace("hyper_parameters.batch_size=\\$SUBTOMO_EMBED_BATCH_SIZE", "")
         assert "params." not in script
@@ -166,8 +171,12 @@ def test_before_script_exports_the_batch_size_halved_per_retry(batch, attempts):
         pytest.fail(f"{jar} missing: run `make nf-lang`")
     closure = _setting([], ("process", "withName:EMBED|PREDICT_CENTERS", "beforeScript")).value
     params = {"hyper_parameters": {"batch_size": batch}} if batch else {}
-    answers = groovy(jar, REPO / "workflows" / "subtomo_embed.nf",
-                     [f"task = [attempt: {a}]; ({closure})().toString()" for a in (1, 2, 3)], params)
+    answers = groovy(
+        jar,
+        REPO / "workflows" / "subtomo_embed.nf",
+        [f"task = [attempt: {a}]; ({closure})().toString()" for a in (1, 2, 3)],
+        params,
+    )
     assert [a["value"] for a in answers] == [f"export SUBTOMO_EMBED_BATCH_SIZE={n}" for n in attempts]
 
 
@@ -200,13 +209,15 @@ def test_files_are_found_with_nextflows_file_api():
         text = path.read_text()
         assert "java.io.File" not in text and "File(" not in text.replace("collectFile(", "")
     text = _workflow()
-    assert 'files("${location}/*${extension}")' in text and "files(\"${location}/*\")" in text
+    assert 'files("${location}/*${extension}")' in text and 'files("${location}/*")' in text
     assert "file(params.picks, checkIfExists: true)" in text
     assert "file(params.trained_model, checkIfExists: true)" in text
 
 
-@pytest.mark.parametrize("profile, executor, queue_param", [("awsbatch", "awsbatch", "aws_gpu_queue"),
-                                                             ("googlebatch", "google-batch", "google_gpu_machine")])
+@pytest.mark.parametrize(
+    "profile, executor, queue_param",
+    [("awsbatch", "awsbatch", "aws_gpu_queue"), ("googlebatch", "google-batch", "google_gpu_machine")],
+)
 def test_cloud_profiles(profile, executor, queue_param):
     settings = effective(REPO, [profile, "gpu"])
     last = {s.path: s.value for s in settings}
@@ -214,8 +225,10 @@ def test_cloud_profiles(profile, executor, queue_param):
     assert last[("process", "executor")] == f"'{executor}'"
     assert any(queue_param in v for p, v in last.items() if "withLabel:process_gpu" in p)
     # the engine's --gpus/--nv are not for Batch services, which attach the GPU themselves
-    assert "task.executor in ['awsbatch', 'google-batch'] ? ''" in last[("process", "withLabel:process_gpu",
-                                                                          "containerOptions")]
+    assert (
+        "task.executor in ['awsbatch', 'google-batch'] ? ''"
+        in last[("process", "withLabel:process_gpu", "containerOptions")]
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -234,7 +247,8 @@ def _schema_params() -> set[str]:
 def test_the_schema_lists_exactly_the_params_of_nextflow_config():
     assert _config_params() == _schema_params(), (
         f"in nextflow.config only: {sorted(_config_params() - _schema_params())}; "
-        f"in the schema only: {sorted(_schema_params() - _config_params())}")
+        f"in the schema only: {sorted(_schema_params() - _config_params())}"
+    )
 
 
 def test_every_param_used_is_defined():
@@ -242,8 +256,12 @@ def test_every_param_used_is_defined():
     for path in [*NF_FILES, REPO / "nextflow.config", *REPO.glob("conf/*.config")]:
         used |= set(re.findall(r"\bparams\.(\w+)", path.read_text()))
     assert used <= _config_params(), sorted(used - _config_params())
-    profile_params = {s.path[1] for f in REPO.glob("conf/*.config") for s in config_settings(f)
-                      if s.path[0] == "params" and len(s.path) == 2}
+    profile_params = {
+        s.path[1]
+        for f in REPO.glob("conf/*.config")
+        for s in config_settings(f)
+        if s.path[0] == "params" and len(s.path) == 2
+    }
     assert profile_params <= _config_params(), sorted(profile_params - _config_params())
 
 
@@ -272,15 +290,22 @@ def test_the_expected_values_come_from_the_test_profiles_settings():
     from make_test_data import TEST_CONFIG
     from nf_config import groovy_literal
 
-    profile = {s.path[1]: groovy_literal(s.value) for s in config_settings(REPO / "conf" / "test.config")
-               if s.path[0] == "params" and len(s.path) == 2 and not s.value.startswith('"')}
+    profile = {
+        s.path[1]: groovy_literal(s.value)
+        for s in config_settings(REPO / "conf" / "test.config")
+        if s.path[0] == "params" and len(s.path) == 2 and not s.value.startswith('"')
+    }
     for key, value in TEST_CONFIG.items():
         node = profile
         for part in key.split("__"):
             node = node[part]
         assert node == value, key
-    assert groovy_literal("[a: [1, 2], 'b': null, c: [:], d: [x: 'y']]") == {"a": [1, 2], "b": None, "c": {},
-                                                                            "d": {"x": "y"}}
+    assert groovy_literal("[a: [1, 2], 'b': null, c: [:], d: [x: 'y']]") == {
+        "a": [1, 2],
+        "b": None,
+        "c": {},
+        "d": {"x": "y"},
+    }
 
 
 @pytest.mark.parametrize("profiles", [[], ["test"]])

@@ -53,8 +53,11 @@ def test_every_nextflow_file_passes_the_language_server(language_server):
     assert len(NF_FILES) >= 9 and len(CONFIG_FILES) >= 7
     diags = language_server.diagnostics(files)
     assert set(diags) == set(files)
-    found = [f"{path.name}:{d['range']['start']['line'] + 1}: severity {d.get('severity', 1)}: {d['message']}"
-             for path, items in diags.items() for d in items]
+    found = [
+        f"{path.name}:{d['range']['start']['line'] + 1}: severity {d.get('severity', 1)}: {d['message']}"
+        for path, items in diags.items()
+        for d in items
+    ]
     assert found == []
 
 
@@ -62,7 +65,7 @@ def test_language_server_reports_a_broken_file(tmp_path):
     from nf_lang import LanguageServer, errors
 
     bad = tmp_path / "bad.nf"
-    bad.write_text("process X {\n  script:\n  \"\"\"\n  echo\n  \"\"\"\n}\nworkflow {\n  X(\n}\n")
+    bad.write_text('process X {\n  script:\n  """\n  echo\n  """\n}\nworkflow {\n  X(\n}\n')
     server = LanguageServer(JAR, tmp_path)
     try:
         assert errors(server.diagnostics([bad]))
@@ -87,8 +90,11 @@ def test_no_image_is_unpinned():
         text = path.read_text()
         args = dict(re.findall(r"^ARG\s+(\w+)=(\S+)", text, flags=re.M))  # FROM ${BASE_IMAGE}: its default
         stages = set(re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", text, flags=re.M | re.I))  # FROM builder AS package
-        refs += [re.sub(r"\$\{(\w+)\}", lambda m, args=args: args.get(m.group(1), m.group(0)), ref)
-                 for ref in re.findall(r"^FROM\s+(\S+)", text, flags=re.M) if ref not in stages]
+        refs += [
+            re.sub(r"\$\{(\w+)\}", lambda m, args=args: args.get(m.group(1), m.group(0)), ref)
+            for ref in re.findall(r"^FROM\s+(\S+)", text, flags=re.M)
+            if ref not in stages
+        ]
     refs += re.findall(r"^From:\s*(\S+)", (REPO / "containers" / "subtomo-embed.def").read_text(), flags=re.M)
     pipeline_refs = re.findall(r"container_\w+\s*=\s*'([^']+)'", (REPO / "nextflow.config").read_text())
     assert len(refs) >= 3 and len(pipeline_refs) == 2
@@ -142,11 +148,12 @@ def block(process: str, section: str) -> str:
     text = MODULES[process].read_text()
     start = text.index(f"{section}:")
     first = text.index('"""', start)
-    return text[first + 3:text.index('"""', first + 3)]
+    return text[first + 3 : text.index('"""', first + 3)]
 
 
 def render(template: str, values: dict[str, str]) -> str:
     """Interpolate a Groovy GString the way Nextflow does for these blocks."""
+
     def sub(match: re.Match) -> str:
         name = match.group(1) or match.group(2)
         if name not in values:
@@ -159,17 +166,20 @@ def render(template: str, values: dict[str, str]) -> str:
 
 
 def _task_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ, PATH=f"{REPO / 'bin'}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}"
-                                f"{os.environ['PATH']}")
+    env = dict(
+        os.environ, PATH=f"{REPO / 'bin'}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    )
     env.pop("SUBTOMO_EMBED_BATCH_SIZE", None)
     return {**env, **(extra or {})}
 
 
-def run_block(process: str, section: str, workdir: Path, values: dict[str, str],
-              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_block(
+    process: str, section: str, workdir: Path, values: dict[str, str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     script = render(block(process, section), {"task.process": process, **values})
-    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=workdir, env=_task_env(env),
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], cwd=workdir, env=_task_env(env), capture_output=True, text=True
+    )
     assert proc.returncode == 0, f"{process} {section} failed:\n{script}\n{proc.stderr[-3000:]}"
     versions = yaml.safe_load((workdir / "versions.yml").read_text())
     assert versions[process]["subtomo-embed"]
@@ -189,41 +199,88 @@ def flags(settings: dict) -> str:
 
 
 # The settings each process gets on `-profile test`'s data, as workflows/subtomo_embed.nf builds them.
-NORMALIZATION = {"parameters.data.patch_size": [12, 12, 12], "parameters.data.min": 0, "parameters.data.max": 1,
-                 "parameters.data.mean": 0, "parameters.data.std": 1}
+NORMALIZATION = {
+    "parameters.data.patch_size": [12, 12, 12],
+    "parameters.data.min": 0,
+    "parameters.data.max": 1,
+    "parameters.data.mean": 0,
+    "parameters.data.std": 1,
+}
 NETWORK = {"contrastive": True, "parameters.network.dim": 16, "mixed_precision": False}
-VISUALIZATION = {"seed": 0, "file_extension": ".mrc", "parameters.data.patch_size": [12, 12, 12],
-                 "visualization.distance": "euclidean", "visualization.pca_components": None,
-                 "visualization.visualize_umap": True, "visualization.3d_umap": False,
-                 "visualization.max_plot_points": 20000, "visualization.explorer_thumbnails": 20000,
-                 "visualization.visualization_suffix": "instance_regions.csv",
-                 "visualization_files": None, "instances": None}
+VISUALIZATION = {
+    "seed": 0,
+    "file_extension": ".mrc",
+    "parameters.data.patch_size": [12, 12, 12],
+    "visualization.distance": "euclidean",
+    "visualization.pca_components": None,
+    "visualization.visualize_umap": True,
+    "visualization.3d_umap": False,
+    "visualization.max_plot_points": 20000,
+    "visualization.explorer_thumbnails": 20000,
+    "visualization.visualization_suffix": "instance_regions.csv",
+    "visualization_files": None,
+    "instances": None,
+}
 SETTINGS = {
-    "EXTRACT_PATCHES": {"file_extension": ".mrc", "min_particle_size": 10, "max_particle_size": None,
-                        "masking_type": 1, "expand_labels": 2, **NORMALIZATION},
+    "EXTRACT_PATCHES": {
+        "file_extension": ".mrc",
+        "min_particle_size": 10,
+        "max_particle_size": None,
+        "masking_type": 1,
+        "expand_labels": 2,
+        **NORMALIZATION,
+    },
     "EMBED": NETWORK,
-    "PREDICT_CENTERS": {"file_extension": ".mrc", "centers_patch_size": 9, "centers.units": "auto",
-                        "centers.origin": "auto", "centers.voxel_size": None, "centers.picks_voxel_size": None,
-                        "centers.tomogram_column": None, "centers.mask_radius": None, "centers.border": "pad",
-                        **NORMALIZATION, **NETWORK},
+    "PREDICT_CENTERS": {
+        "file_extension": ".mrc",
+        "centers_patch_size": 9,
+        "centers.units": "auto",
+        "centers.origin": "auto",
+        "centers.voxel_size": None,
+        "centers.picks_voxel_size": None,
+        "centers.tomogram_column": None,
+        "centers.mask_radius": None,
+        "centers.border": "pad",
+        **NORMALIZATION,
+        **NETWORK,
+    },
     "MERGE_EMBEDDINGS": {"clustering_files": None},
-    "CLUSTER_KMEANS": {"clustering_kmeans.num_clusters": 3, "clustering_kmeans.visualization": True,
-                       **VISUALIZATION},
-    "CLUSTER_SPECTRAL": {"clustering_spectral.num_clusters": 3, "clustering_spectral.estimate_num_clusters": False,
-                         "clustering_spectral.n_neighbors": 5, "clustering_spectral.visualization": True,
-                         **VISUALIZATION},
+    "CLUSTER_KMEANS": {"clustering_kmeans.num_clusters": 3, "clustering_kmeans.visualization": True, **VISUALIZATION},
+    "CLUSTER_SPECTRAL": {
+        "clustering_spectral.num_clusters": 3,
+        "clustering_spectral.estimate_num_clusters": False,
+        "clustering_spectral.n_neighbors": 5,
+        "clustering_spectral.visualization": True,
+        **VISUALIZATION,
+    },
     "VISUALIZE": VISUALIZATION,
 }
 # Every `${...}` of each process's script block, for a task staged as Nextflow stages it (the input
 # files under their own names in the task folder; data/ and masks/ in the clustering and VISUALIZE
 # tasks); `meta.id` is the tomogram's stem.
 SCRIPT_VALUES = {
-    "EXTRACT_PATCHES": {"tomogram": "TS_01.mrc", "mask": "TS_01_instance_preds.h5", "regions_arg": "",
-                        "settings": flags(SETTINGS["EXTRACT_PATCHES"]), "args": ""},
-    "EMBED": {"patches": "TS_01_patches.h5", "checkpoint": "model.ckpt", "device": "cpu",
-              "settings": flags(SETTINGS["EMBED"]), "args": ""},
-    "PREDICT_CENTERS": {"tomogram": "TS_01.mrc", "picks.name": "picks.star", "checkpoint": "model.ckpt",
-                        "device": "cpu", "settings": flags(SETTINGS["PREDICT_CENTERS"]), "args": ""},
+    "EXTRACT_PATCHES": {
+        "tomogram": "TS_01.mrc",
+        "mask": "TS_01_instance_preds.h5",
+        "regions_arg": "",
+        "settings": flags(SETTINGS["EXTRACT_PATCHES"]),
+        "args": "",
+    },
+    "EMBED": {
+        "patches": "TS_01_patches.h5",
+        "checkpoint": "model.ckpt",
+        "device": "cpu",
+        "settings": flags(SETTINGS["EMBED"]),
+        "args": "",
+    },
+    "PREDICT_CENTERS": {
+        "tomogram": "TS_01.mrc",
+        "picks.name": "picks.star",
+        "checkpoint": "model.ckpt",
+        "device": "cpu",
+        "settings": flags(SETTINGS["PREDICT_CENTERS"]),
+        "args": "",
+    },
     "MERGE_EMBEDDINGS": {"settings": flags(SETTINGS["MERGE_EMBEDDINGS"]), "args": ""},
     "CLUSTER_KMEANS": {"settings": flags(SETTINGS["CLUSTER_KMEANS"]), "args": ""},
     "CLUSTER_SPECTRAL": {"settings": flags(SETTINGS["CLUSTER_SPECTRAL"]), "args": ""},
@@ -246,7 +303,7 @@ def script_values(process: str, **overrides: str) -> dict[str, str]:
 def declared_outputs(process: str) -> list[str]:
     """The ``path`` patterns of a process's ``output:`` section."""
     text = MODULES[process].read_text()
-    outputs = text[text.index("output:"):text.index("script:")]
+    outputs = text[text.index("output:") : text.index("script:")]
     return re.findall(r'path\s*\(?\s*"([^"]+)"', outputs) + re.findall(r"path\s*\(?\s*'([^']+)'", outputs)
 
 
@@ -267,18 +324,32 @@ def chain(tmp_path_factory):
         w = work[f"extract_{stem}"] = root / f"extract_{stem}"
         w.mkdir()
         stage(w, data / f"{stem}.mrc", masks / f"{stem}_instance_preds.h5")
-        run_block("EXTRACT_PATCHES", "script", w, script_values(
-            "EXTRACT_PATCHES", meta_id=stem, tomogram=f"{stem}.mrc", mask=f"{stem}_instance_preds.h5"))
+        run_block(
+            "EXTRACT_PATCHES",
+            "script",
+            w,
+            script_values("EXTRACT_PATCHES", meta_id=stem, tomogram=f"{stem}.mrc", mask=f"{stem}_instance_preds.h5"),
+        )
         e = work[f"embed_{stem}"] = root / f"embed_{stem}"
         e.mkdir()
         stage(e, w / f"{stem}_patches.h5", ckpt)
-        run_block("EMBED", "script", e, script_values("EMBED", meta_id=stem, patches=f"{stem}_patches.h5"),
-                  env=TASK_ENVIRONMENT)
+        run_block(
+            "EMBED",
+            "script",
+            e,
+            script_values("EMBED", meta_id=stem, patches=f"{stem}_patches.h5"),
+            env=TASK_ENVIRONMENT,
+        )
     m = work["MERGE_EMBEDDINGS"] = root / "merge"
     m.mkdir()
-    per_tomogram = sorted((work[f"embed_{s}"] / f"{s}{suffix}" for s in STEMS
-                           for suffix in ("_embeds.h5", "_instance_labels.h5", "_instance_regions.csv")),
-                          key=lambda f: f.name)
+    per_tomogram = sorted(
+        (
+            work[f"embed_{s}"] / f"{s}{suffix}"
+            for s in STEMS
+            for suffix in ("_embeds.h5", "_instance_labels.h5", "_instance_regions.csv")
+        ),
+        key=lambda f: f.name,
+    )
     stage(m, *per_tomogram, into="per_tomogram")
     run_block("MERGE_EMBEDDINGS", "script", m, script_values("MERGE_EMBEDDINGS"))
     for process in ("CLUSTER_KMEANS", "CLUSTER_SPECTRAL", "VISUALIZE"):
@@ -290,8 +361,11 @@ def chain(tmp_path_factory):
         # `path stars`: each tomogram's regions STAR (cluster STAR files, the explorer's selection)
         stage(a, *[work[f"embed_{s}"] / f"{s}_instance_regions.star" for s in STEMS])
         if process == "VISUALIZE":  # `path clusters`: both clusterings, so the projections are coloured by them
-            stage(a, work["CLUSTER_KMEANS"] / "out" / "kmeans_clusters.h5",
-                  work["CLUSTER_SPECTRAL"] / "out" / "spectral_clusters.h5")
+            stage(
+                a,
+                work["CLUSTER_KMEANS"] / "out" / "kmeans_clusters.h5",
+                work["CLUSTER_SPECTRAL"] / "out" / "spectral_clusters.h5",
+            )
         run_block(process, "script", a, script_values(process))
     return work
 
@@ -306,8 +380,13 @@ def test_predict_centers_script_embeds_the_picks_of_its_tomogram(tmp_path):
     w.mkdir()
     stage(w, data / "TS_02.mrc", ckpt)
     stage(w, picks, into="picks")
-    run_block("PREDICT_CENTERS", "script", w, script_values(
-        "PREDICT_CENTERS", meta_id="TS_02", tomogram="TS_02.mrc", picks_name=picks.name), env=TASK_ENVIRONMENT)
+    run_block(
+        "PREDICT_CENTERS",
+        "script",
+        w,
+        script_values("PREDICT_CENTERS", meta_id="TS_02", tomogram="TS_02.mrc", picks_name=picks.name),
+        env=TASK_ENVIRONMENT,
+    )
     import pandas as pd
     import starfile
 
@@ -332,12 +411,17 @@ def test_predict_centers_without_picks_for_its_tomogram_makes_no_outputs_and_exi
     w.mkdir()
     stage(w, data / "TS_02.mrc", make_checkpoint(tmp_path / "model.ckpt"))
     stage(w, tmp_path / "only_ts01.star", into="picks")
-    proc = run_block("PREDICT_CENTERS", "script", w, script_values(
-        "PREDICT_CENTERS", meta_id="TS_02", tomogram="TS_02.mrc", picks_name="only_ts01.star"), env=TASK_ENVIRONMENT)
+    proc = run_block(
+        "PREDICT_CENTERS",
+        "script",
+        w,
+        script_values("PREDICT_CENTERS", meta_id="TS_02", tomogram="TS_02.mrc", picks_name="only_ts01.star"),
+        env=TASK_ENVIRONMENT,
+    )
     assert "TS_02: no picks, skipped" in proc.stderr
     assert not (w / "out").exists() or not [f for f in (w / "out").iterdir() if not f.name.startswith(".")]
     text = MODULES["PREDICT_CENTERS"].read_text()
-    outputs = text[text.index("output:"):text.index("script:")]
+    outputs = text[text.index("output:") : text.index("script:")]
     assert all("optional: true" in line for line in outputs.splitlines() if "emit:" in line and "versions" not in line)
 
 
@@ -346,8 +430,13 @@ def test_embed_takes_its_batch_size_from_the_environment(tmp_path, chain):
     stage(tmp_path, chain["extract_TS_01"] / "TS_01_patches.h5", chain["ckpt"])
     script = render(block("EMBED", "script"), script_values("EMBED", patches="TS_01_patches.h5"))
     for batch, env in (("3", {"SUBTOMO_EMBED_BATCH_SIZE": "3"}), ("10", {})):
-        proc = subprocess.run(["bash", "-euxo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True, text=True,
-                              env=_task_env(env))
+        proc = subprocess.run(
+            ["bash", "-euxo", "pipefail", "-c", script],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env=_task_env(env),
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         launched = [line for line in proc.stderr.splitlines() if line.startswith("+ subtomo-embed-patches")]
         assert len(launched) == 1
@@ -422,7 +511,7 @@ def _braced(text: str, start: int) -> str:
     for i in range(start, len(text)):
         depth += {"{": 1, "}": -1}.get(text[i], 0)
         if depth == 0:
-            return text[start + 1:i]
+            return text[start + 1 : i]
     raise ValueError("unbalanced braces")
 
 
@@ -437,13 +526,14 @@ def published(process: str, task: Path, rules: dict) -> dict[str, Path]:
     outputs = set()
     for pattern in declared_outputs(process):
         pattern = pattern.replace("${meta.id}", "*")
-        outputs |= {p.relative_to(task).as_posix() for p in task.glob(pattern)
-                    if p.is_file() and not p.name.startswith(".")}
+        outputs |= {
+            p.relative_to(task).as_posix() for p in task.glob(pattern) if p.is_file() and not p.name.startswith(".")
+        }
     names = {}
     for pattern, strip, where in rules.get(process, []):
         for output in outputs:
             if re.fullmatch(_glob_to_regex(pattern), output):
-                name = output[len(strip):] if strip and output.startswith(strip) else output
+                name = output[len(strip) :] if strip and output.startswith(strip) else output
                 names[f"vis/{name}" if where == "vis" else name] = task / output
     return names
 
@@ -455,17 +545,30 @@ def test_pipeline_publishes_the_same_files_as_the_one_machine_run(chain, cli_env
 
     root = chain["root"]
     out = root / "one_machine"
-    config = write_config(root / "one_machine.yaml", data_folder=chain["data"], instances_mask_folder=chain["masks"],
-                          prediction_folder=out, trained_model=chain["ckpt"],
-                          clustering_kmeans={"num_clusters": 3, "visualization": True},
-                          clustering_spectral={"num_clusters": 3, "estimate_num_clusters": False, "visualization": True,
-                                               "n_neighbors": 5})
+    config = write_config(
+        root / "one_machine.yaml",
+        data_folder=chain["data"],
+        instances_mask_folder=chain["masks"],
+        prediction_folder=out,
+        trained_model=chain["ckpt"],
+        clustering_kmeans={"num_clusters": 3, "visualization": True},
+        clustering_spectral={
+            "num_clusters": 3,
+            "estimate_num_clusters": False,
+            "visualization": True,
+            "n_neighbors": 5,
+        },
+    )
     for command in ("predict", "kmeans", "spectral", "visualize"):
-        proc = subprocess.run(["subtomo-embed", command, "-c", str(config)], env=cli_env, capture_output=True,
-                              text=True)
+        proc = subprocess.run(
+            ["subtomo-embed", command, "-c", str(config)], env=cli_env, capture_output=True, text=True
+        )
         assert proc.returncode == 0, f"{command}: {proc.stderr[-2000:]}"
-    one_machine = {p.relative_to(out).as_posix() for p in out.rglob("*")
-                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(out).parts)}
+    one_machine = {
+        p.relative_to(out).as_posix()
+        for p in out.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(out).parts)
+    }
 
     rules = publish_rules()
     pipeline: dict[str, Path] = {}
@@ -476,8 +579,10 @@ def test_pipeline_publishes_the_same_files_as_the_one_machine_run(chain, cli_env
         pipeline |= published(process, chain[process], rules)
     assert len(one_machine) > 30 and any(n.endswith("_gallery.png") for n in one_machine)
     assert any(n.endswith("_clusters_kmeans.mrc") for n in one_machine)
-    assert set(pipeline) == one_machine, (f"only in the pipeline: {sorted(set(pipeline) - one_machine)}; "
-                                          f"only on one machine: {sorted(one_machine - set(pipeline))}")
+    assert set(pipeline) == one_machine, (
+        f"only in the pipeline: {sorted(set(pipeline) - one_machine)}; "
+        f"only on one machine: {sorted(one_machine - set(pipeline))}"
+    )
     # what the nf-test files compare by md5: every CSV and STAR file, byte for byte
     tables = sorted(n for n in one_machine if n.endswith((".csv", ".star")))
     assert len(tables) > 15
@@ -487,8 +592,14 @@ def test_pipeline_publishes_the_same_files_as_the_one_machine_run(chain, cli_env
 
 def test_publish_rules_are_read_from_the_config():
     rules = publish_rules()
-    assert set(rules) == {"EMBED", "PREDICT_CENTERS", "MERGE_EMBEDDINGS", "CLUSTER_KMEANS", "CLUSTER_SPECTRAL",
-                          "VISUALIZE"}
+    assert set(rules) == {
+        "EMBED",
+        "PREDICT_CENTERS",
+        "MERGE_EMBEDDINGS",
+        "CLUSTER_KMEANS",
+        "CLUSTER_SPECTRAL",
+        "VISUALIZE",
+    }
     assert ("vis/*", "vis/", "vis") in rules["VISUALIZE"] and ("out/*", "out/", "results") in rules["VISUALIZE"]
 
 

@@ -15,8 +15,9 @@ from nf_static import ConfigSpec, check_calls, check_config, config_settings, de
 REPO = Path(__file__).resolve().parents[2]
 JAR = REPO / ".venv" / "share" / "nf-lang" / "language-server-all.jar"
 WORKFLOW_FILES = sorted([*REPO.glob("*.nf"), *REPO.glob("workflows/*.nf")])
-CONFIG_FILES = sorted([*REPO.glob("nextflow.config"), *REPO.glob("conf/*.config"),
-                       REPO / "tests" / "nf-test" / "nextflow.config"])
+CONFIG_FILES = sorted(
+    [*REPO.glob("nextflow.config"), *REPO.glob("conf/*.config"), REPO / "tests" / "nf-test" / "nextflow.config"]
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,15 +54,21 @@ def test_every_call_matches_its_declaration():
 
 
 def test_a_call_with_a_missing_input_is_caught(copy):
-    _edit(copy / "workflows" / "subtomo_embed.nf", "EMBED(EXTRACT_PATCHES.out.patches, checkpoint, embedFlags)",
-          "EMBED(EXTRACT_PATCHES.out.patches, embedFlags)")
+    _edit(
+        copy / "workflows" / "subtomo_embed.nf",
+        "EMBED(EXTRACT_PATCHES.out.patches, checkpoint, embedFlags)",
+        "EMBED(EXTRACT_PATCHES.out.patches, embedFlags)",
+    )
     problems = check_calls([copy / "main.nf", copy / "workflows" / "subtomo_embed.nf"])
     assert len(problems) == 1 and "EMBED called with 2 argument(s), but its process declares 3 input(s)" in problems[0]
 
 
 def test_an_input_added_to_a_process_but_not_to_its_call_is_caught(copy):
-    _edit(copy / "modules" / "local" / "merge_embeddings" / "main.nf", "    val settings\n",
-          "    val settings\n    path extra\n")
+    _edit(
+        copy / "modules" / "local" / "merge_embeddings" / "main.nf",
+        "    val settings\n",
+        "    val settings\n    path extra\n",
+    )
     problems = check_calls([copy / "workflows" / "subtomo_embed.nf"])
     assert len(problems) == 1 and "MERGE_EMBEDDINGS called with 2 argument(s)" in problems[0]
 
@@ -84,8 +91,19 @@ def test_an_unknown_emit_through_a_variable_is_caught(copy):
 
 def test_directives_and_scopes_come_from_the_language_servers_jar(jar):
     spec = ConfigSpec(jar)
-    assert {"cpus", "memory", "time", "accelerator", "resourceLimits", "containerOptions", "beforeScript",
-            "publishDir", "errorStrategy", "ext", "label"} <= spec.directives
+    assert {
+        "cpus",
+        "memory",
+        "time",
+        "accelerator",
+        "resourceLimits",
+        "containerOptions",
+        "beforeScript",
+        "publishDir",
+        "errorStrategy",
+        "ext",
+        "label",
+    } <= spec.directives
     assert "memroy" not in spec.directives
     assert {"apptainer", "docker", "executor", "aws", "google"} <= set(spec.tree["children"])
 
@@ -96,25 +114,37 @@ def test_every_config_setting_is_known(jar):
     assert check_config(CONFIG_FILES, jar) == []
 
 
-@pytest.mark.parametrize("old, new, expected", [
-    ("        memory = { 16.GB * task.attempt }", "        memroy = { 16.GB * task.attempt }",
-     "'memroy' is not a process directive"),
-    ("    maxRetries     = 2", "    maxRetry       = 2", "'maxRetry' is not a process directive"),
-])
+@pytest.mark.parametrize(
+    "old, new, expected",
+    [
+        (
+            "        memory = { 16.GB * task.attempt }",
+            "        memroy = { 16.GB * task.attempt }",
+            "'memroy' is not a process directive",
+        ),
+        ("    maxRetries     = 2", "    maxRetry       = 2", "'maxRetry' is not a process directive"),
+    ],
+)
 def test_a_misspelled_directive_is_caught(copy, jar, old, new, expected):
     _edit(copy / "conf" / "base.config", old, new)
     problems = check_config([copy / "conf" / "base.config"], jar)
     assert len(problems) == 1 and expected in problems[0]
 
 
-@pytest.mark.parametrize("old, new, expected", [
-    ("docker.runOptions       =", "docker.runOption        =", "'runOption' is not a setting of docker"),
-    ("apptainer.pullTimeout   =", "apptainer.pulltimeout   =", "'pulltimeout' is not a setting of apptainer"),
-    ("        queueSize       = 100", "        queueSise       = 100", "'queueSise' is not a setting of executor"),
-    ("timeline {", "timelines {", "'timelines' is not a setting of the top level"),
-    ("            withLabel: 'process_gpu' {\n                accelerator",
-     "            withLabel: 'process_gpu' {\n                acelerator", "'acelerator' is not a process directive"),
-])
+@pytest.mark.parametrize(
+    "old, new, expected",
+    [
+        ("docker.runOptions       =", "docker.runOption        =", "'runOption' is not a setting of docker"),
+        ("apptainer.pullTimeout   =", "apptainer.pulltimeout   =", "'pulltimeout' is not a setting of apptainer"),
+        ("        queueSize       = 100", "        queueSise       = 100", "'queueSise' is not a setting of executor"),
+        ("timeline {", "timelines {", "'timelines' is not a setting of the top level"),
+        (
+            "            withLabel: 'process_gpu' {\n                accelerator",
+            "            withLabel: 'process_gpu' {\n                acelerator",
+            "'acelerator' is not a process directive",
+        ),
+    ],
+)
 def test_a_misspelled_config_setting_is_caught(copy, jar, old, new, expected):
     _edit(copy / "nextflow.config", old, new)
     problems = check_config([copy / "nextflow.config"], jar)

@@ -85,12 +85,21 @@ def _step(stage: str, function: str, doc: str):
     return command
 
 
-visualize = _step("visualize", "run_visualize",
-                  "UMAP/PCA projections (all tomograms and each tomogram), coordinates CSV, PNGs and distance maps.")
-kmeans = _step("clustering", "run_kmeans",
-               "KMeans clustering of the embeddings (clustering_kmeans.num_clusters; 0-based cluster ids).")
-spectral = _step("clustering", "run_spectral",
-                 "Spectral clustering on a sparse k-NN graph (clustering_spectral; 1-based cluster ids as CryoSiam).")
+visualize = _step(
+    "visualize",
+    "run_visualize",
+    "UMAP/PCA projections (all tomograms and each tomogram), coordinates CSV, PNGs and distance maps.",
+)
+kmeans = _step(
+    "clustering",
+    "run_kmeans",
+    "KMeans clustering of the embeddings (clustering_kmeans.num_clusters; 0-based cluster ids).",
+)
+spectral = _step(
+    "clustering",
+    "run_spectral",
+    "Spectral clustering on a sparse k-NN graph (clustering_spectral; 1-based cluster ids as CryoSiam).",
+)
 
 
 def register(app: typer.Typer) -> None:

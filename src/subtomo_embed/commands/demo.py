@@ -37,11 +37,13 @@ def train(
     config_file: ConfigFile = None,
     overrides: Overrides = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (resumed if it exists).")] = Path(
-        "training/last.ckpt"),
+        "training/last.ckpt"
+    ),
     steps: Annotated[Optional[int], typer.Option(help="Total steps (default hyper_parameters.max_steps).")] = None,
     device: Device = "auto",
     restart: Annotated[
-        bool, typer.Option("--restart", help="Start from scratch even if the checkpoint exists.")] = False,
+        bool, typer.Option("--restart", help="Start from scratch even if the checkpoint exists.")
+    ] = False,
     time_limit: Annotated[
         Optional[float], typer.Option("--time-limit", help="Stop after this many minutes (saved; run again to go on).")
     ] = None,
@@ -63,8 +65,16 @@ def train(
         cfg = load_config(config_file or DEMO_CONFIG, overrides)
         if restart and output.exists():
             output.unlink()
-        ckpt = train_from_config(cfg, output, steps, device, resume=True, progress=not quiet,
-                                 time_limit=time_limit * 60 if time_limit else None, save_every=save_every)
+        ckpt = train_from_config(
+            cfg,
+            output,
+            steps,
+            device,
+            resume=True,
+            progress=not quiet,
+            time_limit=time_limit * 60 if time_limit else None,
+            save_every=save_every,
+        )
         if export:
             export_model(ckpt, export)
         typer.echo(f"checkpoint: {ckpt}")
@@ -73,7 +83,8 @@ def train(
 def evaluate(
     data: Annotated[Path, typer.Option("--data", help="A folder made by `subtomo-embed simulate`.")],
     model: Annotated[
-        Optional[Path], typer.Option("--model", help="Checkpoint (default: the config's trained_model).")] = None,
+        Optional[Path], typer.Option("--model", help="Checkpoint (default: the config's trained_model).")
+    ] = None,
     config_file: ConfigFile = None,
     device: Device = "auto",
     debug: Debug = False,
@@ -92,10 +103,12 @@ def evaluate(
 def demo(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where everything goes.")] = Path("demo_output"),
     retrain: Annotated[
-        bool, typer.Option("--retrain", help="Train a new model first instead of the committed one.")] = False,
+        bool, typer.Option("--retrain", help="Train a new model first instead of the committed one.")
+    ] = False,
     steps: Annotated[Optional[int], typer.Option(help="Training steps with --retrain (default: the config's).")] = None,
     model: Annotated[
-        Optional[Path], typer.Option("--model", help="Use this checkpoint instead of the committed one.")] = None,
+        Optional[Path], typer.Option("--model", help="Use this checkpoint instead of the committed one.")
+    ] = None,
     tomograms: Annotated[int, typer.Option(min=1, help="Simulated tomograms per difficulty.")] = 2,
     particles: Annotated[int, typer.Option(min=20, help="Particles per tomogram.")] = 70,
     shape: Annotated[tuple[int, int, int], typer.Option(help="Tomogram shape z y x (voxels).")] = (64, 192, 192),
@@ -112,8 +125,9 @@ def demo(
         setup_logging(quiet, output.absolute() / "subtomo-embed.log")  # an --output that is a file: one line
         from ..stages.demo import run_demo
 
-        run_demo(output, retrain, steps, tomograms=tomograms, particles=particles, shape=shape, model=model,
-                 device=device)
+        run_demo(
+            output, retrain, steps, tomograms=tomograms, particles=particles, shape=shape, model=model, device=device
+        )
 
 
 def register(app: typer.Typer) -> None:

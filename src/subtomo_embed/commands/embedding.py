@@ -15,9 +15,7 @@ Device = Annotated[
 ]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Redo tomograms whose outputs are already complete.")]
 KeepGoing = Annotated[bool, typer.Option("--keep-going", help="Report a failing tomogram and go on with the others.")]
-OutputDir = Annotated[
-    Optional[Path], typer.Option("--output-dir", help="Where to write (default: prediction_folder).")
-]
+OutputDir = Annotated[Optional[Path], typer.Option("--output-dir", help="Where to write (default: prediction_folder).")]
 
 
 def _config(config_file, overrides):

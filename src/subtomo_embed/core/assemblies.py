@@ -88,9 +88,7 @@ def family_positions(family: str, n: int = 0, height: float = 0.0, twist_degrees
     if family == "icosahedral":
         g = (1 + 5**0.5) / 2
         vertices = [
-            v
-            for a, b in itertools.product((-1, 1), repeat=2)
-            for v in ([0, a, b * g], [a, b * g, 0], [b * g, 0, a])
+            v for a, b in itertools.product((-1, 1), repeat=2) for v in ([0, a, b * g], [a, b * g, 0], [b * g, 0, a])
         ]
         return _unit(vertices)
     if family == "filament":
@@ -106,8 +104,16 @@ def _nearest_distance(points: np.ndarray) -> float:
     return float(d[~np.eye(len(points), dtype=bool)].min())
 
 
-def make_assembly(name: str, family: str, diameter: float, mass: float | None = None, n: int = 0,
-                  height: float = 0.0, twist_degrees: float = 0.0, membrane: bool = False) -> Assembly:
+def make_assembly(
+    name: str,
+    family: str,
+    diameter: float,
+    mass: float | None = None,
+    n: int = 0,
+    height: float = 0.0,
+    twist_degrees: float = 0.0,
+    membrane: bool = False,
+) -> Assembly:
     """An assembly of ``family`` with outer diameter ``diameter`` voxels.
 
     With ``mass`` (total sub-unit volume, voxels³) the sub-unit radius is chosen so that
@@ -126,9 +132,14 @@ def make_assembly(name: str, family: str, diameter: float, mass: float | None = 
     return Assembly(name, family, unit * (outer - s), s, membrane)
 
 
-def random_class_set(seed: int, n_classes: int, families: tuple[str, ...] = FAMILIES,
-                     diameter_range: tuple[float, float] = (12.0, 24.0), equal_mass: bool = True,
-                     membrane: bool = False) -> list[Assembly]:
+def random_class_set(
+    seed: int,
+    n_classes: int,
+    families: tuple[str, ...] = FAMILIES,
+    diameter_range: tuple[float, float] = (12.0, 24.0),
+    equal_mass: bool = True,
+    membrane: bool = False,
+) -> list[Assembly]:
     """``n_classes`` distinct assemblies drawn from ``seed``: one outer diameter for all, one mass.
 
     Families are cycled in a seeded order; ring and dihedral orders, filament twists and
@@ -203,8 +214,9 @@ def bandpass_filter(shape: tuple[int, int, int], low: float = 0.02, high: float 
     return ((1 - np.exp(-k2 / low**2)) * np.exp(-k2 / high**2)).astype(np.float32)
 
 
-def degrade_volume(clean: np.ndarray, rng: np.random.Generator, snr: float, wedge: float | None,
-                   bandpass: bool = True) -> np.ndarray:
+def degrade_volume(
+    clean: np.ndarray, rng: np.random.Generator, snr: float, wedge: float | None, bandpass: bool = True
+) -> np.ndarray:
     """White noise (SNR as variance ratio for unit contrast), then band-pass and missing wedge in one FFT."""
     if snr <= 0:
         raise ValueError(f"snr must be positive, got {snr}")
@@ -219,9 +231,15 @@ def degrade_volume(clean: np.ndarray, rng: np.random.Generator, snr: float, wedg
     return np.fft.irfftn(f, s=clean.shape, axes=(0, 1, 2)).astype(np.float32)
 
 
-def simulate_particle(assembly: Assembly, rng: np.random.Generator, box: int, snr: float = 3.0,
-                      wedge: float | None = None, bandpass: bool = True,
-                      rotation: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def simulate_particle(
+    assembly: Assembly,
+    rng: np.random.Generator,
+    box: int,
+    snr: float = 3.0,
+    wedge: float | None = None,
+    bandpass: bool = True,
+    rotation: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """One particle of ``assembly`` alone in a box³ at a random orientation (or ``rotation``), degraded.
 
     Returns (volume float32, mask int32 with label 1).
@@ -231,8 +249,15 @@ def simulate_particle(assembly: Assembly, rng: np.random.Generator, box: int, sn
     return degrade_volume(density, rng, snr, wedge, bandpass), mask.astype(np.int32)
 
 
-def simulate_set(classes: list[Assembly], per_class: int, seed: int, box: int, snr: float = 3.0,
-                 wedge: float | None = None, bandpass: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def simulate_set(
+    classes: list[Assembly],
+    per_class: int,
+    seed: int,
+    box: int,
+    snr: float = 3.0,
+    wedge: float | None = None,
+    bandpass: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``per_class`` particles of each class: (volumes (N, box, box, box), masks, class ids), class-major order."""
     rng = np.random.default_rng(seed)
     volumes, masks, ids = [], [], []

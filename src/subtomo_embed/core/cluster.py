@@ -49,7 +49,11 @@ def kmeans(
     x = np.asarray(embeddings)
     _check_k(x.shape[0], num_clusters)
     model = KMeans(
-        n_clusters=num_clusters, n_init=n_init, max_iter=KMEANS_MAX_ITER, random_state=seed, algorithm="lloyd",
+        n_clusters=num_clusters,
+        n_init=n_init,
+        max_iter=KMEANS_MAX_ITER,
+        random_state=seed,
+        algorithm="lloyd",
         copy_x=False,
     )
     labels = model.fit_predict(x)

@@ -42,8 +42,20 @@ IGNORED_CRYOSIAM_KEYS = (
 )
 # Metrics that both UMAP and scikit-learn's pairwise distances compute on real-valued embeddings
 # without further parameters (boolean and parametrized metrics are left out).
-DISTANCES = ("euclidean", "l2", "sqeuclidean", "cosine", "correlation", "manhattan", "l1", "cityblock",
-             "chebyshev", "minkowski", "canberra", "braycurtis")
+DISTANCES = (
+    "euclidean",
+    "l2",
+    "sqeuclidean",
+    "cosine",
+    "correlation",
+    "manhattan",
+    "l1",
+    "cityblock",
+    "chebyshev",
+    "minkowski",
+    "canberra",
+    "braycurtis",
+)
 
 
 def plain_name(value: str, what: str = "a file name") -> str:
@@ -143,8 +155,10 @@ class ParametersConfig(_Section):
     def _gpu_indices(cls, v):
         indices = v if isinstance(v, list) else [] if v is None else [v]
         if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices):
-            raise ValueError("must be a GPU index (0, 1, ...), a list of them, or null for the CPU "
-                             "(Lightning's -1, all GPUs, does not apply: one process uses one GPU)")
+            raise ValueError(
+                "must be a GPU index (0, 1, ...), a list of them, or null for the CPU "
+                "(Lightning's -1, all GPUs, does not apply: one process uses one GPU)"
+            )
         return v
 
 
@@ -186,8 +200,11 @@ class CentersConfig(_Section):
         if v is None:
             return v
         values = [v] * 3 if isinstance(v, (int, float)) else v
-        if not isinstance(values, list) or len(values) != 3 or not all(
-                isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < float("inf") for x in values):
+        if (
+            not isinstance(values, list)
+            or len(values) != 3
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < float("inf") for x in values)
+        ):
             raise ValueError("must be a positive number or [z, y, x]")
         return v
 
@@ -246,8 +263,9 @@ class Config(_Section):
             plain_name(name, "a tomogram file name (in data_folder)")
         return v
 
-    @field_validator("data_folder", "instances_mask_folder", "log_dir", "prediction_folder", "trained_model",
-                     "centers_file")
+    @field_validator(
+        "data_folder", "instances_mask_folder", "log_dir", "prediction_folder", "trained_model", "centers_file"
+    )
     @classmethod
     def _no_nul(cls, v: str | None) -> str | None:
         if v is not None and "\0" in v:
@@ -295,8 +313,11 @@ class Config(_Section):
         for key in ("data_folder", "instances_mask_folder"):
             given = self.optional_path(key)
             if given is not None and given.resolve() == out:
-                raise ConfigError(f"{what} {folder} is the {key}: outputs there would be read back as inputs; "
-                                  "use a folder of its own", self.origin(key))
+                raise ConfigError(
+                    f"{what} {folder} is the {key}: outputs there would be read back as inputs; "
+                    "use a folder of its own",
+                    self.origin(key),
+                )
 
     @property
     def instances_suffix(self) -> str:
@@ -345,21 +366,28 @@ def _check_document(root: yaml.Node, source: str) -> None:
             path.discard(key)
             expanded[key] = 1 + sum(expanded[id(child)] for child in _children(node))
             if expanded[key] > MAX_YAML_VALUES:
-                raise ConfigError(f"the YAML expands to more than {MAX_YAML_VALUES:,} values through its aliases "
-                                  f"(line {node.start_mark.line + 1}); a config needs a few hundred", source)
+                raise ConfigError(
+                    f"the YAML expands to more than {MAX_YAML_VALUES:,} values through its aliases "
+                    f"(line {node.start_mark.line + 1}); a config needs a few hundred",
+                    source,
+                )
             continue
         if key in expanded:
             continue
         if key in path:
-            raise ConfigError(f"a YAML alias at line {node.start_mark.line + 1} refers to a value that contains it",
-                              source)
+            raise ConfigError(
+                f"a YAML alias at line {node.start_mark.line + 1} refers to a value that contains it", source
+            )
         if isinstance(node, yaml.MappingNode):
             seen: dict[str, int] = {}
             for k, _ in node.value:
                 if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
                     if k.value in seen:
-                        raise ConfigError(f"key '{k.value}' appears twice in one mapping (lines {seen[k.value]} and "
-                                          f"{k.start_mark.line + 1}); YAML would keep the last silently", source)
+                        raise ConfigError(
+                            f"key '{k.value}' appears twice in one mapping (lines {seen[k.value]} and "
+                            f"{k.start_mark.line + 1}); YAML would keep the last silently",
+                            source,
+                        )
                     seen[k.value] = k.start_mark.line + 1
         path.add(key)
         stack.append((node, True))
@@ -432,8 +460,9 @@ def _drop_ignored_keys(raw: dict, source: str) -> dict:
         part = raw.get(section)
         if isinstance(part, dict) and key in part:
             raw[section] = {k: v for k, v in part.items() if k != key}
-            log.warning("%s: ignoring CryoSiam's key '%s.%s' (not used by subtomo-embed; docs/config.md)",
-                        source, section, key)
+            log.warning(
+                "%s: ignoring CryoSiam's key '%s.%s' (not used by subtomo-embed; docs/config.md)", source, section, key
+            )
     return raw
 
 
@@ -481,8 +510,9 @@ def _read_config_text(path: Path) -> str:
     except OSError as err:
         raise ConfigError(f"cannot read config file: {err.strerror or err}", path) from None
     if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config file is larger than {MAX_CONFIG_BYTES // 2**20} MiB; a config is a few kilobytes",
-                          path)
+        raise ConfigError(
+            f"config file is larger than {MAX_CONFIG_BYTES // 2**20} MiB; a config is a few kilobytes", path
+        )
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -506,4 +536,3 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if not isinstance(raw, dict):
         raise ConfigError("the config must be a YAML mapping of keys to values", path)
     return config_from_dict(raw, str(path), overrides)
-

@@ -61,8 +61,9 @@ class SphericalHarmonicPower:
     cannot.
     """
 
-    def __init__(self, shape: tuple[int, int, int], n_shells: int = 8, max_degree: int = 8,
-                 max_radius: float | None = None):
+    def __init__(
+        self, shape: tuple[int, int, int], n_shells: int = 8, max_degree: int = 8, max_radius: float | None = None
+    ):
         from scipy.special import sph_harm_y
 
         self.shape = tuple(int(s) for s in shape)

@@ -139,8 +139,9 @@ def thumbnail_png(patch: np.ndarray, side: int = THUMBNAIL_SIDE) -> bytes:
     return buf.getvalue()
 
 
-def masked_patches(volume, mask: np.ndarray, regions, patch_size: Sequence[int], masking_type: int,
-                   expand_labels: int, norm) -> Iterator[np.ndarray]:
+def masked_patches(
+    volume, mask: np.ndarray, regions, patch_size: Sequence[int], masking_type: int, expand_labels: int, norm
+) -> Iterator[np.ndarray]:
     """Each region's masked patch exactly as ``predict`` cuts it (``core.extract``), in table order.
 
     ``regions``: a regions table (label, bbox-0..5) of the instances to cut; ``norm``: the
@@ -159,8 +160,9 @@ def _box(patch_size: Sequence[int]) -> tuple[int, int, int]:
     return z, y, x
 
 
-def picked_patches(volume, regions, patch_size: Sequence[int], norm, mask_radius: float | None = None,
-                   source: str = "tomogram") -> Iterator[np.ndarray]:
+def picked_patches(
+    volume, regions, patch_size: Sequence[int], norm, mask_radius: float | None = None, source: str = "tomogram"
+) -> Iterator[np.ndarray]:
     """Each pick's patch exactly as ``predict-centers`` cuts it (``core.extract.cut_centered_patch``):
     the cubic box ``bbox`` of the regions table, sphere-masked with ``mask_radius`` around the centroid."""
     from .extract import cut_centered_patch
@@ -169,8 +171,7 @@ def picked_patches(volume, regions, patch_size: Sequence[int], norm, mask_radius
     sizes = regions["bbox-3"].to_numpy(np.int64) - starts[:, 0]
     centres = regions[[f"centroid-{i}" for i in range(3)]].to_numpy(np.float64)
     for start, size, centre in zip(starts, sizes, centres):
-        yield cut_centered_patch(volume, start, int(size), _box(patch_size), norm, centre,
-                                 mask_radius, source)
+        yield cut_centered_patch(volume, start, int(size), _box(patch_size), norm, centre, mask_radius, source)
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,13 +221,25 @@ def _plain(v):
 def colouring_data(colouring: Colouring) -> dict:
     if colouring.categorical:
         cats, codes = _categorical(colouring.values)
-        return {"name": colouring.name, "kind": "categorical", "categories": [str(c) for c in cats],
-                "colours": category_colours(len(cats)), "codes": _b64(codes, "<i4"), "cluster": colouring.cluster}
+        return {
+            "name": colouring.name,
+            "kind": "categorical",
+            "categories": [str(c) for c in cats],
+            "colours": category_colours(len(cats)),
+            "codes": _b64(codes, "<i4"),
+            "cluster": colouring.cluster,
+        }
     values = np.asarray(colouring.values, dtype=np.float64)
     finite = values[np.isfinite(values)]
-    lo, hi = (np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0))
-    return {"name": colouring.name, "kind": "continuous", "values": _b64(values, "<f4"), "label": colouring.label,
-            "cmin": float(lo), "cmax": float(hi if hi > lo else lo + 1)}
+    lo, hi = np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0)
+    return {
+        "name": colouring.name,
+        "kind": "continuous",
+        "values": _b64(values, "<f4"),
+        "label": colouring.label,
+        "cmin": float(lo),
+        "cmax": float(hi if hi > lo else lo + 1),
+    }
 
 
 def star_columns(star) -> list[dict]:
@@ -239,18 +252,28 @@ def star_columns(star) -> list[dict]:
             columns.append({"name": str(name), "kind": "int", "values": values.astype(np.int64).tolist()})
         elif kind == "f":
             floats = values.astype(np.float64)
-            listed = [v if np.isfinite(v) else None for v in floats.tolist()] if not np.isfinite(floats).all() \
-                else floats.tolist()  # JSON has no NaN: null, written back as nan
+            listed = (
+                [v if np.isfinite(v) else None for v in floats.tolist()]
+                if not np.isfinite(floats).all()
+                else floats.tolist()
+            )  # JSON has no NaN: null, written back as nan
             columns.append({"name": str(name), "kind": "float", "values": listed})
         else:
             cats, codes = np.unique(values.astype(str), return_inverse=True)
-            columns.append({"name": str(name), "kind": "str", "categories": cats.tolist(),
-                            "codes": codes.ravel().tolist()})
+            columns.append(
+                {"name": str(name), "kind": "str", "categories": cats.tolist(), "codes": codes.ravel().tolist()}
+            )
     return columns
 
 
-def page_data(instances: Instances, projections: Sequence[Projection], colourings: Sequence[Colouring],
-              star=None, thumbnails: dict[int, str] | None = None, title: str = "") -> dict:
+def page_data(
+    instances: Instances,
+    projections: Sequence[Projection],
+    colourings: Sequence[Colouring],
+    star=None,
+    thumbnails: dict[int, str] | None = None,
+    title: str = "",
+) -> dict:
     """Everything the page's script needs, JSON-ready."""
     n = len(instances)
     for p in projections:
@@ -275,16 +298,24 @@ def page_data(instances: Instances, projections: Sequence[Projection], colouring
         "area": np.asarray(instances.area, dtype=np.float64).tolist(),
         "centroid": [np.round(centroid[:, i], 3).tolist() for i in range(3)],
         "voxel_size": voxel_size,
-        "projections": [{"name": p.name, "axis": p.axis, "dims": p.dims,
-                         "coords": [_b64(p.coords[:, i], "<f4") for i in range(p.dims)]} for p in projections],
+        "projections": [
+            {
+                "name": p.name,
+                "axis": p.axis,
+                "dims": p.dims,
+                "coords": [_b64(p.coords[:, i], "<f4") for i in range(p.dims)],
+            }
+            for p in projections
+        ],
         "colourings": [colouring_data(c) for c in colourings],
         "star": star_columns(star) if star is not None else None,
         "thumbnails": {str(k): v for k, v in (thumbnails or {}).items()},
     }
 
 
-def encode_thumbnails(rows: Iterable[int], pngs: Iterable[bytes],
-                      max_bytes: int = MAX_THUMBNAIL_BYTES) -> dict[int, str]:
+def encode_thumbnails(
+    rows: Iterable[int], pngs: Iterable[bytes], max_bytes: int = MAX_THUMBNAIL_BYTES
+) -> dict[int, str]:
     """row -> base64 PNG, in the given (priority) order, until ``max_bytes`` of base64 text are used."""
     out: dict[int, str] = {}
     used = 0
@@ -327,8 +358,14 @@ def _json_for_script(data: dict) -> str:
     return json.dumps(data, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
 
 
-def explorer_html(instances: Instances, projections: Sequence[Projection], colourings: Sequence[Colouring],
-                  star=None, thumbnails: dict[int, str] | None = None, title: str = "Embeddings explorer") -> str:
+def explorer_html(
+    instances: Instances,
+    projections: Sequence[Projection],
+    colourings: Sequence[Colouring],
+    star=None,
+    thumbnails: dict[int, str] | None = None,
+    title: str = "Embeddings explorer",
+) -> str:
     """The whole page: one file, plotly.js inline, opens offline in any browser."""
     import plotly.graph_objects as go
 
@@ -337,7 +374,11 @@ def explorer_html(instances: Instances, projections: Sequence[Projection], colou
     data = page_data(instances, projections, colourings, star, thumbnails, title)
     figure = go.Figure(layout={"template": "plotly_white", "margin": {"l": 50, "r": 10, "t": 30, "b": 45}})
     plot = figure.to_html(
-        include_plotlyjs=True, full_html=False, div_id=PLOT_DIV, default_width="100%", default_height="100%",
+        include_plotlyjs=True,
+        full_html=False,
+        div_id=PLOT_DIV,
+        default_width="100%",
+        default_height="100%",
         config={"displaylogo": False, "scrollZoom": True, "responsive": True},
         post_script=_page_script(),
     )

@@ -114,7 +114,7 @@ def _label_boxes(mask: np.ndarray, slabs: int | None = None) -> dict[int, Box]:
     ranges = list(zip(edges[:-1], edges[1:]))  # the slabs' z ranges
 
     def scan(z_range: tuple[int, int]) -> list | None:
-        part = mask[z_range[0]:z_range[1]]
+        part = mask[z_range[0] : z_range[1]]
         top = int(part.max())
         if top > _FIND_OBJECTS_LIMIT:
             return None
@@ -163,19 +163,19 @@ def ball_dilation(voxels: np.ndarray, radius: int) -> np.ndarray:
     r = int(radius)
     n0, n1, n2 = voxels.shape
     padded = zero_padded(voxels, r)
-    along_x = [padded[:, :, r:r + n2].copy()]  # along_x[k]: dilated by k voxels along x
+    along_x = [padded[:, :, r : r + n2].copy()]  # along_x[k]: dilated by k voxels along x
     for k in range(1, r + 1):
-        along_x.append(along_x[-1] | padded[:, :, r + k:r + k + n2] | padded[:, :, r - k:r - k + n2])
+        along_x.append(along_x[-1] | padded[:, :, r + k : r + k + n2] | padded[:, :, r - k : r - k + n2])
     out = np.zeros(voxels.shape, dtype=bool)
     for dz in range(r + 1):
         plane = np.zeros((n0 + 2 * r, n1, n2), dtype=bool)  # the ball's slice at ±dz, z not yet shifted
         for dy in range(-r, r + 1):
             rest = r * r - dz * dz - dy * dy
             if rest >= 0:
-                plane |= along_x[math.isqrt(rest)][:, r + dy:r + dy + n1]
-        out |= plane[r + dz:r + dz + n0]
+                plane |= along_x[math.isqrt(rest)][:, r + dy : r + dy + n1]
+        out |= plane[r + dz : r + dz + n0]
         if dz:
-            out |= plane[r - dz:r - dz + n0]
+            out |= plane[r - dz : r - dz + n0]
     return out
 
 
@@ -200,8 +200,9 @@ def grow_label(mask: np.ndarray, label: int, box: Box, distance: int) -> Region:
     return Region(label, box, grown[_relative(box, context)] == label)
 
 
-def regions_from_mask(mask: np.ndarray, expand_labels: int = 0, workers: int | None = None,
-                      processes: bool = False) -> list[Region]:
+def regions_from_mask(
+    mask: np.ndarray, expand_labels: int = 0, workers: int | None = None, processes: bool = False
+) -> list[Region]:
     """Every instance of the mask, grown by ``expand_labels`` voxels, in ascending label order
     (on forked worker processes with ``processes``, see :func:`~.parallel.fork_map`; else on threads)."""
 
@@ -218,8 +219,9 @@ def regions_from_mask(mask: np.ndarray, expand_labels: int = 0, workers: int | N
     return list(thread_map(grow, boxes, workers))
 
 
-def regions_from_table(mask: np.ndarray, table: pd.DataFrame, expand_labels: int = 0,
-                       source: Path | None = None) -> list[Region]:
+def regions_from_table(
+    mask: np.ndarray, table: pd.DataFrame, expand_labels: int = 0, source: Path | None = None
+) -> list[Region]:
     """Regions whose boxes come from a CryoSiam regions CSV (``source``); voxels from the grown mask
     in that box. A bbox outside the mask, or a label with no voxel in its bbox (not in the mask),
     is an :class:`InputDataError` naming the CSV: an empty patch is never embedded.

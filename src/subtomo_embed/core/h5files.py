@@ -69,8 +69,13 @@ class PatchesFile:
     patch_shape: tuple[int, ...] = ()  # z, y, x of every patch
 
 
-def write_patches_file(path: Path, shape: tuple[int, ...], columns: dict[str, np.ndarray], attrs: dict,
-                       fill: Callable[[Path, int | None], None]) -> None:
+def write_patches_file(
+    path: Path,
+    shape: tuple[int, ...],
+    columns: dict[str, np.ndarray],
+    attrs: dict,
+    fill: Callable[[Path, int | None], None],
+) -> None:
     """``patches`` [N, z, y, x] float32 + ``regions/<column>``. The dataset is contiguous and its space
     allocated up front, so ``fill(file, byte offset)`` (other processes) writes each patch straight to
     its place in the file; the rest is written after it."""
@@ -108,8 +113,16 @@ def read_patches_file(path: Path) -> PatchesFile:
         patches = dataset(f, "patches")
         if patches.ndim != 4:
             raise InputDataError(f"dataset 'patches' must be 4D [N, z, y, x], got shape {patches.shape}", path)
-        return PatchesFile(path, stem, table, patches.shape[0], str(f.attrs.get(FINGERPRINT_ATTR, "")), shape, voxel,
-                           tuple(patches.shape[1:]))
+        return PatchesFile(
+            path,
+            stem,
+            table,
+            patches.shape[0],
+            str(f.attrs.get(FINGERPRINT_ATTR, "")),
+            shape,
+            voxel,
+            tuple(patches.shape[1:]),
+        )
 
 
 def iter_patches_file(path: Path, chunk: int = 32) -> Iterator[np.ndarray]:
@@ -133,9 +146,16 @@ class MergedContents:
     key: str | None  # the fingerprint of the merge's inputs
 
 
-def write_merged_embeddings(path: Path, tomogram_rows: Iterable[np.ndarray], counts: Sequence[int], dim: int,
-                            stems: list[str], labels: np.ndarray, attrs: dict,
-                            then: Callable[[], None] | None = None) -> None:
+def write_merged_embeddings(
+    path: Path,
+    tomogram_rows: Iterable[np.ndarray],
+    counts: Sequence[int],
+    dim: int,
+    stems: list[str],
+    labels: np.ndarray,
+    attrs: dict,
+    then: Callable[[], None] | None = None,
+) -> None:
     """``embeddings.h5`` streamed from each tomogram's rows [n, dim]; ``then`` (the table) is written
     inside the same atomic block, so when either fails neither file is left."""
     with atomic_output(path) as tmp:

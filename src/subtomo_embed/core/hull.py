@@ -37,8 +37,14 @@ def _diamond_pairs() -> tuple[np.ndarray, np.ndarray]:
     first, second = [], []
     for point in _DIAMOND:
         d = np.rint(point * 2).astype(int)
-        pairs = sorted({tuple(sorted((i, j))) for i, a in enumerate(_NEIGHBOUR_STEPS)
-                        for j, b in enumerate(_NEIGHBOUR_STEPS) if any(np.array_equal(a + b, k * d) for k in (1, 2))})
+        pairs = sorted(
+            {
+                tuple(sorted((i, j)))
+                for i, a in enumerate(_NEIGHBOUR_STEPS)
+                for j, b in enumerate(_NEIGHBOUR_STEPS)
+                if any(np.array_equal(a + b, k * d) for k in (1, 2))
+            }
+        )
         first.append([i for i, _ in pairs])
         second.append([j for _, j in pairs])
     return np.array(first), np.array(second)
@@ -51,8 +57,9 @@ def _diamond_blockers() -> np.ndarray:
     for point in _DIAMOND:
         d = np.rint(point * 2).astype(int)
         axis = int(np.flatnonzero(d)[0])
-        blockers.append([i for i, a in enumerate(_NEIGHBOUR_STEPS)
-                         if a.any() and a @ d >= np.abs(a).sum() - abs(a[axis])])
+        blockers.append(
+            [i for i, a in enumerate(_NEIGHBOUR_STEPS) if a.any() and a @ d >= np.abs(a).sum() - abs(a[axis])]
+        )
     return np.array(blockers)
 
 
@@ -91,8 +98,7 @@ def _axis_extreme_voxels(voxels: np.ndarray) -> np.ndarray:
     zz, yy, xx = points.T
     first_y, last_y = voxels.argmax(axis=1), n[1] - 1 - voxels[:, ::-1, :].argmax(axis=1)  # per (z, x)
     first_z, last_z = voxels.argmax(axis=0), n[0] - 1 - voxels[::-1].argmax(axis=0)  # per (y, x)
-    extreme = (((yy == first_y[zz, xx]) | (yy == last_y[zz, xx]))
-               & ((zz == first_z[yy, xx]) | (zz == last_z[yy, xx])))
+    extreme = ((yy == first_y[zz, xx]) | (yy == last_y[zz, xx])) & ((zz == first_z[yy, xx]) | (zz == last_z[yy, xx]))
     return points[extreme]
 
 
@@ -149,14 +155,14 @@ def convex_hull(voxels: np.ndarray) -> np.ndarray:
     hi = np.minimum(np.ceil(hull.max_bound[:2]).astype(int) + 1, shape[:2])
     bounds, n_below, n_flat = _line_bounds(eq, np.arange(lo[0], hi[0]), np.arange(lo[1], hi[1]))
     lower = bounds[..., :n_below].max(axis=2, initial=-np.inf)
-    upper = bounds[..., n_below + n_flat:].min(axis=2, initial=np.inf)
+    upper = bounds[..., n_below + n_flat :].min(axis=2, initial=np.inf)
     if n_flat:  # a facet parallel to x keeps a whole line or none of it
-        upper[(bounds[..., n_below:n_below + n_flat] <= 0).any(axis=2)] = -np.inf
+        upper[(bounds[..., n_below : n_below + n_flat] <= 0).any(axis=2)] = -np.inf
     first_x = np.floor(np.clip(lower, -1, shape[2])) + 1  # smallest x with x > lower
     last_x = np.ceil(np.clip(upper, -1, shape[2] + 1)) - 1  # largest x with x < upper
     x = np.arange(shape[2])
     inside = np.zeros(shape, dtype=bool)
-    inside[lo[0]:hi[0], lo[1]:hi[1]] = (x >= first_x[..., None]) & (x <= last_x[..., None])
+    inside[lo[0] : hi[0], lo[1] : hi[1]] = (x >= first_x[..., None]) & (x <= last_x[..., None])
     return inside
 
 

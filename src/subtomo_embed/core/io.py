@@ -160,7 +160,7 @@ STALE_AFTER_S = 24 * 3600  # a temporary of another host is stale after a day
 
 def _writer_is_gone(tmp: Path) -> bool:
     """True if the process that made ``tmp`` has ended (same host), or it is old (another host)."""
-    writer = tmp.name[len(TMP_MARK):].partition("~")[0]
+    writer = tmp.name[len(TMP_MARK) :].partition("~")[0]
     pid_text, _, host = writer.partition("@")
     if host == socket.gethostname() and pid_text.isdigit():
         pid = int(pid_text)
@@ -200,8 +200,9 @@ def remove_stale_temporaries(folder: str | Path) -> int:
 # MRC
 
 
-def replace_outputs_record(record: Path, written: Iterable[Path], folders: Iterable[Path],
-                           is_ours: Callable[[str], bool], what: str) -> list[Path]:
+def replace_outputs_record(
+    record: Path, written: Iterable[Path], folders: Iterable[Path], is_ours: Callable[[str], bool], what: str
+) -> list[Path]:
     """Remove the files the previous run recorded in ``record`` that this run did not write, then
     record this run's ``written`` files; returns those removed.
 
@@ -216,8 +217,11 @@ def replace_outputs_record(record: Path, written: Iterable[Path], folders: Itera
     except (OSError, ValueError):
         names = []
     previous = [Path(n) for n in names if isinstance(n, str)] if isinstance(names, list) else []
-    stale = [p for p in previous if p not in now and p.parent in ours and is_ours(p.name)
-             and p.is_file() and not p.is_symlink()]
+    stale = [
+        p
+        for p in previous
+        if p not in now and p.parent in ours and is_ours(p.name) and p.is_file() and not p.is_symlink()
+    ]
     for path in stale:
         path.unlink()
     if stale:
@@ -278,8 +282,11 @@ def mrc_voxel_size(path: str | Path) -> tuple[float, float, float] | None:
     except (ValueError, OSError, EOFError) as err:
         raise InputDataError(f"not a readable MRC file ({_short(err)})", path) from None
     if not all(np.isfinite(v) and v > 0 for v in values):
-        log.warning("%s: the MRC header's voxel size (%s Å) is not a size: nothing is converted to Å with it",
-                    path, ", ".join(f"{v:g}" for v in values))
+        log.warning(
+            "%s: the MRC header's voxel size (%s Å) is not a size: nothing is converted to Å with it",
+            path,
+            ", ".join(f"{v:g}" for v in values),
+        )
         return None
     z, y, x = values
     return z, y, x
@@ -329,8 +336,9 @@ def read_instance_mask(path: str | Path) -> np.ndarray:
     if mask.dtype.kind == "i" and mask.size and mask.min() < 0:
         raise InputDataError(f"mask has negative labels (minimum {int(mask.min())})", path)
     if mask.dtype == np.uint64 and mask.size and int(mask.max()) > np.iinfo(np.int64).max:
-        raise InputDataError(f"mask has labels beyond a 64-bit signed integer (maximum {int(mask.max())}); "
-                             "relabel from 1", path)
+        raise InputDataError(
+            f"mask has labels beyond a 64-bit signed integer (maximum {int(mask.max())}); relabel from 1", path
+        )
     return mask
 
 
@@ -357,15 +365,19 @@ def read_regions_csv(path: str | Path) -> pd.DataFrame:
     bad = np.flatnonzero((bounds[:, :3] >= bounds[:, 3:]).any(axis=1))  # (picks' boxes may start below 0)
     if bad.size:
         row = int(bad[0])
-        raise InputDataError(f"label {df['label'].iloc[row]} (row {row + 1}) has an empty or inverted bbox "
-                             f"{bounds[row].tolist()}", path)
+        raise InputDataError(
+            f"label {df['label'].iloc[row]} (row {row + 1}) has an empty or inverted bbox {bounds[row].tolist()}", path
+        )
     twice = df["label"].duplicated(keep=False).to_numpy()
     if twice.any():
         rows = np.flatnonzero(twice)
         first = df["label"].iloc[rows[0]]
         again = rows[df["label"].iloc[rows].to_numpy() == first]
-        raise InputDataError(f"label {first} appears twice (rows {again[0] + 1} and {again[1] + 1}): each instance "
-                             "would be embedded twice", path)
+        raise InputDataError(
+            f"label {first} appears twice (rows {again[0] + 1} and {again[1] + 1}): each instance "
+            "would be embedded twice",
+            path,
+        )
     return df
 
 
@@ -417,8 +429,10 @@ def exact_floats(table: pd.DataFrame) -> pd.DataFrame:
     out = table.copy()
     for column in out.columns:
         if out[column].dtype.kind == "f":
-            out[column] = [np.format_float_positional(v, unique=True, trim="0") if np.isfinite(v) else str(v)
-                           for v in out[column].to_numpy()]
+            out[column] = [
+                np.format_float_positional(v, unique=True, trim="0") if np.isfinite(v) else str(v)
+                for v in out[column].to_numpy()
+            ]
     return out
 
 
@@ -436,7 +450,7 @@ def write_star(path: str | Path, table: pd.DataFrame | dict[str, pd.DataFrame], 
         starfile.write(table, tmp, overwrite=True)
         text = tmp.read_text()
         if text.startswith("# Created by the starfile"):
-            text = "# Written by subtomo-embed" + text[text.index("\n"):]
+            text = "# Written by subtomo-embed" + text[text.index("\n") :]
             tmp.write_text(text)
 
 

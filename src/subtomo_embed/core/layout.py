@@ -35,8 +35,11 @@ def safe_stem(name: object, source: Path | str | None = None) -> str:
     """
     text = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
     if not text or text in (".", "..") or any(c in text for c in "/\\\0"):
-        raise InputDataError(f"tomogram name {text!r} is not a plain file name (a folder part, '..', NUL or empty); "
-                             "refusing to use it in a path", source)
+        raise InputDataError(
+            f"tomogram name {text!r} is not a plain file name (a folder part, '..', NUL or empty); "
+            "refusing to use it in a path",
+            source,
+        )
     return text
 
 
@@ -157,9 +160,15 @@ def is_visualize_output(name: str) -> bool:
 def is_cluster_output(name: str, method: str) -> bool:
     """Whether ``name`` is a file name a ``<method>`` clustering run writes (in either folder)."""
     m = re.escape(method)
-    patterns = (rf"{m}_clusters\.h5", rf".+_clusters_{m}\.(h5|mrc)", rf".+_instance_regions_{m}_clustered\.(csv|star)",
-                rf"{m}_particles\.star", rf"{m}_cluster_\d+_(particles\.star|gallery\.png)",
-                rf"{m}_clusters_\w+\.(csv|png)", rf"{m}_distance_map\.png")
+    patterns = (
+        rf"{m}_clusters\.h5",
+        rf".+_clusters_{m}\.(h5|mrc)",
+        rf".+_instance_regions_{m}_clustered\.(csv|star)",
+        rf"{m}_particles\.star",
+        rf"{m}_cluster_\d+_(particles\.star|gallery\.png)",
+        rf"{m}_clusters_\w+\.(csv|png)",
+        rf"{m}_distance_map\.png",
+    )
     return any(re.fullmatch(p, name) for p in patterns)
 
 

@@ -127,8 +127,9 @@ def build_simsiam(network: dict | None, bias_downsample: bool = True) -> SimSiam
 # checkpoints
 
 
-def lightning_checkpoint(model: SimSiam, config: dict, step: int = 0, epoch: int = 0,
-                         extra: dict | None = None) -> dict:
+def lightning_checkpoint(
+    model: SimSiam, config: dict, step: int = 0, epoch: int = 0, extra: dict | None = None
+) -> dict:
     """A checkpoint dict in CryoSiam's Lightning layout."""
     state = {STATE_PREFIX + k: v.detach().cpu() for k, v in model.state_dict().items()}
     ckpt = {
@@ -143,8 +144,9 @@ def lightning_checkpoint(model: SimSiam, config: dict, step: int = 0, epoch: int
     return ckpt
 
 
-def save_checkpoint(path: str | Path, model: SimSiam, config: dict, step: int = 0, epoch: int = 0,
-                    extra: dict | None = None) -> None:
+def save_checkpoint(
+    path: str | Path, model: SimSiam, config: dict, step: int = 0, epoch: int = 0, extra: dict | None = None
+) -> None:
     from .io import atomic_output
 
     with atomic_output(path) as tmp:
@@ -179,7 +181,8 @@ def read_checkpoint(path: str | Path) -> dict:
         detail = found.group(1) if found else ""
         raise ModelError(
             f"checkpoint holds pickled objects that are not plain data ({detail or 'unsupported global'}); "
-            "refusing to load it (it could run code)", path
+            "refusing to load it (it could run code)",
+            path,
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
@@ -211,8 +214,12 @@ def _stored_config(ckpt: dict, contrastive: bool, path: Path) -> dict:
 
 
 # Dimensions a checkpoint's config may leave out, read from its weights: (key, weight, axis).
-_DIMS_IN_WEIGHTS = (("dim", "encoder.fc.6.weight", 0), ("pred_dim", "predictor.0.weight", 0),
-                    ("in_channels", "encoder.conv1.weight", 1), ("conv1_t_size", "encoder.conv1.weight", -1))
+_DIMS_IN_WEIGHTS = (
+    ("dim", "encoder.fc.6.weight", 0),
+    ("pred_dim", "predictor.0.weight", 0),
+    ("in_channels", "encoder.conv1.weight", 1),
+    ("conv1_t_size", "encoder.conv1.weight", -1),
+)
 
 
 def _checked_network(stored: dict, state: dict[str, torch.Tensor], path: Path) -> dict[str, Any]:
@@ -228,8 +235,9 @@ def _checked_network(stored: dict, state: dict[str, torch.Tensor], path: Path) -
         tensor = state.get(weight)
         if key not in network and isinstance(tensor, torch.Tensor) and tensor.ndim >= 2:
             network[key] = int(tensor.shape[axis])
-            log.info("%s: %s %d read from the weights (the checkpoint's config leaves it out)", path.name, key,
-                     network[key])
+            log.info(
+                "%s: %s %d read from the weights (the checkpoint's config leaves it out)", path.name, key, network[key]
+            )
     try:
         full = NetworkConfig.model_validate(network, strict=False).model_dump()
     except ValidationError as err:
@@ -238,8 +246,11 @@ def _checked_network(stored: dict, state: dict[str, torch.Tensor], path: Path) -
         raise ModelError(f"the checkpoint's parameters.network is not valid ({where}: {first['msg']})", path) from None
     blocks = {m.group(1) for k in state if (m := re.match(r"encoder\.(layer\d+\.\d+)\.", k))}
     if sum(full["num_layers"]) != len(blocks):
-        raise ModelError(f"state_dict does not fit the network in its config: num_layers {full['num_layers']} asks "
-                         f"for {sum(full['num_layers'])} residual blocks, the weights hold {len(blocks)}", path)
+        raise ModelError(
+            f"state_dict does not fit the network in its config: num_layers {full['num_layers']} asks "
+            f"for {sum(full['num_layers'])} residual blocks, the weights hold {len(blocks)}",
+            path,
+        )
     return full
 
 
@@ -253,8 +264,11 @@ def _fit_report(expected: dict[str, torch.Tensor], state: dict[str, Any]) -> lis
         for k, v in expected.items()
         if isinstance(state.get(k), torch.Tensor) and tuple(state[k].shape) != tuple(v.shape)
     ]
-    wrong_type = [k for k, v in expected.items() if isinstance(state.get(k), torch.Tensor)
-                  and state[k].is_floating_point() != v.is_floating_point()]
+    wrong_type = [
+        k
+        for k, v in expected.items()
+        if isinstance(state.get(k), torch.Tensor) and state[k].is_floating_point() != v.is_floating_point()
+    ]
     parts = []
     if missing:
         parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
@@ -269,8 +283,13 @@ def _fit_report(expected: dict[str, torch.Tensor], state: dict[str, Any]) -> lis
     return parts
 
 
-def load_model(path: str | Path, contrastive: bool = True, run_config: Config | None = None,
-               masking: bool = True, given_only: bool = False) -> tuple[SimSiam, dict]:
+def load_model(
+    path: str | Path,
+    contrastive: bool = True,
+    run_config: Config | None = None,
+    masking: bool = True,
+    given_only: bool = False,
+) -> tuple[SimSiam, dict]:
     """Build the network a CryoSiam checkpoint describes, load its weights strictly, eval mode.
 
     Returns (model, network config). A checkpoint that lacks keys, does not fit, or holds
@@ -287,7 +306,7 @@ def load_model(path: str | Path, contrastive: bool = True, run_config: Config | 
     state = ckpt.get("state_dict")
     if not isinstance(state, dict) or not state:
         raise ModelError("checkpoint has no 'state_dict'", path)
-    state = {(k[len(STATE_PREFIX):] if k.startswith(STATE_PREFIX) else k): v for k, v in state.items()}
+    state = {(k[len(STATE_PREFIX) :] if k.startswith(STATE_PREFIX) else k): v for k, v in state.items()}
     full = _checked_network(stored["parameters"]["network"], state, path)
     # Older MONAI versions built the downsample convolution without a bias; follow the file.
     has_downsample = any(".downsample.0.weight" in k for k in state)
@@ -310,7 +329,11 @@ def load_model(path: str | Path, contrastive: bool = True, run_config: Config | 
         check_input_contract(stored, run_config, path, masking, given_only)
     log.info(
         "loaded %s: %s ResNet %s, filters %s, dim %d, %s",
-        path.name, full["block_type"], full["num_layers"], full["num_filters"], full["dim"],
+        path.name,
+        full["block_type"],
+        full["num_layers"],
+        full["num_filters"],
+        full["dim"],
         "contrastive (normalized predictor output)" if contrastive else "projector output",
     )
     return model, full
@@ -319,8 +342,10 @@ def load_model(path: str | Path, contrastive: bool = True, run_config: Config | 
 def _check_dim(cfg: Config, dim: int, path: Path) -> None:
     net_cfg = cfg.parameters.network
     if "dim" in net_cfg.model_fields_set and net_cfg.dim != dim:
-        raise ConfigError(f"parameters.network.dim is {net_cfg.dim} but the checkpoint {path.name} has dim {dim}",
-                          cfg.origin("parameters.network.dim"))
+        raise ConfigError(
+            f"parameters.network.dim is {net_cfg.dim} but the checkpoint {path.name} has dim {dim}",
+            cfg.origin("parameters.network.dim"),
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -363,8 +388,9 @@ def _same(stored: Any, run: Any) -> bool:
         return False
 
 
-def check_input_contract(stored: dict, cfg: Config, path: Path, masking: bool = True,
-                         given_only: bool = False) -> list[str]:
+def check_input_contract(
+    stored: dict, cfg: Config, path: Path, masking: bool = True, given_only: bool = False
+) -> list[str]:
     """Compare the input the checkpoint was trained on (patch size, normalization, masking, as its
     stored config records them) with this run's; warn once, clearly, on a difference.
 
@@ -379,9 +405,12 @@ def check_input_contract(stored: dict, cfg: Config, path: Path, masking: bool = 
         elif not _same(stored_value, run_value):
             differences.append(f"{key} {stored_value!r} in training, {run_value!r} here ({cfg.origin(key)})")
     if differences:
-        log.warning("%s: this run's input differs from what the model was trained on: %s. Its embeddings may "
-                    "not mean what they should; use the training values (docs/config.md)", path.name,
-                    "; ".join(differences))
+        log.warning(
+            "%s: this run's input differs from what the model was trained on: %s. Its embeddings may "
+            "not mean what they should; use the training values (docs/config.md)",
+            path.name,
+            "; ".join(differences),
+        )
     if unrecorded:
         log.info("%s: the checkpoint does not record %s; not compared", path.name, ", ".join(unrecorded))
     return differences

@@ -34,7 +34,7 @@ def thread_map(fn: Callable, items: list, workers: int | None = None, ahead: int
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="subtomo-extract") as pool:
         pending = deque(pool.submit(fn, item) for item in items[: ahead * workers])
-        rest = iter(items[ahead * workers:])
+        rest = iter(items[ahead * workers :])
         while pending:
             result = pending.popleft().result()
             nxt = next(rest, _END)

@@ -61,8 +61,9 @@ class Convention:
         return f"{'/'.join(self.columns)} in {self.units}, {self.origin} origin"
 
 
-def detect_convention(table: pd.DataFrame, units: str = "auto", origin: str = "auto",
-                      source: Path | None = None) -> Convention:
+def detect_convention(
+    table: pd.DataFrame, units: str = "auto", origin: str = "auto", source: Path | None = None
+) -> Convention:
     """The coordinate columns of a picks table and their convention (``units``/``origin`` override)."""
     known = [
         (RELION5, "angstrom", "centered"),
@@ -75,11 +76,14 @@ def detect_convention(table: pd.DataFrame, units: str = "auto", origin: str = "a
         if all(c in table.columns for c in columns):
             for column in columns:
                 _check_numbers(table[column], column, source, finite=True)
-            return Convention(columns, default_units if units == "auto" else units,
-                              default_origin if origin == "auto" else origin)
+            return Convention(
+                columns, default_units if units == "auto" else units, default_origin if origin == "auto" else origin
+            )
     raise InputDataError(
         "picks have no coordinate columns (expected rlnCenteredCoordinateX/Y/ZAngst, rlnCoordinateX/Y/Z, "
-        "x,y,z or centroid-0..2)", source)
+        "x,y,z or centroid-0..2)",
+        source,
+    )
 
 
 def _check_numbers(values: pd.Series, column: str, source: Path | None, finite: bool) -> np.ndarray:
@@ -88,8 +92,11 @@ def _check_numbers(values: pd.Series, column: str, source: Path | None, finite: 
     bad = ~np.isfinite(numbers) if finite else np.isnan(numbers)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise InputDataError(f"picks column '{column}' row {row + 1} is not a {'finite ' if finite else ''}number "
-                             f"({values.iloc[row]!r})", source)
+        raise InputDataError(
+            f"picks column '{column}' row {row + 1} is not a {'finite ' if finite else ''}number "
+            f"({values.iloc[row]!r})",
+            source,
+        )
     return numbers
 
 
@@ -100,21 +107,26 @@ def _checked_ids(table: pd.DataFrame, source: Path) -> pd.DataFrame:
     column = next((c for c in PICK_ID_COLUMNS if c in table.columns), None)
     if column is None or len(table) == 0:
         return table
-    if pd.api.types.is_integer_dtype(table[column].dtype) and table[column].dtype.itemsize <= 8 and \
-            table[column].dtype != np.uint64:
+    if (
+        pd.api.types.is_integer_dtype(table[column].dtype)
+        and table[column].dtype.itemsize <= 8
+        and table[column].dtype != np.uint64
+    ):
         return table
     values = table[column]
     text = values.astype(str).str.strip()
     ok = text.str.fullmatch(r"[+-]?\d+(\.0*)?")
     if not ok.all():
         row = int(np.flatnonzero(~ok.to_numpy())[0])
-        raise InputDataError(f"picks column '{column}' row {row + 1} is not an integer id ({values.iloc[row]!r})",
-                             source)
+        raise InputDataError(
+            f"picks column '{column}' row {row + 1} is not an integer id ({values.iloc[row]!r})", source
+        )
     ids = [int(t.split(".")[0]) for t in text]
-    too_big = [i for i, v in enumerate(ids) if not -2**63 <= v < 2**63]
+    too_big = [i for i, v in enumerate(ids) if not -(2**63) <= v < 2**63]
     if too_big:
-        raise InputDataError(f"picks column '{column}' row {too_big[0] + 1} holds {ids[too_big[0]]}, beyond a 64-bit "
-                             "integer id", source)
+        raise InputDataError(
+            f"picks column '{column}' row {too_big[0] + 1} holds {ids[too_big[0]]}, beyond a 64-bit integer id", source
+        )
     return table.assign(**{column: np.asarray(ids, dtype=np.int64)})
 
 
@@ -210,9 +222,9 @@ def tomogram_column(table: pd.DataFrame, wanted: str | None, source: Path) -> st
 def picks_file_for(folder: Path, stem: str) -> Path | None:
     """In a folder of per-tomogram picks: ``<stem>.star|csv|json`` or ``<stem>_*.star|csv|json``."""
     found = sorted(
-        p for p in folder.iterdir()
-        if p.is_file() and p.suffix.lower() in PICK_SUFFIXES
-        and (p.stem == stem or p.name.startswith(stem + "_"))
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in PICK_SUFFIXES and (p.stem == stem or p.name.startswith(stem + "_"))
     )
     exact = [p for p in found if p.stem == stem]
     if exact:
@@ -290,4 +302,4 @@ def original_columns(table: pd.DataFrame) -> pd.DataFrame | None:
     cols = [c for c in table.columns if c.startswith(PICK_PREFIX)]
     if not cols:
         return None
-    return table[cols].rename(columns=lambda c: c[len(PICK_PREFIX):])
+    return table[cols].rename(columns=lambda c: c[len(PICK_PREFIX) :])

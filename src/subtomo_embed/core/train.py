@@ -120,8 +120,9 @@ def pair_batches(settings: ViewSettings, batch_size: int, seed: int, start_step:
 
 def simsiam_loss(p1, p2, z1, z2) -> torch.Tensor:
     """Symmetric negative cosine similarity with stop-gradient on z (SimSiam, -1 is perfect)."""
-    return -0.5 * (F.cosine_similarity(p1, z2.detach(), dim=-1).mean()
-                   + F.cosine_similarity(p2, z1.detach(), dim=-1).mean())
+    return -0.5 * (
+        F.cosine_similarity(p1, z2.detach(), dim=-1).mean() + F.cosine_similarity(p2, z1.detach(), dim=-1).mean()
+    )
 
 
 def embedding_spread(z: torch.Tensor) -> float:
@@ -156,7 +157,10 @@ def check_cryosiam_network(network: dict) -> None:
         log.warning(
             "parameters.network has conv1_t_size %s / conv1_t_stride %s: subtomo-embed predict loads this "
             "checkpoint, but CryoSiam always builds a 7³ stride-1 stem and cannot use it "
-            "(use no_max_pool: false for a cheap CryoSiam-compatible downsampling)", size, stride)
+            "(use no_max_pool: false for a cheap CryoSiam-compatible downsampling)",
+            size,
+            stride,
+        )
 
 
 @dataclass(frozen=True)
@@ -198,18 +202,18 @@ def resume_from(checkpoint: Path, model, opt) -> TrainingState:
     from .model import STATE_PREFIX, read_checkpoint
 
     ckpt = read_checkpoint(checkpoint)
-    model.load_state_dict({k[len(STATE_PREFIX):]: v for k, v in ckpt["state_dict"].items()}, strict=True)
+    model.load_state_dict({k[len(STATE_PREFIX) :]: v for k, v in ckpt["state_dict"].items()}, strict=True)
     if ckpt.get(OPTIMIZER_KEY):
         opt.load_state_dict(ckpt[OPTIMIZER_KEY][0])
     saved = ckpt.get(TRAIN_STATE_KEY) or {}
-    state = TrainingState(int(ckpt.get("global_step", 0)), list(saved.get("history", [])),
-                          float(saved.get("seconds", 0.0)))
+    state = TrainingState(
+        int(ckpt.get("global_step", 0)), list(saved.get("history", [])), float(saved.get("seconds", 0.0))
+    )
     log.info("resuming from %s at step %d (%.0f s trained so far)", checkpoint, state.step, state.seconds)
     return state
 
 
-def save_training(checkpoint: Path, model, opt, config: dict, settings: TrainingSettings,
-                  state: TrainingState) -> None:
+def save_training(checkpoint: Path, model, opt, config: dict, settings: TrainingSettings, state: TrainingState) -> None:
     """CryoSiam's checkpoint layout plus the optimizer state and this run's training state."""
     from .model import save_checkpoint
 
@@ -218,8 +222,9 @@ def save_training(checkpoint: Path, model, opt, config: dict, settings: Training
         TRAIN_STATE_KEY: {
             "seconds": state.seconds,
             "history": state.history,
-            "pairs": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings.views).items()
-                      if k != "norm"},
+            "pairs": {
+                k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings.views).items() if k != "norm"
+            },
             "batch_size": settings.batch_size,
             "learning_rate": settings.learning_rate,
             "optimizer": settings.optimizer,
@@ -233,8 +238,14 @@ def save_training(checkpoint: Path, model, opt, config: dict, settings: Training
     model.train()
 
 
-def train(config: dict, network: dict, settings: TrainingSettings, checkpoint: Path,
-          device: torch.device | str = "cpu", sitting: Sitting = Sitting()) -> Path:
+def train(
+    config: dict,
+    network: dict,
+    settings: TrainingSettings,
+    checkpoint: Path,
+    device: torch.device | str = "cpu",
+    sitting: Sitting = Sitting(),
+) -> Path:
     """Train (or go on training) a SimSiam network to ``settings.steps``, saving to ``checkpoint``.
 
     ``config`` is the CryoSiam config dict stored in the checkpoint's ``hyper_parameters`` (its
@@ -266,8 +277,9 @@ def train(config: dict, network: dict, settings: TrainingSettings, checkpoint: P
     if sitting.progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=settings.steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
-                   disable=None)
+        bar = tqdm(
+            total=settings.steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True, disable=None
+        )
     start, seconds_before = time.perf_counter(), state.seconds
     last_saved = state.step
     recent_loss: list[float] = []
@@ -292,12 +304,22 @@ def train(config: dict, network: dict, settings: TrainingSettings, checkpoint: P
                 bar.update(1)
                 bar.set_postfix(loss=f"{recent_loss[-1]:.3f}", spread=f"{recent_spread[-1]:.2f}", lr=f"{lr:.2g}")
             if state.step % 10 == 0 or state.step == settings.steps:
-                state.history.append({"step": state.step, "loss": float(np.mean(recent_loss)),
-                                      "spread": float(np.mean(recent_spread)), "seconds": state.seconds})
+                state.history.append(
+                    {
+                        "step": state.step,
+                        "loss": float(np.mean(recent_loss)),
+                        "spread": float(np.mean(recent_spread)),
+                        "seconds": state.seconds,
+                    }
+                )
                 recent_loss, recent_spread = [], []
                 if bar is None or bar.disable:
-                    log.info("step %d: loss %.4f, spread %.3f", state.step, state.history[-1]["loss"],
-                             state.history[-1]["spread"])
+                    log.info(
+                        "step %d: loss %.4f, spread %.3f",
+                        state.step,
+                        state.history[-1]["loss"],
+                        state.history[-1]["spread"],
+                    )
             out_of_time = sitting.time_limit is not None and time.perf_counter() - start >= sitting.time_limit
             if state.step % sitting.save_every == 0 or state.step >= settings.steps or out_of_time:
                 save()

@@ -67,9 +67,14 @@ def sources_of(path: str | Path) -> tuple[Sources, list[str]]:
         cfg = load_config(path)
         vis = cfg.visualization.prediction_folder
         vis_folder = Path(vis).expanduser().absolute() if vis else None
-        sources = Sources(cfg.path("prediction_folder"), cfg.optional_path("data_folder"),
-                          cfg.optional_path("instances_mask_folder"), vis_folder, cfg.file_extension,
-                          cfg.instances_suffix)
+        sources = Sources(
+            cfg.path("prediction_folder"),
+            cfg.optional_path("data_folder"),
+            cfg.optional_path("instances_mask_folder"),
+            vis_folder,
+            cfg.file_extension,
+            cfg.instances_suffix,
+        )
         return sources, stems_in(sources.prediction_folder)
     if path.is_dir():
         return Sources(path), stems_in(path)
@@ -79,8 +84,11 @@ def sources_of(path: str | Path) -> tuple[Sources, list[str]]:
 
 
 def stems_in(folder: Path) -> list[str]:
-    stems = sorted(p.name[: -len(EMBEDS_SUFFIX)] for p in folder.glob(f"*{EMBEDS_SUFFIX}")
-                   if p.is_file() and not p.name.startswith("."))
+    stems = sorted(
+        p.name[: -len(EMBEDS_SUFFIX)]
+        for p in folder.glob(f"*{EMBEDS_SUFFIX}")
+        if p.is_file() and not p.name.startswith(".")
+    )
     if not stems:
         raise InputDataError(f"no *{EMBEDS_SUFFIX} in the folder", folder)
     return stems
@@ -106,7 +114,7 @@ def instance_features(sources: Sources, stem: str) -> pd.DataFrame:
             else:
                 log.warning("%s has %d clusters for %d instances: ignored", path, clusters.size, len(table))
     for csv in sources.projections():
-        name = csv.stem[len("all_tomograms_"):]  # umap, umap_3d, pca, pca_3d
+        name = csv.stem[len("all_tomograms_") :]  # umap, umap_3d, pca, pca_3d
         coords = pd.read_csv(csv, dtype={"tomogram": str})
         axes = [a for a in "xyz" if a in coords.columns]
         mine = coords[coords["tomogram"] == stem].drop_duplicates("label").set_index("label")

@@ -52,8 +52,13 @@ def tomogram_layers(sources: _data.Sources, stem: str) -> list[tuple]:
         volume, _ = io.open_mrc_volume(tomogram)
         sample = np.asarray(volume[:: max(1, volume.shape[0] // 16)], dtype=np.float32)
         lo, hi = np.percentile(sample, [1, 99])
-        layers.append((volume, {"name": stem, "contrast_limits": [float(lo), float(hi if hi > lo else lo + 1)],
-                                "metadata": meta}, "image"))
+        layers.append(
+            (
+                volume,
+                {"name": stem, "contrast_limits": [float(lo), float(hi if hi > lo else lo + 1)], "metadata": meta},
+                "image",
+            )
+        )
     else:
         log.info("napari: tomogram %s not found (set data_folder in a config YAML and open that)", stem)
     mask_path = None if _data.from_picks(sources, stem) else sources.mask(stem)
@@ -63,15 +68,25 @@ def tomogram_layers(sources: _data.Sources, stem: str) -> list[tuple]:
         log.info("napari: no instance mask layer for %s (not found, or the instances are picks)", stem)
     centres = features[["centroid-0", "centroid-1", "centroid-2"]].to_numpy(np.float64)
     size = np.clip(np.cbrt(features["area"].to_numpy(np.float64)) * 1.2, 2, None)
-    points = {"name": f"{stem} instances", "features": features, "size": size,
-              "face_color": _data.point_colours(features, column), "border_width": 0, "metadata": meta}
+    points = {
+        "name": f"{stem} instances",
+        "features": features,
+        "size": size,
+        "face_color": _data.point_colours(features, column),
+        "border_width": 0,
+        "metadata": meta,
+    }
     layers.append((centres, points, "points"))
     return layers
 
 
 def _labels_kwargs(stem: str, features, column: str | None, meta: dict) -> dict:
-    kwargs = {"name": f"{stem} instance mask", "opacity": 0.6, "metadata": meta,
-              "features": features.assign(index=features["label"])}
+    kwargs = {
+        "name": f"{stem} instance mask",
+        "opacity": 0.6,
+        "metadata": meta,
+        "features": features.assign(index=features["label"]),
+    }
     if column is not None:
         from napari.utils.colormaps import DirectLabelColormap
 

@@ -35,6 +35,7 @@ from .tomograms import extraction_settings, list_tomograms, normalization, patch
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class TomogramPicks:
     stem: str
@@ -79,7 +80,8 @@ class PicksSource:
                     raise InputDataError(
                         f"picks name no tomogram (no column {', '.join(P.TOMOGRAM_COLUMNS)}) but {len(stems)} "
                         "tomograms are selected: add the column, set centers.tomogram_column, or use --filename",
-                        self.path)
+                        self.path,
+                    )
                 self.names = np.array([stems[0]] * len(table), dtype=object)
             else:
                 self.names = np.array([P.tomogram_name(v, cfg.file_extension) for v in table[column]], dtype=object)
@@ -95,8 +97,9 @@ class PicksSource:
             rows = np.flatnonzero(self.names == stem)
             if rows.size == 0:
                 return None
-            return TomogramPicks(stem, self.single.iloc[rows].reset_index(drop=True), self.labels[rows],
-                                 self.convention, self.path)
+            return TomogramPicks(
+                stem, self.single.iloc[rows].reset_index(drop=True), self.labels[rows], self.convention, self.path
+            )
         path = P.picks_file_for(self.path, stem)
         if path is None:
             return None
@@ -105,15 +108,17 @@ class PicksSource:
         return TomogramPicks(stem, table, pick_ids(table, 1), convention, path)
 
 
-def tomogram_geometry(cfg: Config, tomogram: Path, shape: tuple[int, ...],
-                      units: str = "angstrom") -> P.Geometry:
+def tomogram_geometry(cfg: Config, tomogram: Path, shape: tuple[int, ...], units: str = "angstrom") -> P.Geometry:
     c = cfg.centers
     voxel = P.as_triple(c.voxel_size, "centers.voxel_size", cfg.source) or io.mrc_voxel_size(tomogram)
     picks_voxel = P.as_triple(c.picks_voxel_size, "centers.picks_voxel_size", cfg.source)
     if voxel is None:  # issue 13: never 1 Å made up for Å picks or another binning
         if units == "angstrom" or picks_voxel is not None:
-            raise InputDataError("the MRC header's voxel size is not a size (0, NaN or Inf) and these picks need "
-                                 "it: set centers.voxel_size", tomogram)
+            raise InputDataError(
+                "the MRC header's voxel size is not a size (0, NaN or Inf) and these picks need "
+                "it: set centers.voxel_size",
+                tomogram,
+            )
         voxel = (1.0, 1.0, 1.0)  # voxel picks of this tomogram: the size is not used
     z, y, x = (int(n) for n in shape)
     return P.Geometry((z, y, x), voxel, picks_voxel)
@@ -182,8 +187,10 @@ def centers_job(run: Run, source: PicksSource, tomogram: Path, size: int) -> Job
     def load() -> Instances:
         volume, _ = io.open_mrc_volume(tomogram)
         if size > min(volume.shape):  # as predict's patch_size: a box beyond the tomogram is a mistake
-            raise ConfigError(f"centers_patch_size {size} is larger than the tomogram {tomogram.name} "
-                              f"{list(volume.shape)}", cfg.origin("centers_patch_size"))
+            raise ConfigError(
+                f"centers_patch_size {size} is larger than the tomogram {tomogram.name} {list(volume.shape)}",
+                cfg.origin("centers_patch_size"),
+            )
         geometry = tomogram_geometry(cfg, tomogram, volume.shape, picks.convention.units)
         table, _, counts = plan_picks(picks, geometry, size, cfg.centers.border)
         _log_picks(cfg, stem, picks, geometry, counts)

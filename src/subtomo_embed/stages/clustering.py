@@ -46,7 +46,10 @@ def run_spectral(cfg: Config, folders: Folders) -> dict[str, Path]:
     k = sc.num_clusters
     log.info(
         "spectral clustering (%s k=%d, %d neighbours) on %d embeddings",
-        "at most" if sc.estimate_num_clusters else "", k, sc.n_neighbors, merged.n,
+        "at most" if sc.estimate_num_clusters else "",
+        k,
+        sc.n_neighbors,
+        merged.n,
     )
     result = C.spectral(merged.embeddings, k, sc.estimate_num_clusters, n_neighbors=sc.n_neighbors, seed=cfg.seed)
     labels = result.labels + 1  # CryoSiam's spectral ids are 1-based
@@ -110,16 +113,22 @@ def write_cluster_outputs(
         star = clustered_star(layout.TomogramOutputs(folders.input_dir, stem).regions_star, regions, pred)
         io.write_star(layout.clustered_regions_star(out, stem, method), star, exact=True)
         stars.append(star)
-        also_written += [layout.tomogram_clusters(out, stem, method), layout.clustered_regions_csv(out, stem, method),
-                         layout.clustered_regions_star(out, stem, method)]
+        also_written += [
+            layout.tomogram_clusters(out, stem, method),
+            layout.clustered_regions_csv(out, stem, method),
+            layout.clustered_regions_star(out, stem, method),
+        ]
     if all("rlnTomoName" in star.columns for star in stars):
         particles = pd.concat(stars, ignore_index=True)  # the rows predict wrote, in their convention
     else:
         particles = particles_table(cfg, merged.table, labels)
     io.write_star(layout.particles_star(out, method), particles, exact=True)
     for c in ids:
-        io.write_star(layout.cluster_particles_star(out, method, int(c)),
-                      particles[particles["rlnClass"] == c].reset_index(drop=True), exact=True)
+        io.write_star(
+            layout.cluster_particles_star(out, method, int(c)),
+            particles[particles["rlnClass"] == c].reset_index(drop=True),
+            exact=True,
+        )
         also_written.append(layout.cluster_particles_star(out, method, int(c)))
     log.info("wrote %s, per-tomogram tables and per-cluster STAR files to %s", path.name, out)
 
@@ -138,9 +147,13 @@ def write_cluster_outputs(
 def remove_previous_outputs(folders: Folders, method: str, written: list[Path]) -> None:
     """What the previous ``method`` run wrote and this one did not (``kmeans_cluster_5_*`` after a
     re-run with k=3) is removed (:func:`io.replace_outputs_record`), names of ours only."""
-    io.replace_outputs_record(layout.outputs_record(folders.output_dir, method), written,
-                              [folders.output_dir, folders.vis_dir],
-                              lambda name: layout.is_cluster_output(name, method), f"the previous {method} run")
+    io.replace_outputs_record(
+        layout.outputs_record(folders.output_dir, method),
+        written,
+        [folders.output_dir, folders.vis_dir],
+        lambda name: layout.is_cluster_output(name, method),
+        f"the previous {method} run",
+    )
 
 
 def clustered_star(source: Path, regions: pd.DataFrame, classes: np.ndarray) -> pd.DataFrame:
@@ -157,8 +170,7 @@ def clustered_star(source: Path, regions: pd.DataFrame, classes: np.ndarray) -> 
             if np.isin(labels, indexed.index.to_numpy()).all():
                 rows = indexed.loc[labels].reset_index(drop=True)
                 return rows.assign(rlnClass=np.asarray(classes, dtype=np.int64))
-        log.info("%s does not describe the embedded instances: clustered STAR made from the regions table",
-                 source.name)
+        log.info("%s does not describe the embedded instances: clustered STAR made from the regions table", source.name)
     star = io.regions_to_star_table(regions.drop(columns=["semantic_class"], errors="ignore"))
     return star.assign(rlnClass=np.asarray(classes, dtype=np.int64))
 
@@ -186,12 +198,16 @@ def write_label_volumes(cfg: Config, merged: Merged, volume_ids: np.ndarray, out
     """
     mask_folder = cfg.optional_path("instances_mask_folder")
     if mask_folder is None or not mask_folder.is_dir():
-        log.info("no cluster label volumes: instances_mask_folder is %s",
-                 "not set" if mask_folder is None else f"not a folder ({mask_folder})")
+        log.info(
+            "no cluster label volumes: instances_mask_folder is %s",
+            "not set" if mask_folder is None else f"not a folder ({mask_folder})",
+        )
         return []
     if any(str(c).startswith(PICK_PREFIX) for c in merged.table.columns):
-        log.info("no cluster label volumes: the embeddings come from picks, whose ids are not labels of the masks "
-                 "(the clustered STAR files carry each pick's class)")
+        log.info(
+            "no cluster label volumes: the embeddings come from picks, whose ids are not labels of the masks "
+            "(the clustered STAR files carry each pick's class)"
+        )
         return []
     data_folder = cfg.optional_path("data_folder")
     done: list[Path] = []
@@ -204,8 +220,9 @@ def write_label_volumes(cfg: Config, merged: Merged, volume_ids: np.ndarray, out
         mask = io.read_instance_mask(mask_path)
         lab, cls = all_labels[merged.rows(i)], volume_ids[merged.rows(i)]
         tomogram = data_folder / f"{stem}{cfg.file_extension}" if data_folder else None
-        io.write_mrc(layout.label_volume(out, stem, method), paint_labels(mask, lab, cls),
-                     _voxel_size([mask_path, tomogram]))
+        io.write_mrc(
+            layout.label_volume(out, stem, method), paint_labels(mask, lab, cls), _voxel_size([mask_path, tomogram])
+        )
         done.append(layout.label_volume(out, stem, method))
     log.info("wrote %d cluster label volumes", len(done))
     return done

@@ -54,9 +54,17 @@ HARD = Difficulty("hard", "SNR 1, ±60° wedge", 1.0, 60.0)
 # simulate
 
 
-def run_simulate(root: Path, n_tomograms: int = 2, shape: tuple[int, int, int] = (64, 192, 192),
-                 n_particles: int = 70, snr: float = 3.0, wedge: float | None = None, seed: int = 0,
-                 prefix: str = "TS", size_range: tuple[float, float] = DEFAULT_SIZE_RANGE) -> pd.DataFrame:
+def run_simulate(
+    root: Path,
+    n_tomograms: int = 2,
+    shape: tuple[int, int, int] = (64, 192, 192),
+    n_particles: int = 70,
+    snr: float = 3.0,
+    wedge: float | None = None,
+    seed: int = 0,
+    prefix: str = "TS",
+    size_range: tuple[float, float] = DEFAULT_SIZE_RANGE,
+) -> pd.DataFrame:
     """Write ``data/<TS>.mrc``, ``masks/<TS>_instance_preds.h5`` and ``truth.csv`` under ``root``.
 
     ``truth.csv``: one row per particle — tomogram (stem), label (its value in the mask), class,
@@ -74,8 +82,16 @@ def run_simulate(root: Path, n_tomograms: int = 2, shape: tuple[int, int, int] =
     truth = pd.DataFrame(rows, columns=TRUTH_COLUMNS)
     with io.atomic_output(root / "truth.csv") as tmp:
         truth.to_csv(tmp, index=False)
-    log.info("simulated %d tomograms %s with %d particles (SNR %g, wedge %s, seed %d) → %s", n_tomograms,
-             tuple(shape), len(truth), snr, f"±{wedge:g}°" if wedge else "none", seed, root)
+    log.info(
+        "simulated %d tomograms %s with %d particles (SNR %g, wedge %s, seed %d) → %s",
+        n_tomograms,
+        tuple(shape),
+        len(truth),
+        snr,
+        f"±{wedge:g}°" if wedge else "none",
+        seed,
+        root,
+    )
     return truth
 
 
@@ -90,8 +106,9 @@ def read_truth(root: Path) -> pd.DataFrame:
     return truth
 
 
-def dataset_config(data_root: Path, model: Path | None = None, config: Path | None = None,
-                   log_dir: Path | None = None) -> Config:
+def dataset_config(
+    data_root: Path, model: Path | None = None, config: Path | None = None, log_dir: Path | None = None
+) -> Config:
     """The demo config (or ``config``) pointed at a simulated dataset folder."""
     data_root = Path(data_root).absolute()
     overrides = [
@@ -202,8 +219,9 @@ def score_dataset(cfg: Config, truth: pd.DataFrame) -> dict[str, tuple[float, fl
     return scores
 
 
-def run_evaluate(data_root: Path, model: Path | None = None, config: Path | None = None,
-                 device: str = "auto") -> dict[str, tuple[float, float]]:
+def run_evaluate(
+    data_root: Path, model: Path | None = None, config: Path | None = None, device: str = "auto"
+) -> dict[str, tuple[float, float]]:
     """Embed a simulated dataset with ``predict`` and score it against its truth table."""
     from .embedding import run_predict
 
@@ -217,9 +235,17 @@ def run_evaluate(data_root: Path, model: Path | None = None, config: Path | None
 # the demo
 
 
-def run_demo(output: Path, retrain: bool = False, steps: int | None = None, tomograms: int = 2,
-             particles: int = 70, shape: tuple[int, int, int] = (64, 192, 192), seed: int = 1,
-             model: Path | None = None, device: str = "auto") -> dict:
+def run_demo(
+    output: Path,
+    retrain: bool = False,
+    steps: int | None = None,
+    tomograms: int = 2,
+    particles: int = 70,
+    shape: tuple[int, int, int] = (64, 192, 192),
+    seed: int = 1,
+    model: Path | None = None,
+    device: str = "auto",
+) -> dict:
     """The whole job on simulated data at two difficulties; prints and returns the ARI table.
 
     The easier set gets every output and figure (predict, kmeans, spectral, visualize); both
@@ -253,28 +279,42 @@ def run_demo(output: Path, retrain: bool = False, steps: int | None = None, tomo
 
 
 def write_scores(results: dict, path: Path) -> None:
-    rows = [{"dataset": d, "method": m, "kmeans_ari": km, "spectral_ari": sp}
-            for d, by_method in results.items() for m, (km, sp) in by_method.items()]
+    rows = [
+        {"dataset": d, "method": m, "kmeans_ari": km, "spectral_ari": sp}
+        for d, by_method in results.items()
+        for m, (km, sp) in by_method.items()
+    ]
     with io.atomic_output(path) as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False, float_format="%.4f")
 
 
 def format_table(results: dict) -> list[str]:
-    lines = [f"  {'':26s}" + "".join(f"{name:>26s}" for name in results),
-             f"  {'':26s}" + "".join(f"{'KMeans':>13s}{'spectral':>13s}" for _ in results)]
+    lines = [
+        f"  {'':26s}" + "".join(f"{name:>26s}" for name in results),
+        f"  {'':26s}" + "".join(f"{'KMeans':>13s}{'spectral':>13s}" for _ in results),
+    ]
     for m in next(iter(results.values())):
         lines.append(f"  {m:26s}" + "".join(f"{results[d][m][0]:13.2f}{results[d][m][1]:13.2f}" for d in results))
     return lines
 
 
 def print_report(results: dict, output: Path, seconds: float, model: Path) -> None:
-    lines = ["", f"subtomo-embed demo finished in {seconds:.0f} s (model: {model})", "",
-             "Adjusted Rand index of the clusters against the true shape classes (1 = perfect, 0 = chance):", ""]
+    lines = [
+        "",
+        f"subtomo-embed demo finished in {seconds:.0f} s (model: {model})",
+        "",
+        "Adjusted Rand index of the clusters against the true shape classes (1 = perfect, 0 = chance):",
+        "",
+    ]
     lines += format_table(results)
     vis = output / EASY.tag / "predictions" / "vis"
     pngs = sorted(vis.rglob("*.png")) if vis.is_dir() else []
-    lines += ["", f"Embeddings and clusters: {output / EASY.tag / 'predictions'}",
-              f"Scores: {output / 'ari.csv'}", f"Figures ({len(pngs)} PNGs): {vis}"]
+    lines += [
+        "",
+        f"Embeddings and clusters: {output / EASY.tag / 'predictions'}",
+        f"Scores: {output / 'ari.csv'}",
+        f"Figures ({len(pngs)} PNGs): {vis}",
+    ]
     for p in pngs[:10]:
         lines.append(f"  {p.relative_to(output)}")
     if len(pngs) > 10:
@@ -296,20 +336,34 @@ def training_settings(cfg: Config):
     return ViewSettings(patch_size(cfg), cfg.masking_type, cfg.expand_labels, normalization(cfg))
 
 
-def train_from_config(cfg: Config, checkpoint: Path, steps: int | None = None, device: str = "auto",
-                      resume: bool = True, progress: bool = True, time_limit: float | None = None,
-                      save_every: int = 25) -> Path:
+def train_from_config(
+    cfg: Config,
+    checkpoint: Path,
+    steps: int | None = None,
+    device: str = "auto",
+    resume: bool = True,
+    progress: bool = True,
+    time_limit: float | None = None,
+    save_every: int = 25,
+) -> Path:
     """SimSiam training with a config's patch contract and ``hyper_parameters`` (resumable)."""
     from ..core.embed import pick_device
     from ..core.train import Sitting, TrainingSettings, train
 
     torch_device = pick_device(device, cfg.parameters.gpu_devices)
     hp = cfg.hyper_parameters
-    settings = TrainingSettings(training_settings(cfg), steps or hp.max_steps, hp.batch_size, hp.learning_rate,
-                                seed=cfg.seed)
+    settings = TrainingSettings(
+        training_settings(cfg), steps or hp.max_steps, hp.batch_size, hp.learning_rate, seed=cfg.seed
+    )
     sitting = Sitting(resume=resume, save_every=save_every, time_limit=time_limit, progress=progress)
-    return train(cfg.model_dump(by_alias=True), cfg.parameters.network.model_dump(), settings, Path(checkpoint),
-                 torch_device, sitting)
+    return train(
+        cfg.model_dump(by_alias=True),
+        cfg.parameters.network.model_dump(),
+        settings,
+        Path(checkpoint),
+        torch_device,
+        sitting,
+    )
 
 
 def retrain_demo_model(checkpoint: Path, steps: int | None = None, device: str = "auto") -> Path:

@@ -78,18 +78,29 @@ def load_checkpoint_for(cfg: Config, checkpoint: Path | None = None, what: str =
             if log_dir is None:
                 raise ConfigError("key 'trained_model' must be set (or log_dir with model/last.ckpt)", cfg.source)
             checkpoint = log_dir / "model" / "last.ckpt"
-    model, network = load_model(checkpoint, cfg.contrastive, run_config=cfg, masking=what != "predict-centers",
-                                given_only=what == "embed")
+    model, network = load_model(
+        checkpoint, cfg.contrastive, run_config=cfg, masking=what != "predict-centers", given_only=what == "embed"
+    )
     return LoadedModel(model, network, io.file_digest(checkpoint), checkpoint)
 
 
-def embed_with_config(loaded: LoadedModel, patches: Iterable[np.ndarray], count: int, device, cfg: Config,
-                      progress) -> np.ndarray:
+def embed_with_config(
+    loaded: LoadedModel, patches: Iterable[np.ndarray], count: int, device, cfg: Config, progress
+) -> np.ndarray:
     """Embeddings [count, dim] of ``patches`` with the config's batch size, head and precision."""
     from ..core.embed import embed_patches
 
-    return embed_patches(loaded.model, patches, count, loaded.dim, device, cfg.hyper_parameters.batch_size,
-                         cfg.contrastive, cfg.mixed_precision, progress)
+    return embed_patches(
+        loaded.model,
+        patches,
+        count,
+        loaded.dim,
+        device,
+        cfg.hyper_parameters.batch_size,
+        cfg.contrastive,
+        cfg.mixed_precision,
+        progress,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -121,8 +132,15 @@ def is_done(folder: Path, stem: str, expected: str) -> bool:
     return True
 
 
-def write_outputs(folder: Path, stem: str, table: pd.DataFrame, embeddings: np.ndarray, stamp: str,
-                  star: pd.DataFrame | None = None, exact_floats: bool = False) -> list[Path]:
+def write_outputs(
+    folder: Path,
+    stem: str,
+    table: pd.DataFrame,
+    embeddings: np.ndarray,
+    stamp: str,
+    star: pd.DataFrame | None = None,
+    exact_floats: bool = False,
+) -> list[Path]:
     """Write the four per-tomogram outputs (``_embeds.h5`` last, so it marks completion)."""
     outputs = layout.TomogramOutputs(folder, stem)
     labels = table["label"].to_numpy(dtype=np.int64)
@@ -131,8 +149,14 @@ def write_outputs(folder: Path, stem: str, table: pd.DataFrame, embeddings: np.n
         (outputs.labels, lambda: io.write_h5(outputs.labels, {"labels": labels})),
         (outputs.regions_csv, lambda: io.write_regions_csv(outputs.regions_csv, table)),
         (outputs.regions_star, lambda: io.write_star(outputs.regions_star, star, exact_floats)),
-        (outputs.embeds, lambda: io.write_h5(outputs.embeds, {"embeddings": np.ascontiguousarray(embeddings.T)},
-                                             {io.FINGERPRINT_ATTR: stamp, "tomogram": stem})),
+        (
+            outputs.embeds,
+            lambda: io.write_h5(
+                outputs.embeds,
+                {"embeddings": np.ascontiguousarray(embeddings.T)},
+                {io.FINGERPRINT_ATTR: stamp, "tomogram": stem},
+            ),
+        ),
     ]
     done: list[Path] = []
     try:
@@ -181,7 +205,12 @@ class RunSummary:
         without = f", {len(self.nothing)} with nothing to embed (skipped)" if self.nothing else ""
         log.info(
             "%s: %d tomogram(s) done, %d already complete%s, %d failed; outputs in %s",
-            what, len(self.done), len(self.skipped), without, len(self.failed), folder,
+            what,
+            len(self.done),
+            len(self.skipped),
+            without,
+            len(self.failed),
+            folder,
         )
         for stem, reason in self.failed:
             log.error("  failed: %s: %s", stem, reason)
@@ -231,18 +260,27 @@ def embed_tomograms(run: Run, jobs: Iterable[tuple[str, Callable[[], Job | None]
             with io.progress(total=count, desc=job.stem, unit="patch") as bar:
                 embeddings = embed_with_config(run.model, instances.patches, count, run.device, run.cfg, bar.update)
             table = instances.table()
-            written = write_outputs(run.out, job.stem, table, embeddings, job.stamp, instances.star(table),
-                                    instances.exact_floats)
+            written = write_outputs(
+                run.out, job.stem, table, embeddings, job.stamp, instances.star(table), instances.exact_floats
+            )
             seconds = time.perf_counter() - start
-            log.info("%s: %d instances embedded on %s in %.1f s (%.1f/s) → %s", job.stem, count, run.device, seconds,
-                     count / max(seconds, 1e-9), written[-1])
+            log.info(
+                "%s: %d instances embedded on %s in %.1f s (%.1f/s) → %s",
+                job.stem,
+                count,
+                run.device,
+                seconds,
+                count / max(seconds, 1e-9),
+                written[-1],
+            )
             summary.done.append(job.stem)
     summary.report(run.what, run.out)
     return summary
 
 
-def start_run(what: str, cfg: Config, out: Path, checkpoint: Path | None, device: str, overwrite: bool,
-              keep_going: bool) -> Run:
+def start_run(
+    what: str, cfg: Config, out: Path, checkpoint: Path | None, device: str, overwrite: bool, keep_going: bool
+) -> Run:
     """The model loaded and the device chosen (``out`` is prepared first: :func:`prepare_output_folder`)."""
     from ..core.embed import pick_device
 
@@ -259,18 +297,24 @@ def predict_job(run: Run, tomogram: Path) -> Job | None:
     inputs = locate_inputs(cfg, tomogram)
     if inputs is None:
         return None
-    stamp = io.fingerprint(inputs.files(), extraction=extraction_settings(cfg), contrastive=cfg.contrastive,
-                           checkpoint=run.model.digest)
+    stamp = io.fingerprint(
+        inputs.files(), extraction=extraction_settings(cfg), contrastive=cfg.contrastive, checkpoint=run.model.digest
+    )
 
     def load() -> Instances:
         volume, mask = load_tomogram_and_mask(inputs)
         plan = plan_tomogram(cfg, inputs, mask)
         del mask
-        patches = (p for _, p in iter_patches(volume, plan, patch_size(cfg), cfg.masking_type, normalization(cfg),
-                                              str(inputs.tomogram)))
+        patches = (
+            p
+            for _, p in iter_patches(
+                volume, plan, patch_size(cfg), cfg.masking_type, normalization(cfg), str(inputs.tomogram)
+            )
+        )
         geometry = TomogramGeometry.of(inputs.tomogram, volume.shape)
-        return Instances(len(plan), patches, lambda: plan.table,
-                         lambda table: regions_star(inputs.stem, table, geometry))
+        return Instances(
+            len(plan), patches, lambda: plan.table, lambda table: regions_star(inputs.stem, table, geometry)
+        )
 
     return Job(inputs.stem, stamp, load)
 
@@ -305,7 +349,9 @@ def read_patches_header(cfg: Config, path: Path) -> h5files.PatchesFile:
     if cfg.is_set("parameters.data.patch_size") and patches.patch_shape != size:
         raise InputDataError(
             f"patches of {'×'.join(map(str, patches.patch_shape))} voxels, but parameters.data.patch_size is "
-            f"{list(size)} ({cfg.origin('parameters.data.patch_size')}): extract them with this config", path)
+            f"{list(size)} ({cfg.origin('parameters.data.patch_size')}): extract them with this config",
+            path,
+        )
     return patches
 
 
@@ -344,7 +390,8 @@ def run_embed(
         folder = cfg.path("prediction_folder")
         patches_files = [layout.patches_file(folder, cfg.stem(t.name)) for t in list_tomograms(cfg, filename)]
     headers = [read_patches_header(cfg, p) for p in patches_files]  # every file checked before anything is written
-    out = prepare_output_folder(output_dir or cfg.path("prediction_folder"), cfg,
-                                "--output-dir" if output_dir else "prediction_folder")
+    out = prepare_output_folder(
+        output_dir or cfg.path("prediction_folder"), cfg, "--output-dir" if output_dir else "prediction_folder"
+    )
     run = start_run("embed", cfg, out, checkpoint, device, overwrite, keep_going)
     return embed_tomograms(run, [(h.stem, partial(patches_job, run, h)) for h in headers])

@@ -23,8 +23,9 @@ from .merging import Folders, Merged
 log = logging.getLogger(__name__)
 
 
-def write_explorer(cfg: Config, folders: Folders, merged: Merged,
-                   clusterings: dict[str, np.ndarray]) -> dict[str, Path]:
+def write_explorer(
+    cfg: Config, folders: Folders, merged: Merged, clusterings: dict[str, np.ndarray]
+) -> dict[str, Path]:
     """``<vis>/embeddings_explorer.html`` from the (cached) projections, the clusterings found, the
     STAR rows of every instance and the thumbnails; ``{}`` when no projection is configured."""
     from .figures import axis_name, global_projection, log_area, projection_name
@@ -34,23 +35,32 @@ def write_explorer(cfg: Config, folders: Folders, merged: Merged,
         return {}
     tomograms = merged.table["tomogram"].astype(str).to_numpy()
     first_clusters = next(iter(clusterings.values()), None)
-    strata = tomograms if first_clusters is None else np.char.add(np.char.add(tomograms, "/"),
-                                                                      first_clusters.astype(str))
+    strata = (
+        tomograms if first_clusters is None else np.char.add(np.char.add(tomograms, "/"), first_clusters.astype(str))
+    )
     shown = np.sort(E.thumbnail_rows(strata, E.MAX_POINTS, cfg.seed))  # every row up to MAX_POINTS
     if shown.size < merged.n:
         log.info("explorer: a stratified sample of %d of the %d instances (the page's bound)", shown.size, merged.n)
     table = merged.table.iloc[shown]
     projections = []
-    for dims in ([2, 3] if cfg.visualization.umap_3d else [2]):
+    for dims in [2, 3] if cfg.visualization.umap_3d else [2]:
         coords, method = global_projection(cfg, folders, merged, dims)
         projections.append(E.Projection(f"{method.upper()} {dims}D", coords[shown], axis_name(method)))
-    colourings = [E.Colouring(f"{layout.CLUSTER_METHODS[m]} cluster", c[shown], cluster=True)
-                  for m, c in clusterings.items()]
-    colourings += [E.Colouring("tomogram", tomograms[shown]),
-                   E.Colouring("instance size", log_area(table), categorical=False, label="log2 area (voxels)")]
-    instances = E.Instances(tomograms[shown], table["label"].to_numpy(np.int64), table["area"].to_numpy(),
-                            table[["centroid-0", "centroid-1", "centroid-2"]].to_numpy(np.float64),
-                            voxel_sizes(cfg, merged.stems), row=shown)
+    colourings = [
+        E.Colouring(f"{layout.CLUSTER_METHODS[m]} cluster", c[shown], cluster=True) for m, c in clusterings.items()
+    ]
+    colourings += [
+        E.Colouring("tomogram", tomograms[shown]),
+        E.Colouring("instance size", log_area(table), categorical=False, label="log2 area (voxels)"),
+    ]
+    instances = E.Instances(
+        tomograms[shown],
+        table["label"].to_numpy(np.int64),
+        table["area"].to_numpy(),
+        table[["centroid-0", "centroid-1", "centroid-2"]].to_numpy(np.float64),
+        voxel_sizes(cfg, merged.stems),
+        row=shown,
+    )
     # thumbnails: a stratified sample of the shown points, in priority order (positions in the page)
     wanted = E.thumbnail_rows(strata[shown], cfg.visualization.explorer_thumbnails, cfg.seed)
     pngs = dict(particle_thumbnails(cfg, merged, shown[wanted]))
@@ -63,8 +73,9 @@ def write_explorer(cfg: Config, folders: Folders, merged: Merged,
     path = folders.vis_dir / E.EXPLORER_NAME
     with io.atomic_output(path) as tmp:
         tmp.write_text(html, encoding="utf-8")
-    log.info("wrote %s (%.1f MB: %d points, %d thumbnails)", path, path.stat().st_size / 2**20, shown.size,
-             len(thumbnails))
+    log.info(
+        "wrote %s (%.1f MB: %d points, %d thumbnails)", path, path.stat().st_size / 2**20, shown.size, len(thumbnails)
+    )
     return {"explorer": path}
 
 
@@ -111,8 +122,11 @@ def particle_thumbnails(cfg: Config, merged: Merged, rows: np.ndarray):
     needed = ["data_folder"] if picks else ["data_folder", "instances_mask_folder"]
     folders = {key: cfg.optional_path(key) for key in needed}
     if any(f is None or not f.is_dir() for f in folders.values()):
-        log.info("explorer without thumbnails: %s must be folders (%s)", " and ".join(needed),
-                 ", ".join(f"{k} {v}" for k, v in folders.items()))
+        log.info(
+            "explorer without thumbnails: %s must be folders (%s)",
+            " and ".join(needed),
+            ", ".join(f"{k} {v}" for k, v in folders.items()),
+        )
         return
     data_folder, mask_folder = folders["data_folder"], folders.get("instances_mask_folder")
     assert data_folder is not None and (picks or mask_folder is not None)  # checked above
@@ -122,8 +136,11 @@ def particle_thumbnails(cfg: Config, merged: Merged, rows: np.ndarray):
         if mine.size == 0:
             continue
         tomogram = data_folder / f"{stem}{cfg.file_extension}"
-        mask_path = None if picks or mask_folder is None else io.find_mask(
-            mask_folder, stem, cfg.file_extension, cfg.instances_suffix)
+        mask_path = (
+            None
+            if picks or mask_folder is None
+            else io.find_mask(mask_folder, stem, cfg.file_extension, cfg.instances_suffix)
+        )
         if not tomogram.is_file() or (not picks and mask_path is None):
             missing = "tomogram" if not tomogram.is_file() else "mask"
             log.info("explorer: no thumbnails for %s (%s not found)", stem, missing)
@@ -142,11 +159,12 @@ def _patches(cfg: Config, tomogram: Path, mask_path: Path | None, regions: pd.Da
 
     volume, _ = io.open_mrc_volume(tomogram)
     if mask_path is None:
-        return E.picked_patches(volume, regions, patch_size(cfg), normalization(cfg), cfg.centers.mask_radius,
-                                str(tomogram))
+        return E.picked_patches(
+            volume, regions, patch_size(cfg), normalization(cfg), cfg.centers.mask_radius, str(tomogram)
+        )
     mask = io.read_instance_mask(mask_path)
     if mask.shape != volume.shape:
         raise InputDataError(f"mask shape {mask.shape} differs from the tomogram's {volume.shape}", mask_path)
-    return E.masked_patches(volume, mask, regions, patch_size(cfg), cfg.masking_type, cfg.expand_labels,
-                            normalization(cfg))
-
+    return E.masked_patches(
+        volume, mask, regions, patch_size(cfg), cfg.masking_type, cfg.expand_labels, normalization(cfg)
+    )

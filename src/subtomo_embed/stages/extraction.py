@@ -39,8 +39,9 @@ def run_extract(
     overwrite: bool = False,
 ) -> list[Path]:
     """Cut the patches of one or more tomograms into ``<stem>_patches.h5`` files."""
-    out = prepare_output_folder(output_dir or cfg.path("prediction_folder"), cfg,
-                                "--output-dir" if output_dir else "prediction_folder")
+    out = prepare_output_folder(
+        output_dir or cfg.path("prediction_folder"), cfg, "--output-dir" if output_dir else "prediction_folder"
+    )
     if tomogram is not None:
         if mask is None:
             raise ConfigError("--tomogram needs --mask")
@@ -70,8 +71,9 @@ def run_extract(
     return written
 
 
-def write_patches(path: Path, stem: str, volume: np.ndarray, plan: Extraction, cfg: Config, stamp: str,
-                  source: str) -> None:
+def write_patches(
+    path: Path, stem: str, volume: np.ndarray, plan: Extraction, cfg: Config, stamp: str, source: str
+) -> None:
     """``<stem>_patches.h5``: the cutting workers write each patch straight into the file
     (see :func:`cut_patches_into_file`)."""
     size = patch_size(cfg)
@@ -79,8 +81,9 @@ def write_patches(path: Path, stem: str, volume: np.ndarray, plan: Extraction, c
     def cut_into(file: Path, offset: int | None) -> None:
         assert offset is not None  # the file has patches: their data block is allocated
         with io.progress(total=len(plan), desc=stem, unit="patch") as bar:
-            cut_patches_into_file(volume, plan, size, cfg.masking_type, normalization(cfg), file, offset, source,
-                                  progress=bar)
+            cut_patches_into_file(
+                volume, plan, size, cfg.masking_type, normalization(cfg), file, offset, source, progress=bar
+            )
 
     attrs = {
         "stem": stem,

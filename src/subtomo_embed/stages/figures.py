@@ -132,8 +132,9 @@ def cluster_figures(
     written["projection"] = save_figure(fig, layout.cluster_projection(vis, method, proj, "png"))
 
     dist, _, groups = V.distance_map(merged.embeddings, labels, v.distance, seed=cfg.seed)
-    fig = V.distance_map_figure(dist, groups, f"Pairwise distances ordered by {name} cluster", v.distance,
-                                f"{name} cluster")
+    fig = V.distance_map_figure(
+        dist, groups, f"Pairwise distances ordered by {name} cluster", v.distance, f"{name} cluster"
+    )
     written["distance_map"] = save_figure(fig, layout.cluster_distance_map(vis, method))
     written.update(cluster_galleries(cfg, folders, merged, method, labels, ids, centers))
     log.info("wrote %s figures to %s", name, vis)
@@ -149,8 +150,10 @@ def cluster_galleries(
 
     data_folder = cfg.optional_path("data_folder")
     if data_folder is None or not data_folder.is_dir():
-        log.info("no cluster galleries: data_folder is %s",
-                 "not set" if data_folder is None else f"not a folder ({data_folder})")
+        log.info(
+            "no cluster galleries: data_folder is %s",
+            "not set" if data_folder is None else f"not a folder ({data_folder})",
+        )
         return {}
     nearest = C.nearest_to_centres(merged.embeddings, labels, ids, centers, GALLERY_SIZE)
     size = cfg.parameters.data.patch_size[1:]
@@ -176,8 +179,12 @@ def cluster_galleries(
         if not images:
             continue
         n_c = int((labels == c).sum())
-        fig = V.gallery_figure(images, titles, f"{layout.CLUSTER_METHODS[method]} cluster {int(c)} ({n_c} instances): "
-                                               f"{len(images)} nearest its centre, central z slices")
+        fig = V.gallery_figure(
+            images,
+            titles,
+            f"{layout.CLUSTER_METHODS[method]} cluster {int(c)} ({n_c} instances): "
+            f"{len(images)} nearest its centre, central z slices",
+        )
         written[f"gallery_{int(c)}"] = save_figure(fig, layout.cluster_gallery(folders.vis_dir, method, int(c)))
     log.info("wrote %d cluster galleries", len(written))
     return written

@@ -119,8 +119,11 @@ def per_tomogram_stems(cfg: Config, folder: Path, files: list[str] | None) -> li
     """Sorted stems with ``<stem>_embeds.h5`` in ``folder`` (or those listed in ``files``)."""
     if files:
         return sorted({cfg.stem(f) for f in files})
-    stems = (layout.stem_of(p, layout.EMBEDS_SUFFIX) for p in folder.glob(f"*{layout.EMBEDS_SUFFIX}")
-             if p.is_file() and not p.name.startswith(io.TMP_MARK))
+    stems = (
+        layout.stem_of(p, layout.EMBEDS_SUFFIX)
+        for p in folder.glob(f"*{layout.EMBEDS_SUFFIX}")
+        if p.is_file() and not p.name.startswith(io.TMP_MARK)
+    )
     return sorted(s for s in stems if s)
 
 
@@ -158,8 +161,10 @@ def plan_merge(cfg: Config, input_dir: Path, output_dir: Path, force: bool = Fal
         if not plan.counts:
             plan.dim = shape[0]
         elif shape[0] != plan.dim:
-            raise InputDataError(f"embedding dimension {shape[0]} differs from {plan.dim} of "
-                                 f"{stems[0]}{layout.EMBEDS_SUFFIX}", tomogram.embeds)
+            raise InputDataError(
+                f"embedding dimension {shape[0]} differs from {plan.dim} of {stems[0]}{layout.EMBEDS_SUFFIX}",
+                tomogram.embeds,
+            )
         n = shape[1]
         lab = io.read_h5_dataset(tomogram.labels, "labels") if tomogram.labels is not None else None
         try:
@@ -191,10 +196,16 @@ def write_merge(cfg: Config, plan: MergePlan) -> Path:
             except M.MergeInputError as err:
                 raise InputDataError(str(err), tomogram.embeds) from None
 
-    h5files.write_merged_embeddings(plan.merged_path, tomogram_rows(), plan.counts, plan.dim, plan.stems,
-                               plan.table["label"].to_numpy(np.int64),
-                               {io.FINGERPRINT_ATTR: plan.key, "file_extension": cfg.file_extension},
-                               then=lambda: io.write_regions_csv(plan.table_path, plan.table))
+    h5files.write_merged_embeddings(
+        plan.merged_path,
+        tomogram_rows(),
+        plan.counts,
+        plan.dim,
+        plan.stems,
+        plan.table["label"].to_numpy(np.int64),
+        {io.FINGERPRINT_ATTR: plan.key, "file_extension": cfg.file_extension},
+        then=lambda: io.write_regions_csv(plan.table_path, plan.table),
+    )
     log.info("wrote %s and %s", plan.merged_path, plan.table_path)
     return plan.merged_path
 
@@ -232,8 +243,9 @@ def plan_merged(cfg: Config, folders: Folders) -> MergedSource:
     candidates = [layout.merged(folders.input_dir), layout.merged(folders.output_dir)]
     path = next((p for p in candidates if p.is_file()), None)
     if path is None:
-        raise InputDataError(f"no embeddings found (no *{layout.EMBEDS_SUFFIX} files and no {layout.MERGED_NAME})",
-                             folders.input_dir)
+        raise InputDataError(
+            f"no embeddings found (no *{layout.EMBEDS_SUFFIX} files and no {layout.MERGED_NAME})", folders.input_dir
+        )
     log.info("using merged embeddings %s", path)
     shape = io.h5_shape(path, "embeddings")
     if len(shape) != 2:
@@ -276,8 +288,11 @@ def _stems_without_names(cfg: Config, folders: Folders, path: Path, n_tomograms:
     """CryoSiam's embeddings.h5 has no tomogram names: take clustering_files or the regions CSVs beside it."""
     if cfg.clustering_files:
         return sorted({cfg.stem(f) for f in cfg.clustering_files})
-    stems = (layout.stem_of(p, layout.REGIONS_SUFFIX) for p in folders.input_dir.glob(f"*{layout.REGIONS_SUFFIX}")
-             if not p.name.startswith(io.TMP_MARK))
+    stems = (
+        layout.stem_of(p, layout.REGIONS_SUFFIX)
+        for p in folders.input_dir.glob(f"*{layout.REGIONS_SUFFIX}")
+        if not p.name.startswith(io.TMP_MARK)
+    )
     found = sorted(s for s in stems if s)
     if len(found) != n_tomograms:
         raise InputDataError(
@@ -288,8 +303,9 @@ def _stems_without_names(cfg: Config, folders: Folders, path: Path, n_tomograms:
     return found
 
 
-def _merged_table(folders: Folders, path: Path, stems: list[str], counts: np.ndarray,
-                  labels: np.ndarray | None) -> pd.DataFrame:
+def _merged_table(
+    folders: Folders, path: Path, stems: list[str], counts: np.ndarray, labels: np.ndarray | None
+) -> pd.DataFrame:
     table_path = layout.merged_table(path.parent)
     if table_path.is_file():
         table = io.read_table(table_path, dtype={"tomogram": str})
@@ -297,8 +313,9 @@ def _merged_table(folders: Folders, path: Path, stems: list[str], counts: np.nda
         if missing:
             raise InputDataError(f"table lacks columns {missing}", table_path)
         if len(table) != int(counts.sum()):
-            raise InputDataError(f"table has {len(table)} rows but {path.name} has {int(counts.sum())} embeddings",
-                                 table_path)
+            raise InputDataError(
+                f"table has {len(table)} rows but {path.name} has {int(counts.sum())} embeddings", table_path
+            )
         if not np.array_equal(table["row"].to_numpy(), np.arange(len(table))):
             raise InputDataError("column 'row' must number the rows 0..N-1 in merged order", table_path)
         return table

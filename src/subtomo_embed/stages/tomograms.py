@@ -69,8 +69,9 @@ def list_tomograms(cfg: Config, filename: str | None = None) -> list[Path]:
         names = list(cfg.test_files) + list(cfg.train_files or [])
     else:
         names = sorted(
-            p.name for p in folder.iterdir() if p.is_file() and p.name.endswith(cfg.file_extension)
-            and not p.name.startswith(".")
+            p.name
+            for p in folder.iterdir()
+            if p.is_file() and p.name.endswith(cfg.file_extension) and not p.name.startswith(".")
         ) + list(cfg.train_files or [])
         if not names:
             raise InputDataError(f"no '*{cfg.file_extension}' tomograms found (file_extension)", folder)
@@ -98,8 +99,10 @@ def locate_inputs(cfg: Config, tomogram: Path) -> TomogramInputs | None:
         log.warning("%s: skipped (%s)", stem, message)
         return None
     if mask.resolve() == tomogram.resolve():  # instances_mask_folder = data_folder with MRC masks
-        raise InputDataError("the instance mask found for this tomogram is the tomogram itself "
-                             "(instances_mask_folder is data_folder?)", tomogram)
+        raise InputDataError(
+            "the instance mask found for this tomogram is the tomogram itself (instances_mask_folder is data_folder?)",
+            tomogram,
+        )
     regions = layout.cryosiam_regions(mask_folder, stem, cfg.instances_suffix)
     return TomogramInputs(stem, tomogram, mask, regions if regions.is_file() else None)
 
@@ -134,8 +137,9 @@ def plan_tomogram(cfg: Config, inputs: TomogramInputs, mask: np.ndarray, process
     if inputs.regions is not None:
         log.info("%s: boxes and areas from %s (CryoSiam's regions table)", inputs.stem, inputs.regions.name)
     check_patch_fits(cfg, mask.shape, inputs.tomogram)
-    return plan_extraction(mask, cfg.expand_labels, cfg.min_particle_bound, cfg.max_particle_bound, table, processes,
-                           inputs.regions)
+    return plan_extraction(
+        mask, cfg.expand_labels, cfg.min_particle_bound, cfg.max_particle_bound, table, processes, inputs.regions
+    )
 
 
 def normalization(cfg: Config) -> Normalization:

@@ -37,8 +37,13 @@ def run_visualize(cfg: Config, folders: Folders) -> dict[str, Path]:
         written.update(write_explorer(cfg, folders, merged, clusterings))  # embeddings_explorer.html
     written.update(distance_maps(cfg, folders, merged, clusterings))
     log.info("wrote %d visualization files to %s", len(written), folders.vis_dir)
-    io.replace_outputs_record(layout.outputs_record(folders.vis_dir, "visualize"), written.values(), [folders.vis_dir],
-                              layout.is_visualize_output, "the previous visualize run")  # e.g. fewer tomograms
+    io.replace_outputs_record(
+        layout.outputs_record(folders.vis_dir, "visualize"),
+        written.values(),
+        [folders.vis_dir],
+        layout.is_visualize_output,
+        "the previous visualize run",
+    )  # e.g. fewer tomograms
     return written
 
 
@@ -63,20 +68,23 @@ def existing_clusterings(folders: Folders, merged: Merged) -> dict[str, np.ndarr
     return found
 
 
-def _cluster_panels(clusterings: dict[str, np.ndarray], draw: np.ndarray, rows: slice = slice(None),
-                    counted: bool = True) -> list:
+def _cluster_panels(
+    clusterings: dict[str, np.ndarray], draw: np.ndarray, rows: slice = slice(None), counted: bool = True
+) -> list:
     from ..core.visualize import Panel
 
     panels = []
     for method, clusters in clusterings.items():
         counts = {int(c): int((clusters == c).sum()) for c in np.unique(clusters)} if counted else None
-        panels.append(Panel(clusters[rows][draw], f"{layout.CLUSTER_METHODS[method]} clusters", "cluster",
-                            counts=counts))
+        panels.append(
+            Panel(clusters[rows][draw], f"{layout.CLUSTER_METHODS[method]} clusters", "cluster", counts=counts)
+        )
     return panels
 
 
-def all_tomograms_projection(cfg: Config, folders: Folders, merged: Merged, clusterings: dict[str, np.ndarray],
-                             dims: int) -> dict[str, Path]:
+def all_tomograms_projection(
+    cfg: Config, folders: Folders, merged: Merged, clusterings: dict[str, np.ndarray], dims: int
+) -> dict[str, Path]:
     """``all_tomograms_<method>[_3d].csv`` (every instance) and ``.png`` (a subsample if large)."""
     from ..core import visualize as V
 
@@ -103,16 +111,23 @@ def all_tomograms_projection(cfg: Config, folders: Folders, merged: Merged, clus
         fig = V.projection_figure(coords[draw], panels, title, axis_name(method))
     elif clusterings:
         first = next(iter(clusterings))
-        fig = V.projection3d_figure(coords[draw], clusterings[first][draw], title, axis_name(method),
-                                    f"{layout.CLUSTER_METHODS[first]} cluster", True)
+        fig = V.projection3d_figure(
+            coords[draw],
+            clusterings[first][draw],
+            title,
+            axis_name(method),
+            f"{layout.CLUSTER_METHODS[first]} cluster",
+            True,
+        )
     else:
         fig = V.projection3d_figure(coords[draw], sizes[draw], title, axis_name(method), "log2 area (voxels)", False)
     written[f"all{tag}_png"] = save_figure(fig, layout.all_tomograms(vis, method, dims, "png"))
     return written
 
 
-def per_tomogram_projections(cfg: Config, folders: Folders, merged: Merged,
-                             clusterings: dict[str, np.ndarray]) -> dict[str, Path]:
+def per_tomogram_projections(
+    cfg: Config, folders: Folders, merged: Merged, clusterings: dict[str, np.ndarray]
+) -> dict[str, Path]:
     """Per tomogram (``visualization_files``, else all), its own projection as CSV and PNG."""
     from ..core import visualize as V
 
