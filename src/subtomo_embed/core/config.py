@@ -9,8 +9,8 @@ and Nextflow do). The same file works as ``--config_file`` for the CLI and as
 Overrides (``--set key.sub=value``) are applied to the raw YAML before validation, so they
 obey exactly the same rules as the file; an error in an override names ``--set``, not the file.
 
-The YAML is read by a bounded loader: aliases may not expand the document beyond
-:data:`MAX_YAML_VALUES` values (a "billion laughs" file is a config error, not gigabytes of
+The YAML is read by a bounded loader (:mod:`.yaml_bounded`): aliases may not expand the document beyond
+:data:`.yaml_bounded.MAX_YAML_VALUES` values (a "billion laughs" file is a config error, not gigabytes of
 memory), a key may not appear twice in a mapping, and a few keys that CryoSiam's own
 embedding-step configs carry but that do nothing here (:data:`IGNORED_CRYOSIAM_KEYS`) are
 dropped with a warning; every other unknown key stops the command.
@@ -18,7 +18,6 @@ dropped with a warning; every other unknown key stops the command.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 from pathlib import Path
@@ -28,10 +27,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .yaml_bounded import read_config_text, read_yaml
 
 log = logging.getLogger(__name__)
 
-MAX_YAML_VALUES = 100_000  # values of the YAML document with every alias expanded (a config has ~100)
 MAX_COUNT = 2**31 - 1  # the largest size or count a key may ask for (NumPy, torch and scikit-learn take int32s)
 MAX_CONFIG_BYTES = 4 * 2**20  # a config is a few kilobytes; a long test_files list a few hundred
 # Keys of CryoSiam's own embedding-step configs that do nothing here: dropped with a warning
@@ -341,75 +340,6 @@ class Config(_Section):
 
 
 # --------------------------------------------------------------------------------------------
-# reading YAML with bounds
-
-
-def _children(node: yaml.Node) -> list[yaml.Node]:
-    if isinstance(node, yaml.SequenceNode):
-        return list(node.value)
-    if isinstance(node, yaml.MappingNode):
-        return [part for pair in node.value for part in pair]
-    return []
-
-
-def _check_document(root: yaml.Node, source: str) -> None:
-    """Refuse a document whose aliases expand it beyond :data:`MAX_YAML_VALUES` values, that
-    contains itself through an alias, or that repeats a key in a mapping (YAML keeps the last
-    silently). Each node is visited once: the check costs what the file's size does."""
-    expanded: dict[int, int] = {}  # node id -> values it stands for, aliases expanded
-    path: set[int] = set()  # the nodes being expanded (an alias back to one is a cycle)
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
-    while stack:
-        node, finished = stack.pop()
-        key = id(node)
-        if finished:
-            path.discard(key)
-            expanded[key] = 1 + sum(expanded[id(child)] for child in _children(node))
-            if expanded[key] > MAX_YAML_VALUES:
-                raise ConfigError(
-                    f"the YAML expands to more than {MAX_YAML_VALUES:,} values through its aliases "
-                    f"(line {node.start_mark.line + 1}); a config needs a few hundred",
-                    source,
-                )
-            continue
-        if key in expanded:
-            continue
-        if key in path:
-            raise ConfigError(
-                f"a YAML alias at line {node.start_mark.line + 1} refers to a value that contains it", source
-            )
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[str, int] = {}
-            for k, _ in node.value:
-                if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
-                    if k.value in seen:
-                        raise ConfigError(
-                            f"key '{k.value}' appears twice in one mapping (lines {seen[k.value]} and "
-                            f"{k.start_mark.line + 1}); YAML would keep the last silently",
-                            source,
-                        )
-                    seen[k.value] = k.start_mark.line + 1
-        path.add(key)
-        stack.append((node, True))
-        stack.extend((child, False) for child in _children(node) if id(child) not in expanded)
-
-
-def read_yaml(text: str, source: str) -> Any:
-    """One YAML document (safe types only), refused by :func:`_check_document` when it is hostile."""
-    loader = yaml.SafeLoader(io.StringIO(text))
-    try:
-        root = loader.get_single_node()
-        if root is None:
-            return None
-        _check_document(root, source)
-        return loader.construct_document(root)
-    except RecursionError:
-        raise ConfigError("the YAML is nested too deeply", source) from None
-    finally:
-        loader.dispose()
-
-
-# --------------------------------------------------------------------------------------------
 # overrides, validation, loading
 
 
@@ -499,32 +429,12 @@ def config_from_dict(raw: dict | None, source: str = "<defaults>", overrides: li
     return cfg
 
 
-def _read_config_text(path: Path) -> str:
-    if not path.exists():
-        raise ConfigError("config file does not exist", path)
-    if path.is_dir():
-        raise ConfigError("is a folder, not a config file", path)
-    try:
-        with open(path, "rb") as fh:  # not only regular files: `-c <(...)` is a pipe
-            data = fh.read(MAX_CONFIG_BYTES + 1)
-    except OSError as err:
-        raise ConfigError(f"cannot read config file: {err.strerror or err}", path) from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(
-            f"config file is larger than {MAX_CONFIG_BYTES // 2**20} MiB; a config is a few kilobytes", path
-        )
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"cannot read config file: not UTF-8 text ({err.reason} at byte {err.start})", path) from None
-
-
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
     """Read and validate a config file (or the defaults when ``path`` is None)."""
     if path is None:
         return config_from_dict({}, "<defaults>", overrides)
     path = Path(path)
-    text = _read_config_text(path)
+    text = read_config_text(path, MAX_CONFIG_BYTES)
     try:
         raw = read_yaml(text, str(path))
     except yaml.YAMLError as err:

@@ -28,8 +28,8 @@ import numpy as np
 from .errors import InputDataError
 from .h5files import write_into_file
 from .hull import convex_hull, zero_padded
-from .io import REGION_COLUMNS
 from .parallel import default_workers, fork_map, thread_map
+from .tables import REGION_COLUMNS
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -157,9 +157,9 @@ def read_picks(path: Path) -> pd.DataFrame:
 
 
 def _read_star_particles(path: Path) -> pd.DataFrame:
-    from . import io
+    from . import tables
 
-    data = io.read_star(path)
+    data = tables.read_star(path)
     if isinstance(data, dict):
         if "particles" in data:
             data = data["particles"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core import io
+from ..core import io, tables
 from ..core.errors import InputDataError
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def instance_features(sources: Sources, stem: str) -> pd.DataFrame:
     log_area, ``<method>_cluster`` for each clustering found, and the projection coordinates
     (``umap_x``, ``umap_y``, ... ; NaN for instances the projection CSV lacks)."""
     pred = sources.prediction_folder
-    regions = io.read_regions_csv(pred / f"{stem}_instance_regions.csv")
+    regions = tables.read_regions_csv(pred / f"{stem}_instance_regions.csv")
     table = pd.DataFrame({"tomogram": stem, "label": regions["label"].to_numpy(np.int64)})
     for axis in range(3):
         table[f"centroid-{axis}"] = regions[f"centroid-{axis}"].to_numpy(np.float64)
@@ -181,7 +181,7 @@ def selection_star(prediction_folder: Path, stem: str, labels: np.ndarray, metho
     for name in (f"{stem}_instance_regions_{method}_clustered.star", f"{stem}_instance_regions.star"):
         path = prediction_folder / name
         if path.is_file():
-            star = io.read_star(path)
+            star = tables.read_star(path)
             if isinstance(star, dict):
                 star = star.get("particles", next(iter(star.values())))
             if "rlnLabel" in star.columns:
@@ -192,5 +192,5 @@ def selection_star(prediction_folder: Path, stem: str, labels: np.ndarray, metho
 def write_selection_star(prediction_folder: Path, stem: str, labels: np.ndarray, method: str, path: Path) -> int:
     """Write the chosen instances' STAR rows to ``path``; returns the number of rows."""
     star = selection_star(prediction_folder, stem, labels, method)
-    io.write_star(path, star, exact=True)
+    tables.write_star(path, star, exact=True)
     return len(star)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core import io, layout
+from ..core import io, layout, tables
 from ..core.config import Config
 from ..core.errors import ConfigError, InputDataError
 from ..core.picks import PICK_PREFIX
@@ -109,9 +109,9 @@ def write_cluster_outputs(
         io.write_h5(layout.tomogram_clusters(out, stem, method), {"predictions": np.asarray(pred, dtype=np.int64)})
         regions = merged.regions(i)
         regions["semantic_class"] = pred
-        io.write_regions_csv(layout.clustered_regions_csv(out, stem, method), regions)
+        tables.write_regions_csv(layout.clustered_regions_csv(out, stem, method), regions)
         star = clustered_star(layout.TomogramOutputs(folders.input_dir, stem).regions_star, regions, pred)
-        io.write_star(layout.clustered_regions_star(out, stem, method), star, exact=True)
+        tables.write_star(layout.clustered_regions_star(out, stem, method), star, exact=True)
         stars.append(star)
         also_written += [
             layout.tomogram_clusters(out, stem, method),
@@ -122,9 +122,9 @@ def write_cluster_outputs(
         particles = pd.concat(stars, ignore_index=True)  # the rows predict wrote, in their convention
     else:
         particles = particles_table(cfg, merged.table, labels)
-    io.write_star(layout.particles_star(out, method), particles, exact=True)
+    tables.write_star(layout.particles_star(out, method), particles, exact=True)
     for c in ids:
-        io.write_star(
+        tables.write_star(
             layout.cluster_particles_star(out, method, int(c)),
             particles[particles["rlnClass"] == c].reset_index(drop=True),
             exact=True,
@@ -162,7 +162,7 @@ def clustered_star(source: Path, regions: pd.DataFrame, classes: np.ndarray) -> 
     CryoSiam's columns from the regions table."""
     labels = regions["label"].to_numpy(np.int64)
     if source.is_file():
-        star = io.read_star(source)
+        star = tables.read_star(source)
         if isinstance(star, dict):
             star = star.get("particles", next(iter(star.values())))
         if isinstance(star, pd.DataFrame) and "rlnLabel" in star.columns and not star["rlnLabel"].duplicated().any():
@@ -171,7 +171,7 @@ def clustered_star(source: Path, regions: pd.DataFrame, classes: np.ndarray) -> 
                 rows = indexed.loc[labels].reset_index(drop=True)
                 return rows.assign(rlnClass=np.asarray(classes, dtype=np.int64))
         log.info("%s does not describe the embedded instances: clustered STAR made from the regions table", source.name)
-    star = io.regions_to_star_table(regions.drop(columns=["semantic_class"], errors="ignore"))
+    star = tables.regions_to_star_table(regions.drop(columns=["semantic_class"], errors="ignore"))
     return star.assign(rlnClass=np.asarray(classes, dtype=np.int64))
 
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..core import h5files, io, layout
+from ..core import h5files, io, layout, tables
 from ..core.config import Config
 from ..core.errors import ConfigError, InputDataError, SubtomoError
 from ..core.extract import iter_patches
@@ -110,8 +110,8 @@ def embed_with_config(
 def regions_star(stem: str, table: pd.DataFrame, geometry: TomogramGeometry | None) -> pd.DataFrame:
     """The ``<stem>_instance_regions.star`` table: CryoSiam's columns + rlnTomoName + Å coordinates."""
     if geometry is None:
-        return io.regions_to_star_table(table, stem)
-    return io.regions_to_star_table(table, stem, geometry.shape, geometry.voxel_size)
+        return tables.regions_to_star_table(table, stem)
+    return tables.regions_to_star_table(table, stem, geometry.shape, geometry.voxel_size)
 
 
 def is_done(folder: Path, stem: str, expected: str) -> bool:
@@ -144,11 +144,11 @@ def write_outputs(
     """Write the four per-tomogram outputs (``_embeds.h5`` last, so it marks completion)."""
     outputs = layout.TomogramOutputs(folder, stem)
     labels = table["label"].to_numpy(dtype=np.int64)
-    star = io.regions_to_star_table(table, stem) if star is None else star
+    star = tables.regions_to_star_table(table, stem) if star is None else star
     writes = [
         (outputs.labels, lambda: io.write_h5(outputs.labels, {"labels": labels})),
-        (outputs.regions_csv, lambda: io.write_regions_csv(outputs.regions_csv, table)),
-        (outputs.regions_star, lambda: io.write_star(outputs.regions_star, star, exact_floats)),
+        (outputs.regions_csv, lambda: tables.write_regions_csv(outputs.regions_csv, table)),
+        (outputs.regions_star, lambda: tables.write_star(outputs.regions_star, star, exact_floats)),
         (
             outputs.embeds,
             lambda: io.write_h5(

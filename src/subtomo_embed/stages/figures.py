@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core import io, layout
+from ..core import io, layout, tables
 from ..core.config import Config
 from ..core.errors import InputDataError
 from .merging import Folders, Merged
@@ -121,7 +121,7 @@ def cluster_figures(
     csv["x"], csv["y"] = coords[:, 0], coords[:, 1]
     csv["cluster"] = labels[rows]
     written["coords"] = layout.cluster_projection(vis, method, proj, "csv")
-    io.write_regions_csv(written["coords"], csv)
+    tables.write_regions_csv(written["coords"], csv)
 
     panels = [
         V.Panel(labels[rows][draw], f"{name} clusters", "cluster", counts=counts),

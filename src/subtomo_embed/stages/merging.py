@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core import h5files, io, layout
+from ..core import h5files, io, layout, tables
 from ..core import merge as M
 from ..core.config import Config
 from ..core.errors import InputDataError
@@ -168,7 +168,7 @@ def plan_merge(cfg: Config, input_dir: Path, output_dir: Path, force: bool = Fal
         n = shape[1]
         lab = io.read_h5_dataset(tomogram.labels, "labels") if tomogram.labels is not None else None
         try:
-            regions_list.append(M.align_regions(io.read_regions_csv(tomogram.regions), lab, n))
+            regions_list.append(M.align_regions(tables.read_regions_csv(tomogram.regions), lab, n))
         except M.MergeInputError as err:
             raise InputDataError(str(err), tomogram.labels if err.about == "labels" else tomogram.regions) from None
         plan.counts.append(n)
@@ -204,7 +204,7 @@ def write_merge(cfg: Config, plan: MergePlan) -> Path:
         plan.stems,
         plan.table["label"].to_numpy(np.int64),
         {io.FINGERPRINT_ATTR: plan.key, "file_extension": cfg.file_extension},
-        then=lambda: io.write_regions_csv(plan.table_path, plan.table),
+        then=lambda: tables.write_regions_csv(plan.table_path, plan.table),
     )
     log.info("wrote %s and %s", plan.merged_path, plan.table_path)
     return plan.merged_path
@@ -308,7 +308,7 @@ def _merged_table(
 ) -> pd.DataFrame:
     table_path = layout.merged_table(path.parent)
     if table_path.is_file():
-        table = io.read_table(table_path, dtype={"tomogram": str})
+        table = tables.read_table(table_path, dtype={"tomogram": str})
         missing = [c for c in (*M.TABLE_KEYS, "area") if c not in table.columns]
         if missing:
             raise InputDataError(f"table lacks columns {missing}", table_path)
@@ -328,7 +328,7 @@ def _merged_table(
             raise InputDataError(f"regions table does not exist (needed beside {path.name})", csv)
         lab = labels[off[i] : off[i + 1]] if labels is not None else None
         try:
-            regions.append(M.align_regions(io.read_regions_csv(csv), lab, int(counts[i])))
+            regions.append(M.align_regions(tables.read_regions_csv(csv), lab, int(counts[i])))
         except M.MergeInputError as err:
             raise InputDataError(str(err), csv) from None
     return M.tidy_table(stems, regions)

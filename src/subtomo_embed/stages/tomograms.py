@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core import io, layout
+from ..core import io, layout, tables
 from ..core.config import Config, plain_name
 from ..core.errors import ConfigError, InputDataError
 from ..core.extract import Extraction, Normalization, plan_extraction
@@ -133,7 +133,7 @@ def check_patch_fits(cfg: Config, shape: tuple[int, ...], tomogram: Path) -> Non
 
 
 def plan_tomogram(cfg: Config, inputs: TomogramInputs, mask: np.ndarray, processes: bool = False) -> Extraction:
-    table = io.read_regions_csv(inputs.regions) if inputs.regions is not None else None
+    table = tables.read_regions_csv(inputs.regions) if inputs.regions is not None else None
     if inputs.regions is not None:
         log.info("%s: boxes and areas from %s (CryoSiam's regions table)", inputs.stem, inputs.regions.name)
     check_patch_fits(cfg, mask.shape, inputs.tomogram)

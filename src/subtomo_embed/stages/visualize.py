@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core import io, layout
+from ..core import io, layout, tables
 from ..core.config import Config
 from ..core.errors import InputDataError
 from .explorer import write_explorer
@@ -98,7 +98,7 @@ def all_tomograms_projection(
     for j, axis in enumerate("xyz"[:dims]):
         csv[axis] = coords[:, j]
     written = {f"all{tag}_csv": layout.all_tomograms(vis, method, dims, "csv")}
-    io.write_regions_csv(written[f"all{tag}_csv"], csv)
+    tables.write_regions_csv(written[f"all{tag}_csv"], csv)
 
     draw = V.plot_subsample(merged.n, cfg.visualization.max_plot_points, cfg.seed)
     title = f"All tomograms, {method.upper()} of the embeddings ({shown(len(draw), merged.n)})"
@@ -163,7 +163,7 @@ def per_tomogram_projections(
             for j, axis in enumerate("xyz"[:dims]):
                 csv[axis] = coords[:, j]
             coords_csv = layout.tomogram_projection(folders.vis_dir, stem, method, dims, "csv")
-            io.write_regions_csv(coords_csv, csv)
+            tables.write_regions_csv(coords_csv, csv)
             written[f"{stem}{'' if dims == 2 else '_3d'}_csv"] = coords_csv
             draw = V.plot_subsample(n, v.max_plot_points, cfg.seed)
             title = f"{stem}: {method.upper()} of {n} instances"
@@ -199,7 +199,7 @@ def _suffix_table(cfg: Config, folders: Folders, stem: str, labels: np.ndarray) 
     for folder in (folders.input_dir, folders.output_dir):
         path = folder / f"{stem}_{suffix}"
         if path.is_file():
-            df = io.read_regions_csv(path)
+            df = tables.read_regions_csv(path)
             cols = [c for c in df.columns if c in ("semantic_class", "semantic_class_2")]
             if not cols:
                 return {}
