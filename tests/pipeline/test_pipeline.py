@@ -47,6 +47,7 @@ def language_server():
     server.close()
 
 
+@pytest.mark.slow  # slow: the language server (Java) checks every file (1-3 min)
 def test_every_nextflow_file_passes_the_language_server(language_server):
     """No error and no warning (unused variables, deprecated syntax...) in any file."""
     files = NF_FILES + CONFIG_FILES + [REPO / "tests" / "nf-test" / "nextflow.config"]
@@ -370,6 +371,7 @@ def chain(tmp_path_factory):
     return work
 
 
+@pytest.mark.slow  # slow: runs a script block end to end
 def test_predict_centers_script_embeds_the_picks_of_its_tomogram(tmp_path):
     from synthetic import make_checkpoint, make_dataset, write_picks
 
@@ -398,6 +400,7 @@ def test_predict_centers_script_embeds_the_picks_of_its_tomogram(tmp_path):
     assert not list(w.glob("out/TS_01*"))
 
 
+@pytest.mark.slow  # slow: runs a script block end to end
 def test_predict_centers_without_picks_for_its_tomogram_makes_no_outputs_and_exits_0(tmp_path):
     """The outputs are optional: a picks file for all tomograms may name none of this one's."""
     from synthetic import make_checkpoint, make_dataset, write_picks
@@ -425,6 +428,7 @@ def test_predict_centers_without_picks_for_its_tomogram_makes_no_outputs_and_exi
     assert all("optional: true" in line for line in outputs.splitlines() if "emit:" in line and "versions" not in line)
 
 
+@pytest.mark.slow  # slow: the chain runs every script block
 def test_embed_takes_its_batch_size_from_the_environment(tmp_path, chain):
     """SUBTOMO_EMBED_BATCH_SIZE (beforeScript) sets the batch; without it the config's default applies."""
     stage(tmp_path, chain["extract_TS_01"] / "TS_01_patches.h5", chain["ckpt"])
@@ -443,6 +447,7 @@ def test_embed_takes_its_batch_size_from_the_environment(tmp_path, chain):
         assert ("hyper_parameters.batch_size=3" in launched[0]) == (batch == "3")
 
 
+@pytest.mark.slow  # slow: the chain runs every script block
 def test_extract_and_embed_scripts_make_their_outputs(chain):
     for stem in STEMS:
         assert (chain[f"extract_{stem}"] / f"{stem}_patches.h5").is_file()
@@ -450,6 +455,7 @@ def test_extract_and_embed_scripts_make_their_outputs(chain):
             assert (chain[f"embed_{stem}"] / f"{stem}{suffix}").is_file()
 
 
+@pytest.mark.slow  # slow: the chain runs every script block
 def test_merge_and_analysis_scripts_make_their_outputs(chain):
     import h5py
 
@@ -466,6 +472,7 @@ def test_merge_and_analysis_scripts_make_their_outputs(chain):
     assert list((chain["VISUALIZE"] / "vis").glob("*.png"))
 
 
+@pytest.mark.slow  # slow: the chain runs every script block
 def test_clusterings_make_galleries_and_label_volumes_from_the_staged_data_and_masks(chain):
     """data/ and masks/ staged into the task: what the pipeline used to skip silently (issue 11, point 8)."""
     import mrcfile
@@ -538,6 +545,7 @@ def published(process: str, task: Path, rules: dict) -> dict[str, Path]:
     return names
 
 
+@pytest.mark.slow  # slow: the chain and the one-machine run
 def test_pipeline_publishes_the_same_files_as_the_one_machine_run(chain, cli_env):
     """predict, kmeans, spectral, visualize with one config on one machine, against the rendered
     scripts' outputs published by conf/modules.config's rules: the same set of names."""
