@@ -278,6 +278,7 @@ def page(example, browser, tmp_path_factory):
     return path
 
 
+@pytest.mark.slow  # a real browser
 def test_browser_draws_the_points_without_errors(example, browser, page):
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, errors
@@ -295,6 +296,7 @@ def test_browser_draws_the_points_without_errors(example, browser, page):
     assert legend == [f"{g} (n={(example['groups'] == g).sum()})" for g in range(N_GROUPS)]
 
 
+@pytest.mark.slow  # a real browser
 def test_browser_hover_shows_label_and_thumbnail(example, browser, page):
     x, y = point_on_screen(browser, *example["xy"][LONE])
     move_to(browser, x - 40, y - 40)
@@ -311,6 +313,7 @@ def test_browser_hover_shows_label_and_thumbnail(example, browser, page):
     assert "KMeans cluster4" in details and "Spectral cluster5" in details  # both clusterings, cell by cell
 
 
+@pytest.mark.slow  # a real browser
 def test_browser_selection_downloads_star_and_csv(example, browser, page):
     import starfile
     from selenium.webdriver.common.by import By
@@ -353,6 +356,7 @@ def drag_through(browser, points: list[tuple[float, float]]) -> None:
     ActionChains(browser).release().perform()
 
 
+@pytest.mark.slow  # a real browser
 def test_browser_lasso_downloads_exactly_the_lassoed_particles(example, browser, page):
     import starfile
     from selenium.webdriver.common.by import By
@@ -374,6 +378,7 @@ def test_browser_lasso_downloads_exactly_the_lassoed_particles(example, browser,
     pd.testing.assert_frame_equal(got, example["star"].iloc[expected].reset_index(drop=True), check_dtype=False)
 
 
+@pytest.mark.slow  # a real browser
 def test_browser_switches_colouring_and_3d(example, browser, page):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select

@@ -17,6 +17,8 @@ import starfile
 from real_run import small_run
 from tools import require_executable, require_module
 
+pytestmark = pytest.mark.slow  # napari and Qt on a virtual display
+
 
 @pytest.fixture(scope="module", autouse=True)
 def x_display():
