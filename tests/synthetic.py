@@ -19,6 +19,8 @@ TINY_NETWORK = {
     "spatial_dims": 3,
     "in_channels": 1,
 }
+# the same tiny network with the stem's max pool (as the demo's and CryoSiam's networks have)
+TINY_POOLED_NETWORK = {**TINY_NETWORK, "no_max_pool": False}
 
 
 def blob_mask(shape, n, seed=0, radius=(2, 6), spacing_labels=1) -> np.ndarray:

@@ -8,6 +8,7 @@ import pytest
 import yaml
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
+from synthetic import TINY_POOLED_NETWORK
 
 from subtomo_embed.core.config import load_config
 from subtomo_embed.core.descriptors import describe_all
@@ -17,16 +18,7 @@ from subtomo_embed.core.simulate import random_particle
 from subtomo_embed.core.train import ViewSettings, make_view
 from subtomo_embed.stages import demo as D
 
-TINY = {
-    "block_type": "basic",
-    "num_layers": [1, 1, 1, 1],
-    "num_filters": [4, 8, 8, 16],
-    "dim": 16,
-    "pred_dim": 8,
-    "no_max_pool": False,
-    "spatial_dims": 3,
-    "in_channels": 1,
-}
+TINY = TINY_POOLED_NETWORK
 
 
 def test_descriptor_separates_spheres_from_rods():

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from synthetic import TINY_POOLED_NETWORK
 
 from subtomo_embed.core.config import load_config
 from subtomo_embed.core.extract import Normalization
@@ -22,16 +23,7 @@ from subtomo_embed.core.train import (
     view_volume,
 )
 
-NET = {
-    "block_type": "basic",
-    "num_layers": [1, 1, 1, 1],
-    "num_filters": [4, 8, 8, 16],
-    "dim": 16,
-    "pred_dim": 8,
-    "no_max_pool": False,
-    "spatial_dims": 3,
-    "in_channels": 1,
-}
+NET = TINY_POOLED_NETWORK
 NORM = Normalization(-2, 3, 0.4, 0.2)
 SETTINGS = ViewSettings((16, 16, 16), 1, 1, NORM, size_range=(3.0, 4.0))
 QUIET = Sitting(progress=False)
