@@ -64,6 +64,7 @@ def project(tmp_path_factory):
     return {"root": root, "pred": pred, "vis": root / "vis", "cfg": cfg, **truth}
 
 
+@pytest.mark.slow  # shares the module's real merge/visualize/kmeans/spectral run (~35 s)
 def test_merged_outputs(project):
     pred = project["pred"]
     with h5py.File(pred / "embeddings.h5") as f:
@@ -74,6 +75,7 @@ def test_merged_outputs(project):
     assert len(table) == sum(COUNTS)
 
 
+@pytest.mark.slow  # shares the module's real merge/visualize/kmeans/spectral run (~35 s)
 def test_kmeans_outputs(project):
     pred, truth = project["pred"], project["truth"]
     with h5py.File(pred / "kmeans_clusters.h5") as f:
@@ -95,6 +97,7 @@ def test_kmeans_outputs(project):
         start += n
 
 
+@pytest.mark.slow  # shares the module's real merge/visualize/kmeans/spectral run (~35 s)
 def test_spectral_outputs_are_one_based_and_separate(project):
     pred, truth = project["pred"], project["truth"]
     with h5py.File(pred / "spectral_clusters.h5") as f:
@@ -115,6 +118,7 @@ def test_spectral_outputs_are_one_based_and_separate(project):
         assert f["predictions"].shape == (COUNTS[1],)
 
 
+@pytest.mark.slow  # shares the module's real merge/visualize/kmeans/spectral run (~35 s)
 def test_per_cluster_particle_stars(project):
     pred = project["pred"]
     for method, ids in (("kmeans", range(4)), ("spectral", range(1, 5))):
@@ -130,6 +134,7 @@ def test_per_cluster_particle_stars(project):
         assert total == sum(COUNTS)
 
 
+@pytest.mark.slow  # shares the module's real merge/visualize/kmeans/spectral run (~35 s)
 def test_label_volumes_carry_cluster_ids(project):
     pred, root = project["pred"], project["root"]
     stem = project["stems"][0]
@@ -147,6 +152,7 @@ def test_label_volumes_carry_cluster_ids(project):
         assert set(np.unique(m.data)) <= {0, 1, 2, 3, 4}
 
 
+@pytest.mark.slow  # shares the module's real merge/visualize/kmeans/spectral run (~35 s)
 def test_figures_and_coordinates(project):
     vis = project["vis"]
     expected = [
@@ -178,6 +184,7 @@ def test_figures_and_coordinates(project):
     assert not list(vis.glob(".subtomo-tmp-*"))
 
 
+@pytest.mark.slow  # shares the module's real merge/visualize/kmeans/spectral run (~35 s)
 def test_pipeline_staging_with_merged_files_only(project, tmp_path):
     """As Nextflow runs it: merged files + regions CSVs staged in the work dir, flags only."""
     for name in ["embeddings.h5", "embeddings_table.csv", *[f"{s}_instance_regions.csv" for s in project["stems"]]]:
@@ -205,6 +212,7 @@ def test_pipeline_staging_with_merged_files_only(project, tmp_path):
     assert not (tmp_path / "out" / "embeddings.h5").exists()  # no re-merge
 
 
+@pytest.mark.slow  # shares the module's real merge/visualize/kmeans/spectral run (~35 s)
 def test_seed_command_names(project, tmp_path):
     out = tmp_path / "out"
     run(

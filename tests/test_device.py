@@ -42,6 +42,7 @@ def test_cpu_and_auto_still_run_on_the_cpu():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where CUDA sees no GPU")
+@pytest.mark.slow  # each starts the CLI as a process (~7 s)
 @pytest.mark.parametrize("command", ["predict", "predict-centers"])
 def test_cli_device_cuda_fails_in_one_line_with_exit_7_and_writes_nothing(command, tmp_path, cli_env):
     data, masks = make_dataset(tmp_path, n_tomograms=1, n_instances=4)

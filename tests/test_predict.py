@@ -79,6 +79,7 @@ def test_predict_matches_cryosiam(dataset, cli_env, contrastive, masking):
         assert "rlnBbox-5" in star.columns and "hull_area" not in star.columns
 
 
+@pytest.mark.slow  # two real runs as processes (~10 s)
 def test_extract_then_embed_equals_predict(dataset, cli_env, tmp_path):
     cfg = str(dataset["config"])
     run(["subtomo-embed", "predict", "-c", cfg], cli_env)
