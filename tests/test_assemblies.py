@@ -1,7 +1,10 @@
 """Structured particles (core/assemblies.py) and the spherical-harmonic baseline (core/descriptors.py)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
+from scipy import ndimage
 from scipy.spatial.transform import Rotation
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
@@ -12,6 +15,7 @@ from subtomo_embed.core.assemblies import (
     make_assembly,
     random_class_set,
     render_assembly,
+    simulate_assembly_tomogram,
     simulate_particle,
     simulate_set,
 )
@@ -113,3 +117,15 @@ def test_arrangement_classes_defeat_the_radial_descriptor_but_not_the_spherical_
 def test_every_family_can_be_drawn():
     classes = random_class_set(0, len(FAMILIES) + 3)
     assert {c.family for c in classes} == set(FAMILIES)
+
+
+def test_assembly_tomogram_places_balanced_classes_and_membranes_outside_the_masks():
+    classes = random_class_set(3, 3, diameter_range=(12, 12), membrane=True)
+    tomo = simulate_assembly_tomogram((40, 96, 96), 6, np.random.default_rng(0), classes, snr=1e8, bandpass=False)
+    assert [row["class"] for row in tomo.truth].count(0) == 2 and len(tomo.truth) == 6
+    assert sorted(np.unique(tomo.mask)[1:]) == [row["label"] for row in tomo.truth]
+    # the membrane is density outside every instance mask; without it there is none
+    assert (tomo.volume[tomo.mask == 0] > 0.5).sum() > 100
+    bare = [dataclasses.replace(a, membrane=False) for a in classes]
+    tomo = simulate_assembly_tomogram((40, 96, 96), 6, np.random.default_rng(0), bare, snr=1e8, bandpass=False)
+    assert (tomo.volume[ndimage.binary_dilation(tomo.mask > 0, iterations=2) == 0] > 0.5).sum() == 0

@@ -1,5 +1,6 @@
 """The simulator: shapes, placement, truth table, noise, missing wedge, files and seeds."""
 
+import json
 import subprocess
 
 import h5py
@@ -120,3 +121,68 @@ def test_simulate_command_writes_cryosiam_layout_and_is_seeded(tmp_path, cli_env
         assert not np.array_equal(volume, mrcfile.read(tmp_path / "c" / "data" / f"{stem}.mrc"))
     assert (a / "truth.csv").read_bytes() == (tmp_path / "b" / "truth.csv").read_bytes()
     assert (truth["snr"] == 2).all() and (truth["wedge"] == 60).all()
+    assert not (a / "classes.json").exists()  # class definitions belong to --kind assemblies
+
+
+def run_assemblies_cli(out, env, seed, class_seed, *extra):
+    return subprocess.run(
+        ["subtomo-embed", "simulate", "--kind", "assemblies", "--output", str(out), "--tomograms", "2"]
+        + ["--shape", "48", "128", "128", "--particles", "12", "--classes", "4", "--min-diameter", "12"]
+        + ["--max-diameter", "14", "--snr", "3", "--wedge", "60", "--seed", str(seed), "--class-seed", str(class_seed)]
+        + list(extra),
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_simulate_assemblies_writes_balanced_classes_masks_and_definitions(tmp_path, cli_env):
+    for name, seed, class_seed in (("a", 5, 1), ("b", 5, 1), ("c", 5, 2)):
+        proc = run_assemblies_cli(tmp_path / name, cli_env, seed, class_seed)
+        assert proc.returncode == 0, proc.stderr
+    a = tmp_path / "a"
+    truth = pd.read_csv(a / "truth.csv")
+    definitions = json.loads((a / "classes.json").read_text())
+    assert definitions["class_seed"] == 1 and len(definitions["classes"]) == 4
+    # 12 particles a tomogram over 4 classes: 3 of each, named and described as in classes.json
+    for _, rows in truth.groupby("tomogram"):
+        assert rows["class"].value_counts().sort_index().tolist() == [3, 3, 3, 3]
+    by_class = dict(enumerate(definitions["classes"]))
+    for _, row in truth.iterrows():
+        definition = by_class[row["class"]]
+        assert row["class_name"] == definition["name"] and row["family"] == definition["family"]
+        assert row["subunits"] == definition["subunits"] == len(definition["centres"])
+    assert (truth["class_seed"] == 1).all() and (truth["wedge"] == 60).all()
+    # one envelope for the class set: every class has the same outer radius
+    assert len({c["outer_radius"] for c in definitions["classes"]}) == 1
+    for stem in ("TS_01", "TS_02"):
+        volume = mrcfile.read(a / "data" / f"{stem}.mrc")
+        with h5py.File(a / "masks" / f"{stem}_instance_preds.h5") as f:
+            mask = f["instances"][()]
+        assert volume.shape == mask.shape == (48, 128, 128) and volume.dtype == np.float32
+        rows = truth[truth["tomogram"] == stem]
+        assert sorted(np.unique(mask)[1:]) == sorted(rows["label"])
+        labels = rows["label"].to_numpy()
+        centroids = ndimage.center_of_mass(np.ones_like(mask), mask, labels)
+        assert np.allclose(np.array(centroids), rows[["z", "y", "x"]].to_numpy(), atol=0.5)
+        # each instance's voxel count is that of its class's sub-units (balls of subunit_radius)
+        voxels = ndimage.sum(np.ones_like(mask), mask, labels)
+        expected = rows["subunits"] * 4 / 3 * np.pi * rows["subunit_radius"] ** 3
+        assert np.allclose(voxels, expected, rtol=0.35)
+        # same seeds, same files
+        assert np.array_equal(volume, mrcfile.read(tmp_path / "b" / "data" / f"{stem}.mrc"))
+    for name in ("truth.csv", "classes.json"):
+        assert (a / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    # another class seed: other class definitions
+    other = json.loads((tmp_path / "c" / "classes.json").read_text())["classes"]
+    assert [c["centres"] for c in other] != [c["centres"] for c in definitions["classes"]]
+    assert {(c["family"], c["subunits"]) for c in other} != {
+        (c["family"], c["subunits"]) for c in definitions["classes"]
+    }
+
+
+def test_simulate_assemblies_refuses_more_classes_than_it_can_draw(tmp_path, cli_env):
+    proc = run_assemblies_cli(tmp_path / "out", cli_env, 0, 0, "--classes", "500")
+    assert proc.returncode == 3
+    assert "500" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()

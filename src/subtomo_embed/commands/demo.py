@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -12,6 +13,11 @@ from .common import ConfigFile, Debug, Overrides, Quiet, guarded, setup_logging
 Device = Annotated[str, typer.Option("--device", help="auto (GPU if there is one), cpu, cuda or cuda:N.")]
 
 
+class Kind(str, Enum):
+    shapes = "shapes"
+    assemblies = "assemblies"
+
+
 def simulate(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for data/, masks/ and truth.csv.")],
     tomograms: Annotated[int, typer.Option(min=1, help="Number of tomograms.")] = 2,
@@ -19,18 +25,51 @@ def simulate(
     particles: Annotated[int, typer.Option(min=1, help="Particles per tomogram (classes balanced).")] = 70,
     snr: Annotated[float, typer.Option(min=1e-6, help="Signal-to-noise ratio (variance ratio, unit contrast).")] = 3.0,
     wedge: Annotated[float, typer.Option(min=0, max=89, help="Missing wedge: tilt range ±degrees (0 = none).")] = 0.0,
-    min_size: Annotated[float, typer.Option(help="Smallest particle radius (voxels), every class.")] = 4.0,
-    max_size: Annotated[float, typer.Option(help="Largest particle radius (voxels), every class.")] = 7.0,
+    min_size: Annotated[float, typer.Option(help="Shapes: smallest particle radius (voxels), every class.")] = 4.0,
+    max_size: Annotated[float, typer.Option(help="Shapes: largest particle radius (voxels), every class.")] = 7.0,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same files.")] = 0,
+    kind: Annotated[
+        Kind,
+        typer.Option(
+            help="shapes: five envelope shapes (sphere, shell, rod, torus, dumbbell). assemblies: sub-unit "
+            "assemblies that share one envelope and one mass and differ in arrangement (band-passed)."
+        ),
+    ] = Kind.shapes,
+    classes: Annotated[int, typer.Option("--classes", min=2, help="Assemblies: number of classes.")] = 5,
+    class_seed: Annotated[
+        int, typer.Option(help="Assemblies: seed of the class definitions (another seed, other classes).")
+    ] = 0,
+    min_diameter: Annotated[
+        float, typer.Option(help="Assemblies: the class set's diameter is drawn from here...")
+    ] = 12.0,
+    max_diameter: Annotated[float, typer.Option(help="...to here (voxels).")] = 24.0,
+    membrane: Annotated[bool, typer.Option("--membrane", help="Assemblies: each on a slab of membrane.")] = False,
     debug: Debug = False,
     quiet: Quiet = False,
 ) -> None:
-    """Simulate tomograms of five particle shapes with CryoSiam-layout instance masks and a truth table."""
+    """Simulate tomograms of particles of known classes with CryoSiam-layout instance masks and a truth table.
+
+    --kind shapes (default): five envelope shapes. --kind assemblies: structured assemblies (rings, double
+    rings, point-group and helical arrangements of sub-units) drawn by --class-seed; classes.json holds their
+    definitions."""
     setup_logging(quiet)
     with guarded(debug):
-        from ..stages.demo import run_simulate
+        from ..stages.demo import Structure, run_simulate
 
-        run_simulate(output, tomograms, shape, particles, snr, wedge or None, seed, size_range=(min_size, max_size))
+        structure = (
+            Structure(classes, class_seed, (min_diameter, max_diameter), membrane) if kind is Kind.assemblies else None
+        )
+        run_simulate(
+            output,
+            tomograms,
+            shape,
+            particles,
+            snr,
+            wedge or None,
+            seed,
+            size_range=(min_size, max_size),
+            structure=structure,
+        )
 
 
 def train(

@@ -23,19 +23,22 @@ density that runs through the whole patch (the instance mask covers only the par
 
 :func:`simulate_particle` draws one particle of a class at a uniformly random orientation, adds
 white noise (SNR as a variance ratio against unit contrast), applies a simple CTF-like band-pass
-and the missing wedge (``±wedge`` degrees about y), as a reconstruction would.
+and the missing wedge (``±wedge`` degrees about y), as a reconstruction would;
+:func:`simulate_assembly_tomogram` places many such particles in a tomogram (the placement of
+:mod:`.simulate`) and degrades the whole volume the same way.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from .simulate import wedge_filter
+from .simulate import Rendered, Tomogram, balanced_order, place_particles, warn_if_crowded, wedge_filter
 
 FAMILIES = ("ring", "dihedral", "tetrahedral", "octahedral", "cubic", "icosahedral", "filament")
 MEMBRANE_THICKNESS = 4.0  # voxels
@@ -268,3 +271,67 @@ def simulate_set(
             masks.append(m)
             ids.append(c)
     return np.stack(volumes), np.stack(masks), np.array(ids)
+
+
+# --------------------------------------------------------------------------------------------
+# tomograms of assemblies
+
+
+def assembly_box(assembly: Assembly) -> int:
+    """An odd cubic box that holds the assembly (and its piece of membrane) whatever its orientation."""
+    reach = assembly.outer_radius + (MEMBRANE_GAP + MEMBRANE_THICKNESS if assembly.membrane else 0.0)
+    return int(2 * np.ceil(reach) + 3)
+
+
+def class_definition(assembly: Assembly) -> dict:
+    """What defines a class, as plain values (for a dataset's ``classes.json``)."""
+    return {
+        "name": assembly.name,
+        "family": assembly.family,
+        "subunits": len(assembly.centres),
+        "subunit_radius": round(assembly.subunit_radius, 4),
+        "outer_radius": round(assembly.outer_radius, 4),
+        "membrane": assembly.membrane,
+        "centres": np.round(assembly.centres, 4).tolist(),
+    }
+
+
+def simulate_assembly_tomogram(
+    shape: tuple[int, int, int],
+    n_particles: int,
+    rng: np.random.Generator,
+    classes: list[Assembly],
+    snr: float = 3.0,
+    wedge: float | None = None,
+    bandpass: bool = True,
+    margin: int = 4,
+) -> Tomogram:
+    """Assemblies of ``classes`` (balanced, random order) at uniformly random orientations, placed
+    without overlap; then noise, band-pass and missing wedge over the whole volume.
+
+    Truth rows: label, class (index in ``classes``), class_name, size (outer radius), aspect (1),
+    family, subunits, subunit_radius, z, y, x (the assembly's centre).
+    """
+    z, y, x = (int(s) for s in shape)
+    shape = (z, y, x)
+    order = balanced_order(n_particles, list(range(len(classes))), rng)
+
+    def drawn() -> Iterator[Rendered]:
+        for c in order:
+            assembly = classes[c]
+            rotation = Rotation.random(random_state=rng).as_matrix()
+            density, body = render_assembly(assembly, rotation, assembly_box(assembly))
+            info = {
+                "class": c,
+                "class_name": assembly.name,
+                "size": round(assembly.outer_radius, 4),
+                "aspect": 1.0,
+                "family": assembly.family,
+                "subunits": len(assembly.centres),
+                "subunit_radius": round(assembly.subunit_radius, 4),
+            }
+            yield Rendered(density, body, info)
+
+    clean, mask, truth = place_particles(shape, drawn(), rng, margin)
+    warn_if_crowded(len(truth), n_particles, shape)
+    return Tomogram(degrade_volume(clean, rng, snr, wedge, bandpass), mask, truth)

@@ -28,6 +28,7 @@ not overlap, with a margin, so ``expand_labels`` up to that margin never merges 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -146,6 +147,66 @@ class Tomogram:
     truth: list[dict]  # label, class, class_name, size, aspect, z, y, x (geometric centre)
 
 
+@dataclass
+class Rendered:
+    """One particle drawn and rendered, ready to place: density and mask in a cubic box centred on
+    the particle's geometric centre, and its truth row (class, class_name, ...; no label or position)."""
+
+    density: np.ndarray
+    mask: np.ndarray
+    info: dict
+
+
+def balanced_order(n_particles: int, pool: list[int], rng: np.random.Generator) -> list[int]:
+    """``n_particles`` classes cycled over ``pool``, in random order."""
+    order = [pool[i % len(pool)] for i in range(n_particles)]
+    rng.shuffle(order)
+    return order
+
+
+def place_particles(
+    shape: tuple[int, int, int], particles: Iterable[Rendered], rng: np.random.Generator, margin: int = 4
+) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Put rendered particles at random without overlap (their tight boxes ``margin`` voxels apart).
+
+    ``particles`` is consumed one at a time, so a generator that draws each particle from ``rng``
+    interleaves drawing and placing. A particle that finds no room in 200 tries is left out.
+    Returns (clean density, instance labels 1..N, truth rows with label and centre z, y, x).
+    """
+    clean = np.zeros(shape, np.float32)
+    mask = np.zeros(shape, np.int32)
+    occupied = np.zeros(shape, bool)
+    truth: list[dict] = []
+    for particle in particles:
+        full = particle.density.shape[0]
+        # the tight box of the particle's density (a voxel of blur around its mask)
+        tight = ndimage.find_objects((particle.density > 1e-3).astype(np.int8))[0]
+        density, body = particle.density[tight], particle.mask[tight]
+        dims = density.shape
+        if any(d + 2 * margin > s for d, s in zip(dims, shape)):
+            continue
+        for _ in range(200):
+            corner = [int(rng.integers(margin, s - d - margin + 1)) for d, s in zip(dims, shape)]
+            around = tuple(slice(c - margin, c + d + margin) for c, d in zip(corner, dims))
+            if not occupied[around].any():
+                break
+        else:
+            continue
+        region = tuple(slice(c, c + d) for c, d in zip(corner, dims))
+        label = len(truth) + 1
+        occupied[region] = True
+        clean[region] += density
+        mask[region][body] = label
+        centre = [c + (full - 1) / 2 - t.start for c, t in zip(corner, tight)]
+        truth.append({"label": label, **particle.info, "z": centre[0], "y": centre[1], "x": centre[2]})
+    return clean, mask, truth
+
+
+def warn_if_crowded(placed: int, asked: int, shape: tuple[int, int, int]) -> None:
+    if placed < asked:
+        log.warning("placed %d of %d particles: the volume %s is too crowded", placed, asked, shape)
+
+
 def simulate_tomogram(
     shape: tuple[int, int, int],
     n_particles: int,
@@ -163,50 +224,18 @@ def simulate_tomogram(
     """
     z, y, x = (int(s) for s in shape)
     shape = (z, y, x)
-    clean = np.zeros(shape, np.float32)
-    mask = np.zeros(shape, np.int32)
-    occupied = np.zeros(shape, bool)
     pool = list(classes) if classes is not None else list(range(len(CLASSES)))
-    order = [pool[i % len(pool)] for i in range(n_particles)]
-    rng.shuffle(order)
-    truth: list[dict] = []
-    for cls in order:
-        p = random_particle(rng, cls, size_range)
-        full = box_size(p)
-        density, body = render(p, full)
-        # the tight box of the particle's density (a voxel of blur around its mask)
-        tight = ndimage.find_objects((density > 1e-3).astype(np.int8))[0]
-        density, body = density[tight], body[tight]
-        dims = density.shape
-        if any(d + 2 * margin > s for d, s in zip(dims, shape)):
-            continue
-        for _ in range(200):
-            corner = [int(rng.integers(margin, s - d - margin + 1)) for d, s in zip(dims, shape)]
-            around = tuple(slice(c - margin, c + d + margin) for c, d in zip(corner, dims))
-            if not occupied[around].any():
-                break
-        else:
-            continue
-        region = tuple(slice(c, c + d) for c, d in zip(corner, dims))
-        label = len(truth) + 1
-        occupied[region] = True
-        clean[region] += density
-        mask[region][body] = label
-        centre = [c + (full - 1) / 2 - t.start for c, t in zip(corner, tight)]
-        truth.append(
-            {
-                "label": label,
-                "class": p.cls,
-                "class_name": p.name,
-                "size": round(p.size, 4),
-                "aspect": round(p.aspect, 4),
-                "z": centre[0],
-                "y": centre[1],
-                "x": centre[2],
-            }
-        )
-    if len(truth) < n_particles:
-        log.warning("placed %d of %d particles: the volume %s is too crowded", len(truth), n_particles, shape)
+    order = balanced_order(n_particles, pool, rng)
+
+    def drawn() -> Iterator[Rendered]:
+        for cls in order:
+            p = random_particle(rng, cls, size_range)
+            density, body = render(p, box_size(p))
+            info = {"class": p.cls, "class_name": p.name, "size": round(p.size, 4), "aspect": round(p.aspect, 4)}
+            yield Rendered(density, body, info)
+
+    clean, mask, truth = place_particles(shape, drawn(), rng, margin)
+    warn_if_crowded(len(truth), n_particles, shape)
     return Tomogram(degrade(clean, rng, snr, wedge), mask, truth)
 
 

@@ -13,6 +13,7 @@ model on any such folder.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import pandas as pd
 
 from ..core import io
 from ..core.config import Config, load_config
-from ..core.errors import InputDataError
+from ..core.errors import ConfigError, InputDataError
 from ..core.simulate import DEFAULT_SIZE_RANGE, simulate_tomogram
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,31 @@ class Difficulty:
 EASY = Difficulty("easy", "SNR 3, no wedge", 3.0, None)
 HARD = Difficulty("hard", "SNR 1, ±60° wedge", 1.0, 60.0)
 
+ASSEMBLY_COLUMNS = ["class_seed", "family", "subunits", "subunit_radius"]
+
+
+@dataclass(frozen=True)
+class Structure:
+    """A class set of structured assemblies (:func:`..core.assemblies.random_class_set`): ``n_classes``
+    drawn from ``class_seed`` (another seed, other classes), one outer diameter drawn in
+    ``diameter_range`` voxels, one mass; ``membrane`` puts each particle on a slab of membrane."""
+
+    n_classes: int = 5
+    class_seed: int = 0
+    diameter_range: tuple[float, float] = (12.0, 24.0)
+    membrane: bool = False
+
+    def classes(self):
+        from ..core.assemblies import random_class_set
+
+        low, high = self.diameter_range
+        if not 0 < low <= high:
+            raise ConfigError(f"assembly diameters must satisfy 0 < min <= max, got {low:g} and {high:g}")
+        try:
+            return random_class_set(self.class_seed, self.n_classes, diameter_range=(low, high), membrane=self.membrane)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
 
 # --------------------------------------------------------------------------------------------
 # simulate
@@ -64,29 +90,50 @@ def run_simulate(
     seed: int = 0,
     prefix: str = "TS",
     size_range: tuple[float, float] = DEFAULT_SIZE_RANGE,
+    structure: Structure | None = None,
 ) -> pd.DataFrame:
     """Write ``data/<TS>.mrc``, ``masks/<TS>_instance_preds.h5`` and ``truth.csv`` under ``root``.
 
     ``truth.csv``: one row per particle — tomogram (stem), label (its value in the mask), class,
     class_name, size, aspect, the centre z, y, x in voxels (equal to the mask's centroid), snr, wedge.
+    Without ``structure``: the five envelope shapes of :mod:`..core.simulate` (radius in ``size_range``).
+    With it: the assemblies of its class set (:mod:`..core.assemblies`), band-passed; truth.csv then
+    also holds class_seed, family, subunits and subunit_radius (size is the outer radius), and
+    ``classes.json`` the class definitions (sub-unit centres and radius).
     """
+    from ..core.assemblies import class_definition, simulate_assembly_tomogram
+
     root = Path(root)
     rng = np.random.default_rng(seed)
+    classes = structure.classes() if structure is not None else None
     rows = []
     for t in range(n_tomograms):
         stem = f"{prefix}_{t + 1:02d}"
-        tomo = simulate_tomogram(shape, n_particles, rng, snr=snr, wedge=wedge, size_range=size_range)
+        if classes is None:
+            tomo = simulate_tomogram(shape, n_particles, rng, snr=snr, wedge=wedge, size_range=size_range)
+        else:
+            tomo = simulate_assembly_tomogram(shape, n_particles, rng, classes, snr=snr, wedge=wedge)
         io.write_mrc(root / "data" / f"{stem}.mrc", tomo.volume, voxel_size=10.0)
         io.write_h5(root / "masks" / f"{stem}_instance_preds.h5", {"instances": tomo.mask})
         rows += [{"tomogram": stem, **r, "snr": float(snr), "wedge": float(wedge or 0.0)} for r in tomo.truth]
-    truth = pd.DataFrame(rows, columns=TRUTH_COLUMNS)
+    columns = TRUTH_COLUMNS
+    if structure is not None:
+        columns = TRUTH_COLUMNS + ASSEMBLY_COLUMNS
+        rows = [{**r, "class_seed": structure.class_seed} for r in rows]
+        definitions = {"class_seed": structure.class_seed, "classes": [class_definition(a) for a in classes or []]}
+        with io.atomic_output(root / "classes.json") as tmp:
+            tmp.write_text(json.dumps(definitions, indent=1) + "\n")
+    truth = pd.DataFrame(rows, columns=columns)
     with io.atomic_output(root / "truth.csv") as tmp:
         truth.to_csv(tmp, index=False)
     log.info(
-        "simulated %d tomograms %s with %d particles (SNR %g, wedge %s, seed %d) → %s",
+        "simulated %d tomograms %s with %d %s (SNR %g, wedge %s, seed %d) → %s",
         n_tomograms,
         tuple(shape),
         len(truth),
+        "particles"
+        if structure is None
+        else f"assemblies of {structure.n_classes} classes (class seed {structure.class_seed})",
         snr,
         f"±{wedge:g}°" if wedge else "none",
         seed,
