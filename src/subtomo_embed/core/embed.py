@@ -11,7 +11,7 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -78,27 +78,36 @@ def check_cuda_device(requested: str, index: int | None) -> None:
         raise DeviceError(f"--device {requested} asked for, but only {count} CUDA GPU(s) are visible ({where})")
 
 
-def prefetch(iterator: Iterable, depth: int = 2) -> Iterator:
-    """Run ``iterator`` in a background thread, ``depth`` items ahead; re-raise its errors here."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
+def prefetch(iterator: Iterable, depth: int = 2) -> Generator:
+    """Run ``iterator`` in a background thread and yield its items here, in order; re-raise its errors here.
+
+    At most ``depth`` items are made and not yet taken, the one being made counted: with ``depth=1``
+    the thread makes item i+1 while the consumer works on item i, and nothing further.
+    """
+    q: queue.Queue = queue.Queue()
+    slots = threading.Semaphore(depth)
     stop = threading.Event()
 
     def work():
         try:
-            for item in iterator:
+            items = iter(iterator)
+            while True:
+                slots.acquire()
                 if stop.is_set():
                     return
+                item = next(items, _DONE)
                 q.put(item)
+                if item is _DONE:
+                    return
         except BaseException as err:  # handed to the consumer
             q.put(err)
-            return
-        q.put(_DONE)
 
     thread = threading.Thread(target=work, name="subtomo-prefetch", daemon=True)
     thread.start()
     try:
         while True:
             item = q.get()
+            slots.release()
             if item is _DONE:
                 return
             if isinstance(item, BaseException):
@@ -106,6 +115,7 @@ def prefetch(iterator: Iterable, depth: int = 2) -> Iterator:
             yield item
     finally:
         stop.set()
+        slots.release()  # a thread waiting for a slot wakes, sees the stop and ends
         with contextlib.suppress(queue.Empty):
             while True:
                 q.get_nowait()
@@ -138,9 +148,19 @@ def embed_patches(
     contrastive: bool = True,
     mixed_precision: bool = False,
     progress: Callable[[int], None] | None = None,
+    channels_last: bool = False,
 ) -> np.ndarray:
-    """Embeddings of ``count`` patches as a float32 array [count, dim]."""
+    """Embeddings of ``count`` patches as a float32 array [count, dim].
+
+    One batch is in flight: batch k's embeddings are copied back while the device already runs
+    batch k+1 (on CUDA into pinned memory, without blocking; on the CPU the order alone), so the
+    device's queue never runs dry while the host collects results. ``channels_last`` runs the
+    network and its input in ``torch.channels_last_3d`` (a GPU lever; same embeddings on CPU to
+    float tolerance, tests/test_embedding_overlap.py).
+    """
     model.to(device).eval()
+    if channels_last:
+        model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]  # (torch's stubs lack it)
     out = np.empty((count, dim), dtype=np.float32)
     pin = device.type == "cuda"
     autocast = (
@@ -149,18 +169,33 @@ def embed_patches(
         else contextlib.nullcontext()
     )
     row = 0
+
+    def land(flight: _InFlight) -> None:
+        nonlocal row
+        host, copied = flight
+        if copied is not None:
+            copied.synchronize()
+        n = host.shape[0]
+        if row + n > count:
+            raise RuntimeError(f"more patches than the {count} announced")
+        out[row : row + n] = host.numpy()
+        row += n
+        if progress is not None:
+            progress(n)
+
     try:
         with torch.inference_mode(), autocast:
-            for batch in prefetch(batched(patches, batch_size, pin)):
+            in_flight: _InFlight | None = None
+            for batch in prefetch(batched(patches, batch_size, pin), depth=3):
                 x = batch.to(device, non_blocking=pin)
-                emb = model.embed(x, contrastive=contrastive).float().cpu().numpy()
-                n = emb.shape[0]
-                if row + n > count:
-                    raise RuntimeError(f"more patches than the {count} announced")
-                out[row : row + n] = emb
-                row += n
-                if progress is not None:
-                    progress(n)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last_3d)
+                flight = _copy_back(model.embed(x, contrastive=contrastive).float(), pin)
+                if in_flight is not None:
+                    land(in_flight)
+                in_flight = flight
+            if in_flight is not None:
+                land(in_flight)
     except torch.cuda.OutOfMemoryError:
         raise ResourceError(
             f"GPU out of memory at batch size {batch_size}; lower hyper_parameters.batch_size or patch_size"
@@ -168,3 +203,19 @@ def embed_patches(
     if row != count:
         raise RuntimeError(f"expected {count} patches, got {row}")
     return out
+
+
+# a batch's embeddings on the host, and (CUDA) the event that marks their copy complete
+_InFlight = tuple[torch.Tensor, "torch.cuda.Event | None"]
+
+
+def _copy_back(embeddings: torch.Tensor, pin: bool) -> _InFlight:
+    """Start copying ``embeddings`` to host memory: on CUDA asynchronously into pinned memory, with
+    an event recorded after the copy (waiting on it does not wait for work queued later)."""
+    if not pin:
+        return embeddings.cpu(), None
+    host = torch.empty(embeddings.shape, dtype=embeddings.dtype, pin_memory=True)
+    host.copy_(embeddings, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+    return host, copied

@@ -17,10 +17,11 @@ outputs all exist and were made with the same inputs and settings is skipped.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -238,44 +239,93 @@ class Run:
     device: object
     overwrite: bool = False
     keep_going: bool = False
+    overlap: bool = True  # prepare the next tomogram while the model embeds this one (False: one after the other)
+
+
+@dataclass
+class Prepared:
+    """A tomogram made ready for the model: its job and instances (the first batch of patches cut),
+    or why there is nothing to embed, or the error to report for it when its turn comes."""
+
+    stem: str
+    job: Job | None = None  # None: nothing to embed (make_job said why)
+    instances: Instances | None = None  # None with a job: its outputs are complete
+    error: Exception | None = None
+
+
+def prepare(run: Run, stem: str, make_job: Callable[[], Job | None]) -> Prepared:
+    """Everything before the model for one tomogram: make its job, check its outputs, read its
+    inputs, grow its labels and cut its first batch of patches. Errors are kept, not raised."""
+    try:
+        job = make_job()
+        if job is None:
+            return Prepared(stem)
+        if not run.overwrite and is_done(run.out, job.stem, job.stamp):
+            return Prepared(stem, job)
+        instances = job.load()
+        instances.patches = cut_ahead(instances.patches, run.cfg.hyper_parameters.batch_size)
+        return Prepared(stem, job, instances)
+    except Exception as err:  # raised in the tomogram's turn, as if made there
+        return Prepared(stem, error=err)
+
+
+def cut_ahead(patches: Iterable[np.ndarray], count: int) -> Iterator[np.ndarray]:
+    """``patches`` with the first ``count`` already cut (here and now), the rest as they come."""
+    rest = iter(patches)
+    return itertools.chain(list(itertools.islice(rest, count)), rest)
 
 
 def embed_tomograms(run: Run, jobs: Iterable[tuple[str, Callable[[], Job | None]]]) -> RunSummary:
-    """For each ``(stem, make_job)``: make the job (None: skipped, it says why), skip it if its outputs
-    are complete, else embed its instances and write its outputs."""
+    """For each ``(stem, make_job)``, in order: make the job (None: skipped, it says why), skip it if
+    its outputs are complete, else embed its instances and write its outputs.
+
+    With ``run.overlap`` the next tomogram is prepared (:func:`prepare`) in a background thread while
+    the model embeds the current one: one tomogram ahead at most; its errors are reported in its turn.
+    """
+    from ..core.embed import prefetch
+
     summary = RunSummary()
-    for stem, make_job in jobs:
-        with summary.attempt(stem, run.keep_going):
-            job = make_job()
-            if job is None:
-                summary.nothing.append(stem)
-                continue
-            if not run.overwrite and is_done(run.out, job.stem, job.stamp):
-                log.info("%s: already complete, skipped", job.stem)
-                summary.skipped.append(job.stem)
-                continue
-            start = time.perf_counter()
-            instances = job.load()
-            count = instances.count
-            with io.progress(total=count, desc=job.stem, unit="patch") as bar:
-                embeddings = embed_with_config(run.model, instances.patches, count, run.device, run.cfg, bar.update)
-            table = instances.table()
-            written = write_outputs(
-                run.out, job.stem, table, embeddings, job.stamp, instances.star(table), instances.exact_floats
-            )
-            seconds = time.perf_counter() - start
-            log.info(
-                "%s: %d instances embedded on %s in %.1f s (%.1f/s) → %s",
-                job.stem,
-                count,
-                run.device,
-                seconds,
-                count / max(seconds, 1e-9),
-                written[-1],
-            )
-            summary.done.append(job.stem)
+    prepared = (prepare(run, stem, make_job) for stem, make_job in jobs)
+    with closing(prefetch(prepared, depth=1) if run.overlap else prepared) as ready:
+        for tomogram in ready:
+            with summary.attempt(tomogram.stem, run.keep_going):
+                embed_prepared(run, tomogram, summary)
+            del tomogram  # its memory goes before the one after next is prepared
     summary.report(run.what, run.out)
     return summary
+
+
+def embed_prepared(run: Run, tomogram: Prepared, summary: RunSummary) -> None:
+    """Embed a prepared tomogram and write its outputs (or record why not, or raise its error)."""
+    if tomogram.error is not None:
+        raise tomogram.error
+    job, instances = tomogram.job, tomogram.instances
+    if job is None:
+        summary.nothing.append(tomogram.stem)
+        return
+    if instances is None:
+        log.info("%s: already complete, skipped", job.stem)
+        summary.skipped.append(job.stem)
+        return
+    start = time.perf_counter()
+    count = instances.count
+    with io.progress(total=count, desc=job.stem, unit="patch") as bar:
+        embeddings = embed_with_config(run.model, instances.patches, count, run.device, run.cfg, bar.update)
+    table = instances.table()
+    written = write_outputs(
+        run.out, job.stem, table, embeddings, job.stamp, instances.star(table), instances.exact_floats
+    )
+    seconds = time.perf_counter() - start
+    log.info(
+        "%s: %d instances embedded on %s in %.1f s (%.1f/s) → %s",
+        job.stem,
+        count,
+        run.device,
+        seconds,
+        count / max(seconds, 1e-9),
+        written[-1],
+    )
+    summary.done.append(job.stem)
 
 
 def start_run(
