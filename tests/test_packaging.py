@@ -132,7 +132,8 @@ def test_a_wheel_install_runs_the_demo_away_from_the_source_tree(installed, tmp_
     shipped_model = next(installed.glob("lib/python3*/site-packages/subtomo_embed/data/models/demo_simsiam.ckpt"))
     assert f"(model: {shipped_model})" in proc.stdout
     scores = pd.read_csv(out / "ari.csv").set_index(["dataset", "method"])
-    assert len(scores) == 6  # two difficulties x (trained model, untrained network, descriptor)
+    # two difficulties x (trained model, untrained network, radial descriptor, spherical-harmonic descriptor)
+    assert len(scores) == 8
     easy = scores.loc["SNR 3, no wedge"]
     assert easy.loc["trained model", "kmeans_ari"] > easy.loc["untrained network", "kmeans_ari"]
     predictions = out / "easy" / "predictions"

@@ -345,6 +345,6 @@ def test_the_demo_runs_in_the_image_as_another_user_on_a_read_only_root(image, t
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "(model: /opt/venv/lib/python3.11/site-packages/subtomo_embed/data/models/demo_simsiam.ckpt)" in proc.stdout
     scores = pd.read_csv(out / "demo" / "ari.csv")
-    assert len(scores) == 6
+    assert len(scores) == 8  # two difficulties x four methods
     vis = out / "demo" / "easy" / "predictions" / "vis"
     assert list(vis.glob("*umap*.png")) and list(vis.glob("kmeans_cluster_*_gallery.png"))

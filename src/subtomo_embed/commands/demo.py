@@ -130,7 +130,8 @@ def evaluate(
     quiet: Quiet = False,
 ) -> None:
     """Embed a simulated dataset with `predict` and print the ARI of KMeans and spectral clusters
-    against the true classes, for the model, an untrained twin and the hand-crafted descriptor."""
+    against the true classes, for the model, an untrained twin, the radial descriptor (radial profile +
+    inertia) and the spherical-harmonic descriptor (rotation-invariant power per degree on radial shells)."""
     setup_logging(quiet)
     with guarded(debug):
         from ..stages.demo import format_table, run_evaluate

@@ -4,7 +4,8 @@
 Nextflow and no internet, with the committed model ``models/demo_simsiam.ckpt`` (made by
 ``subtomo-embed train``; ``--retrain`` makes a new one first), and ends by printing the
 adjusted Rand index (ARI) of KMeans and spectral clusters against the true classes, next to an
-untrained network of the same shape and a hand-crafted descriptor.
+untrained network of the same shape and two classical descriptors (radial profile + inertia;
+spherical-harmonic power on radial shells, the strong rotation-invariant baseline).
 
 A simulated dataset folder (``subtomo-embed simulate``) holds ``data/<TS>.mrc``,
 ``masks/<TS>_instance_preds.h5`` (CryoSiam's layout) and ``truth.csv``; ``evaluate`` scores a
@@ -36,7 +37,7 @@ DATA = Path(str(resources.files("subtomo_embed") / "data"))
 DEMO_CONFIG = DATA / "configs" / "demo.yaml"
 DEMO_MODEL = DATA / "models" / "demo_simsiam.ckpt"
 TRUTH_COLUMNS = ["tomogram", "label", "class", "class_name", "size", "aspect", "z", "y", "x", "snr", "wedge"]
-METHODS = ("trained model", "untrained network", "hand-crafted descriptor")
+METHODS = ("trained model", "untrained network", "radial descriptor", "spherical-harmonic descriptor")
 
 
 @dataclass(frozen=True)
@@ -247,10 +248,11 @@ def classes_of(keys: pd.DataFrame, truth: pd.DataFrame) -> np.ndarray:
 
 def score_dataset(cfg: Config, truth: pd.DataFrame) -> dict[str, tuple[float, float]]:
     """ARI (KMeans, spectral) of: the model as ``predict`` ran it (its output files), an untrained
-    network of the same shape, and the hand-crafted descriptor of the same patches."""
+    network of the same shape, and the two classical descriptors of the same patches (radial profile
+    + inertia; spherical-harmonic power per degree on radial shells)."""
     import torch
 
-    from ..core.descriptors import describe_all
+    from ..core.descriptors import describe_all, describe_sh_all
     from ..core.model import build_simsiam, load_model
 
     k = int(truth["class"].nunique())
@@ -263,6 +265,7 @@ def score_dataset(cfg: Config, truth: pd.DataFrame) -> dict[str, tuple[float, fl
     untrained = build_simsiam(network).eval()
     scores[METHODS[1]] = ari_scores(network_embeddings(untrained, patches, cfg.contrastive), classes, k, cfg.seed)
     scores[METHODS[2]] = ari_scores(describe_all(patches), classes, k, cfg.seed)
+    scores[METHODS[3]] = ari_scores(describe_sh_all(patches), classes, k, cfg.seed)
     return scores
 
 
@@ -296,7 +299,7 @@ def run_demo(
     """The whole job on simulated data at two difficulties; prints and returns the ARI table.
 
     The easier set gets every output and figure (predict, kmeans, spectral, visualize); both
-    sets are scored for the trained model, an untrained twin and the descriptor.
+    sets are scored for the trained model, an untrained twin and the two classical descriptors.
     """
     from .clustering import run_kmeans, run_spectral
     from .embedding import run_predict
@@ -336,12 +339,14 @@ def write_scores(results: dict, path: Path) -> None:
 
 
 def format_table(results: dict) -> list[str]:
+    methods = list(next(iter(results.values())))
+    w = max(26, *(len(m) + 1 for m in methods))
     lines = [
-        f"  {'':26s}" + "".join(f"{name:>26s}" for name in results),
-        f"  {'':26s}" + "".join(f"{'KMeans':>13s}{'spectral':>13s}" for _ in results),
+        f"  {'':{w}s}" + "".join(f"{name:>26s}" for name in results),
+        f"  {'':{w}s}" + "".join(f"{'KMeans':>13s}{'spectral':>13s}" for _ in results),
     ]
-    for m in next(iter(results.values())):
-        lines.append(f"  {m:26s}" + "".join(f"{results[d][m][0]:13.2f}{results[d][m][1]:13.2f}" for d in results))
+    for m in methods:
+        lines.append(f"  {m:{w}s}" + "".join(f"{results[d][m][0]:13.2f}{results[d][m][1]:13.2f}" for d in results))
     return lines
 
 
