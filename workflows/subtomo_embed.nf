@@ -3,6 +3,8 @@
  *   tomograms + masks -> EXTRACT_PATCHES (CPU, per tomogram) -> EMBED (GPU, per tomogram)
  *   or, with params.picks, tomograms + their picks -> PREDICT_CENTERS (GPU, per tomogram)
  *   -> MERGE_EMBEDDINGS (all) -> CLUSTER_KMEANS, CLUSTER_SPECTRAL -> VISUALIZE
+ *   with params.train, trained_model is first fine-tuned on the tomograms + masks (TRAIN, GPU, all
+ *   tomograms) and the fine-tuned checkpoint is the one EMBED / PREDICT_CENTERS use
  *
  * Each process receives only the settings that change its result, as `--set key=value`
  * flags (a `val` input), so `-resume` re-runs only what a change touches. Files are found on the
@@ -12,6 +14,7 @@
 
 include { EXTRACT_PATCHES  } from '../modules/local/extract_patches/main'
 include { EMBED            } from '../modules/local/embed/main'
+include { TRAIN            } from '../modules/local/train/main'
 include { PREDICT_CENTERS  } from '../modules/local/predict_centers/main'
 include { MERGE_EMBEDDINGS } from '../modules/local/merge_embeddings/main'
 include { VISUALIZE        } from '../modules/local/visualize/main'
@@ -164,8 +167,21 @@ workflow SUBTOMO_EMBED {
         'clustering_spectral.visualization'          : spectralVisualization,
     ] + visualization)
     def visualizeFlags = flags(visualization)
+    def trainFlags = flags([
+        file_extension                   : extension,
+        min_particle_size                : setting('min_particle_size', null),
+        max_particle_size                : setting('max_particle_size', null),
+        masking_type                     : setting('masking_type', 1),
+        expand_labels                    : setting('expand_labels', 0),
+        contrastive                      : setting('contrastive', true),
+        instances                        : setting('instances', null),
+        seed                             : setting('seed', 0),
+        'hyper_parameters.batch_size'    : setting('hyper_parameters.batch_size', 10),
+        'hyper_parameters.learning_rate' : setting('hyper_parameters.learning_rate', 0.001),
+        'hyper_parameters.max_steps'     : setting('hyper_parameters.max_steps', 1000),
+    ] + normalization)
 
-    def checkpoint = file(params.trained_model, checkIfExists: true)
+    def startingCheckpoint = file(params.trained_model, checkIfExists: true)
     def tomograms = tomogramsIn(params.data_folder, extension, setting('test_files', null))
     def maskFolder = params.instances_mask_folder
         ? existingFolder('instances_mask_folder', params.instances_mask_folder) : null
@@ -173,6 +189,24 @@ workflow SUBTOMO_EMBED {
     def masked = tomograms.collect { tomogram ->
         def stem = stemOf(tomogram.name, extension)
         [stem, tomogram, maskFolder ? maskOf(maskFolder, stem, extension, suffix) : null]
+    }
+
+    // with params.train: fine-tune the checkpoint on every tomogram that has a mask (and its regions
+    // table, as predict reads it), then embed with the fine-tuned one
+    def checkpoint = startingCheckpoint
+    ch_train_versions = channel.empty()
+    if (params.train) {
+        def trainable = masked.findAll { item -> item[2] != null }
+        if (!trainable) {
+            error("train: fine-tuning needs instance masks; none found in ${params.instances_mask_folder}")
+        }
+        def regionsTables = trainable
+            .collect { item -> maskFolder.resolve("${item[0]}_instance_regions${suffix}.csv") }
+            .findAll { f -> f.exists() }
+        TRAIN(trainable.collect { item -> item[1] }, trainable.collect { item -> item[2] } + regionsTables,
+              startingCheckpoint, trainFlags)
+        checkpoint = TRAIN.out.checkpoint.first()
+        ch_train_versions = TRAIN.out.versions
     }
 
     if (params.picks) {
@@ -249,7 +283,7 @@ workflow SUBTOMO_EMBED {
     VISUALIZE(MERGE_EMBEDDINGS.out.merged, ch_clusters, ch_stars, ch_data_all, ch_masks_all, visualizeFlags)
 
     ch_versions = ch_embed_versions
-        .mix(MERGE_EMBEDDINGS.out.versions, CLUSTER_KMEANS.out.versions,
+        .mix(ch_train_versions, MERGE_EMBEDDINGS.out.versions, CLUSTER_KMEANS.out.versions,
              CLUSTER_SPECTRAL.out.versions, VISUALIZE.out.versions)
 
     emit:

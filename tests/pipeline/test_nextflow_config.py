@@ -119,7 +119,7 @@ def test_gpu_options_only_for_gpu_tasks_in_the_gpu_profile():
         if s.path[-1] == "accelerator":
             assert s.path[:2] == ("profiles", "gpu") and "withLabel:process_gpu" in s.path, s
     for process, module in MODULES.items():
-        assert ("process_gpu" in labels_of(module)) == (process in ("EMBED", "PREDICT_CENTERS")), process
+        assert ("process_gpu" in labels_of(module)) == (process in ("EMBED", "PREDICT_CENTERS", "TRAIN")), process
 
 
 def test_gres_only_for_tasks_given_a_gpu():
@@ -279,8 +279,10 @@ def test_software_versions_are_collected():
     workflow = _workflow()
     emitted = re.search(r"ch_versions = ch_embed_versions\s*\.mix\(([^)]*)\)", workflow).group(1)
     for process in MODULES:
-        if process not in ("EXTRACT_PATCHES", "EMBED", "PREDICT_CENTERS"):
+        if process not in ("EXTRACT_PATCHES", "EMBED", "PREDICT_CENTERS", "TRAIN"):
             assert f"{process}.out.versions" in emitted, process
+    # TRAIN runs only with params.train: its versions come through ch_train_versions (empty without it)
+    assert "ch_train_versions" in emitted and "ch_train_versions = TRAIN.out.versions" in workflow
     assert "EXTRACT_PATCHES.out.versions.mix(EMBED.out.versions)" in workflow
     assert "ch_embed_versions = PREDICT_CENTERS.out.versions" in workflow
 

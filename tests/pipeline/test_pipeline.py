@@ -255,6 +255,20 @@ SETTINGS = {
         **VISUALIZATION,
     },
     "VISUALIZE": VISUALIZATION,
+    "TRAIN": {
+        "file_extension": ".mrc",
+        "min_particle_size": 10,
+        "max_particle_size": None,
+        "masking_type": 1,
+        "expand_labels": 2,
+        "contrastive": True,
+        "instances": None,
+        "seed": 0,
+        "hyper_parameters.batch_size": 4,
+        "hyper_parameters.learning_rate": 0.001,
+        "hyper_parameters.max_steps": 3,
+        **NORMALIZATION,
+    },
 }
 # Every `${...}` of each process's script block, for a task staged as Nextflow stages it (the input
 # files under their own names in the task folder; data/ and masks/ in the clustering and VISUALIZE
@@ -286,6 +300,7 @@ SCRIPT_VALUES = {
     "CLUSTER_KMEANS": {"settings": flags(SETTINGS["CLUSTER_KMEANS"]), "args": ""},
     "CLUSTER_SPECTRAL": {"settings": flags(SETTINGS["CLUSTER_SPECTRAL"]), "args": ""},
     "VISUALIZE": {"settings": flags(SETTINGS["VISUALIZE"]), "args": ""},
+    "TRAIN": {"checkpoint": "start/model.ckpt", "device": "cpu", "settings": flags(SETTINGS["TRAIN"]), "args": ""},
 }
 # What beforeScript exports for EMBED and PREDICT_CENTERS (conf/modules.config), `-profile test`'s batch size.
 TASK_ENVIRONMENT = {"SUBTOMO_EMBED_BATCH_SIZE": "4"}
@@ -618,3 +633,27 @@ def test_stub_blocks_touch_every_declared_output(process, tmp_path):
     for pattern in declared_outputs(process):
         pattern = pattern.replace("${meta.id}", "TS_01")
         assert list(tmp_path.glob(pattern)), f"{process} stub does not make {pattern}"
+
+
+def test_train_script_fine_tunes_the_staged_checkpoint(tmp_path):
+    """TRAIN on tomograms staged as data/, masks as masks/, the starting checkpoint as start/: a
+    fine-tuned checkpoint without optimizer state that predict loads."""
+    import torch
+    from synthetic import make_checkpoint, make_dataset
+
+    from subtomo_embed.core.model import load_model, read_checkpoint
+    from subtomo_embed.core.train import OPTIMIZER_KEY
+
+    data, masks = make_dataset(tmp_path / "inputs", n_tomograms=2, n_instances=10)
+    start = make_checkpoint(tmp_path / "model.ckpt")
+    w = tmp_path / "train"
+    stage(w, *sorted(data.glob("*.mrc")), into="data")
+    stage(w, *sorted(masks.iterdir()), into="masks")
+    stage(w, start, into="start")
+    run_block("TRAIN", "script", w, script_values("TRAIN"))
+    tuned = read_checkpoint(w / "finetuned.ckpt")
+    assert tuned["global_step"] == 3 and OPTIMIZER_KEY not in tuned
+    before = read_checkpoint(start)["state_dict"]
+    assert any(not torch.equal(before[k], tuned["state_dict"][k]) for k in before)
+    _, network = load_model(w / "finetuned.ckpt")
+    assert network["dim"] == 16

@@ -88,32 +88,49 @@ def train(
     ] = None,
     save_every: Annotated[int, typer.Option(min=1, help="Write the checkpoint every this many steps.")] = 25,
     export: Annotated[Optional[Path], typer.Option(help="Also write a copy without optimizer state here.")] = None,
+    from_data: Annotated[
+        bool,
+        typer.Option(
+            "--from-data",
+            help="Fine-tune on the config's own tomograms + instance masks (data_folder, instances_mask_folder).",
+        ),
+    ] = False,
+    start_from: Annotated[
+        Optional[Path],
+        typer.Option("--from", help="With --from-data: the checkpoint to start from (default: trained_model)."),
+    ] = None,
     debug: Debug = False,
     quiet: Quiet = False,
 ) -> None:
-    """SimSiam training on simulated particles, patches cut exactly as predict cuts them (resumable).
+    """SimSiam training, patches cut exactly as predict cuts them (resumable).
 
-    Without --config_file the demo's config (package data: subtomo_embed/data/configs/demo.yaml) is used.
-    The checkpoint is in CryoSiam's layout: `predict` (and CryoSiam) load it as `trained_model`.
+    By default on simulated particles. With --from-data: self-supervised fine-tuning of a checkpoint
+    (--from, else the config's trained_model; ours or CryoSiam's) on the config's own tomograms and
+    instance masks, two augmented views (rotation, noise, wedge, mask dilation, intensity) per real particle.
+    Without --config_file the demo's config (package data: subtomo_embed/data/configs/demo.yaml) is used
+    for simulated training. The checkpoint is in CryoSiam's layout: `predict` (and CryoSiam) load it as `trained_model`.
     """
     setup_logging(quiet)
     with guarded(debug):
         from ..core.config import load_config
+        from ..core.errors import ConfigError
         from ..stages.demo import DEMO_CONFIG, export_model, train_from_config
 
-        cfg = load_config(config_file or DEMO_CONFIG, overrides)
+        if start_from is not None and not from_data:
+            raise ConfigError("--from needs --from-data (simulated training starts from a fresh network)")
+        # simulated training defaults to the demo's config; fine-tuning to the package defaults + --set
+        cfg = load_config(config_file if config_file or from_data else DEMO_CONFIG, overrides)
         if restart and output.exists():
             output.unlink()
-        ckpt = train_from_config(
-            cfg,
-            output,
-            steps,
-            device,
-            resume=True,
-            progress=not quiet,
-            time_limit=time_limit * 60 if time_limit else None,
-            save_every=save_every,
-        )
+        limit = time_limit * 60 if time_limit else None
+        if from_data:
+            from ..stages.training import fine_tune_from_config
+
+            ckpt = fine_tune_from_config(
+                cfg, output, start_from, steps, device, True, not quiet, limit, save_every=save_every
+            )
+        else:
+            ckpt = train_from_config(cfg, output, steps, device, True, not quiet, limit, save_every=save_every)
         if export:
             export_model(ckpt, export)
         typer.echo(f"checkpoint: {ckpt}")

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -97,14 +98,26 @@ def make_pair(rng: np.random.Generator, s: ViewSettings) -> tuple[np.ndarray, np
     return make_view(a, rng, s), make_view(b, rng, s), base.cls
 
 
-def pair_batches(settings: ViewSettings, batch_size: int, seed: int, start_step: int) -> Iterator[tuple]:
-    """Endless (step, x1, x2, classes) batches; batch ``step`` depends only on (seed, step)."""
+PairMaker = Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray, int]]
+
+
+def simulated_pairs(settings: ViewSettings) -> PairMaker:
+    """Pairs of simulated particles (:func:`make_pair`) with these settings."""
+
+    def make(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
+        return make_pair(rng, settings)
+
+    return make
+
+
+def pair_batches(make: PairMaker, batch_size: int, seed: int, start_step: int) -> Iterator[tuple]:
+    """Endless (step, x1, x2, classes) batches of ``make``'s pairs; batch ``step`` depends only on (seed, step)."""
     step = start_step
     while True:
         rng = np.random.default_rng([seed, step])
         views1, views2, classes = [], [], []
         for _ in range(batch_size):
-            a, b, c = make_pair(rng, settings)
+            a, b, c = make(rng)
             views1.append(a)
             views2.append(b)
             classes.append(c)
@@ -165,9 +178,10 @@ def check_cryosiam_network(network: dict) -> None:
 
 @dataclass(frozen=True)
 class TrainingSettings:
-    """What a training run learns with (recorded in the checkpoint's training state)."""
+    """What a training run learns with (recorded in the checkpoint's training state); ``views``:
+    simulated particles' (:class:`ViewSettings`) or real particles' (``RealViewSettings``)."""
 
-    views: ViewSettings
+    views: Any
     steps: int  # train to this step (a resumed run goes on to it)
     batch_size: int = 32
     learning_rate: float = 1e-3
@@ -238,6 +252,29 @@ def save_training(checkpoint: Path, model, opt, config: dict, settings: Training
     model.train()
 
 
+@dataclass(frozen=True)
+class StartingPoint:
+    """Where the weights of a new run come from: a checkpoint (fine-tuning; its network replaces the
+    config's) or, without one, a fresh network of the config's shape."""
+
+    checkpoint: Path | None = None
+    contrastive: bool = True
+
+
+def initial_model(network: dict, start: StartingPoint, seed: int):
+    """(model in train mode, its full network config): the starting checkpoint's, or a fresh one."""
+    from .model import build_simsiam, load_model
+
+    torch.manual_seed(seed)
+    if start.checkpoint is None:
+        return build_simsiam(network), dict(network)
+    model, full = load_model(start.checkpoint, start.contrastive)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    log.info("fine-tuning from %s", start.checkpoint)
+    return model, dict(full)
+
+
 def train(
     config: dict,
     network: dict,
@@ -245,22 +282,22 @@ def train(
     checkpoint: Path,
     device: torch.device | str = "cpu",
     sitting: Sitting = Sitting(),
+    pairs: PairMaker | None = None,
+    starting_point: StartingPoint = StartingPoint(),
 ) -> Path:
     """Train (or go on training) a SimSiam network to ``settings.steps``, saving to ``checkpoint``.
 
     ``config`` is the CryoSiam config dict stored in the checkpoint's ``hyper_parameters`` (its
-    ``parameters.network`` becomes ``network``). With ``sitting.resume`` and an existing checkpoint,
-    weights, optimizer state and step are taken from it.
+    ``parameters.network`` becomes ``network``, or the starting checkpoint's network). ``pairs``
+    makes the positive pairs (default: simulated particles with ``settings.views``). With
+    ``sitting.resume`` and an existing checkpoint, weights, optimizer state and step are taken from it.
     """
-    from .model import build_simsiam
-
     device = torch.device(device)
+    checkpoint = Path(checkpoint)
+    model, network = initial_model(network, starting_point, settings.seed)
     config = dict(config)
     config["parameters"] = dict(config.get("parameters") or {}, network=dict(network))
-    checkpoint = Path(checkpoint)
     check_cryosiam_network(network)
-    torch.manual_seed(settings.seed)
-    model = build_simsiam(network)
     opt = build_optimizer(model, settings.optimizer, settings.learning_rate, settings.weight_decay)
     state = resume_from(checkpoint, model, opt) if sitting.resume and checkpoint.is_file() else TrainingState()
     model.to(device).train()
@@ -285,7 +322,8 @@ def train(
     recent_loss: list[float] = []
     recent_spread: list[float] = []
     try:
-        batches = pair_batches(settings.views, settings.batch_size, settings.seed, state.step)
+        make = pairs if pairs is not None else simulated_pairs(settings.views)
+        batches = pair_batches(make, settings.batch_size, settings.seed, state.step)
         for at, x1, x2, _ in prefetch_batches(batches):
             lr = learning_rate_at(at, settings.steps, settings.learning_rate, settings.warmup_steps)
             for group in opt.param_groups:

@@ -1,0 +1,47 @@
+process TRAIN {
+    tag "all tomograms"
+    label 'process_gpu'
+
+    input:
+    path tomograms, stageAs: 'data/*'
+    path masks, stageAs: 'masks/*'
+    path checkpoint, stageAs: 'start/*'
+    val settings
+
+    output:
+    path "finetuned.ckpt", emit: checkpoint
+    path "versions.yml", emit: versions
+
+    script:
+    def args = task.ext.args ?: ''
+    // self-supervised fine-tuning of the starting checkpoint on the staged tomograms + instance masks
+    // (subtomo-embed train --from-data, docs/training.md); finetuned.ckpt has no optimizer state.
+    // One image serves both: the GPU when the task was given one (the gpu profile), else the CPU.
+    def device = task.accelerator ? 'cuda' : 'cpu'
+    """
+    subtomo-embed train \\
+        --from-data \\
+        --from ${checkpoint} \\
+        --set 'data_folder=data' \\
+        --set 'instances_mask_folder=masks' \\
+        --output training/last.ckpt \\
+        --export finetuned.ckpt \\
+        --device ${device} \\
+        ${settings} \\
+        ${args}
+
+    cat <<-END_VERSIONS > versions.yml
+    "${task.process}":
+        subtomo-embed: \$(subtomo-embed --version | sed 's/subtomo-embed //')
+    END_VERSIONS
+    """
+
+    stub:
+    """
+    touch finetuned.ckpt
+    cat <<-END_VERSIONS > versions.yml
+    "${task.process}":
+        subtomo-embed: \$(subtomo-embed --version | sed 's/subtomo-embed //')
+    END_VERSIONS
+    """
+}

@@ -1,0 +1,104 @@
+"""Fine-tuning on the user's own tomograms: ``subtomo-embed train --from-data``.
+
+The particles are the instances ``predict`` would embed: the same tomograms (``data_folder``,
+``test_files``/``train_files``), masks (``instances_mask_folder``), growth (``expand_labels``),
+size filter (``min/max_particle_size``) and CryoSiam regions tables, found and planned by the
+functions ``predict`` calls (:mod:`.tomograms`). Positive pairs are two augmented views of one
+real particle (:mod:`..core.real_views`), cut by ``predict``'s own patch function. Training starts
+from a checkpoint (``--from``, else the config's ``trained_model``: ours or CryoSiam's) and is
+resumable like simulated training (:func:`..core.train.train`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..core.config import Config
+from ..core.errors import ConfigError, InputDataError
+from ..core.real_views import ParticleSource, RealViewSettings, make_real_pair
+
+log = logging.getLogger(__name__)
+
+
+def real_view_settings(cfg: Config) -> RealViewSettings:
+    """The config's patch contract (``patch_size``, ``masking_type``, ``parameters.data``) and the
+    default augmentation ranges."""
+    from .tomograms import normalization, patch_size
+
+    return RealViewSettings(patch_size(cfg), cfg.masking_type, normalization(cfg))
+
+
+def collect_particles(cfg: Config, filename: str | None = None) -> list[ParticleSource]:
+    """Every instance ``predict`` would embed, with its (memory-mapped) tomogram; none is an error."""
+    from .tomograms import list_tomograms, load_tomogram_and_mask, locate_inputs, plan_tomogram
+
+    sources: list[ParticleSource] = []
+    tomograms = list_tomograms(cfg, filename)
+    for tomogram in tomograms:
+        inputs = locate_inputs(cfg, tomogram)
+        if inputs is None:  # skip_missing_masks
+            continue
+        volume, mask = load_tomogram_and_mask(inputs)
+        plan = plan_tomogram(cfg, inputs, mask)
+        del mask  # the regions keep their own voxels
+        labels = plan.columns["label"]
+        sources += [ParticleSource(volume, r, f"{inputs.stem} label {int(n)}") for r, n in zip(plan.regions, labels)]
+        log.info("%s: %d particles for training", inputs.stem, len(plan))
+    if not sources:
+        raise InputDataError(
+            "no instances to train on in the masks of these tomograms (check min_particle_size/max_particle_size)",
+            cfg.path("instances_mask_folder"),
+        )
+    if len(sources) < 2:
+        log.warning("only one particle to train on: the embedding will learn little")
+    return sources
+
+
+def starting_checkpoint(cfg: Config, start_from: Path | None) -> Path:
+    if start_from is not None:
+        return Path(start_from)
+    if not cfg.trained_model:
+        raise ConfigError("fine-tuning needs a starting checkpoint: set trained_model or give --from", cfg.source)
+    return cfg.path("trained_model")
+
+
+def fine_tune_from_config(
+    cfg: Config,
+    checkpoint: Path,
+    start_from: Path | None = None,
+    steps: int | None = None,
+    device: str = "auto",
+    resume: bool = True,
+    progress: bool = True,
+    time_limit: float | None = None,
+    save_every: int = 25,
+    views: RealViewSettings | None = None,
+) -> Path:
+    """SimSiam fine-tuning on the config's tomograms + instance masks from ``start_from`` (else
+    ``trained_model``), to ``steps`` (else ``hyper_parameters.max_steps``); resumable."""
+    from ..core.embed import pick_device
+    from ..core.train import Sitting, StartingPoint, TrainingSettings, train
+
+    start = StartingPoint(starting_checkpoint(cfg, start_from), cfg.contrastive)
+    sources = collect_particles(cfg)
+    settings_views = views or real_view_settings(cfg)
+    torch_device = pick_device(device, cfg.parameters.gpu_devices)
+    hp = cfg.hyper_parameters
+    settings = TrainingSettings(settings_views, steps or hp.max_steps, hp.batch_size, hp.learning_rate, seed=cfg.seed)
+    sitting = Sitting(resume=resume, save_every=save_every, time_limit=time_limit, progress=progress)
+    log.info("fine-tuning on %d particles from %s", len(sources), start.checkpoint)
+
+    def pairs(rng):
+        return make_real_pair(sources, rng, settings_views)
+
+    return train(
+        cfg.model_dump(by_alias=True),
+        cfg.parameters.network.model_dump(),
+        settings,
+        Path(checkpoint),
+        torch_device,
+        sitting,
+        pairs=pairs,
+        starting_point=start,
+    )

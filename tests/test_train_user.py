@@ -1,0 +1,178 @@
+"""Fine-tuning on the user's own tomograms (``train --from-data``): views of the real particles cut
+by predict's functions, resume, a checkpoint predict loads, bad input."""
+
+import numpy as np
+import pytest
+import torch
+from inprocess import run_cli
+from synthetic import TINY_POOLED_NETWORK, make_checkpoint, make_dataset, write_config
+
+from subtomo_embed.core import io
+from subtomo_embed.core.config import load_config
+from subtomo_embed.core.model import load_model, read_checkpoint
+from subtomo_embed.core.real_views import make_real_pair, make_real_view
+from subtomo_embed.core.train import TRAIN_STATE_KEY, simsiam_loss
+from subtomo_embed.stages.demo import dataset_patches
+from subtomo_embed.stages.training import collect_particles, fine_tune_from_config, real_view_settings
+
+# rotation by 90° about x in (z, y, x): z' = -y, y' = z
+QUARTER_TURN = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+
+
+@pytest.fixture
+def user_data(tmp_path):
+    """Two small tomograms with instance masks, a tiny starting checkpoint and a config naming them."""
+    data, masks = make_dataset(tmp_path, n_tomograms=2, shape=(32, 48, 40), n_instances=6, seed=3)
+    start = make_checkpoint(tmp_path / "start.ckpt", TINY_POOLED_NETWORK, seed=1)
+    config = write_config(
+        tmp_path / "config.yaml",
+        data_folder=data,
+        instances_mask_folder=masks,
+        prediction_folder=tmp_path / "pred",
+        log_dir=tmp_path,
+        trained_model=start,
+        expand_labels=1,
+        min_particle_size=10,
+        parameters__data__patch_size=[16, 16, 16],
+        hyper_parameters={"batch_size": 4, "learning_rate": 0.003, "max_steps": 4},
+        seed=5,
+    )
+    return {"root": tmp_path, "config": config, "start": start, "masks": masks}
+
+
+@pytest.mark.parametrize("masking_type", [0, 1, 2])
+def test_an_unaugmented_view_is_predicts_patch(user_data, masking_type):
+    cfg = load_config(user_data["config"], [f"masking_type={masking_type}"])
+    expected, keys = dataset_patches(cfg)  # predict's own path: plan_tomogram + iter_patches
+    sources = collect_particles(cfg)
+    assert len(sources) == len(expected) > 4
+    identity = real_view_settings(cfg).identity()
+    rng = np.random.default_rng(0)
+    for source, patch, (stem, label) in zip(sources, expected, keys.itertuples(index=False)):
+        assert source.name == f"{stem} label {label}"
+        np.testing.assert_array_equal(make_real_view(source, rng, identity), patch)
+
+
+def test_a_quarter_turn_view_holds_the_same_voxels(user_data):
+    """Strict masking, a 90° rotation (grid onto grid): the view holds exactly the particle's
+    masked values, moved; an augmented view does not."""
+    cfg = load_config(user_data["config"], ["masking_type=2", "parameters.data.patch_size=[24,24,24]"])
+    identity = real_view_settings(cfg).identity()
+    rng = np.random.default_rng(0)
+    for source in collect_particles(cfg)[:4]:
+        still = make_real_view(source, rng, identity)
+        turned = make_real_view(source, rng, identity, rotation=QUARTER_TURN)
+        assert np.count_nonzero(still) > 20
+        assert not np.array_equal(still, turned)
+        np.testing.assert_allclose(np.sort(still.ravel()), np.sort(turned.ravel()), atol=1e-5)
+
+
+def test_pairs_are_two_different_views_of_one_particle(user_data):
+    cfg = load_config(user_data["config"])
+    sources = collect_particles(cfg)
+    settings = real_view_settings(cfg)
+    a, b, index = make_real_pair(sources, np.random.default_rng(2), settings)
+    assert a.shape == b.shape == (16, 16, 16) and 0 <= index < len(sources)
+    assert np.count_nonzero(a) > 0 and np.count_nonzero(b) > 0
+    assert not np.array_equal(a, b)
+    # the same seed gives the same pair (the stream is reproducible, which resume relies on)
+    again = make_real_pair(sources, np.random.default_rng(2), settings)
+    np.testing.assert_array_equal(a, again[0])
+    assert again[2] == index
+
+
+def fixed_batch_loss(checkpoint, sources, settings) -> float:
+    """SimSiam loss of a checkpoint on 8 fixed pairs (train-mode BatchNorm, as in training)."""
+    model, _ = load_model(checkpoint)
+    rng = np.random.default_rng(1234)
+    pairs = [make_real_pair(sources, rng, settings) for _ in range(8)]
+    x1 = torch.from_numpy(np.stack([p[0] for p in pairs])[:, None])
+    x2 = torch.from_numpy(np.stack([p[1] for p in pairs])[:, None])
+    model.train()
+    with torch.no_grad():
+        return float(simsiam_loss(*model(x1, x2)))
+
+
+def test_fine_tuning_changes_the_weights_lowers_the_loss_and_resumes(user_data):
+    cfg = load_config(user_data["config"])
+    out = user_data["root"] / "tuned" / "last.ckpt"
+    fine_tune_from_config(cfg, out, steps=2, device="cpu", progress=False, save_every=1)
+    first = read_checkpoint(out)
+    assert first["global_step"] == 2
+    start = read_checkpoint(user_data["start"])["state_dict"]
+    assert any(not torch.equal(start[k], first["state_dict"][k]) for k in start)
+    assert set(first["state_dict"]) == set(start)
+    # a second sitting goes on from step 2 to 12, not from 0
+    fine_tune_from_config(cfg, out, steps=12, device="cpu", progress=False, save_every=5)
+    second = read_checkpoint(out)
+    assert second["global_step"] == 12
+    # history: every 10 steps and at the end of each sitting
+    assert [h["step"] for h in second[TRAIN_STATE_KEY]["history"]] == [2, 10, 12]
+
+
+def test_fine_tuning_lowers_the_loss_on_fixed_pairs(user_data):
+    cfg = load_config(user_data["config"], ["hyper_parameters.learning_rate=0.02"])
+    out = user_data["root"] / "tuned.ckpt"
+    fine_tune_from_config(cfg, out, steps=30, device="cpu", progress=False, save_every=30)
+    sources, settings = collect_particles(cfg), real_view_settings(cfg)
+    before = fixed_batch_loss(user_data["start"], sources, settings)
+    after = fixed_batch_loss(out, sources, settings)
+    assert after < before - 0.1, (before, after)
+
+
+def test_cli_fine_tunes_and_predict_loads_the_checkpoint(user_data):
+    out = user_data["root"] / "tuned.ckpt"
+    exported = user_data["root"] / "model.ckpt"
+    result = run_cli(
+        ["train", "-c", user_data["config"], "--from-data", "-o", out, "--export", exported, "--device", "cpu", "-q"]
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert read_checkpoint(exported)["global_step"] == 4
+    result = run_cli(
+        ["predict", "-c", user_data["config"], "--set", f"trained_model={exported}", "--device", "cpu", "-q"]
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    cfg = load_config(user_data["config"])
+    n_particles = sum(1 for s in collect_particles(cfg) if s.name.startswith("TS_01 "))
+    embeddings = io.read_h5_dataset(user_data["root"] / "pred" / "TS_01_embeds.h5", "embeddings")
+    assert embeddings.shape == (16, n_particles)  # [dim, N], CryoSiam's layout
+    assert np.isfinite(embeddings).all()
+
+
+def test_from_checkpoint_option_overrides_trained_model(user_data):
+    other = make_checkpoint(user_data["root"] / "other.ckpt", TINY_POOLED_NETWORK, seed=9)
+    out = user_data["root"] / "from_other.ckpt"
+    cfg = load_config(user_data["config"], ["trained_model=/nonexistent.ckpt"])
+    fine_tune_from_config(cfg, out, start_from=other, steps=1, device="cpu", progress=False)
+    assert read_checkpoint(out)["global_step"] == 1
+
+
+@pytest.mark.parametrize(
+    "case, code, words",
+    [
+        ("no masks", 4, "no instance mask"),
+        ("empty mask", 4, "no instances"),
+        ("all filtered", 4, "no instances to train on"),
+        ("no model", 3, "starting checkpoint"),
+        ("from without data", 3, "--from needs --from-data"),
+    ],
+)
+def test_bad_input_is_one_line_and_an_exit_code(user_data, case, code, words):
+    config = user_data["config"]
+    args = ["train", "-q", "-c", config, "--from-data", "-o", user_data["root"] / "bad.ckpt", "--device", "cpu"]
+    if case == "no masks":
+        for f in user_data["masks"].iterdir():
+            f.unlink()
+    elif case == "empty mask":
+        io.write_h5(user_data["masks"] / "TS_01_instance_preds.h5", {"instances": np.zeros((32, 48, 40), np.int32)})
+    elif case == "all filtered":
+        args += ["--set", "min_particle_size=100000"]
+    elif case == "no model":
+        args += ["--set", "trained_model=null"]
+    else:
+        args = ["train", "-q", "--from", user_data["start"], "-o", user_data["root"] / "bad.ckpt"]
+    result = run_cli(args)
+    assert result.returncode == code, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and words in lines[0] and "Traceback" not in result.stderr, result.stderr
+    assert not (user_data["root"] / "bad.ckpt").exists()
