@@ -622,7 +622,9 @@ def test_publish_rules_are_read_from_the_config():
         "CLUSTER_KMEANS",
         "CLUSTER_SPECTRAL",
         "VISUALIZE",
+        "TRAIN",
     }
+    assert rules["TRAIN"] == [("finetuned.ckpt", "", "results")]  # under prediction_folder/training
     assert ("vis/*", "vis/", "vis") in rules["VISUALIZE"] and ("out/*", "out/", "results") in rules["VISUALIZE"]
 
 
