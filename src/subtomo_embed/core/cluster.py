@@ -236,28 +236,42 @@ def spectral(
 # helpers for outputs
 
 
-def cluster_means(embeddings: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Mean embedding of each cluster id in ``ids`` (rows in that order)."""
-    x = np.asarray(embeddings)
-    out = np.zeros((len(ids), x.shape[1]), dtype=np.float64)
-    for i, c in enumerate(ids):
-        sel = labels == c
-        if sel.any():
-            out[i] = x[sel].mean(axis=0, dtype=np.float64)
-    return out.astype(np.float32)
+def cluster_means(embeddings, labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Mean embedding of each cluster id in ``ids`` (rows in that order), in one pass over row chunks
+    (``embeddings``: an array or rows read on demand)."""
+    from .chunked import iter_chunks
+
+    labels, ids = np.asarray(labels), np.asarray(ids)
+    sums = np.zeros((len(ids), int(embeddings.shape[1])), dtype=np.float64)
+    counts = np.zeros(len(ids), dtype=np.int64)
+    for start, chunk in iter_chunks(embeddings):
+        part = labels[start : start + len(chunk)]
+        for i, c in enumerate(ids):
+            sel = part == c
+            if sel.any():
+                sums[i] += chunk[sel].sum(axis=0, dtype=np.float64)
+                counts[i] += int(sel.sum())
+    return (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
 
 
 def nearest_to_centres(
-    embeddings: np.ndarray, labels: np.ndarray, ids: np.ndarray, centres: np.ndarray, n: int
+    embeddings, labels: np.ndarray, ids: np.ndarray, centres: np.ndarray, n: int
 ) -> dict[int, np.ndarray]:
-    """For each cluster id, the row indices of its (up to) ``n`` members nearest its centre, nearest first."""
-    x = np.asarray(embeddings)
-    out: dict[int, np.ndarray] = {}
-    for c, centre in zip(ids, centres):
-        rows = np.flatnonzero(labels == c)
-        if rows.size == 0:
-            out[int(c)] = rows
-            continue
-        d = np.linalg.norm(x[rows].astype(np.float64) - centre[None, :], axis=1)
-        out[int(c)] = rows[np.argsort(d, kind="stable")[:n]]
-    return out
+    """For each cluster id, the row indices of its (up to) ``n`` members nearest its centre, nearest
+    first (ties: lower row first); one pass over row chunks, at most ``n`` candidates kept per cluster."""
+    from .chunked import iter_chunks
+
+    labels = np.asarray(labels)
+    best = {int(c): (np.zeros(0), np.zeros(0, dtype=np.int64)) for c in ids}
+    for start, chunk in iter_chunks(embeddings):
+        part = labels[start : start + len(chunk)]
+        for c, centre in zip(ids, centres):
+            sel = np.flatnonzero(part == c)
+            if sel.size == 0:
+                continue
+            d = np.linalg.norm(chunk[sel].astype(np.float64) - np.asarray(centre, dtype=np.float64)[None, :], axis=1)
+            dist = np.concatenate([best[int(c)][0], d])
+            rows = np.concatenate([best[int(c)][1], start + sel])
+            keep = np.argsort(dist, kind="stable")[:n]
+            best[int(c)] = (dist[keep], rows[keep])
+    return {c: rows for c, (_, rows) in best.items()}

@@ -98,6 +98,14 @@ class VisualizationConfig(_Section):
         return plain_name(v, "the end of a file name")
 
 
+class ScaleConfig(_Section):
+    """Extension: how the analysis steps handle more embeddings than memory (docs/analysis.md, "At scale")."""
+
+    memory_gb: float = Field(default=4.0, ge=0)  # merged embeddings larger than this are read in chunks
+    working_dim: int = Field(default=64, ge=2, le=MAX_COUNT)  # out of core: PCA dimensions clustering uses
+    projection_sample: int = Field(default=100_000, ge=100, le=MAX_COUNT)  # UMAP fitted on at most this many
+
+
 class DataConfig(_Section):
     patch_size: list[int] = Field(default_factory=lambda: [64, 64, 64])
     patch_overlap: Any = None  # accepted for compatibility; unused by the embedding step
@@ -244,6 +252,7 @@ class Config(_Section):
     seed: int = Field(default=0, ge=0, lt=2**32)  # NumPy's and scikit-learn's seeds are 32-bit
     skip_missing_masks: bool = False
     mixed_precision: bool = False
+    scale: ScaleConfig = Field(default_factory=ScaleConfig)
 
     # where the config came from, for error messages (not YAML keys)
     _source: str = PrivateAttr("<defaults>")

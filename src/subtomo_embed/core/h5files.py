@@ -137,9 +137,34 @@ def iter_patches_file(path: Path, chunk: int = 32) -> Iterator[np.ndarray]:
 # merged embeddings (CryoSiam's embeddings.h5, rows instead of columns, + names and labels)
 
 
+class MergedRows:
+    """The rows of ``embeddings.h5``'s ``embeddings``, read on demand (the file stays open): for
+    merged embeddings larger than memory. Indexing returns float32 arrays; a read that fails is an
+    :class:`InputDataError` naming the file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self._file = h5py.File(path, "r")
+        except OSError as err:
+            raise InputDataError(f"not a readable HDF5 file ({err})", path) from None
+        self._rows = dataset(self._file, "embeddings")
+        self.shape: tuple[int, ...] = tuple(self._rows.shape)
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        try:
+            return np.asarray(self._rows[key], dtype=np.float32)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise InputDataError(f"cannot read the embeddings ({err})", self.path) from None
+
+
 @dataclass
 class MergedContents:
-    embeddings: np.ndarray  # [N, dim] float32
+    embeddings: np.ndarray | MergedRows  # [N, dim] float32; rows read on demand when larger than memory
     counts: np.ndarray  # number_of_samples: instances per tomogram
     stems: list[str] | None  # None in CryoSiam's files
     labels: np.ndarray | None
@@ -175,7 +200,9 @@ def write_merged_embeddings(
             then()
 
 
-def read_merged_embeddings(path: Path) -> MergedContents:
+def read_merged_embeddings(path: Path, max_bytes: float = float("inf")) -> MergedContents:
+    """Everything in ``embeddings.h5``; the embeddings themselves as :class:`MergedRows` when their
+    float32 size exceeds ``max_bytes``."""
     with open_h5(path) as f:
         emb = dataset(f, "embeddings")
         counts = dataset(f, "number_of_samples")
@@ -184,8 +211,9 @@ def read_merged_embeddings(path: Path) -> MergedContents:
         names = dataset(f, "tomograms")[()] if "tomograms" in f else None
         stems = None if names is None else [layout.safe_stem(s, path) for s in np.ravel(names)]
         key = f.attrs.get(FINGERPRINT_ATTR)
+        in_memory = 4.0 * emb.shape[0] * emb.shape[1] <= max_bytes
         return MergedContents(
-            np.asarray(emb[()], dtype=np.float32),
+            np.asarray(emb[()], dtype=np.float32) if in_memory else MergedRows(path),
             np.asarray(counts[()], dtype=np.int64).ravel(),
             stems,
             np.asarray(dataset(f, "labels")[()], dtype=np.int64) if "labels" in f else None,

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from .chunked import nonfinite_rows
+
 TABLE_KEYS = ["tomogram", "label", "row"]
 
 
@@ -43,14 +45,11 @@ def embedding_rows(embeds: np.ndarray, dim: int | None = None) -> np.ndarray:
     return rows
 
 
-def check_finite(rows: np.ndarray) -> None:
-    bad = ~np.isfinite(rows)
-    if bad.any():
-        where = np.argwhere(bad)
-        n_rows = int(np.unique(where[:, 0]).size)
-        raise MergeInputError(
-            f"embeddings contain NaN or infinite values ({n_rows} instances, first at row {where[0, 0]})"
-        )
+def check_finite(rows) -> None:
+    """Rows [N, dim] (an array, or rows read on demand) hold only finite values."""
+    n_rows, first = nonfinite_rows(rows)
+    if n_rows:
+        raise MergeInputError(f"embeddings contain NaN or infinite values ({n_rows} instances, first at row {first})")
 
 
 def align_regions(regions: pd.DataFrame, labels: np.ndarray | None, n: int) -> pd.DataFrame:

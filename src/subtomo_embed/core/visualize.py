@@ -34,19 +34,24 @@ def project(
     pca_components: int | None = None,
     seed: int = 0,
     n_neighbors: int = UMAP_N_NEIGHBORS,
+    fit_sample: int | None = None,
 ) -> tuple[np.ndarray, str]:
     """2D/3D coordinates of the embeddings and the method used (``umap`` or ``pca``).
 
     With ``pca_components`` the embeddings are reduced by PCA and the first ``n_components``
-    principal components are the coordinates (CryoSiam's behaviour); otherwise UMAP with
-    ``metric``. Very small sets (fewer than :data:`MIN_UMAP_POINTS`) fall back to PCA.
+    principal components are the coordinates (CryoSiam's behaviour; streamed, so ``embeddings``
+    may be rows read on demand); otherwise UMAP with ``metric``, fitted on a seeded sample of
+    ``fit_sample`` rows when there are more (:func:`umap_sampled`). Very small sets (fewer than
+    :data:`MIN_UMAP_POINTS`) fall back to PCA.
     """
-    x = np.asarray(embeddings, dtype=np.float32)
-    n = x.shape[0]
+    n = int(embeddings.shape[0])
     if pca_components is not None or n < MIN_UMAP_POINTS:
         if pca_components is None:
             log.info("only %d points: PCA instead of UMAP", n)
-        return pca(x, max(n_components, pca_components or 0))[:, :n_components], "pca"
+        return pca(embeddings, max(n_components, pca_components or 0))[:, :n_components], "pca"
+    x = np.asarray(embeddings, dtype=np.float32)
+    if fit_sample is not None and n > fit_sample:
+        return umap_sampled(x, n_components, metric, seed, fit_sample), "umap"
     import umap
 
     model = umap.UMAP(
@@ -62,16 +67,40 @@ def project(
     return np.asarray(coords, dtype=np.float64), "umap"
 
 
-def pca(embeddings: np.ndarray, n_components: int) -> np.ndarray:
-    """Principal-component scores [N, n_components]; columns past the data's rank are zero."""
-    from sklearn.decomposition import PCA
+def umap_sampled(x: np.ndarray, n_components: int, metric: str, seed: int, sample: int) -> np.ndarray:
+    """UMAP fitted on a seeded random ``sample`` of the rows; every other row is placed at the
+    inverse-distance weighted mean of its :data:`UMAP_N_NEIGHBORS` nearest sampled rows (pynndescent,
+    ``metric``), as UMAP's own ``transform`` starts. Time and memory then grow linearly with N."""
+    import pynndescent
 
-    x = np.asarray(embeddings, dtype=np.float64)
-    n, d = x.shape
+    n = x.shape[0]
+    fitted_rows = np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
+    log.info("UMAP fitted on %d of %d embeddings; the others placed by their nearest fitted neighbours", sample, n)
+    fitted, _ = project(x[fitted_rows], n_components, metric, seed=seed)
+    index = pynndescent.NNDescent(x[fitted_rows], metric=metric, n_neighbors=30, random_state=seed, low_memory=True)
+    index.prepare()
+    out = np.empty((n, n_components), dtype=np.float64)
+    out[fitted_rows] = fitted
+    rest = np.setdiff1d(np.arange(n), fitted_rows, assume_unique=True)
+    step = 100_000
+    for s in range(0, rest.size, step):
+        part = rest[s : s + step]
+        idx, dist = index.query(x[part], k=UMAP_N_NEIGHBORS)
+        weight = 1.0 / (dist.astype(np.float64) + 1e-9)
+        out[part] = np.einsum("ij,ijc->ic", weight, fitted[idx]) / weight.sum(axis=1, keepdims=True)
+    return out
+
+
+def pca(embeddings, n_components: int) -> np.ndarray:
+    """Principal-component scores [N, n_components]; columns past the data's rank are zero.
+    Fitted and applied in one streamed pass each (``embeddings``: an array or rows read on demand)."""
+    from .chunked import StreamedPCA
+
+    n, d = int(embeddings.shape[0]), int(embeddings.shape[1])
     usable = max(0, min(n_components, n - 1, d))
     out = np.zeros((n, n_components), dtype=np.float64)
     if usable > 0:
-        out[:, :usable] = PCA(n_components=usable, svd_solver="full").fit_transform(x)
+        out[:, :usable] = StreamedPCA.fit(embeddings, usable).transform(embeddings)
     return out
 
 
@@ -107,7 +136,7 @@ def stratified_subsample(groups: np.ndarray, max_points: int, seed: int = 0) -> 
 
 
 def distance_map(
-    embeddings: np.ndarray,
+    embeddings,
     groups: np.ndarray,
     metric: str = "euclidean",
     max_points: int = MAX_DISTANCE_MAP_POINTS,
@@ -120,18 +149,20 @@ def distance_map(
     """
     from sklearn.metrics import pairwise_distances
 
-    x = np.asarray(embeddings)
+    from .chunked import take_rows
+
     groups = np.asarray(groups)
     rows = stratified_subsample(groups, max_points, seed)
+    x = take_rows(embeddings, rows)  # only the subsample is read (embeddings may be rows read on demand)
     order = []
     for g in np.unique(groups[rows]):
-        members = rows[groups[rows] == g]
-        centre = x[members].mean(axis=0, keepdims=True)
-        d = pairwise_distances(x[members], centre, metric=metric).ravel()
-        order.append(members[np.argsort(d, kind="stable")])
-    rows = np.concatenate(order) if order else rows
-    dist = pairwise_distances(x[rows], metric=metric)
-    return dist, rows, groups[rows]
+        at = np.flatnonzero(groups[rows] == g)
+        centre = x[at].mean(axis=0, keepdims=True)
+        d = pairwise_distances(x[at], centre, metric=metric).ravel()
+        order.append(at[np.argsort(d, kind="stable")])
+    at = np.concatenate(order) if order else np.arange(rows.size)
+    dist = pairwise_distances(x[at], metric=metric)
+    return dist, rows[at], groups[rows[at]]
 
 
 # --------------------------------------------------------------------------------------------

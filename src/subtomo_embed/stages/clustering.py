@@ -31,9 +31,13 @@ def run_kmeans(cfg: Config, folders: Folders) -> dict[str, Path]:
     section = cfg.clustering_kmeans
     merged = _load_checked(cfg, folders, "clustering_kmeans", section.num_clusters, 0, section.visualization)
     k = section.num_clusters
-    log.info("KMeans with k=%d on %d embeddings (dim %d)", k, merged.n, merged.embeddings.shape[1])
-    labels, centers = C.kmeans(merged.embeddings, k, seed=cfg.seed)
+    working = merged.working()
+    log.info("KMeans with k=%d on %d embeddings (dim %d)", k, merged.n, working.shape[1])
+    labels, centers = C.kmeans(working, k, seed=cfg.seed)
     ids = np.arange(k)
+    if not merged.in_memory:  # the centres of the clusters in the embeddings' own space
+        centers = C.cluster_means(merged.embeddings, labels, ids)
+    log_peak_memory("KMeans")
     datasets = {"clusters": labels, "centers": centers}
     return write_cluster_outputs(cfg, folders, merged, "kmeans", labels, ids, centers, datasets, {})
 
@@ -51,7 +55,8 @@ def run_spectral(cfg: Config, folders: Folders) -> dict[str, Path]:
         sc.n_neighbors,
         merged.n,
     )
-    result = C.spectral(merged.embeddings, k, sc.estimate_num_clusters, n_neighbors=sc.n_neighbors, seed=cfg.seed)
+    result = C.spectral(merged.working(), k, sc.estimate_num_clusters, n_neighbors=sc.n_neighbors, seed=cfg.seed)
+    log_peak_memory("spectral clustering")
     labels = result.labels + 1  # CryoSiam's spectral ids are 1-based
     ids = np.arange(1, result.num_clusters + 1)
     centers = C.cluster_means(merged.embeddings, labels, ids)
@@ -59,6 +64,12 @@ def run_spectral(cfg: Config, folders: Folders) -> dict[str, Path]:
     attrs = {"estimated": bool(sc.estimate_num_clusters), "graph_components": int(result.n_components)}
     log.info("spectral: %d clusters", result.num_clusters)
     return write_cluster_outputs(cfg, folders, merged, "spectral", labels, ids, centers, datasets, attrs)
+
+
+def log_peak_memory(what: str) -> None:
+    from ..core.chunked import peak_memory_gb
+
+    log.info("%s done: peak memory of this process %.2f GB", what, peak_memory_gb())
 
 
 def _load_checked(cfg: Config, folders: Folders, section: str, k: int, n_neighbors: int, figures: bool) -> Merged:

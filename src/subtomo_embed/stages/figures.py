@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -57,9 +58,41 @@ def shown(drawn: int, n: int) -> str:
 # the projection of every embedding, computed once per input and settings
 
 
+def projection_rows(cfg: Config, merged: Merged) -> tuple[np.ndarray | Any, str]:
+    """What the projections of ``merged`` are made of, and the metric: the embeddings; out of core
+    (UMAP) their working principal components, Euclidean (of unit rows for ``distance: cosine``)."""
+    v = cfg.visualization
+    if merged.in_memory or v.pca_components is not None:  # PCA streams over the rows themselves
+        return merged.embeddings, v.distance
+    if v.distance not in ("euclidean", "cosine"):
+        log.warning("out of core, UMAP uses Euclidean distances of principal components, not %s", v.distance)
+    return merged.working(unit_rows=v.distance == "cosine"), "euclidean"
+
+
+def project_rows(cfg: Config, merged: Merged, dims: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+    """Coordinates (UMAP or PCA, as configured) of every embedding or of ``rows``, and the method."""
+    from ..core import visualize as V
+    from ..core.chunked import take_rows
+
+    x, metric = projection_rows(cfg, merged)
+    if rows is not None:
+        x = take_rows(x, rows)
+    v = cfg.visualization
+    return V.project(x, dims, metric, v.pca_components, seed=cfg.seed, fit_sample=cfg.scale.projection_sample)
+
+
 def _projection_cache(cfg: Config, folders: Folders, merged: Merged, dims: int) -> tuple[Path, str]:
     v = cfg.visualization
-    key = io.fingerprint([], embeddings=merged.key, dims=dims, metric=v.distance, pca=v.pca_components, seed=cfg.seed)
+    key = io.fingerprint(
+        [],
+        embeddings=merged.key,
+        dims=dims,
+        metric=v.distance,
+        pca=v.pca_components,
+        seed=cfg.seed,
+        sample=cfg.scale.projection_sample if merged.n > cfg.scale.projection_sample else None,
+        working=None if merged.in_memory else cfg.scale.working_dim,
+    )
     return layout.projection_cache(folders.vis_dir, projection_name(cfg) or "umap", dims), key
 
 
@@ -75,15 +108,12 @@ def cached_projection(cfg: Config, folders: Folders, merged: Merged, dims: int =
 
 def global_projection(cfg: Config, folders: Folders, merged: Merged, dims: int = 2) -> tuple[np.ndarray, str]:
     """Coordinates of every embedding (UMAP or PCA) and the method, cached in the vis folder."""
-    from ..core import visualize as V
-
     cached = cached_projection(cfg, folders, merged, dims)
     if cached is not None:
         log.info("reusing the %dD projection in the visualization folder", dims)
         return cached
     log.info("projecting %d embeddings to %dD", merged.n, dims)
-    v = cfg.visualization
-    coords, method = V.project(merged.embeddings, dims, v.distance, v.pca_components, seed=cfg.seed)
+    coords, method = project_rows(cfg, merged, dims)
     cache, key = _projection_cache(cfg, folders, merged, dims)
     io.write_h5(cache, {"coords": coords}, {"key": key, "method": method})
     return coords, method
@@ -113,7 +143,7 @@ def cluster_figures(
         note = None
     else:  # project only the plotted subsample (for the plot; the clustering used every embedding)
         rows = np.sort(sub)
-        coords, proj = V.project(merged.embeddings[rows], 2, v.distance, v.pca_components, seed=cfg.seed)
+        coords, proj = project_rows(cfg, merged, 2, rows)
         draw = np.random.default_rng(cfg.seed).permutation(rows.size)
         note = None if rows.size == merged.n else f"projection of a random {rows.size} of {merged.n} instances"
     table = merged.table.iloc[rows].reset_index(drop=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core import h5files, io, layout, tables
+from ..core import chunked, h5files, io, layout, tables
 from ..core import merge as M
 from ..core.config import Config
 from ..core.errors import InputDataError
@@ -58,13 +58,15 @@ def resolve_folders(cfg: Config, input_dir: Path | None, output_dir: Path | None
 
 @dataclass
 class Merged:
-    embeddings: np.ndarray  # [N, dim] float32
+    embeddings: np.ndarray | h5files.MergedRows  # [N, dim] float32; read on demand beyond scale.memory_gb
     counts: np.ndarray  # [n_tomograms]
     stems: list[str]
     table: pd.DataFrame  # tomogram, label, row, regions columns
     path: Path
     key: str  # identifies this version of the merged embeddings
+    working_dim: int = 64  # out of core: principal components the clustering and projections use
     offsets: np.ndarray = field(init=False)
+    _working: dict[bool, np.ndarray] = field(init=False, default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.offsets = M.offsets(self.counts)
@@ -72,6 +74,20 @@ class Merged:
     @property
     def n(self) -> int:
         return int(self.embeddings.shape[0])
+
+    @property
+    def in_memory(self) -> bool:
+        return isinstance(self.embeddings, np.ndarray)
+
+    def working(self, unit_rows: bool = False) -> np.ndarray:
+        """The rows clustering and projections use: in memory the embeddings themselves; out of core
+        their first ``working_dim`` principal components, made in one streamed pass and kept
+        (``unit_rows``: of the rows scaled to unit length, where Euclidean distance orders as cosine)."""
+        if isinstance(self.embeddings, np.ndarray):
+            return self.embeddings
+        if unit_rows not in self._working:
+            self._working[unit_rows] = chunked.reduce(self.embeddings, self.working_dim, normalize=unit_rows)
+        return self._working[unit_rows]
 
     def rows(self, i: int) -> slice:
         """Tomogram i's rows of the merged embeddings."""
@@ -258,8 +274,17 @@ def load_merged(cfg: Config, folders: Folders, source: MergedSource | None = Non
     source = source or plan_merged(cfg, folders)
     path = write_merge(cfg, source.plan) if source.plan is not None else source.path
     assert path is not None
-    contents = h5files.read_merged_embeddings(path)
+    contents = h5files.read_merged_embeddings(path, cfg.scale.memory_gb * 2**30)
     embeddings, counts = contents.embeddings, contents.counts
+    if not isinstance(embeddings, np.ndarray):
+        log.info(
+            "%d x %d embeddings (%.1f GB) exceed scale.memory_gb=%g: read in chunks, clustered and projected "
+            "on %d principal components",
+            *embeddings.shape,
+            4 * embeddings.shape[0] * embeddings.shape[1] / 2**30,
+            cfg.scale.memory_gb,
+            min(cfg.scale.working_dim, embeddings.shape[1]),
+        )
     n = embeddings.shape[0]
     if n == 0:
         raise InputDataError("no embeddings found: the merged file is empty", path)
@@ -281,7 +306,7 @@ def load_merged(cfg: Config, folders: Folders, source: MergedSource | None = Non
         raise InputDataError(f"tomogram {twice[0]!r} appears twice in 'tomograms'", path)
     table = _merged_table(folders, path, stems, counts, contents.labels)
     key = contents.key if contents.key is not None else io.fingerprint([path])
-    return Merged(embeddings, counts, stems, table, path, key)
+    return Merged(embeddings, counts, stems, table, path, key, cfg.scale.working_dim)
 
 
 def _stems_without_names(cfg: Config, folders: Folders, path: Path, n_tomograms: int) -> list[str]:

@@ -141,6 +141,7 @@ def per_tomogram_projections(
         wanted = [s for s in listed if s in merged.stems]
     sizes = log_area(merged.table)
     written = {}
+    sample = cfg.scale.projection_sample
     for stem in io.progress(wanted, "per-tomogram projections"):
         i = merged.stems.index(stem)
         rows = merged.rows(i)
@@ -158,7 +159,8 @@ def per_tomogram_projections(
         for name, clusters in clusterings.items():
             table[f"{name}_cluster"] = clusters[rows]
         for dims in _dimensions(cfg):
-            coords, method = V.project(merged.embeddings[rows], dims, v.distance, v.pca_components, seed=cfg.seed)
+            x = merged.embeddings[rows]
+            coords, method = V.project(x, dims, v.distance, v.pca_components, cfg.seed, fit_sample=sample)
             csv = table.copy()
             for j, axis in enumerate("xyz"[:dims]):
                 csv[axis] = coords[:, j]
