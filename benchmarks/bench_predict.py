@@ -127,7 +127,15 @@ def many_tomograms(args, device: torch.device) -> None:
     from synthetic import make_checkpoint, make_dataset, write_config
 
     from subtomo_embed.core.config import load_config
-    from subtomo_embed.stages.embedding import embed_tomograms, embed_with_config, predict_job, prepare, start_run
+    from subtomo_embed.stages import embedding
+    from subtomo_embed.stages.embedding import (
+        embed_prepared,
+        embed_tomograms,
+        embed_with_config,
+        predict_job,
+        prepare,
+        start_run,
+    )
     from subtomo_embed.stages.tomograms import list_tomograms
 
     network = {**NETWORKS[args.network], "spatial_dims": 3, "in_channels": 1}
@@ -164,9 +172,27 @@ def many_tomograms(args, device: torch.device) -> None:
             for patches in cut:
                 embed_with_config(run.model, iter(patches), len(patches), run.device, cfg, None)
 
+        # the loop's time inside embed_prepared (model, copies, writing): the rest it waited for a
+        # tomogram to be prepared (a figure less at the mercy of other load than patches/s)
+        busy: list[float] = []
+        waited: dict[str, list[float]] = {"overlap off": [], "overlap on": []}
+
+        def embed_prepared_timed(*a):
+            start = time.perf_counter()
+            try:
+                return embed_prepared(*a)
+            finally:
+                busy.append(time.perf_counter() - start)
+
+        embedding.embed_prepared = embed_prepared_timed
+
         def pipeline(overlap: bool):
             run.overlap = overlap
+            busy.clear()
+            start = time.perf_counter()
             assert embed_tomograms(run, jobs).done == [stem for stem, _ in jobs]
+            total = time.perf_counter() - start
+            waited["overlap on" if overlap else "overlap off"].append((total - sum(busy), total))
 
         model_alone()  # warm-up (allocator, cuDNN autotuning, threads)
         variants = {
@@ -184,8 +210,17 @@ def many_tomograms(args, device: torch.device) -> None:
     print(describe(args, device, count, f"{len(cut)} tomograms {'×'.join(map(str, args.tomogram_shape))}"))
     for name, s in seconds.items():
         runs = ", ".join(f"{count / x:.1f}" for x in s)
-        ratio = f"   {rate[name] / rate['model alone']:.2f} of the model alone" if name != "model alone" else ""
-        print(f"  {name:12s}: {rate[name]:8.1f} patches/s{ratio}   (runs: {runs})")
+        if name == "model alone":
+            print(f"  {name:12s}: {rate[name]:8.1f} patches/s                          (runs: {runs})")
+            continue
+        ratio = rate[name] / rate["model alone"]
+        wait = statistics.median(w / t for w, t in waited[name])
+        seconds_waited = ", ".join(f"{w:.2f}/{t:.1f}" for w, t in waited[name])
+        print(
+            f"  {name:12s}: {rate[name]:8.1f} patches/s  {ratio:.2f} of the model alone  (runs: {runs})\n"
+            f"                loop waiting for a tomogram to be prepared: {100 * wait:.1f} % of the run "
+            f"(median; s waited/s in all: {seconds_waited})"
+        )
     print(f"  overlap on / overlap off = {rate['overlap on'] / rate['overlap off']:.2f}")
 
 
