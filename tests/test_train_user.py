@@ -176,3 +176,14 @@ def test_bad_input_is_one_line_and_an_exit_code(user_data, case, code, words):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and words in lines[0] and "Traceback" not in result.stderr, result.stderr
     assert not (user_data["root"] / "bad.ckpt").exists()
+
+
+def test_a_large_instance_is_viewed_in_a_cube_of_the_patch_diagonal(user_data):
+    """Instances larger than an 8³ patch: the rotated view is cut from a bounded cube and still holds the particle."""
+    cfg = load_config(user_data["config"], ["parameters.data.patch_size=[8,8,8]", "masking_type=2"])
+    settings = real_view_settings(cfg)
+    rng = np.random.default_rng(4)
+    for source in collect_particles(cfg):
+        view = make_real_view(source, rng, settings)
+        assert view.shape == (8, 8, 8)
+        assert np.count_nonzero(view) > 8 * 8 * 8 // 4, source.name  # the particle fills most of the patch

@@ -78,16 +78,25 @@ def _cube(volume: np.ndarray, origin: tuple[int, ...], size: int) -> np.ndarray:
     return out
 
 
-def view_cube(source: ParticleSource, margin: int) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+def view_cube(
+    source: ParticleSource, margin: int, limit: int | None = None
+) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
     """(cube of the tomogram, the region's voxels in it, the cube's origin): a cube around the
-    region's box centre, wide enough for the region under any rotation plus ``margin`` voxels."""
+    region's box centre, wide enough for the region under any rotation plus ``margin`` voxels, or
+    at most ``limit`` voxels wide (the region's voxels outside it dropped)."""
     box = source.region.box
     extents = [s.stop - s.start for s in box]
     size = int(math.ceil(math.sqrt(sum(e * e for e in extents)))) + 2 * margin + 2
+    if limit is not None:
+        size = min(size, limit)
     origin = tuple(s.start + e // 2 - size // 2 for s, e in zip(box, extents))
     cube = _cube(source.volume, origin, size)
     mask = np.zeros(cube.shape, dtype=bool)
-    mask[tuple(slice(s.start - o, s.stop - o) for s, o in zip(box, origin))] = source.region.voxels
+    # the region's box and the cube, both in tomogram coordinates: their overlap
+    inner = [(max(s.start, o), min(s.stop, o + size)) for s, o in zip(box, origin)]
+    mask[tuple(slice(a - o, b - o) for (a, b), o in zip(inner, origin))] = source.region.voxels[
+        tuple(slice(a - s.start, b - s.start) for (a, b), s in zip(inner, box))
+    ]
     return cube, mask, origin
 
 
@@ -141,11 +150,16 @@ def make_real_view(
 ) -> np.ndarray:
     """One augmented view of a real particle as a patch of ``s.patch_size`` (see the module doc).
 
-    ``rotation`` (3×3) replaces the random one (``s.rotate`` false and no ``rotation``: none).
+    ``rotation`` (3×3) replaces the random one (``s.rotate`` false and no ``rotation``: none). A
+    rotated view of an instance larger than the patch is made in a cube of the patch's diagonal
+    (the patch shows the instance's centre, as ``predict``'s does), so a large instance costs no more.
     """
-    cube, mask, _ = view_cube(source, s.mask_dilation)
     if rotation is None and s.rotate:
         rotation = random_rotation(rng)
+    limit = None
+    if rotation is not None:
+        limit = int(math.ceil(math.sqrt(sum(p * p for p in s.patch_size)))) + 2 * s.mask_dilation + 2
+    cube, mask, _ = view_cube(source, s.mask_dilation, limit)
     if rotation is not None:
         cube, mask = rotate_cube(cube, mask, np.asarray(rotation, dtype=np.float64))
     dilate = int(rng.integers(0, s.mask_dilation + 1)) if s.mask_dilation > 0 else 0
