@@ -95,6 +95,14 @@ def test_cluster_means_and_nearest_members_in_chunks_equal_the_direct_computatio
     assert nearest[9].size == 0 and nearest[7].tolist() in ([5, 900], [900, 5])
 
 
+def test_kmeans_seeded_on_a_sample_finds_the_same_clusters():
+    x, truth = grouped_embeddings(3000, 16, 6, seed=5, spread=0.3)
+    full, centres_full = cluster.kmeans(x.copy(), 6, seed=0)
+    sampled, centres_sampled = cluster.kmeans(x.copy(), 6, seed=0, init_sample=500)
+    assert adjusted_rand_score(full, sampled) >= 0.99 and adjusted_rand_score(truth, sampled) >= 0.99
+    assert centres_sampled.shape == (6, 16)
+
+
 def test_umap_fitted_on_a_sample_places_the_others_with_their_group():
     x, truth = grouped_embeddings(1500, 16, 4, seed=4, spread=0.2)
     coords = V.umap_sampled(x, 2, "euclidean", seed=0, sample=400)

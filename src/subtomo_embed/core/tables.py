@@ -6,6 +6,7 @@ written through :func:`.io.atomic_output`.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -117,11 +118,14 @@ def exact_floats(table: pd.DataFrame) -> pd.DataFrame:
     out = table.copy()
     for column in out.columns:
         if out[column].dtype.kind == "f":
-            out[column] = [
-                np.format_float_positional(v, unique=True, trim="0") if np.isfinite(v) else str(v)
-                for v in out[column].to_numpy()
-            ]
+            out[column] = [_shortest_text(v) for v in out[column].to_numpy(np.float64).tolist()]
     return out
+
+
+def _shortest_text(v: float) -> str:
+    """Python's repr is the shortest round-trip text; only its exponent form is spelled out."""
+    text = repr(v)
+    return np.format_float_positional(v, unique=True, trim="0") if "e" in text and math.isfinite(v) else text
 
 
 def write_star(path: str | Path, table: pd.DataFrame | dict[str, pd.DataFrame], exact: bool = False) -> None:

@@ -133,12 +133,12 @@ def write_cluster_outputs(
         particles = pd.concat(stars, ignore_index=True)  # the rows predict wrote, in their convention
     else:
         particles = particles_table(cfg, merged.table, labels)
-    tables.write_star(layout.particles_star(out, method), particles, exact=True)
+    classes = particles["rlnClass"].to_numpy()
+    particles = tables.exact_floats(particles)  # once, not again for each cluster's file
+    tables.write_star(layout.particles_star(out, method), particles)
     for c in ids:
         tables.write_star(
-            layout.cluster_particles_star(out, method, int(c)),
-            particles[particles["rlnClass"] == c].reset_index(drop=True),
-            exact=True,
+            layout.cluster_particles_star(out, method, int(c)), particles[classes == c].reset_index(drop=True)
         )
         also_written.append(layout.cluster_particles_star(out, method, int(c)))
     log.info("wrote %s, per-tomogram tables and per-cluster STAR files to %s", path.name, out)
