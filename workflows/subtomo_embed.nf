@@ -133,6 +133,9 @@ workflow SUBTOMO_EMBED {
         'visualization.visualization_suffix'     : setting('visualization.visualization_suffix', suffixDefault),
         visualization_files                      : setting('visualization_files', null),
         instances                                : setting('instances', null),
+        'scale.memory_gb'                        : setting('scale.memory_gb', 4),
+        'scale.working_dim'                      : setting('scale.working_dim', 64),
+        'scale.projection_sample'                : setting('scale.projection_sample', 100000),
     ]
 
     def extractFlags = flags([
