@@ -103,6 +103,7 @@ def test_kmeans_seeded_on_a_sample_finds_the_same_clusters():
     assert centres_sampled.shape == (6, 16)
 
 
+@pytest.mark.slow  # compiling UMAP's and pynndescent's query functions takes most of a minute
 def test_umap_fitted_on_a_sample_places_the_others_with_their_group():
     x, truth = grouped_embeddings(1500, 16, 4, seed=4, spread=0.2)
     coords = V.umap_sampled(x, 2, "euclidean", seed=0, sample=400)
