@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -397,15 +398,21 @@ def train_from_config(
     progress: bool = True,
     time_limit: float | None = None,
     save_every: int = 25,
+    views: Any = None,  # ViewSettings (simulated) or RealViewSettings (fine-tuning); None: the config's
+    pairs: Any = None,  # core.train's PairMaker; None: simulated particles
+    starting_point: Any = None,  # core.train.StartingPoint; None: fresh weights
 ) -> Path:
-    """SimSiam training with a config's patch contract and ``hyper_parameters`` (resumable)."""
+    """SimSiam training with a config's patch contract and ``hyper_parameters`` (resumable).
+
+    By default on simulated particles; fine-tuning (:mod:`.training`) passes its own ``views``,
+    ``pairs`` and ``starting_point``."""
     from ..core.embed import pick_device
-    from ..core.train import Sitting, TrainingSettings, train
+    from ..core.train import Sitting, StartingPoint, TrainingSettings, train
 
     torch_device = pick_device(device, cfg.parameters.gpu_devices)
     hp = cfg.hyper_parameters
     settings = TrainingSettings(
-        training_settings(cfg), steps or hp.max_steps, hp.batch_size, hp.learning_rate, seed=cfg.seed
+        views or training_settings(cfg), steps or hp.max_steps, hp.batch_size, hp.learning_rate, seed=cfg.seed
     )
     sitting = Sitting(resume=resume, save_every=save_every, time_limit=time_limit, progress=progress)
     return train(
@@ -415,6 +422,8 @@ def train_from_config(
         Path(checkpoint),
         torch_device,
         sitting,
+        pairs=pairs,
+        starting_point=starting_point or StartingPoint(),
     )
 
 

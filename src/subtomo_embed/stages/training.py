@@ -77,28 +77,17 @@ def fine_tune_from_config(
 ) -> Path:
     """SimSiam fine-tuning on the config's tomograms + instance masks from ``start_from`` (else
     ``trained_model``), to ``steps`` (else ``hyper_parameters.max_steps``); resumable."""
-    from ..core.embed import pick_device
-    from ..core.train import Sitting, StartingPoint, TrainingSettings, train
+    from ..core.train import StartingPoint
+    from .demo import train_from_config
 
     start = StartingPoint(starting_checkpoint(cfg, start_from), cfg.contrastive)
     sources = collect_particles(cfg)
     settings_views = views or real_view_settings(cfg)
-    torch_device = pick_device(device, cfg.parameters.gpu_devices)
-    hp = cfg.hyper_parameters
-    settings = TrainingSettings(settings_views, steps or hp.max_steps, hp.batch_size, hp.learning_rate, seed=cfg.seed)
-    sitting = Sitting(resume=resume, save_every=save_every, time_limit=time_limit, progress=progress)
     log.info("fine-tuning on %d particles from %s", len(sources), start.checkpoint)
 
     def pairs(rng):
         return make_real_pair(sources, rng, settings_views)
 
-    return train(
-        cfg.model_dump(by_alias=True),
-        cfg.parameters.network.model_dump(),
-        settings,
-        Path(checkpoint),
-        torch_device,
-        sitting,
-        pairs=pairs,
-        starting_point=start,
+    return train_from_config(
+        cfg, checkpoint, steps, device, resume, progress, time_limit, save_every, settings_views, pairs, start
     )
