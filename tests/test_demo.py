@@ -94,6 +94,25 @@ def test_committed_model_is_small_cryosiam_shaped_and_described():
     assert "subtomo-embed train" in card and "ARI" in card
 
 
+@pytest.mark.parametrize("snr, wedge, floor", [(3.0, None, 0.85), (1.0, 60.0, 0.6)])
+def test_committed_model_tells_held_out_assemblies_apart(snr, wedge, floor):
+    """Class set 1 (icosahedral, ring8, dihedral5, cubic, tetrahedral; one envelope, one mass), never
+    trained on (training draws class seeds >= 10^6): the committed model's KMeans ARI, on patches cut
+    as predict cuts them. Measured on 200 particles (models/MODEL_CARD.md): 0.98 at SNR 3, 0.80 at
+    SNR 1 + ±60° wedge; an untrained twin 0.06 / 0.03."""
+    from subtomo_embed.core.assemblies import random_class_set, simulate_set
+    from subtomo_embed.core.train import extract_view
+
+    cfg = load_config(D.DEMO_CONFIG)
+    settings = D.training_settings(cfg)
+    volumes, masks, truth = simulate_set(random_class_set(1, 5), 16, seed=5, box=40, snr=snr, wedge=wedge)
+    patches = [extract_view(v, m, settings) for v, m in zip(volumes, masks)]
+    model, _ = load_model(D.DEMO_MODEL)
+    embeddings = D.network_embeddings(model, patches)
+    ari = adjusted_rand_score(truth, KMeans(5, n_init=10, random_state=0).fit_predict(embeddings))
+    assert ari >= floor
+
+
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path, cli_env):
     proc = subprocess.run(
@@ -107,10 +126,10 @@ def test_demo_end_to_end(tmp_path, cli_env):
     scores = pd.read_csv(tmp_path / "demo" / "ari.csv")
     assert set(scores["method"]) == set(D.METHODS) and len(scores) == 8
     # The committed model must beat the untrained network and the descriptor on both sets. `make demo`
-    # printed (KMeans / spectral ARI): model 1.00 / 1.00 (SNR 3) and 0.95 / 0.96 (SNR 1 + wedge);
+    # printed (KMeans / spectral ARI): model 1.00 / 1.00 (SNR 3) and 0.93 / 0.93 (SNR 1 + wedge);
     # untrained 0.11 / 0.09 and 0.04 / 0.05; descriptor 0.55 / 0.96 and 0.45 / 0.96 (models/MODEL_CARD.md).
     # The descriptor's spectral ARI ties the model's, so the margins are on KMeans (0.45-0.5 seen, 0.2
-    # asked) and on the mean of the two (0.25 seen, 0.1 asked); against the untrained network 0.5 on
+    # asked) and on the mean of the two (0.22-0.25 seen, 0.1 asked); against the untrained network 0.5 on
     # both (0.85-0.95 seen).
     # The spherical-harmonic descriptor, the strong baseline on assemblies, is weak on these envelope
     # shapes whose sizes overlap: 0.12 / 0.40 (SNR 3) and 0.10 / 0.28 (SNR 1 + wedge); 0.3 asked on both.

@@ -4,6 +4,7 @@ import os
 import sys
 import types
 
+import numpy as np
 import pytest
 import torch
 from synthetic import TINY_NETWORK, make_checkpoint
@@ -255,3 +256,71 @@ def test_a_dim_set_in_the_run_must_equal_the_checkpoints(tmp_path):
     ):
         load_model(path, run_config=config_from_dict({}, "run.yaml", ["parameters.network.dim=1024"]))
     load_model(path, run_config=config_from_dict({}, "run.yaml"))  # not set: the checkpoint's
+
+
+# --------------------------------------------------------------------------------------------
+# embeddings averaged over a rotation group of the cube (embedding_rotations)
+
+
+def _rotation_matrix(rotation) -> np.ndarray:
+    axes, signs = rotation
+    m = np.zeros((3, 3), int)
+    m[range(3), axes] = signs
+    return m
+
+
+@pytest.mark.parametrize("order", [1, 4, 12, 24])
+def test_cube_rotations_are_a_group_of_proper_rotations(order):
+    from subtomo_embed.core.model import cube_rotations
+
+    group = [_rotation_matrix(r) for r in cube_rotations(order)]
+    keys = {m.tobytes() for m in group}
+    assert len(group) == len(keys) == order
+    assert all(round(np.linalg.det(m)) == 1 for m in group)
+    assert all((a @ b).tobytes() in keys for a in group for b in group)  # closed under composition
+
+
+def test_turned_patches_are_the_voxels_moved():
+    """Each of the 24 turns gives a different arrangement of the same voxels; a half turn about z
+    is the flip of y and x; one of them is the quarter turn torch.rot90 makes."""
+    from subtomo_embed.core.model import cube_rotations, turned
+
+    x = torch.randn(1, 1, 5, 5, 5)
+    outs = [turned(x, r) for r in cube_rotations(24)]
+    assert len({o.numpy().tobytes() for o in outs}) == 24
+    assert all(torch.equal(o.flatten().sort().values, x.flatten().sort().values) for o in outs)
+    torch.testing.assert_close(turned(x, ((0, 1, 2), (1, -1, -1))), x.flip((3, 4)))
+    assert any(torch.equal(o, torch.rot90(x, 1, (3, 4))) for o in outs)
+
+
+@pytest.mark.parametrize("order, contrastive", [(4, True), (24, True), (24, False)])
+def test_an_averaged_embedding_is_the_same_for_every_turn_of_the_group(order, contrastive):
+    from subtomo_embed.core.model import cube_rotations, turned
+
+    torch.manual_seed(0)
+    model = build_simsiam(TINY_NETWORK).eval()
+    x = torch.randn(3, 1, 12, 12, 12)
+    with torch.no_grad():
+        plain = model.embed(x, contrastive)
+        torch.testing.assert_close(model.embed(x, contrastive, 1), plain)
+        averaged = model.embed(x, contrastive, order)
+        assert not torch.allclose(averaged, plain, atol=1e-3)  # the tiny network is not invariant itself
+        for r in cube_rotations(order):
+            torch.testing.assert_close(model.embed(turned(x, r), contrastive, order), averaged, atol=2e-5, rtol=1e-4)
+        if contrastive:
+            torch.testing.assert_close(averaged.norm(dim=1), torch.ones(3))
+        else:  # the plain mean of the turned patches' embeddings
+            mean = torch.stack([model.embed(turned(x, r), False) for r in cube_rotations(order)]).mean(0)
+            torch.testing.assert_close(averaged, mean)
+
+
+def test_embedding_rotations_key_is_checked():
+    from subtomo_embed.core.config import load_config
+    from subtomo_embed.core.errors import ConfigError
+
+    assert load_config(None, ["embedding_rotations=12"]).embedding_rotations == 12
+    assert load_config(None, ["embedding_rotations=4", "parameters.data.patch_size=[8,16,16]"]).embedding_rotations
+    with pytest.raises(ConfigError, match="1 \\(none\\), 4, 12 or 24"):
+        load_config(None, ["embedding_rotations=8"])
+    with pytest.raises(ConfigError, match="cubic"):
+        load_config(None, ["embedding_rotations=24", "parameters.data.patch_size=[8,16,16]"])

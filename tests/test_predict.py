@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import starfile
+import torch
 from inprocess import run_cli
 from reference import reference_embeddings, reference_patches
 from synthetic import make_checkpoint, write_config, write_h5_mask, write_mrc
@@ -146,6 +147,20 @@ def test_resume_skips_complete_and_redoes_changed(dataset, cli_env):
     proc = run(["subtomo-embed", "predict", "-c", cfg, "--set", "masking_type=2"], cli_env)
     assert target.stat().st_mtime_ns != first and "changed" in proc.stderr
     assert not list(dataset["out"].glob(".subtomo-tmp-*"))
+    # so does averaging over rotations, and its embeddings are the model's averaged over the group
+    strict = read_outputs(dataset["out"], "TS_01")[0]
+    four = ["--set", "masking_type=2", "--set", "embedding_rotations=4"]
+    proc = run(["subtomo-embed", "predict", "-c", cfg, *four], cli_env)
+    assert "changed" in proc.stderr
+    image = mrcfile.read(dataset["data"] / "TS_01.mrc")
+    with h5py.File(dataset["masks"] / "TS_01_instance_preds.h5") as f:
+        patches, _ = reference_patches(image, f["instances"][()], (12, 12, 12), 2, 2, min_size=10)
+    model, _ = load_model(dataset["ckpt"], contrastive=True)
+    with torch.no_grad():
+        want = model.embed(torch.from_numpy(np.stack(patches)[:, None]).float(), True, 4).numpy()
+    averaged = read_outputs(dataset["out"], "TS_01")[0]
+    np.testing.assert_allclose(averaged.T, want, atol=1e-5)  # stored as CryoSiam stores them: [dim, N]
+    assert not np.allclose(averaged, strict, atol=1e-3)
 
 
 def test_filename_and_test_files_select_tomograms(dataset, cli_env):

@@ -68,6 +68,49 @@ def test_pairs_share_the_particle_not_the_noise():
     assert not np.array_equal(a != 0, b != 0)  # not even the same mask outline
 
 
+ASSEMBLY_SETTINGS = ViewSettings((32, 32, 32), 1, 2, NORM, assembly_fraction=1.0)
+
+
+def test_assembly_pairs_are_two_simulations_of_one_arrangement():
+    """Each view its own orientation, noise and mask; both centred in predict's patch; the class
+    drawn from the training class seeds (never the small seeds the docs evaluate on)."""
+    from subtomo_embed.core.assemblies import FAMILIES
+    from subtomo_embed.core.train import ASSEMBLY_CLASS_OFFSET, TRAINING_CLASS_SEEDS
+
+    rng = np.random.default_rng(2)
+    for _ in range(3):
+        a, b, cls = make_pair(rng, ASSEMBLY_SETTINGS)
+        assert ASSEMBLY_CLASS_OFFSET <= cls < ASSEMBLY_CLASS_OFFSET + len(FAMILIES)
+        assert a.shape == b.shape == (32, 32, 32) and not np.array_equal(a != 0, b != 0)
+        for view in (a, b):
+            inside = np.argwhere(view != 0)
+            assert 0.03 < len(inside) / view.size < 0.5  # hull-masked: the particle, not the box
+            np.testing.assert_allclose(inside.mean(axis=0), 15.5, atol=2.0)  # centred as predict centres
+    assert TRAINING_CLASS_SEEDS[0] >= 1_000_000
+
+
+def test_assembly_fraction_mixes_the_two_kinds_of_pairs():
+    from dataclasses import replace
+
+    from subtomo_embed.core.train import ASSEMBLY_CLASS_OFFSET
+
+    rng = np.random.default_rng(3)
+    half = replace(ASSEMBLY_SETTINGS, assembly_fraction=0.5)
+    kinds = [make_pair(rng, half)[2] >= ASSEMBLY_CLASS_OFFSET for _ in range(40)]
+    assert 8 <= sum(kinds) <= 32  # binomial(40, 0.5): outside this with probability < 1e-4
+    shapes_only = replace(ASSEMBLY_SETTINGS, assembly_fraction=0.0)
+    assert all(make_pair(rng, shapes_only)[2] < 5 for _ in range(5))
+
+
+def test_scaled_assembly_keeps_its_arrangement():
+    from subtomo_embed.core.assemblies import random_class_set, scaled
+
+    a = random_class_set(5, 3)[0]
+    b = scaled(a, 1.1)
+    np.testing.assert_allclose(b.centres, a.centres * 1.1)
+    assert b.outer_radius == pytest.approx(a.outer_radius * 1.1) and b.family == a.family
+
+
 def test_spread_sees_collapse():
     assert embedding_spread(torch.randn(64, 32)) == pytest.approx(1.0, abs=0.15)
     assert embedding_spread(torch.ones(64, 32) + 1e-4 * torch.randn(64, 32)) < 0.05

@@ -154,7 +154,7 @@ def test_from_checkpoint_option_overrides_trained_model(user_data):
         ("empty mask", 4, "no instances"),
         ("all filtered", 4, "no instances to train on"),
         ("no model", 3, "starting checkpoint"),
-        ("from without data", 3, "--from needs --from-data"),
+        ("from a missing checkpoint", 5, "missing.ckpt: checkpoint file does not exist"),
     ],
 )
 def test_bad_input_is_one_line_and_an_exit_code(user_data, case, code, words):
@@ -170,12 +170,29 @@ def test_bad_input_is_one_line_and_an_exit_code(user_data, case, code, words):
     elif case == "no model":
         args += ["--set", "trained_model=null"]
     else:
-        args = ["train", "-q", "--from", user_data["start"], "-o", user_data["root"] / "bad.ckpt"]
+        missing = user_data["root"] / "missing.ckpt"
+        args = ["train", "-q", "--from", missing, "-o", user_data["root"] / "bad.ckpt", "--device", "cpu"]
     result = run_cli(args)
     assert result.returncode == code, result.stdout + result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and words in lines[0] and "Traceback" not in result.stderr, result.stderr
     assert not (user_data["root"] / "bad.ckpt").exists()
+
+
+def test_simulated_training_can_start_from_a_checkpoint(user_data):
+    """`train --from CKPT` without --from-data: simulated pairs (here all assemblies), the starting
+    checkpoint's network and weights, not the config's fresh one."""
+    out = user_data["root"] / "sim_from.ckpt"
+    args = ["train", "-q", "--from", user_data["start"], "-o", out, "--device", "cpu", "--steps", "1"]
+    args += ["--set", "hyper_parameters.batch_size=2", "--set", "hyper_parameters.assembly_fraction=1"]
+    result = run_cli(args)
+    assert result.returncode == 0, result.stderr
+    ckpt = read_checkpoint(out)
+    assert ckpt["global_step"] == 1
+    assert ckpt[TRAIN_STATE_KEY]["pairs"]["assembly_fraction"] == 1.0
+    start = read_checkpoint(user_data["start"])["state_dict"]
+    assert ckpt["state_dict"].keys() == start.keys()  # the tiny starting network, not the demo config's
+    assert any(not torch.equal(ckpt["state_dict"][k], v) for k, v in start.items())  # and it trained
 
 
 def test_a_large_instance_is_viewed_in_a_cube_of_the_patch_diagonal(user_data):

@@ -117,6 +117,7 @@ workflow SUBTOMO_EMBED {
         contrastive                    : setting('contrastive', true),
         'parameters.network.dim'       : setting('parameters.network.dim', 1024),
         mixed_precision                : setting('mixed_precision', false),
+        embedding_rotations            : setting('embedding_rotations', 1),
     ]
     // the figures of the clusterings use the projection settings too
     def suffixDefault = 'instance_regions.csv'

@@ -207,7 +207,7 @@ NORMALIZATION = {
     "parameters.data.mean": 0,
     "parameters.data.std": 1,
 }
-NETWORK = {"contrastive": True, "parameters.network.dim": 16, "mixed_precision": False}
+NETWORK = {"contrastive": True, "parameters.network.dim": 16, "mixed_precision": False, "embedding_rotations": 1}
 VISUALIZATION = {
     "seed": 0,
     "file_extension": ".mrc",

@@ -97,27 +97,30 @@ def train(
     ] = False,
     start_from: Annotated[
         Optional[Path],
-        typer.Option("--from", help="With --from-data: the checkpoint to start from (default: trained_model)."),
+        typer.Option(
+            "--from",
+            help="Start from this checkpoint's weights and network (with --from-data the default is trained_model; "
+            "without it, a fresh network).",
+        ),
     ] = None,
     debug: Debug = False,
     quiet: Quiet = False,
 ) -> None:
     """SimSiam training, patches cut exactly as predict cuts them (resumable).
 
-    By default on simulated particles. With --from-data: self-supervised fine-tuning of a checkpoint
-    (--from, else the config's trained_model; ours or CryoSiam's) on the config's own tomograms and
-    instance masks, two augmented views (rotation, noise, wedge, mask dilation, intensity) per real particle.
+    By default on simulated particles (envelope shapes; sub-unit assemblies for a share
+    hyper_parameters.assembly_fraction of the pairs), from a fresh network or --from's. With --from-data:
+    self-supervised fine-tuning of a checkpoint (--from, else the config's trained_model; ours or
+    CryoSiam's) on the config's own tomograms and instance masks, two augmented views (rotation,
+    noise, wedge, mask dilation, intensity) per real particle.
     Without --config_file the demo's config (package data: subtomo_embed/data/configs/demo.yaml) is used
     for simulated training. The checkpoint is in CryoSiam's layout: `predict` (and CryoSiam) load it as `trained_model`.
     """
     setup_logging(quiet)
     with guarded(debug):
         from ..core.config import load_config
-        from ..core.errors import ConfigError
         from ..stages.demo import DEMO_CONFIG, export_model, train_from_config
 
-        if start_from is not None and not from_data:
-            raise ConfigError("--from needs --from-data (simulated training starts from a fresh network)")
         # simulated training defaults to the demo's config; fine-tuning to the package defaults + --set
         cfg = load_config(config_file if config_file or from_data else DEMO_CONFIG, overrides)
         if restart and output.exists():
@@ -130,7 +133,12 @@ def train(
                 cfg, output, start_from, steps, device, True, not quiet, limit, save_every=save_every
             )
         else:
-            ckpt = train_from_config(cfg, output, steps, device, True, not quiet, limit, save_every=save_every)
+            from ..core.train import StartingPoint
+
+            start = StartingPoint(start_from, cfg.contrastive) if start_from is not None else None
+            ckpt = train_from_config(
+                cfg, output, steps, device, True, not quiet, limit, save_every=save_every, starting_point=start
+            )
         if export:
             export_model(ckpt, export)
         typer.echo(f"checkpoint: {ckpt}")

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage
@@ -58,6 +58,11 @@ class Assembly:
     @property
     def outer_radius(self) -> float:
         return float(np.linalg.norm(self.centres, axis=1).max() + self.subunit_radius)
+
+
+def scaled(assembly: Assembly, factor: float) -> Assembly:
+    """The same arrangement ``factor`` times larger (sub-unit centres and radius)."""
+    return replace(assembly, centres=assembly.centres * factor, subunit_radius=assembly.subunit_radius * factor)
 
 
 # --------------------------------------------------------------------------------------------

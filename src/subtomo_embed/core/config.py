@@ -174,6 +174,8 @@ class HyperParametersConfig(_Section):
     # extensions used by `train`
     learning_rate: float = Field(default=0.001, gt=0)
     max_steps: int = Field(default=1000, ge=1, le=MAX_COUNT)
+    # simulated training: the share of pairs that are sub-unit assemblies instead of envelope shapes
+    assembly_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
 class InstancesConfig(_Section):
@@ -252,6 +254,8 @@ class Config(_Section):
     seed: int = Field(default=0, ge=0, lt=2**32)  # NumPy's and scikit-learn's seeds are 32-bit
     skip_missing_masks: bool = False
     mixed_precision: bool = False
+    # the embedding averaged over this rotation group of the cube (1: none, CryoSiam's embedding; 4, 12, 24)
+    embedding_rotations: int = 1
     scale: ScaleConfig = Field(default_factory=ScaleConfig)
 
     # where the config came from, for error messages (not YAML keys)
@@ -270,6 +274,23 @@ class Config(_Section):
         for name in v or []:
             plain_name(name, "a tomogram file name (in data_folder)")
         return v
+
+    @field_validator("embedding_rotations")
+    @classmethod
+    def _rotation_group(cls, v: int) -> int:
+        if v not in (1, 4, 12, 24):
+            raise ValueError("must be 1 (none), 4, 12 or 24 (the order of a rotation group of the cube)")
+        return v
+
+    @model_validator(mode="after")
+    def _cubic_patch_for_axis_turns(self) -> Config:
+        size = self.parameters.data.patch_size
+        if self.embedding_rotations > 4 and size is not None and len(set(size)) > 1:
+            raise ValueError(
+                f"embedding_rotations {self.embedding_rotations} turns the patch's axes into each other: "
+                f"it needs a cubic parameters.data.patch_size, not {list(size)} (use 1 or 4)"
+            )
+        return self
 
     @field_validator(
         "data_folder", "instances_mask_folder", "log_dir", "prediction_folder", "trained_model", "centers_file"

@@ -149,8 +149,10 @@ def embed_patches(
     mixed_precision: bool = False,
     progress: Callable[[int], None] | None = None,
     channels_last: bool = False,
+    rotations: int = 1,
 ) -> np.ndarray:
-    """Embeddings of ``count`` patches as a float32 array [count, dim].
+    """Embeddings of ``count`` patches as a float32 array [count, dim]; with ``rotations`` > 1 each
+    averaged over that rotation group of the cube (:meth:`~.model.SimSiam.embed`).
 
     One batch is in flight: batch k's embeddings are copied back while the device already runs
     batch k+1 (on CUDA into pinned memory, without blocking; on the CPU the order alone), so the
@@ -190,7 +192,7 @@ def embed_patches(
                 x = batch.to(device, non_blocking=pin)
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last_3d)
-                flight = _copy_back(model.embed(x, contrastive=contrastive).float(), pin)
+                flight = _copy_back(model.embed(x, contrastive, rotations).float(), pin)
                 if in_flight is not None:
                     land(in_flight)
                 in_flight = flight

@@ -8,7 +8,8 @@ BN, ReLU, the original Linear to ``dim``, ``BatchNorm1d(dim, affine=False)``), p
 Input contract (see ``docs/model.md``): one channel, float32, patches of the training
 ``patch_size`` normalized by ``clip((x - min)/(max - min), 0, 1)`` then ``(x - mean)/std``,
 voxels outside the (hull-)masked region set to 0 (see :mod:`subtomo_embed.core.extract`).
-Output: the L2-normalized predictor output when ``contrastive``, the projector output otherwise.
+Output: the L2-normalized predictor output when ``contrastive``, the projector output otherwise;
+optionally averaged over a rotation group of the cube (``embedding_rotations``, an extension).
 
 Checkpoint layout (PyTorch Lightning): ``hyper_parameters['backbone_config']`` (contrastive) or
 ``hyper_parameters['config']`` holds CryoSiam's config dict; the architecture is read from its
@@ -17,6 +18,7 @@ Checkpoint layout (PyTorch Lightning): ``hyper_parameters['backbone_config']`` (
 
 from __future__ import annotations
 
+import itertools
 import logging
 import pickle
 import re
@@ -103,12 +105,61 @@ class SimSiam(nn.Module):
         z1, z2 = self.encoder(x1), self.encoder(x2)
         return self.predictor(z1), self.predictor(z2), z1.detach(), z2.detach()
 
-    def embed(self, x: torch.Tensor, contrastive: bool = True) -> torch.Tensor:
-        """The embedding CryoSiam writes: normalized predictor output, or the projector output."""
+    def embed(self, x: torch.Tensor, contrastive: bool = True, rotations: int = 1) -> torch.Tensor:
+        """The embedding CryoSiam writes: normalized predictor output, or the projector output.
+
+        With ``rotations`` > 1, the mean of the embeddings of the patch turned by each rotation of
+        that group of the cube (:func:`cube_rotations`; normalized again when ``contrastive``): the
+        same for every turn of the patch in the group, whatever the network learned.
+        """
+        if rotations > 1:
+            turns = [self.embed(turned(x, r), contrastive) for r in cube_rotations(rotations)]
+            mean = torch.stack(turns).mean(dim=0)
+            return F.normalize(mean, p=2, dim=1) if contrastive else mean
         z = self.encoder(x)
         if not contrastive:
             return z
         return F.normalize(self.predictor(z), p=2, dim=1)
+
+
+# --------------------------------------------------------------------------------------------
+# the rotation groups of the cube: turns by multiples of 90°, exact on the voxel grid
+
+ROTATION_GROUP_ORDERS = (1, 4, 12, 24)
+_EVEN_AXIS_ORDERS = ((0, 1, 2), (1, 2, 0), (2, 0, 1))
+
+
+def cube_rotations(order: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """A rotation group of the cube as (axis order, signs) pairs acting on (z, y, x).
+
+    ``order`` 1: the identity; 4: the half turns about z, y and x (D2); 12: those and the turns
+    that cycle the three axes (the tetrahedral group T); 24: every turn that maps the cube onto
+    itself (the octahedral group O).
+    """
+    if order not in ROTATION_GROUP_ORDERS:
+        raise ValueError(f"a rotation group of the cube has order 1, 4, 12 or 24, not {order}")
+    group = []
+    for axes in itertools.permutations(range(3)):
+        even = axes in _EVEN_AXIS_ORDERS
+        for signs in itertools.product((1, -1), repeat=3):
+            proper = (signs[0] * signs[1] * signs[2] > 0) == even  # determinant +1
+            wanted = (
+                order == 24
+                or (order == 12 and even)
+                or (order == 4 and axes == (0, 1, 2))
+                or (order == 1 and axes == (0, 1, 2) and signs == (1, 1, 1))
+            )
+            if proper and wanted:
+                group.append((axes, signs))
+    return group
+
+
+def turned(x: torch.Tensor, rotation: tuple[tuple[int, ...], tuple[int, ...]]) -> torch.Tensor:
+    """Patches [B, C, z, y, x] turned by one rotation of :func:`cube_rotations` (axes permuted, then flipped)."""
+    axes, signs = rotation
+    y = x.permute(0, 1, *(2 + a for a in axes))
+    flipped = [2 + i for i, sign in enumerate(signs) if sign < 0]
+    return y.flip(flipped) if flipped else y
 
 
 def network_config(network: dict | None) -> dict[str, Any]:

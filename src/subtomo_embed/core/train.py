@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from .extract import Normalization, cut_patch, plan_extraction
 from .simulate import DEFAULT_SIZE_RANGE, another_view, particle_volume, random_particle
@@ -63,19 +64,44 @@ class ViewSettings:
     mask_dilation: int = 1  # each view's mask dilated by 0..this voxels
     gain_range: tuple[float, float] = (0.75, 1.33)  # intensity gain per view, log-uniform
     offset_range: tuple[float, float] = (-0.15, 0.15)  # intensity offset per view
+    # the share of pairs that are sub-unit assemblies (core.assemblies) instead of envelope shapes
+    assembly_fraction: float = 0.0
+    assembly_scale_jitter: float = 0.1  # each assembly view's size times a factor in [1/1.1, 1.1]
+
+
+def draw_degradation(rng: np.random.Generator, s: ViewSettings) -> tuple[float, float | None, int]:
+    """One view's (SNR, missing-wedge half-angle or None, mask dilation in voxels)."""
+    snr = float(np.exp(rng.uniform(np.log(s.snr_range[0]), np.log(s.snr_range[1]))))
+    wedge = float(rng.uniform(*s.wedge_range)) if rng.random() < s.wedge_probability else None
+    dilate = int(rng.integers(0, s.mask_dilation + 1)) if s.mask_dilation > 0 else 0
+    return snr, wedge, dilate
+
+
+def jitter_intensity(volume: np.ndarray, rng: np.random.Generator, s: ViewSettings) -> np.ndarray:
+    """The view's intensity gain (log-uniform) and offset."""
+    gain = float(np.exp(rng.uniform(np.log(s.gain_range[0]), np.log(s.gain_range[1]))))
+    return (volume * np.float32(gain) + np.float32(rng.uniform(*s.offset_range))).astype(np.float32)
 
 
 def view_volume(p, rng: np.random.Generator, s: ViewSettings) -> tuple[np.ndarray, np.ndarray]:
     """One view of a particle as a small tomogram and its instance mask (label 1): simulated,
     degraded at a random SNR, with or without a missing wedge, mask dilated, gain and offset."""
-    snr = float(np.exp(rng.uniform(np.log(s.snr_range[0]), np.log(s.snr_range[1]))))
-    wedge = float(rng.uniform(*s.wedge_range)) if rng.random() < s.wedge_probability else None
-    dilate = int(rng.integers(0, s.mask_dilation + 1)) if s.mask_dilation > 0 else 0
-    box = max(s.patch_size) + 8
-    volume, mask = particle_volume(p, rng, snr, wedge, box, dilate)
-    gain = float(np.exp(rng.uniform(np.log(s.gain_range[0]), np.log(s.gain_range[1]))))
-    volume = volume * np.float32(gain) + np.float32(rng.uniform(*s.offset_range))
-    return volume.astype(np.float32), mask
+    snr, wedge, dilate = draw_degradation(rng, s)
+    volume, mask = particle_volume(p, rng, snr, wedge, max(s.patch_size) + 8, dilate)
+    return jitter_intensity(volume, rng, s), mask
+
+
+def assembly_view_volume(assembly, rng: np.random.Generator, s: ViewSettings) -> tuple[np.ndarray, np.ndarray]:
+    """One view of a sub-unit assembly, like :func:`view_volume`: its own orientation (uniform over
+    SO(3)), size jitter, SNR, wedge, CTF-like band-pass, mask dilation, gain and offset."""
+    from .assemblies import scaled, simulate_particle
+
+    snr, wedge, dilate = draw_degradation(rng, s)
+    factor = float(np.exp(rng.uniform(-np.log1p(s.assembly_scale_jitter), np.log1p(s.assembly_scale_jitter))))
+    volume, mask = simulate_particle(scaled(assembly, factor), rng, max(s.patch_size) + 8, snr, wedge)
+    if dilate > 0:
+        mask = ndimage.binary_dilation(mask, iterations=dilate).astype(np.int32)
+    return jitter_intensity(volume, rng, s), mask
 
 
 def extract_view(volume: np.ndarray, mask: np.ndarray, s: ViewSettings) -> np.ndarray:
@@ -91,7 +117,29 @@ def make_view(p, rng: np.random.Generator, s: ViewSettings) -> np.ndarray:
     return extract_view(*view_volume(p, rng, s), s)
 
 
+# Training draws its assembly classes from class seeds at or above this; evaluation sets and the docs
+# use small class seeds, so the classes a model is scored on are not the ones it was trained on.
+TRAINING_CLASS_SEEDS = (1_000_000, 2**31 - 1)
+ASSEMBLY_CLASS_OFFSET = 100  # pair class ids: shapes 0.., assemblies 100 + family index
+
+
+def make_assembly_pair(rng: np.random.Generator, s: ViewSettings) -> tuple[np.ndarray, np.ndarray, int]:
+    """Two independent simulations of one assembly: a class drawn from a fresh class set (3-7
+    classes of one diameter and mass, :func:`~.assemblies.random_class_set`), each view its own
+    rotation and degradation."""
+    from .assemblies import FAMILIES, random_class_set
+
+    classes = random_class_set(int(rng.integers(*TRAINING_CLASS_SEEDS)), int(rng.integers(3, 8)))
+    assembly = classes[int(rng.integers(len(classes)))]
+    views = [extract_view(*assembly_view_volume(assembly, rng, s), s) for _ in range(2)]
+    return views[0], views[1], ASSEMBLY_CLASS_OFFSET + FAMILIES.index(assembly.family)
+
+
 def make_pair(rng: np.random.Generator, s: ViewSettings) -> tuple[np.ndarray, np.ndarray, int]:
+    """A positive pair: an envelope shape (:mod:`.simulate`) or, with probability
+    ``s.assembly_fraction``, a sub-unit assembly (:func:`make_assembly_pair`)."""
+    if s.assembly_fraction > 0 and rng.random() < s.assembly_fraction:
+        return make_assembly_pair(rng, s)
     base = random_particle(rng, None, s.size_range)
     a = another_view(base, rng, s.scale_jitter, s.aspect_jitter)
     b = another_view(base, rng, s.scale_jitter, s.aspect_jitter)

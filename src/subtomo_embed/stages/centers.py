@@ -30,7 +30,7 @@ from ..core import picks as P
 from ..core.config import Config
 from ..core.errors import ConfigError, InputDataError
 from ..core.extract import cut_centered_patch
-from .embedding import Instances, Job, Run, RunSummary, embed_tomograms, start_run
+from .embedding import Instances, Job, Run, RunSummary, embed_tomograms, embedding_settings, start_run
 from .tomograms import extraction_settings, list_tomograms, normalization, patch_size, prepare_output_folder
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ def centers_job(run: Run, source: PicksSource, tomogram: Path, size: int) -> Job
         extraction=extraction_settings(cfg),
         centers_patch_size=cfg.centers_patch_size,
         centers=cfg.centers.model_dump(),
-        contrastive=cfg.contrastive,
+        **embedding_settings(cfg),
         checkpoint=run.model.digest,
         picks=hashlib.sha256(rows).hexdigest(),
     )

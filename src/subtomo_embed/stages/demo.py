@@ -221,12 +221,13 @@ def predicted_embeddings(cfg: Config) -> tuple[np.ndarray, pd.DataFrame]:
     return np.concatenate(parts), pd.DataFrame(keys, columns=["tomogram", "label"])
 
 
-def network_embeddings(model, patches: list[np.ndarray], contrastive: bool = True) -> np.ndarray:
+def network_embeddings(model, patches: list[np.ndarray], contrastive: bool = True, rotations: int = 1) -> np.ndarray:
     import torch
 
     from ..core.embed import embed_patches
 
-    return embed_patches(model, iter(patches), len(patches), model.dim, torch.device("cpu"), 64, contrastive)
+    device = torch.device("cpu")
+    return embed_patches(model, iter(patches), len(patches), model.dim, device, 64, contrastive, rotations=rotations)
 
 
 def ari_scores(embeddings: np.ndarray, classes: np.ndarray, k: int, seed: int) -> tuple[float, float]:
@@ -264,7 +265,8 @@ def score_dataset(cfg: Config, truth: pd.DataFrame) -> dict[str, tuple[float, fl
     _, network = load_model(cfg.path("trained_model"), cfg.contrastive)
     torch.manual_seed(cfg.seed)
     untrained = build_simsiam(network).eval()
-    scores[METHODS[1]] = ari_scores(network_embeddings(untrained, patches, cfg.contrastive), classes, k, cfg.seed)
+    untrained_embeddings = network_embeddings(untrained, patches, cfg.contrastive, cfg.embedding_rotations)
+    scores[METHODS[1]] = ari_scores(untrained_embeddings, classes, k, cfg.seed)
     scores[METHODS[2]] = ari_scores(describe_all(patches), classes, k, cfg.seed)
     scores[METHODS[3]] = ari_scores(describe_sh_all(patches), classes, k, cfg.seed)
     return scores
@@ -386,7 +388,13 @@ def training_settings(cfg: Config):
     from ..core.train import ViewSettings
     from .tomograms import normalization, patch_size
 
-    return ViewSettings(patch_size(cfg), cfg.masking_type, cfg.expand_labels, normalization(cfg))
+    return ViewSettings(
+        patch_size(cfg),
+        cfg.masking_type,
+        cfg.expand_labels,
+        normalization(cfg),
+        assembly_fraction=cfg.hyper_parameters.assembly_fraction,
+    )
 
 
 def train_from_config(

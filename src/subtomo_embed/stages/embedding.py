@@ -101,7 +101,17 @@ def embed_with_config(
         cfg.contrastive,
         cfg.mixed_precision,
         progress,
+        rotations=cfg.embedding_rotations,
     )
+
+
+def embedding_settings(cfg: Config) -> dict:
+    """What, besides the checkpoint, decides the embedding of a patch (for fingerprints):
+    ``contrastive``, and ``embedding_rotations`` where it is set (so earlier outputs stay valid)."""
+    settings: dict = {"contrastive": cfg.contrastive}
+    if cfg.embedding_rotations > 1:
+        settings["rotations"] = cfg.embedding_rotations
+    return settings
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,7 +358,7 @@ def predict_job(run: Run, tomogram: Path) -> Job | None:
     if inputs is None:
         return None
     stamp = io.fingerprint(
-        inputs.files(), extraction=extraction_settings(cfg), contrastive=cfg.contrastive, checkpoint=run.model.digest
+        inputs.files(), extraction=extraction_settings(cfg), **embedding_settings(cfg), checkpoint=run.model.digest
     )
 
     def load() -> Instances:
@@ -412,7 +422,7 @@ def patches_job(run: Run, patches: h5files.PatchesFile) -> Job:
         z, y, x = patches.tomogram_shape
         vz, vy, vx = patches.voxel_size
         geometry = TomogramGeometry((z, y, x), (vz, vy, vx))
-    stamp = io.fingerprint([], extraction=patches.stamp, contrastive=run.cfg.contrastive, checkpoint=run.model.digest)
+    stamp = io.fingerprint([], extraction=patches.stamp, **embedding_settings(run.cfg), checkpoint=run.model.digest)
     return Job(
         patches.stem,
         stamp,
