@@ -1,6 +1,7 @@
 """Fine-tuning on the user's own tomograms (``train --from-data``): views of the real particles cut
 by predict's functions, resume, a checkpoint predict loads, bad input."""
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -204,3 +205,93 @@ def test_a_large_instance_is_viewed_in_a_cube_of_the_patch_diagonal(user_data):
         view = make_real_view(source, rng, settings)
         assert view.shape == (8, 8, 8)
         assert np.count_nonzero(view) > 8 * 8 * 8 // 4, source.name  # the particle fills most of the patch
+
+
+# --------------------------------------------------------------------------------------------
+# fine-tuning from picks (no masks): predict-centers' boxes
+
+
+@pytest.fixture
+def picked_data(user_data):
+    """The same tomograms with their instances' centroids as picks (a CSV naming the tomogram) and no masks."""
+    import pandas as pd
+
+    rows = []
+    for source in collect_particles(load_config(user_data["config"])):
+        stem = source.name.split(" label ")[0]
+        centre = [(s.start + s.stop - 1) / 2 for s in source.region.box]
+        rows.append({"tomogram": stem, "z": centre[0], "y": centre[1], "x": centre[2]})
+    picks = user_data["root"] / "picks.csv"
+    pd.DataFrame(rows).to_csv(picks, index=False)
+    config = write_config(
+        user_data["root"] / "picks.yaml",
+        data_folder=user_data["root"] / "data",
+        prediction_folder=user_data["root"] / "pred_picks",
+        log_dir=user_data["root"],
+        trained_model=user_data["start"],
+        centers_file=picks,
+        centers_patch_size=12,
+        centers={"mask_radius": 5.0, "border": "skip"},
+        parameters__data__patch_size=[16, 16, 16],
+        hyper_parameters={"batch_size": 4, "learning_rate": 0.003, "max_steps": 2},
+        seed=5,
+    )
+    return {**user_data, "picks_config": config, "n_picks": len(rows)}
+
+
+def test_an_unaugmented_pick_view_is_what_predict_centers_embeds(picked_data):
+    """Every pick whose box lies inside its tomogram: the identity view, embedded by the same model,
+    equals predict-centers' written embedding (its own run, its own patch function)."""
+    from subtomo_embed.core.real_views import PickSource, make_real_pair
+    from subtomo_embed.stages.training import training_particles
+
+    config = picked_data["picks_config"]
+    result = run_cli(["predict-centers", "-q", "-c", config, "--device", "cpu"])
+    assert result.returncode == 0, result.stderr
+    cfg = load_config(config)
+    sources = training_particles(cfg)
+    assert all(isinstance(s, PickSource) for s in sources) and 2 <= len(sources) <= picked_data["n_picks"]
+    model, _ = load_model(picked_data["start"], contrastive=True)
+    identity = real_view_settings(cfg).identity()
+    written = {}
+    for stem in ("TS_01", "TS_02"):
+        with h5py.File(picked_data["root"] / "pred_picks" / f"{stem}_embeds.h5") as f:
+            written[stem] = f["embeddings"][()].T
+    rng = np.random.default_rng(0)
+    by_stem: dict = {}
+    for source in sources:
+        by_stem.setdefault(source.name.split(" pick ")[0], []).append(source)
+    for stem, picks in by_stem.items():
+        views = np.stack([make_real_pair([p], rng, identity)[0] for p in picks])
+        with torch.no_grad():
+            mine = model.embed(torch.from_numpy(views[:, None]), True).numpy()
+        np.testing.assert_allclose(mine, written[stem], atol=1e-5)
+    # augmented views of one pick differ from each other and from the identity view, and stay finite
+    a, b, _ = make_real_pair(sources[:1], rng, real_view_settings(cfg))
+    assert np.isfinite(a).all() and not np.array_equal(a, b)
+
+
+def test_fine_tuning_from_picks_writes_a_checkpoint_predict_loads(picked_data):
+    out = picked_data["root"] / "picks.ckpt"
+    result = run_cli(["train", "-q", "-c", picked_data["picks_config"], "--from-data", "-o", out, "--device", "cpu"])
+    assert result.returncode == 0, result.stderr
+    ckpt = read_checkpoint(out)
+    assert ckpt["global_step"] == 2
+    model, network = load_model(out, contrastive=True)
+    assert network["dim"] == 16
+
+
+def test_picks_of_other_tomograms_only_is_a_one_line_error_and_exit_4(picked_data):
+    import pandas as pd
+
+    picks = picked_data["root"] / "picks.csv"
+    table = pd.read_csv(picks)
+    table["tomogram"] = "TS_99"
+    table.to_csv(picks, index=False)
+    out = picked_data["root"] / "none.ckpt"
+    result = run_cli(["train", "-q", "-c", picked_data["picks_config"], "--from-data", "-o", out, "--device", "cpu"])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    # each tomogram's "no picks, skipped" warning, then the one-line error
+    assert result.returncode == 4 and "no picks to train on" in lines[-1], result.stderr
+    assert "Traceback" not in result.stderr and lines[-1].startswith("input error: ") and "picks.csv" in lines[-1]
+    assert not out.exists()

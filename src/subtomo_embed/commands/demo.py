@@ -92,7 +92,8 @@ def train(
         bool,
         typer.Option(
             "--from-data",
-            help="Fine-tune on the config's own tomograms + instance masks (data_folder, instances_mask_folder).",
+            help="Fine-tune on the config's own tomograms + instance masks (data_folder, instances_mask_folder), "
+            "or, without masks, their picks (centers_file, centers_patch_size).",
         ),
     ] = False,
     start_from: Annotated[

@@ -14,8 +14,14 @@ cube around the region's box centre, big enough for the region under any rotatio
    config's ``patch_size``, ``masking_type`` and normalization: the function calls of ``predict``
    (``expand_labels`` was applied when the region was planned, as in ``predict``).
 
+A :class:`PickSource` is one particle pick (``predict-centers``' box around it): its view is the
+same steps on a cube around the box, the sphere of ``centers.mask_radius`` (grown by 0..
+``mask_dilation``) standing for the mask, and the patch cut by
+:func:`~.extract.cut_centered_patch`, ``predict-centers``' function.
+
 With every augmentation off (:meth:`RealViewSettings.identity`) a view is exactly the patch
-``predict`` cuts for that instance. Units are the tomogram's own (noise and offset are relative to
+``predict`` (``predict-centers``) cuts for that instance (pick; of a box inside the tomogram).
+Units are the tomogram's own (noise and offset are relative to
 the cube's spread), so the same settings serve raw and denoised tomograms.
 """
 
@@ -26,7 +32,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .extract import Normalization, Region, ball_dilation, cut_patch, plan_extraction
+from .extract import Normalization, Region, ball_dilation, cut_centered_patch, cut_patch, plan_extraction
 from .simulate import wedge_filter
 
 
@@ -65,6 +71,18 @@ class ParticleSource:
     volume: np.ndarray
     region: Region
     name: str  # "<stem> label <n>", for messages
+
+
+@dataclass
+class PickSource:
+    """One particle pick: ``predict-centers``' box of ``size`` voxels from ``start``, the pick at ``position``."""
+
+    volume: np.ndarray
+    start: np.ndarray  # the box's first voxel (z, y, x), tomogram voxels
+    position: np.ndarray  # the pick (z, y, x), tomogram voxels
+    size: int
+    mask_radius: float | None
+    name: str  # "<stem> pick <label>", for messages
 
 
 def _cube(volume: np.ndarray, origin: tuple[int, ...], size: int) -> np.ndarray:
@@ -168,9 +186,37 @@ def make_real_view(
     return cut_view(augment_intensity(cube, rng, s), mask, s, source.name)
 
 
+def make_pick_view(
+    source: PickSource, rng: np.random.Generator, s: RealViewSettings, rotation: np.ndarray | None = None
+) -> np.ndarray:
+    """One augmented view of a picked particle: the steps of :func:`make_real_view` on a cube around
+    its box (wide enough for the box under any rotation), the pick's sphere mask grown by
+    0..``mask_dilation`` voxels, cut by ``predict-centers``' :func:`~.extract.cut_centered_patch`."""
+    if rotation is None and s.rotate:
+        rotation = random_rotation(rng)
+    size = source.size
+    width = size if rotation is None else int(math.ceil(math.sqrt(3) * size)) + 2
+    origin = np.asarray(source.start) + size // 2 - width // 2
+    cube = _cube(source.volume, tuple(int(o) for o in origin), width)
+    if rotation is not None:
+        cube, _ = rotate_cube(cube, np.zeros(cube.shape, dtype=bool), np.asarray(rotation, dtype=np.float64))
+    radius = source.mask_radius
+    dilate = int(rng.integers(0, s.mask_dilation + 1)) if s.mask_dilation > 0 else 0
+    if radius is not None:
+        radius += dilate
+    cube = augment_intensity(cube, rng, s)
+    start = np.asarray(source.start) - origin
+    return cut_centered_patch(
+        cube, start, size, s.patch_size, s.norm, np.asarray(source.position) - origin, radius, source.name
+    )
+
+
 def make_real_pair(
-    sources: list[ParticleSource], rng: np.random.Generator, s: RealViewSettings
+    sources: list[ParticleSource] | list[PickSource], rng: np.random.Generator, s: RealViewSettings
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Two independent views of one particle drawn at random; the third item is its index."""
+    """Two independent views of one particle (instance or pick) drawn at random; the third item is its index."""
     i = int(rng.integers(len(sources)))
-    return make_real_view(sources[i], rng, s), make_real_view(sources[i], rng, s), i
+    source = sources[i]
+    if isinstance(source, PickSource):
+        return make_pick_view(source, rng, s), make_pick_view(source, rng, s), i
+    return make_real_view(source, rng, s), make_real_view(source, rng, s), i

@@ -166,6 +166,29 @@ def picks_star(table: pd.DataFrame) -> pd.DataFrame:
     return star
 
 
+def load_picked_tomogram(
+    cfg: Config, tomogram: Path, picks: TomogramPicks, size: int
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """The tomogram (memory-mapped) and the regions table of its picks whose boxes can be cut; the
+    picks' conventions logged; a box larger than the tomogram, or no pick left, is an error."""
+    stem = cfg.stem(tomogram.name)
+    volume, _ = io.open_mrc_volume(tomogram)
+    if size > min(volume.shape):  # as predict's patch_size: a box beyond the tomogram is a mistake
+        raise ConfigError(
+            f"centers_patch_size {size} is larger than the tomogram {tomogram.name} {list(volume.shape)}",
+            cfg.origin("centers_patch_size"),
+        )
+    geometry = tomogram_geometry(cfg, tomogram, volume.shape, picks.convention.units)
+    table, _, counts = plan_picks(picks, geometry, size, cfg.centers.border)
+    _log_picks(cfg, stem, picks, geometry, counts)
+    if len(table) == 0:
+        raise InputDataError(
+            f"none of the {counts['picks']} picks of {stem} can be cut (check the coordinate convention in the log)",
+            picks.source,
+        )
+    return volume, table
+
+
 def centers_job(run: Run, source: PicksSource, tomogram: Path, size: int) -> Job | None:
     cfg = run.cfg
     stem = cfg.stem(tomogram.name)
@@ -185,21 +208,7 @@ def centers_job(run: Run, source: PicksSource, tomogram: Path, size: int) -> Job
     )
 
     def load() -> Instances:
-        volume, _ = io.open_mrc_volume(tomogram)
-        if size > min(volume.shape):  # as predict's patch_size: a box beyond the tomogram is a mistake
-            raise ConfigError(
-                f"centers_patch_size {size} is larger than the tomogram {tomogram.name} {list(volume.shape)}",
-                cfg.origin("centers_patch_size"),
-            )
-        geometry = tomogram_geometry(cfg, tomogram, volume.shape, picks.convention.units)
-        table, _, counts = plan_picks(picks, geometry, size, cfg.centers.border)
-        _log_picks(cfg, stem, picks, geometry, counts)
-        if len(table) == 0:
-            raise InputDataError(
-                f"none of the {counts['picks']} picks of {stem} can be cut (check the "
-                "coordinate convention in the log)",
-                picks.source,
-            )
+        volume, table = load_picked_tomogram(cfg, tomogram, picks, size)
         positions = table[[f"centroid-{i}" for i in range(3)]].to_numpy()
         starts = table[[f"bbox-{i}" for i in range(3)]].to_numpy()
         patches = (

@@ -3,7 +3,9 @@
 The particles are the instances ``predict`` would embed: the same tomograms (``data_folder``,
 ``test_files``/``train_files``), masks (``instances_mask_folder``), growth (``expand_labels``),
 size filter (``min/max_particle_size``) and CryoSiam regions tables, found and planned by the
-functions ``predict`` calls (:mod:`.tomograms`). Positive pairs are two augmented views of one
+functions ``predict`` calls (:mod:`.tomograms`). Without masks (no ``instances_mask_folder``) and
+with ``centers_file``, they are the picks ``predict-centers`` would embed, in its boxes
+(``centers_patch_size``, ``centers.*``; :mod:`.centers`). Positive pairs are two augmented views of one
 real particle (:mod:`..core.real_views`), cut by ``predict``'s own patch function. Training starts
 from a checkpoint (``--from``, else the config's ``trained_model``: ours or CryoSiam's) and is
 resumable like simulated training (:func:`..core.train.train`).
@@ -16,7 +18,7 @@ from pathlib import Path
 
 from ..core.config import Config
 from ..core.errors import ConfigError, InputDataError
-from ..core.real_views import ParticleSource, RealViewSettings, make_real_pair
+from ..core.real_views import ParticleSource, PickSource, RealViewSettings, make_real_pair
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,43 @@ def collect_particles(cfg: Config, filename: str | None = None) -> list[Particle
     return sources
 
 
+def collect_picks(cfg: Config, filename: str | None = None) -> list[PickSource]:
+    """Every pick ``predict-centers`` would embed (``centers_file``, ``centers_patch_size``, ``centers.*``)."""
+    from .centers import PicksSource, centers_box_size, load_picked_tomogram
+    from .tomograms import list_tomograms
+
+    size = centers_box_size(cfg)
+    tomograms = list_tomograms(cfg, filename)
+    source = PicksSource(cfg, [cfg.stem(t.name) for t in tomograms])
+    sources: list[PickSource] = []
+    for tomogram in tomograms:
+        stem = cfg.stem(tomogram.name)
+        picks = source.of(stem)
+        if picks is None or len(picks.picks) == 0:
+            log.warning("%s: no picks, skipped", stem)
+            continue
+        volume, table = load_picked_tomogram(cfg, tomogram, picks, size)
+        starts = table[[f"bbox-{i}" for i in range(3)]].to_numpy()
+        positions = table[[f"centroid-{i}" for i in range(3)]].to_numpy()
+        labels = table["label"].to_numpy()
+        sources += [
+            PickSource(volume, b, c, size, cfg.centers.mask_radius, f"{stem} pick {n}")
+            for b, c, n in zip(starts, positions, labels)
+        ]
+        log.info("%s: %d picks for training", stem, len(table))
+    if not sources:
+        raise InputDataError("no picks to train on for the selected tomograms", cfg.path("centers_file"))
+    return sources
+
+
+def training_particles(cfg: Config) -> list[ParticleSource] | list[PickSource]:
+    """The user's particles: the instance masks' (``instances_mask_folder``) or, without masks and
+    with ``centers_file``, the picks'."""
+    if cfg.centers_file and not cfg.instances_mask_folder:
+        return collect_picks(cfg)
+    return collect_particles(cfg)
+
+
 def starting_checkpoint(cfg: Config, start_from: Path | None) -> Path:
     if start_from is not None:
         return Path(start_from)
@@ -81,7 +120,7 @@ def fine_tune_from_config(
     from .demo import train_from_config
 
     start = StartingPoint(starting_checkpoint(cfg, start_from), cfg.contrastive)
-    sources = collect_particles(cfg)
+    sources = training_particles(cfg)
     settings_views = views or real_view_settings(cfg)
     log.info("fine-tuning on %d particles from %s", len(sources), start.checkpoint)
 
