@@ -91,9 +91,9 @@ class WatchedModel:
         self.model.eval()
         return self
 
-    def embed(self, x, contrastive=True):
+    def embed(self, x, contrastive=True, rotations=1):
         self.before_batch()
-        return self.model.embed(x, contrastive=contrastive)
+        return self.model.embed(x, contrastive=contrastive, rotations=rotations)
 
 
 def instrumented_run(dataset, out: Path, overlap: bool, wait_for_next: bool):

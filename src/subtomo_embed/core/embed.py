@@ -192,7 +192,7 @@ def embed_patches(
                 x = batch.to(device, non_blocking=pin)
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last_3d)
-                flight = _copy_back(model.embed(x, contrastive, rotations).float(), pin)
+                flight = _copy_back(model.embed(x, contrastive=contrastive, rotations=rotations).float(), pin)
                 if in_flight is not None:
                     land(in_flight)
                 in_flight = flight
