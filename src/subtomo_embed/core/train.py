@@ -5,7 +5,10 @@ view has its own random orientation (any angle), its own noise at its own SNR, i
 missing wedge (or none), its own slight rescaling and mask dilation, and its own intensity
 gain. The two views share the particle's shape and nothing else, so the network cannot match
 them by their noise or their mask outline (views of one noisy copy are matched that way: the
-loss falls to -0.98 while the embedding learns nothing about shape).
+loss falls to -0.98 while the embedding learns nothing about shape). A share ``assembly_fraction``
+of the pairs are sub-unit assemblies (:mod:`.assemblies`) instead of envelope shapes: one class of a
+fresh random class set, simulated twice the same way, so the network learns how sub-units are
+arranged, not only the outline.
 
 Each view is a small volume holding the particle plus its instance mask (label 1); its patch is
 cut by :func:`~subtomo_embed.core.extract.plan_extraction` and
