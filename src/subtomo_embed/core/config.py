@@ -31,6 +31,9 @@ from .yaml_bounded import read_config_text, read_yaml
 
 log = logging.getLogger(__name__)
 
+# the orders of the rotation groups of the cube that embedding_rotations can name (core.model.cube_rotations)
+ROTATION_GROUP_ORDERS = (1, 4, 12, 24)
+
 MAX_COUNT = 2**31 - 1  # the largest size or count a key may ask for (NumPy, torch and scikit-learn take int32s)
 MAX_CONFIG_BYTES = 4 * 2**20  # a config is a few kilobytes; a long test_files list a few hundred
 # Keys of CryoSiam's own embedding-step configs that do nothing here: dropped with a warning
@@ -278,7 +281,7 @@ class Config(_Section):
     @field_validator("embedding_rotations")
     @classmethod
     def _rotation_group(cls, v: int) -> int:
-        if v not in (1, 4, 12, 24):
+        if v not in ROTATION_GROUP_ORDERS:
             raise ValueError("must be 1 (none), 4, 12 or 24 (the order of a rotation group of the cube)")
         return v
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import Config, NetworkConfig
+from .config import ROTATION_GROUP_ORDERS, Config, NetworkConfig
 from .errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,6 @@ class SimSiam(nn.Module):
 # --------------------------------------------------------------------------------------------
 # the rotation groups of the cube: turns by multiples of 90°, exact on the voxel grid
 
-ROTATION_GROUP_ORDERS = (1, 4, 12, 24)
 _EVEN_AXIS_ORDERS = ((0, 1, 2), (1, 2, 0), (2, 0, 1))
 
 

@@ -123,11 +123,28 @@ def rotate_cube(cube: np.ndarray, mask: np.ndarray, rotation: np.ndarray) -> tup
     cube's mean outside), the mask by nearest neighbour."""
     from scipy import ndimage
 
-    centre = (np.asarray(cube.shape, dtype=np.float64) - 1) / 2
-    offset = centre - rotation @ centre  # output voxel o reads input rotation @ o + offset
-    volume = ndimage.affine_transform(cube, rotation, offset, order=1, mode="constant", cval=float(cube.mean()))
+    offset = _centre_offset(cube.shape, rotation)
     turned = ndimage.affine_transform(mask.astype(np.uint8), rotation, offset, order=0, mode="constant", cval=0)
-    return volume.astype(np.float32), turned.astype(bool)
+    return rotate_volume(cube, rotation), turned.astype(bool)
+
+
+def rotate_volume(cube: np.ndarray, rotation: np.ndarray) -> np.ndarray:
+    """``cube`` rotated by ``rotation`` (3×3) about its centre, trilinearly (the cube's mean outside)."""
+    from scipy import ndimage
+
+    offset = _centre_offset(cube.shape, rotation)
+    volume = ndimage.affine_transform(cube, rotation, offset, order=1, mode="constant", cval=float(cube.mean()))
+    return volume.astype(np.float32)
+
+
+def _centre_offset(shape: tuple[int, ...], rotation: np.ndarray) -> np.ndarray:
+    centre = (np.asarray(shape, dtype=np.float64) - 1) / 2
+    return centre - rotation @ centre  # output voxel o reads input rotation @ o + offset
+
+
+def random_dilation(rng: np.random.Generator, most: int) -> int:
+    """A view's mask growth: 0..``most`` voxels, uniform (no draw when ``most`` is 0)."""
+    return int(rng.integers(0, most + 1)) if most > 0 else 0
 
 
 def augment_intensity(cube: np.ndarray, rng: np.random.Generator, s: RealViewSettings) -> np.ndarray:
@@ -180,7 +197,7 @@ def make_real_view(
     cube, mask, _ = view_cube(source, s.mask_dilation, limit)
     if rotation is not None:
         cube, mask = rotate_cube(cube, mask, np.asarray(rotation, dtype=np.float64))
-    dilate = int(rng.integers(0, s.mask_dilation + 1)) if s.mask_dilation > 0 else 0
+    dilate = random_dilation(rng, s.mask_dilation)
     if dilate:
         mask = ball_dilation(mask, dilate)
     return cut_view(augment_intensity(cube, rng, s), mask, s, source.name)
@@ -199,9 +216,9 @@ def make_pick_view(
     origin = np.asarray(source.start) + size // 2 - width // 2
     cube = _cube(source.volume, tuple(int(o) for o in origin), width)
     if rotation is not None:
-        cube, _ = rotate_cube(cube, np.zeros(cube.shape, dtype=bool), np.asarray(rotation, dtype=np.float64))
+        cube = rotate_volume(cube, np.asarray(rotation, dtype=np.float64))
     radius = source.mask_radius
-    dilate = int(rng.integers(0, s.mask_dilation + 1)) if s.mask_dilation > 0 else 0
+    dilate = random_dilation(rng, s.mask_dilation)
     if radius is not None:
         radius += dilate
     cube = augment_intensity(cube, rng, s)

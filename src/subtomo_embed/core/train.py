@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from .extract import Normalization, cut_patch, plan_extraction
+from .real_views import random_dilation
 from .simulate import DEFAULT_SIZE_RANGE, another_view, particle_volume, random_particle
 
 log = logging.getLogger(__name__)
@@ -71,13 +72,17 @@ class ViewSettings:
     assembly_fraction: float = 0.0
     assembly_scale_jitter: float = 0.1  # each assembly view's size times a factor in [1/1.1, 1.1]
 
+    @property
+    def box(self) -> int:
+        """The edge of the small volume a view is simulated in (the patch's, plus a margin)."""
+        return max(self.patch_size) + 8
+
 
 def draw_degradation(rng: np.random.Generator, s: ViewSettings) -> tuple[float, float | None, int]:
     """One view's (SNR, missing-wedge half-angle or None, mask dilation in voxels)."""
     snr = float(np.exp(rng.uniform(np.log(s.snr_range[0]), np.log(s.snr_range[1]))))
     wedge = float(rng.uniform(*s.wedge_range)) if rng.random() < s.wedge_probability else None
-    dilate = int(rng.integers(0, s.mask_dilation + 1)) if s.mask_dilation > 0 else 0
-    return snr, wedge, dilate
+    return snr, wedge, random_dilation(rng, s.mask_dilation)
 
 
 def jitter_intensity(volume: np.ndarray, rng: np.random.Generator, s: ViewSettings) -> np.ndarray:
@@ -90,7 +95,7 @@ def view_volume(p, rng: np.random.Generator, s: ViewSettings) -> tuple[np.ndarra
     """One view of a particle as a small tomogram and its instance mask (label 1): simulated,
     degraded at a random SNR, with or without a missing wedge, mask dilated, gain and offset."""
     snr, wedge, dilate = draw_degradation(rng, s)
-    volume, mask = particle_volume(p, rng, snr, wedge, max(s.patch_size) + 8, dilate)
+    volume, mask = particle_volume(p, rng, snr, wedge, s.box, dilate)
     return jitter_intensity(volume, rng, s), mask
 
 
@@ -101,7 +106,7 @@ def assembly_view_volume(assembly, rng: np.random.Generator, s: ViewSettings) ->
 
     snr, wedge, dilate = draw_degradation(rng, s)
     factor = float(np.exp(rng.uniform(-np.log1p(s.assembly_scale_jitter), np.log1p(s.assembly_scale_jitter))))
-    volume, mask = simulate_particle(scaled(assembly, factor), rng, max(s.patch_size) + 8, snr, wedge)
+    volume, mask = simulate_particle(scaled(assembly, factor), rng, s.box, snr, wedge)
     if dilate > 0:
         mask = ndimage.binary_dilation(mask, iterations=dilate).astype(np.int32)
     return jitter_intensity(volume, rng, s), mask

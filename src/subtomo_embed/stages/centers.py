@@ -189,6 +189,11 @@ def load_picked_tomogram(
     return volume, table
 
 
+def pick_boxes(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(first voxel of each pick's box, the pick), tomogram voxels (z, y, x), from its regions table."""
+    return table[[f"bbox-{i}" for i in range(3)]].to_numpy(), table[[f"centroid-{i}" for i in range(3)]].to_numpy()
+
+
 def centers_job(run: Run, source: PicksSource, tomogram: Path, size: int) -> Job | None:
     cfg = run.cfg
     stem = cfg.stem(tomogram.name)
@@ -209,8 +214,7 @@ def centers_job(run: Run, source: PicksSource, tomogram: Path, size: int) -> Job
 
     def load() -> Instances:
         volume, table = load_picked_tomogram(cfg, tomogram, picks, size)
-        positions = table[[f"centroid-{i}" for i in range(3)]].to_numpy()
-        starts = table[[f"bbox-{i}" for i in range(3)]].to_numpy()
+        starts, positions = pick_boxes(table)
         patches = (
             cut_centered_patch(
                 volume, s, size, patch_size(cfg), normalization(cfg), p, cfg.centers.mask_radius, str(tomogram)

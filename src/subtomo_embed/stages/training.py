@@ -59,7 +59,7 @@ def collect_particles(cfg: Config, filename: str | None = None) -> list[Particle
 
 def collect_picks(cfg: Config, filename: str | None = None) -> list[PickSource]:
     """Every pick ``predict-centers`` would embed (``centers_file``, ``centers_patch_size``, ``centers.*``)."""
-    from .centers import PicksSource, centers_box_size, load_picked_tomogram
+    from .centers import PicksSource, centers_box_size, load_picked_tomogram, pick_boxes
     from .tomograms import list_tomograms
 
     size = centers_box_size(cfg)
@@ -73,8 +73,7 @@ def collect_picks(cfg: Config, filename: str | None = None) -> list[PickSource]:
             log.warning("%s: no picks, skipped", stem)
             continue
         volume, table = load_picked_tomogram(cfg, tomogram, picks, size)
-        starts = table[[f"bbox-{i}" for i in range(3)]].to_numpy()
-        positions = table[[f"centroid-{i}" for i in range(3)]].to_numpy()
+        starts, positions = pick_boxes(table)
         labels = table["label"].to_numpy()
         sources += [
             PickSource(volume, b, c, size, cfg.centers.mask_radius, f"{stem} pick {n}")
@@ -114,8 +113,8 @@ def fine_tune_from_config(
     save_every: int = 25,
     views: RealViewSettings | None = None,
 ) -> Path:
-    """SimSiam fine-tuning on the config's tomograms + instance masks from ``start_from`` (else
-    ``trained_model``), to ``steps`` (else ``hyper_parameters.max_steps``); resumable."""
+    """SimSiam fine-tuning on the config's tomograms + instance masks (or picks: :func:`training_particles`)
+    from ``start_from`` (else ``trained_model``), to ``steps`` (else ``hyper_parameters.max_steps``); resumable."""
     from ..core.train import StartingPoint
     from .demo import train_from_config
 
