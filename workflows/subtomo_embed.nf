@@ -3,8 +3,9 @@
  *   tomograms + masks -> EXTRACT_PATCHES (CPU, per tomogram) -> EMBED (GPU, per tomogram)
  *   or, with params.picks, tomograms + their picks -> PREDICT_CENTERS (GPU, per tomogram)
  *   -> MERGE_EMBEDDINGS (all) -> CLUSTER_KMEANS, CLUSTER_SPECTRAL -> VISUALIZE
- *   with params.train, trained_model is first fine-tuned on the tomograms + masks (TRAIN, GPU, all
- *   tomograms) and the fine-tuned checkpoint is the one EMBED / PREDICT_CENTERS use
+ *   with params.train, trained_model is first fine-tuned on the particles the run embeds (TRAIN, GPU,
+ *   all tomograms: the picks' boxes with params.picks, else the masked instances) and the fine-tuned
+ *   checkpoint is the one EMBED / PREDICT_CENTERS use
  *
  * Each process receives only the settings that change its result, as `--set key=value`
  * flags (a `val` input), so `-resume` re-runs only what a change touches. Files are found on the
@@ -139,15 +140,9 @@ workflow SUBTOMO_EMBED {
         'scale.projection_sample'                : setting('scale.projection_sample', 100000),
     ]
 
-    def extractFlags = flags([
-        file_extension                 : extension,
-        min_particle_size              : setting('min_particle_size', null),
-        max_particle_size              : setting('max_particle_size', null),
-        masking_type                   : setting('masking_type', 1),
-        expand_labels                  : setting('expand_labels', 0),
-    ] + normalization)
     def embedFlags = flags(network)
-    def centersFlags = flags([
+    // how picks become boxes (predict-centers, and TRAIN on picks)
+    def boxes = [
         file_extension                 : extension,
         centers_patch_size             : setting('centers_patch_size', null),
         'centers.units'                : setting('centers.units', 'auto'),
@@ -157,7 +152,17 @@ workflow SUBTOMO_EMBED {
         'centers.tomogram_column'      : setting('centers.tomogram_column', null),
         'centers.mask_radius'          : setting('centers.mask_radius', null),
         'centers.border'               : setting('centers.border', 'pad'),
-    ] + normalization + network)
+    ]
+    // how instance masks become patches (extract, and TRAIN on masks)
+    def masking = [
+        file_extension                 : extension,
+        min_particle_size              : setting('min_particle_size', null),
+        max_particle_size              : setting('max_particle_size', null),
+        masking_type                   : setting('masking_type', 1),
+        expand_labels                  : setting('expand_labels', 0),
+    ]
+    def extractFlags = flags(masking + normalization)
+    def centersFlags = flags(boxes + normalization + network)
     def kmeansVisualization = setting('clustering_kmeans.visualization', true)
     def spectralVisualization = setting('clustering_spectral.visualization', true)
     def kmeansFlags = flags([
@@ -171,19 +176,13 @@ workflow SUBTOMO_EMBED {
         'clustering_spectral.visualization'          : spectralVisualization,
     ] + visualization)
     def visualizeFlags = flags(visualization)
-    def trainFlags = flags([
-        file_extension                   : extension,
-        min_particle_size                : setting('min_particle_size', null),
-        max_particle_size                : setting('max_particle_size', null),
-        masking_type                     : setting('masking_type', 1),
-        expand_labels                    : setting('expand_labels', 0),
+    def training = [
         contrastive                      : setting('contrastive', true),
-        instances                        : setting('instances', null),
         seed                             : setting('seed', 0),
         'hyper_parameters.batch_size'    : setting('hyper_parameters.batch_size', 10),
         'hyper_parameters.learning_rate' : setting('hyper_parameters.learning_rate', 0.001),
         'hyper_parameters.max_steps'     : setting('hyper_parameters.max_steps', 1000),
-    ] + normalization)
+    ] + normalization
 
     def startingCheckpoint = file(params.trained_model, checkIfExists: true)
     def tomograms = tomogramsIn(params.data_folder, extension, setting('test_files', null))
@@ -195,43 +194,65 @@ workflow SUBTOMO_EMBED {
         [stem, tomogram, maskFolder ? maskOf(maskFolder, stem, extension, suffix) : null]
     }
 
-    // with params.train: fine-tune the checkpoint on every tomogram that has a mask (and its regions
-    // table, as predict reads it), then embed with the fine-tuned one
+    // with params.picks: each tomogram with its own picks, found on the head node: one file for all
+    // tomograms (passed whole; a task keeps its tomogram's rows and makes no outputs when there are
+    // none), or a folder of per-tomogram files (paired here, so adding a file reruns only its tomogram)
+    def picked = []
+    def picksFile = null
+    if (params.picks) {
+        picksFile = file(params.picks, checkIfExists: true)
+        def candidates = picksFile.isDirectory() ? picksFilesIn(params.picks) : []
+        if (picksFile.isDirectory() && !candidates) {
+            error("picks ${params.picks}: no .star, .csv or .json picks files in the folder")
+        }
+        picked = masked.collect { item ->
+            [item[0], item[1], picksFile.isDirectory() ? picksFileFor(candidates, item[0], params.picks) : picksFile]
+        }
+        picked.findAll { item -> item[2] == null }.each { item ->
+            log.warn("${item[0]}: no picks file in ${params.picks}; skipped")
+        }
+        picked = picked.findAll { item -> item[2] != null }
+        if (!picked) {
+            error("picks ${params.picks}: no picks file for any tomogram in ${params.data_folder}")
+        }
+    }
+
+    // with params.train: fine-tune the checkpoint on the particles the run embeds (the picks' boxes with
+    // params.picks, else every tomogram's instance mask and its regions table, as predict reads them),
+    // then embed with the fine-tuned one
     def checkpoint = startingCheckpoint
     ch_train_versions = channel.empty()
     if (params.train) {
-        def trainable = masked.findAll { item -> item[2] != null }
-        if (!trainable) {
-            error("train: fine-tuning needs instance masks; none found in ${params.instances_mask_folder}")
+        def trainTomograms
+        def trainMasks = []
+        def trainPicks = []
+        def trainFlags
+        if (params.picks) {
+            // a folder is staged as picks/ with only the paired files; one file as picks/<name>
+            trainTomograms = picked.collect { item -> item[1] }
+            trainPicks = picked.collect { item -> item[2] }.unique()
+            def target = picksFile.isDirectory() ? 'picks' : "picks/${picksFile.name}"
+            trainFlags = flags(training + boxes + [instances_mask_folder: null, centers_file: target])
+        } else {
+            def trainable = masked.findAll { item -> item[2] != null }
+            if (!trainable) {
+                error("train: fine-tuning needs instance masks or picks; none in ${params.instances_mask_folder}")
+            }
+            def regionsTables = trainable
+                .collect { item -> maskFolder.resolve("${item[0]}_instance_regions${suffix}.csv") }
+                .findAll { f -> f.exists() }
+            trainTomograms = trainable.collect { item -> item[1] }
+            trainMasks = trainable.collect { item -> item[2] } + regionsTables
+            def source = [instances: setting('instances', null), instances_mask_folder: 'masks']
+            trainFlags = flags(training + masking + source)
         }
-        def regionsTables = trainable
-            .collect { item -> maskFolder.resolve("${item[0]}_instance_regions${suffix}.csv") }
-            .findAll { f -> f.exists() }
-        TRAIN(trainable.collect { item -> item[1] }, trainable.collect { item -> item[2] } + regionsTables,
-              startingCheckpoint, trainFlags)
+        TRAIN(trainTomograms, trainMasks, trainPicks, startingCheckpoint, trainFlags)
         checkpoint = TRAIN.out.checkpoint.first()
         ch_train_versions = TRAIN.out.versions
     }
 
     if (params.picks) {
-        // each tomogram with its own picks: one file for all tomograms (passed whole; the task
-        // keeps its tomogram's rows and makes no outputs when there are none), or a folder of
-        // per-tomogram files (paired here, so adding a file reruns only its tomogram)
-        def picks = file(params.picks, checkIfExists: true)
-        def candidates = picks.isDirectory() ? picksFilesIn(params.picks) : []
-        if (picks.isDirectory() && !candidates) {
-            error("picks ${params.picks}: no .star, .csv or .json picks files in the folder")
-        }
-        ch_picked = channel.fromList(masked)
-            .map { stem, tomogram, _mask ->
-                [[id: stem], tomogram, picks.isDirectory() ? picksFileFor(candidates, stem, params.picks) : picks]
-            }
-            .filter { meta, _tomogram, picksFile ->
-                if (picksFile == null) {
-                    log.warn("${meta.id}: no picks file in ${params.picks}; skipped")
-                }
-                picksFile != null
-            }
+        ch_picked = channel.fromList(picked).map { stem, tomogram, picks -> [[id: stem], tomogram, picks] }
         PREDICT_CENTERS(ch_picked, checkpoint, centersFlags)
         ch_embedded = PREDICT_CENTERS.out
         ch_embed_versions = PREDICT_CENTERS.out.versions

@@ -10,8 +10,8 @@ image does not know and an unwritable HOME. Two ways of starting it:
 * Apptainer's (``--no-home``, a cleared environment, a read-only image): ``--read-only``, only the image's
   environment and the whitelisted variables, HOME a folder that does not exist, the host's /tmp bound.
 
-The whole flow (extract -> embed -> merge -> kmeans -> spectral -> visualize, and predict-centers) runs
-both ways and in the venv (tests/pipeline's ``run_block``), and every output must equal the venv's.
+The whole flow (extract -> embed -> merge -> kmeans -> spectral -> visualize, predict-centers, and train
+on picks) runs both ways and in the venv (tests/pipeline's ``run_block``), and every output must equal the venv's.
 ``subtomo-embed demo`` (which ends with visualize) runs in the image as uid 1000 with a read-only root.
 """
 
@@ -146,6 +146,11 @@ def run_flow(top: Path, name: str, run: Runner) -> dict[str, Path]:
         pipeline.script_values("PREDICT_CENTERS", meta_id="TS_02", tomogram="TS_02.mrc", picks_name=picks.name),
         pipeline.TASK_ENVIRONMENT,
     )
+    t = task("TRAIN")  # with params.train and params.picks: fine-tuning on the picks' boxes
+    pipeline.stage(t, *[data / f"{s}.mrc" for s in pipeline.STEMS], into="data")
+    pipeline.stage(t, picks, into="picks")
+    pipeline.stage(t, ckpt, into="start")
+    run("TRAIN", t, pipeline.script_values("TRAIN", settings=pipeline.flags(pipeline.SETTINGS["TRAIN_ON_PICKS"])), {})
     return tasks
 
 
@@ -244,6 +249,19 @@ def assert_same_h5(a: Path, b: Path, where: str) -> None:
                     np.testing.assert_array_equal(x, y, err_msg=f"{where}:{name}")
 
 
+def assert_same_checkpoints(a: Path, b: Path, where: str) -> None:
+    """The same training steps on the same weights: equal step counts and weights within float tolerance."""
+    import torch
+
+    ca, cb = (torch.load(f, map_location="cpu", weights_only=False) for f in (a, b))
+    assert ca["global_step"] == cb["global_step"], where
+    assert ca["state_dict"].keys() == cb["state_dict"].keys(), where
+    for key, x in ca["state_dict"].items():
+        np.testing.assert_allclose(
+            x.numpy(), cb["state_dict"][key].numpy(), rtol=1e-4, atol=1e-5, err_msg=f"{where}:{key}"
+        )
+
+
 def assert_same_outputs(venv: dict[str, Path], other: dict[str, Path]) -> None:
     assert venv.keys() == other.keys()
     roots = (next(iter(venv.values())).parent, next(iter(other.values())).parent)
@@ -263,6 +281,8 @@ def assert_same_outputs(venv: dict[str, Path], other: dict[str, Path]) -> None:
                 assert sa.keys() == sb.keys(), where
                 for block in sa:
                     assert_same_tables(sa[block], sb[block], roots, f"{where}:{block}")
+            elif a.suffix == ".ckpt":
+                assert_same_checkpoints(a, b, where)
             elif a.suffix in (".yml", ".yaml", ".txt"):
                 assert a.read_text() == b.read_text(), where
 

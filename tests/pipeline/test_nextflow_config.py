@@ -201,7 +201,10 @@ def test_no_channel_item_is_null():
         text = path.read_text()
         assert not re.search(r"return\s+null\b", text), path
     text = _workflow()
-    assert ".filter { stem, _tomogram, mask ->" in text and ".filter { meta, _tomogram, picksFile ->" in text
+    # tomograms without a mask are filtered out of the channel; those without picks before it is made
+    assert ".filter { stem, _tomogram, mask ->" in text
+    assert "picked = picked.findAll { item -> item[2] != null }" in text
+    assert text.index("picked.findAll { item -> item[2] != null }") < text.index("channel.fromList(picked)")
 
 
 def test_files_are_found_with_nextflows_file_api():

@@ -255,20 +255,29 @@ SETTINGS = {
         **VISUALIZATION,
     },
     "VISUALIZE": VISUALIZATION,
+    # TRAIN on masks (the workflow's training + masking + instances + the source)
     "TRAIN": {
-        "file_extension": ".mrc",
-        "min_particle_size": 10,
-        "max_particle_size": None,
-        "masking_type": 1,
-        "expand_labels": 2,
         "contrastive": True,
-        "instances": None,
         "seed": 0,
         "hyper_parameters.batch_size": 4,
         "hyper_parameters.learning_rate": 0.001,
         "hyper_parameters.max_steps": 3,
         **NORMALIZATION,
+        "file_extension": ".mrc",
+        "min_particle_size": 10,
+        "max_particle_size": None,
+        "masking_type": 1,
+        "expand_labels": 2,
+        "instances": None,
+        "instances_mask_folder": "masks",
     },
+}
+# TRAIN with params.picks (training + boxes + the source): one picks file for all tomograms, staged as picks/<file>
+SETTINGS["TRAIN_ON_PICKS"] = {
+    **{k: v for k, v in SETTINGS["TRAIN"].items() if k in ("contrastive", "seed") or k.startswith(("hyper", "param"))},
+    **{k: v for k, v in SETTINGS["PREDICT_CENTERS"].items() if k == "file_extension" or k.startswith("centers")},
+    "instances_mask_folder": None,
+    "centers_file": "picks/particles.star",
 }
 # Every `${...}` of each process's script block, for a task staged as Nextflow stages it (the input
 # files under their own names in the task folder; data/ and masks/ in the clustering and VISUALIZE
@@ -659,3 +668,38 @@ def test_train_script_fine_tunes_the_staged_checkpoint(tmp_path):
     assert any(not torch.equal(before[k], tuned["state_dict"][k]) for k in before)
     _, network = load_model(w / "finetuned.ckpt")
     assert network["dim"] == 16
+
+
+@pytest.mark.parametrize("layout", ["one file", "folder"])
+def test_train_script_fine_tunes_on_the_staged_picks(tmp_path, layout):
+    """TRAIN with params.picks: no masks staged, the picks as picks/ (one file for all tomograms, or the
+    per-tomogram files the workflow paired); it trains on every tomogram's picks."""
+    import starfile
+    import torch
+    from synthetic import make_checkpoint, make_dataset, write_picks
+
+    from subtomo_embed.core.model import read_checkpoint
+
+    data, masks = make_dataset(tmp_path / "inputs", n_tomograms=2, n_instances=10)
+    start = make_checkpoint(tmp_path / "model.ckpt")
+    picks = write_picks(tmp_path / "inputs" / "particles.star", masks)
+    w = tmp_path / "train"
+    stage(w, *sorted(data.glob("*.mrc")), into="data")
+    stage(w, start, into="start")
+    settings = dict(SETTINGS["TRAIN_ON_PICKS"])
+    if layout == "one file":
+        stage(w, picks, into="picks")
+    else:
+        table = starfile.read(picks)
+        for stem in STEMS:
+            starfile.write(table[table["rlnTomoName"] == stem], tmp_path / "inputs" / f"{stem}.star")
+        stage(w, *[tmp_path / "inputs" / f"{stem}.star" for stem in STEMS], into="picks")
+        settings["centers_file"] = "picks"
+    proc = run_block("TRAIN", "script", w, script_values("TRAIN", settings=flags(settings)))
+    for stem in STEMS:
+        assert f"{stem}: 10 picks for training" in proc.stderr
+    assert not (w / "masks").exists()
+    tuned = read_checkpoint(w / "finetuned.ckpt")
+    assert tuned["global_step"] == 3
+    before = read_checkpoint(start)["state_dict"]
+    assert any(not torch.equal(before[k], tuned["state_dict"][k]) for k in before)

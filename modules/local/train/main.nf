@@ -5,6 +5,7 @@ process TRAIN {
     input:
     path tomograms, stageAs: 'data/*'
     path masks, stageAs: 'masks/*'
+    path picks, stageAs: 'picks/*'
     path checkpoint, stageAs: 'start/*'
     val settings
 
@@ -14,8 +15,11 @@ process TRAIN {
 
     script:
     def args = task.ext.args ?: ''
-    // self-supervised fine-tuning of the starting checkpoint on the staged tomograms + instance masks
-    // (subtomo-embed train --from-data, docs/training.md); finetuned.ckpt has no optimizer state.
+    // self-supervised fine-tuning of the starting checkpoint on the staged tomograms' particles
+    // (subtomo-embed train --from-data, docs/training.md). The settings name their source: the instance
+    // masks staged as masks/ (instances_mask_folder=masks; picks is []) or the picks staged as picks/
+    // (centers_file=picks or picks/<file>, instances_mask_folder=null; masks is []).
+    // finetuned.ckpt has no optimizer state.
     // One image serves both: the GPU when the task was given one (the gpu profile), else the CPU.
     def device = task.accelerator ? 'cuda' : 'cpu'
     """
@@ -23,7 +27,6 @@ process TRAIN {
         --from-data \\
         --from ${checkpoint} \\
         --set 'data_folder=data' \\
-        --set 'instances_mask_folder=masks' \\
         --output training/last.ckpt \\
         --export finetuned.ckpt \\
         --device ${device} \\
