@@ -251,9 +251,9 @@ def assert_same_h5(a: Path, b: Path, where: str) -> None:
 
 def assert_same_checkpoints(a: Path, b: Path, where: str) -> None:
     """The same training steps on the same weights: equal step counts and weights within float tolerance."""
-    import torch
+    from subtomo_embed.core.model import read_checkpoint
 
-    ca, cb = (torch.load(f, map_location="cpu", weights_only=False) for f in (a, b))
+    ca, cb = read_checkpoint(a), read_checkpoint(b)
     assert ca["global_step"] == cb["global_step"], where
     assert ca["state_dict"].keys() == cb["state_dict"].keys(), where
     for key, x in ca["state_dict"].items():

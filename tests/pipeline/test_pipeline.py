@@ -222,29 +222,37 @@ VISUALIZATION = {
     "visualization_files": None,
     "instances": None,
 }
+# the workflow's `masking` (extract, TRAIN on masks), `boxes` (predict-centers, TRAIN on picks) and `training`
+MASKING = {
+    "file_extension": ".mrc",
+    "min_particle_size": 10,
+    "max_particle_size": None,
+    "masking_type": 1,
+    "expand_labels": 2,
+}
+BOXES = {
+    "file_extension": ".mrc",
+    "centers_patch_size": 9,
+    "centers.units": "auto",
+    "centers.origin": "auto",
+    "centers.voxel_size": None,
+    "centers.picks_voxel_size": None,
+    "centers.tomogram_column": None,
+    "centers.mask_radius": None,
+    "centers.border": "pad",
+}
+TRAINING = {
+    "contrastive": True,
+    "seed": 0,
+    "hyper_parameters.batch_size": 4,
+    "hyper_parameters.learning_rate": 0.001,
+    "hyper_parameters.max_steps": 3,
+    **NORMALIZATION,
+}
 SETTINGS = {
-    "EXTRACT_PATCHES": {
-        "file_extension": ".mrc",
-        "min_particle_size": 10,
-        "max_particle_size": None,
-        "masking_type": 1,
-        "expand_labels": 2,
-        **NORMALIZATION,
-    },
+    "EXTRACT_PATCHES": {**MASKING, **NORMALIZATION},
     "EMBED": NETWORK,
-    "PREDICT_CENTERS": {
-        "file_extension": ".mrc",
-        "centers_patch_size": 9,
-        "centers.units": "auto",
-        "centers.origin": "auto",
-        "centers.voxel_size": None,
-        "centers.picks_voxel_size": None,
-        "centers.tomogram_column": None,
-        "centers.mask_radius": None,
-        "centers.border": "pad",
-        **NORMALIZATION,
-        **NETWORK,
-    },
+    "PREDICT_CENTERS": {**BOXES, **NORMALIZATION, **NETWORK},
     "MERGE_EMBEDDINGS": {"clustering_files": None},
     "CLUSTER_KMEANS": {"clustering_kmeans.num_clusters": 3, "clustering_kmeans.visualization": True, **VISUALIZATION},
     "CLUSTER_SPECTRAL": {
@@ -255,29 +263,10 @@ SETTINGS = {
         **VISUALIZATION,
     },
     "VISUALIZE": VISUALIZATION,
-    # TRAIN on masks (the workflow's training + masking + instances + the source)
-    "TRAIN": {
-        "contrastive": True,
-        "seed": 0,
-        "hyper_parameters.batch_size": 4,
-        "hyper_parameters.learning_rate": 0.001,
-        "hyper_parameters.max_steps": 3,
-        **NORMALIZATION,
-        "file_extension": ".mrc",
-        "min_particle_size": 10,
-        "max_particle_size": None,
-        "masking_type": 1,
-        "expand_labels": 2,
-        "instances": None,
-        "instances_mask_folder": "masks",
-    },
-}
-# TRAIN with params.picks (training + boxes + the source): one picks file for all tomograms, staged as picks/<file>
-SETTINGS["TRAIN_ON_PICKS"] = {
-    **{k: v for k, v in SETTINGS["TRAIN"].items() if k in ("contrastive", "seed") or k.startswith(("hyper", "param"))},
-    **{k: v for k, v in SETTINGS["PREDICT_CENTERS"].items() if k == "file_extension" or k.startswith("centers")},
-    "instances_mask_folder": None,
-    "centers_file": "picks/particles.star",
+    # TRAIN on masks: training + masking + the source
+    "TRAIN": {**TRAINING, **MASKING, "instances": None, "instances_mask_folder": "masks"},
+    # TRAIN with params.picks: training + boxes + the source (one picks file for all tomograms, as picks/<file>)
+    "TRAIN_ON_PICKS": {**TRAINING, **BOXES, "instances_mask_folder": None, "centers_file": "picks/particles.star"},
 }
 # Every `${...}` of each process's script block, for a task staged as Nextflow stages it (the input
 # files under their own names in the task folder; data/ and masks/ in the clustering and VISUALIZE

@@ -107,6 +107,14 @@ class PicksSource:
         convention = P.detect_convention(table, self.cfg.centers.units, self.cfg.centers.origin, path)
         return TomogramPicks(stem, table, pick_ids(table, 1), convention, path)
 
+    def to_embed(self, stem: str) -> TomogramPicks | None:
+        """The tomogram's picks, or None when it has none (logged: "<stem>: no picks, skipped")."""
+        picks = self.of(stem)
+        if picks is None or len(picks.picks) == 0:
+            log.warning("%s: no picks, skipped", stem)
+            return None
+        return picks
+
 
 def tomogram_geometry(cfg: Config, tomogram: Path, shape: tuple[int, ...], units: str = "angstrom") -> P.Geometry:
     c = cfg.centers
@@ -197,9 +205,8 @@ def pick_boxes(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 def centers_job(run: Run, source: PicksSource, tomogram: Path, size: int) -> Job | None:
     cfg = run.cfg
     stem = cfg.stem(tomogram.name)
-    picks = source.of(stem)
-    if picks is None or len(picks.picks) == 0:
-        log.warning("%s: no picks, skipped", stem)
+    picks = source.to_embed(stem)
+    if picks is None:
         return None
     rows = pd.util.hash_pandas_object(picks.picks, index=False).to_numpy().tobytes()
     stamp = io.fingerprint(

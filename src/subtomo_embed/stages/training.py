@@ -68,9 +68,8 @@ def collect_picks(cfg: Config, filename: str | None = None) -> list[PickSource]:
     sources: list[PickSource] = []
     for tomogram in tomograms:
         stem = cfg.stem(tomogram.name)
-        picks = source.of(stem)
-        if picks is None or len(picks.picks) == 0:
-            log.warning("%s: no picks, skipped", stem)
+        picks = source.to_embed(stem)
+        if picks is None:
             continue
         volume, table = load_picked_tomogram(cfg, tomogram, picks, size)
         starts, positions = pick_boxes(table)
