@@ -73,15 +73,17 @@ def main() -> None:
             seed=args.seed,
             structure=structure,
         )
-        cfg = dataset_config(root, args.model)
-        run_predict(cfg, device="cpu", overwrite=True)
-        scores = score_dataset(cfg, truth)  # the model as predict ran it, its untrained twin, the descriptors
+        default = dataset_config(root, args.model)
+        run_predict(default, device="cpu", overwrite=True)
+        scores = score_dataset(default, truth)  # the model as predict ran it, its untrained twin, the descriptors
         cells = []
         for rotations in args.rotations:
-            if rotations != cfg.embedding_rotations:
-                cfg = dataset_config(root, args.model)
-                cfg.embedding_rotations = rotations
-                run_predict(cfg, device="cpu", overwrite=True)
+            if rotations == default.embedding_rotations:
+                cells.append(scores[METHODS[0]])
+                continue
+            cfg = dataset_config(root, args.model)
+            cfg.embedding_rotations = rotations
+            run_predict(cfg, device="cpu", overwrite=True)
             embeddings, keys = predicted_embeddings(cfg)
             cells.append(ari_scores(embeddings, classes_of(keys, truth), int(truth["class"].nunique()), cfg.seed))
         baselines = [scores[m] for m in METHODS[1:]]
