@@ -1,10 +1,13 @@
 """Training throughput: how fast pairs are simulated and cut, and how fast the network trains on them.
 
     .venv/bin/python benchmarks/bench_training.py [--config configs/demo.yaml] [--batch 32] [--steps 5]
+        [--workers 0,2,4] [--batches 8]
 
 Prints pairs/s of the simulator + predict's extraction (one thread, as in training, where it runs
-beside the network), and steps/s and views/s of a SimSiam step (forward, backward, AdamW) on
-random input of the config's patch size. Measures only; asserts nothing.
+beside the network); batches/s as training gets them (``core.train.training_batches``) with each
+``--workers`` count, and the ratio to the background thread (0) measured in the same process; and
+steps/s and views/s of a SimSiam step (forward, backward, AdamW) on random input of the config's
+patch size. Measures only; asserts nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import torch
 
 from subtomo_embed.core.config import load_config
 from subtomo_embed.core.model import build_simsiam
-from subtomo_embed.core.train import make_pair, simsiam_loss
+from subtomo_embed.core.train import make_pair, simsiam_loss, simulated_pairs, training_batches
 from subtomo_embed.stages.demo import DEMO_CONFIG, training_settings
 
 
@@ -27,6 +30,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--workers", default="0,2", help="comma-separated worker counts; 0 = the background thread")
+    ap.add_argument("--batches", type=int, default=8, help="batches per worker count")
     args = ap.parse_args()
     cfg = load_config(args.config)
     settings = training_settings(cfg)
@@ -39,6 +44,20 @@ def main() -> None:
         make_pair(rng, settings)
     pairs_s = n / (time.perf_counter() - start)
     print(f"simulate + extract: {pairs_s:.1f} pairs/s (one thread)")
+
+    make = simulated_pairs(settings)
+    baseline = None
+    for workers in (int(w) for w in args.workers.split(",")):
+        batches = training_batches(make, args.batch, 0, range(args.batches + 1), workers)
+        next(batches)  # workers started, first batch made
+        t = time.perf_counter()
+        for _ in batches:
+            pass
+        rate = args.batches / (time.perf_counter() - t)
+        baseline = baseline or rate
+        print(
+            f"training batches, {workers} workers: {rate:.2f} batches/s of {args.batch} pairs ({rate / baseline:.2f}x)"
+        )
 
     device = torch.device(args.device)
     model = build_simsiam(cfg.parameters.network.model_dump()).to(device).train()

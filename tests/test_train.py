@@ -176,3 +176,50 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
     assert read_checkpoint(twice)["global_step"] == 3
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_worker_processes_make_the_same_run(tmp_path):
+    """Batches made by two forked workers (a DataLoader) are the ones the background thread makes:
+    the weights after 3 steps are the same, and the log says the workers were used."""
+    cfg = load_config(None, ["parameters.data.patch_size=[16,16,16]"]).model_dump(by_alias=True)
+    runs = {}
+    for workers in (0, 2):
+        runs[workers] = tmp_path / f"w{workers}.ckpt"
+        sitting = Sitting(progress=False, workers=workers)
+        train(cfg, NET, TrainingSettings(SETTINGS, 3, batch_size=4, seed=11), runs[workers], sitting=sitting)
+    a, b = read_checkpoint(runs[0])["state_dict"], read_checkpoint(runs[2])["state_dict"]
+    assert read_checkpoint(runs[2])["global_step"] == 3
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_an_error_in_a_batch_worker_reaches_the_run(tmp_path):
+    """A user-facing error raised while a worker makes a batch stops the run with its own one-line text."""
+    from subtomo_embed.core.errors import InputDataError
+
+    def broken(rng):
+        raise InputDataError("no particle in this view", "view.mrc")
+
+    cfg = load_config(None, ["parameters.data.patch_size=[16,16,16]"]).model_dump(by_alias=True)
+    ckpt = tmp_path / "broken.ckpt"
+    with pytest.raises(InputDataError) as raised:
+        train(
+            cfg,
+            NET,
+            TrainingSettings(SETTINGS, 2, batch_size=4),
+            ckpt,
+            "cpu",
+            Sitting(progress=False, workers=2),
+            broken,
+        )
+    assert str(raised.value) == "view.mrc: no particle in this view"  # one line, as the thread raises it
+    assert not ckpt.exists()
+
+
+def test_batch_workers_default_to_none_on_a_cpu():
+    from subtomo_embed.core.parallel import default_workers
+    from subtomo_embed.core.train import batch_workers
+
+    assert batch_workers(None, torch.device("cpu")) == 0
+    assert batch_workers(None, torch.device("cuda")) == default_workers()
+    assert batch_workers(3, torch.device("cpu")) == 3

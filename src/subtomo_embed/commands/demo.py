@@ -87,6 +87,14 @@ def train(
         Optional[float], typer.Option("--time-limit", help="Stop after this many minutes (saved; run again to go on).")
     ] = None,
     save_every: Annotated[int, typer.Option(min=1, help="Write the checkpoint every this many steps.")] = 25,
+    workers: Annotated[
+        Optional[int],
+        typer.Option(
+            min=0,
+            help="Processes that make the training pairs (0: one background thread). Default: up to 4 on a GPU, "
+            "0 on a CPU. The weights do not depend on it.",
+        ),
+    ] = None,
     export: Annotated[Optional[Path], typer.Option(help="Also write a copy without optimizer state here.")] = None,
     from_data: Annotated[
         bool,
@@ -131,14 +139,23 @@ def train(
             from ..stages.training import fine_tune_from_config
 
             ckpt = fine_tune_from_config(
-                cfg, output, start_from, steps, device, True, not quiet, limit, save_every=save_every
+                cfg, output, start_from, steps, device, True, not quiet, limit, save_every=save_every, workers=workers
             )
         else:
             from ..core.train import StartingPoint
 
             start = StartingPoint(start_from, cfg.contrastive) if start_from is not None else None
             ckpt = train_from_config(
-                cfg, output, steps, device, True, not quiet, limit, save_every=save_every, starting_point=start
+                cfg,
+                output,
+                steps,
+                device,
+                True,
+                not quiet,
+                limit,
+                save_every=save_every,
+                starting_point=start,
+                workers=workers,
             )
         if export:
             export_model(ckpt, export)

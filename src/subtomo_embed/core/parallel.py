@@ -46,7 +46,8 @@ def thread_map(fn: Callable, items: list, workers: int | None = None, ahead: int
 _END = object()
 
 
-def _can_fork() -> bool:
+def can_fork() -> bool:
+    """Whether worker processes can be forked here (Linux)."""
     import multiprocessing
 
     return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
@@ -85,7 +86,7 @@ def fork_map(fn: Callable, items: list, workers: int | None = None, progress: An
 
     _FORKED_WORK[:] = [(fn, items)]
     try:
-        if workers > 1 and _can_fork():
+        if workers > 1 and can_fork():
             import multiprocessing
 
             with multiprocessing.get_context("fork").Pool(workers) as pool:

@@ -409,6 +409,7 @@ def train_from_config(
     views: Any = None,  # ViewSettings (simulated) or RealViewSettings (fine-tuning); None: the config's
     pairs: Any = None,  # core.train's PairMaker; None: simulated particles
     starting_point: Any = None,  # core.train.StartingPoint; None: fresh weights
+    workers: int | None = None,  # processes making batches; None: some on a GPU, none on a CPU
 ) -> Path:
     """SimSiam training with a config's patch contract and ``hyper_parameters`` (resumable).
 
@@ -422,7 +423,7 @@ def train_from_config(
     settings = TrainingSettings(
         views or training_settings(cfg), steps or hp.max_steps, hp.batch_size, hp.learning_rate, seed=cfg.seed
     )
-    sitting = Sitting(resume=resume, save_every=save_every, time_limit=time_limit, progress=progress)
+    sitting = Sitting(resume=resume, save_every=save_every, time_limit=time_limit, progress=progress, workers=workers)
     return train(
         cfg.model_dump(by_alias=True),
         cfg.parameters.network.model_dump(),

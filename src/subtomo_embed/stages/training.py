@@ -111,6 +111,7 @@ def fine_tune_from_config(
     time_limit: float | None = None,
     save_every: int = 25,
     views: RealViewSettings | None = None,
+    workers: int | None = None,
 ) -> Path:
     """SimSiam fine-tuning on the config's tomograms + instance masks (or picks: :func:`training_particles`)
     from ``start_from`` (else ``trained_model``), to ``steps`` (else ``hyper_parameters.max_steps``); resumable."""
@@ -126,5 +127,5 @@ def fine_tune_from_config(
         return make_real_pair(sources, rng, settings_views)
 
     return train_from_config(
-        cfg, checkpoint, steps, device, resume, progress, time_limit, save_every, settings_views, pairs, start
+        cfg, checkpoint, steps, device, resume, progress, time_limit, save_every, settings_views, pairs, start, workers
     )
