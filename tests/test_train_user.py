@@ -140,6 +140,21 @@ def test_cli_fine_tunes_and_predict_loads_the_checkpoint(user_data):
     assert np.isfinite(embeddings).all()
 
 
+def test_cli_workers_fine_tune_to_the_same_weights(user_data):
+    """`train --from-data --workers 2` (the real particles' views made by forked workers, as on a GPU
+    by default) gives the weights the background thread gives."""
+    weights = []
+    for workers in ("0", "2"):
+        out = user_data["root"] / f"w{workers}.ckpt"
+        args = ["train", "-c", user_data["config"], "--from-data", "-o", out, "--device", "cpu", "-q"]
+        result = run_cli([*args, "--workers", workers])
+        assert result.returncode == 0, result.stdout + result.stderr
+        weights.append(read_checkpoint(out)["state_dict"])
+    assert read_checkpoint(user_data["root"] / "w2.ckpt")["global_step"] == 4
+    for key, value in weights[0].items():
+        assert torch.equal(value, weights[1][key]), key
+
+
 def test_from_checkpoint_option_overrides_trained_model(user_data):
     other = make_checkpoint(user_data["root"] / "other.ckpt", TINY_POOLED_NETWORK, seed=9)
     out = user_data["root"] / "from_other.ckpt"
