@@ -178,7 +178,7 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
 
 
-def test_worker_processes_make_the_same_run(tmp_path):
+def test_worker_processes_make_the_same_run(tmp_path, caplog):
     """Batches made by two forked workers (a DataLoader) are the ones the background thread makes:
     the weights after 3 steps are the same, and the log says the workers were used."""
     cfg = load_config(None, ["parameters.data.patch_size=[16,16,16]"]).model_dump(by_alias=True)
@@ -186,7 +186,11 @@ def test_worker_processes_make_the_same_run(tmp_path):
     for workers in (0, 2):
         runs[workers] = tmp_path / f"w{workers}.ckpt"
         sitting = Sitting(progress=False, workers=workers)
-        train(cfg, NET, TrainingSettings(SETTINGS, 3, batch_size=4, seed=11), runs[workers], sitting=sitting)
+        with caplog.at_level("INFO", logger="subtomo_embed.core.train"):
+            caplog.clear()
+            train(cfg, NET, TrainingSettings(SETTINGS, 3, batch_size=4, seed=11), runs[workers], sitting=sitting)
+        used = "simulating batches on 2 worker processes" in caplog.text
+        assert used == (workers == 2), caplog.text
     a, b = read_checkpoint(runs[0])["state_dict"], read_checkpoint(runs[2])["state_dict"]
     assert read_checkpoint(runs[2])["global_step"] == 3
     for k in a:

@@ -203,12 +203,10 @@ def _raise_handed_errors(batches: Iterator) -> Iterator[tuple]:
 
 def training_batches(make: PairMaker, batch_size: int, seed: int, steps: range, workers: int) -> Iterator[tuple]:
     """The batches of ``steps``, in order: made by ``workers`` forked processes (a DataLoader, two batches
-    ahead each), or with ``workers`` 0 by one background thread. Either way batch ``step`` is the same,
-    so a run's weights do not depend on ``workers``. Simulating a batch takes ~0.4-0.8 s of one core: on
-    a GPU the network is faster than that, and workers keep it fed."""
-    from .parallel import can_fork
-
-    if workers <= 0 or not can_fork():
+    ahead each), or with ``workers`` 0 by one background thread (:func:`batch_workers` says how many).
+    Either way batch ``step`` is the same, so a run's weights do not depend on ``workers``. Simulating a
+    batch takes ~0.4-0.8 s of one core: on a GPU the network is faster than that, and workers keep it fed."""
+    if workers <= 0:
         return prefetch_batches(pair_batch(make, batch_size, seed, step) for step in steps)
     loader = torch.utils.data.DataLoader(
         _StepBatches(make, batch_size, seed),
@@ -477,9 +475,12 @@ def train(
 
 def batch_workers(workers: int | None, device: torch.device) -> int:
     """How many processes make batches: ``workers`` as given; by default some on a GPU (where the network
-    waits for the simulator) and none on a CPU (where they would take the network's cores)."""
-    from .parallel import default_workers
+    waits for the simulator) and none on a CPU (where they would take the network's cores); none where
+    processes cannot be forked."""
+    from .parallel import can_fork, default_workers
 
+    if not can_fork():
+        return 0
     if workers is not None:
         return max(0, workers)
     return default_workers() if device.type != "cpu" else 0
