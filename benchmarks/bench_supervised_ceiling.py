@@ -99,7 +99,6 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
 
     structure = Structure(class_seed=args.class_seed)
     classes = structure.classes()
