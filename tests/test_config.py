@@ -133,6 +133,8 @@ def test_a_few_aliases_within_the_bound_still_work(tmp_path):
         ("source: somewhere.yaml\n", r"unknown key 'source'"),
         ("visualization:\n  umap_3d: true\n", r"unknown key 'visualization\.umap_3d'"),
         ("seed: -1\n", r"key 'seed'"),
+        ("hyper_parameters:\n  contrast_weight: -1\n", r"key 'hyper_parameters\.contrast_weight'"),
+        ("hyper_parameters:\n  contrast_temperature: 0\n", r"key 'hyper_parameters\.contrast_temperature'"),
         ("seed: 4294967296\n", r"key 'seed'"),
         ("visualization:\n  distance: euclidian\n", r"key 'visualization\.distance'"),
         ("file_extension: /../x.mrc\n", r"key 'file_extension': must be a file extension without a folder part"),

@@ -16,6 +16,7 @@ from subtomo_embed.core.train import (
     Sitting,
     TrainingSettings,
     ViewSettings,
+    class_contrastive_loss,
     embedding_spread,
     extract_view,
     make_pair,
@@ -74,13 +75,13 @@ ASSEMBLY_SETTINGS = ViewSettings((32, 32, 32), 1, 2, NORM, assembly_fraction=1.0
 def test_assembly_pairs_are_two_simulations_of_one_arrangement():
     """Each view its own orientation, noise and mask; both centred in predict's patch; the class
     drawn from the training class seeds (never the small seeds the docs evaluate on)."""
-    from subtomo_embed.core.assemblies import FAMILIES
+    from subtomo_embed.core.assemblies import ARRANGEMENTS
     from subtomo_embed.core.train import ASSEMBLY_CLASS_OFFSET, TRAINING_CLASS_SEEDS
 
     rng = np.random.default_rng(2)
     for _ in range(3):
         a, b, cls = make_pair(rng, ASSEMBLY_SETTINGS)
-        assert ASSEMBLY_CLASS_OFFSET <= cls < ASSEMBLY_CLASS_OFFSET + len(FAMILIES)
+        assert ASSEMBLY_CLASS_OFFSET <= cls < ASSEMBLY_CLASS_OFFSET + len(ARRANGEMENTS)
         assert a.shape == b.shape == (32, 32, 32) and not np.array_equal(a != 0, b != 0)
         for view in (a, b):
             inside = np.argwhere(view != 0)
@@ -114,6 +115,44 @@ def test_scaled_assembly_keeps_its_arrangement():
 def test_spread_sees_collapse():
     assert embedding_spread(torch.randn(64, 32)) == pytest.approx(1.0, abs=0.15)
     assert embedding_spread(torch.ones(64, 32) + 1e-4 * torch.randn(64, 32)) < 0.05
+
+
+def test_class_contrastive_loss_with_every_pair_its_own_class_is_nt_xent():
+    torch.manual_seed(0)
+    p1, p2 = torch.randn(6, 8), torch.randn(6, 8)
+    z = torch.nn.functional.normalize(torch.cat([p1, p2]), dim=1)
+    logits = z @ z.T / 0.5 - torch.eye(12) * 1e9
+    partner = torch.cat([torch.arange(6, 12), torch.arange(0, 6)])  # view i's other view
+    nt_xent = torch.nn.functional.cross_entropy(logits, partner)
+    assert float(class_contrastive_loss(p1, p2, np.arange(6), 0.5)) == pytest.approx(float(nt_xent), rel=1e-5)
+
+
+def test_class_contrastive_loss_pulls_a_class_together():
+    """Two classes of two pairs each, every view of a class on one axis: each view has 3 positives at
+    cosine 1 and 4 negatives at cosine 0, so the loss is log(3 e^(1/t) + 4) - 1/t; with the classes
+    crossed (each pair's class partner on the other axis) it is larger."""
+    e1, e2 = torch.eye(4)[0], torch.eye(4)[1]
+    p = torch.stack([e1, e1, e2, e2])
+    t = 0.2
+    expected = np.log(3 * np.exp(1 / t) + 4) - 1 / t
+    assert float(class_contrastive_loss(p, p.clone(), np.array([0, 0, 1, 1]), t)) == pytest.approx(expected, rel=1e-5)
+    assert float(class_contrastive_loss(p, p.clone(), np.array([0, 1, 0, 1]), t)) > expected + 1.0
+
+
+def test_contrast_weight_changes_the_run_and_is_recorded(tmp_path):
+    cfg = load_config(None, ["parameters.data.patch_size=[16,16,16]"]).model_dump(by_alias=True)
+    runs = {}
+    for weight in (0.0, 1.0):
+        runs[weight] = tmp_path / f"c{weight}.ckpt"
+        settings = TrainingSettings(SETTINGS, 2, batch_size=4, seed=5, contrast_weight=weight)
+        train(cfg, NET, settings, runs[weight], sitting=QUIET)
+    plain, contrast = (read_checkpoint(runs[w]) for w in (0.0, 1.0))
+    assert contrast[TRAIN_STATE_KEY]["contrast_weight"] == 1.0 and plain[TRAIN_STATE_KEY]["contrast_weight"] == 0.0
+    assert contrast[TRAIN_STATE_KEY]["contrast_temperature"] == 0.2
+    # same batches, same start: only the loss differs, and so do the weights
+    assert any(not torch.equal(plain["state_dict"][k], contrast["state_dict"][k]) for k in plain["state_dict"])
+    # the logged loss includes the term: NT-Xent/SupCon is positive, SimSiam's alone is at most 1
+    assert contrast[TRAIN_STATE_KEY]["history"][-1]["loss"] > plain[TRAIN_STATE_KEY]["history"][-1]["loss"]
 
 
 def test_checkpoint_has_cryosiam_layout_loads_and_resumes(tmp_path):

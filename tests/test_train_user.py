@@ -140,6 +140,17 @@ def test_cli_fine_tunes_and_predict_loads_the_checkpoint(user_data):
     assert np.isfinite(embeddings).all()
 
 
+def test_cli_fine_tunes_with_the_contrastive_term(user_data):
+    """With contrast_weight, real pairs (each particle its own class) train with NT-Xent beside SimSiam."""
+    out = user_data["root"] / "contrast.ckpt"
+    args = ["train", "-q", "-c", user_data["config"], "--from-data", "-o", out, "--device", "cpu", "--steps", "2"]
+    result = run_cli([*args, "--set", "hyper_parameters.contrast_weight=0.5"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    state = read_checkpoint(out)[TRAIN_STATE_KEY]
+    assert state["contrast_weight"] == 0.5
+    assert all(np.isfinite(h["loss"]) for h in state["history"]) and state["history"][-1]["step"] == 2
+
+
 def test_cli_workers_fine_tune_to_the_same_weights(user_data):
     """`train --from-data --workers 2` (the real particles' views made by forked workers, as on a GPU
     by default) gives the weights the background thread gives."""

@@ -140,6 +140,36 @@ def make_assembly(
     return Assembly(name, family, unit * (outer - s), s, membrane)
 
 
+RING_ORDERS = range(3, 9)
+DIHEDRAL_ORDERS = range(4, 7)  # from 4: a staggered double ring of 3 can be an octahedron
+FILAMENT_LENGTHS = range(6, 11)
+FILAMENT_TWISTS = (60.0, 90.0, 120.0, 144.0, 166.0)
+
+
+def arrangement_label(family: str, n: int = 0, twist_degrees: float = 0.0) -> str:
+    """An arrangement's name whatever its size: ``ring4``, ``dihedral5``, ``octahedral``, ``filament6_t120``."""
+    return family + (f"{n}" if n else "") + (f"_t{twist_degrees:g}" if family == "filament" else "")
+
+
+def _all_arrangements() -> tuple[str, ...]:
+    counts = {"ring": RING_ORDERS, "dihedral": DIHEDRAL_ORDERS, "filament": FILAMENT_LENGTHS}
+    return tuple(
+        arrangement_label(family, n, twist)
+        for family in FAMILIES
+        for n in counts.get(family, [0])
+        for twist in (FILAMENT_TWISTS if family == "filament" else [0.0])
+    )
+
+
+# every arrangement random_class_set can draw, in a fixed order (a class's index here is its training id)
+ARRANGEMENTS = _all_arrangements()
+
+
+def arrangement_of(assembly: Assembly) -> str:
+    """The arrangement of a class drawn by :func:`random_class_set` (its name without the ``i:`` prefix)."""
+    return assembly.name.split(":", 1)[-1]
+
+
 def random_class_set(
     seed: int,
     n_classes: int,
@@ -164,12 +194,13 @@ def random_class_set(
         family = families[order[attempt % len(order)]]
         n, height, twist = 0, 0.0, 0.0
         if family == "ring":
-            n = int(rng.integers(3, 9))
+            n = int(rng.integers(RING_ORDERS[0], RING_ORDERS[-1] + 1))
         elif family == "dihedral":
-            # from 4: a staggered double ring of 3 can be an octahedron
-            n, height = int(rng.integers(4, 7)), float(rng.uniform(0.8, 1.4))
+            n = int(rng.integers(DIHEDRAL_ORDERS[0], DIHEDRAL_ORDERS[-1] + 1))
+            height = float(rng.uniform(0.8, 1.4))
         elif family == "filament":
-            n, twist = int(rng.integers(6, 11)), float(rng.choice([60.0, 90.0, 120.0, 144.0, 166.0]))
+            n = int(rng.integers(FILAMENT_LENGTHS[0], FILAMENT_LENGTHS[-1] + 1))
+            twist = float(rng.choice(FILAMENT_TWISTS))
         key = (family, n, round(height, 1), twist)
         if key not in seen:
             seen.add(key)
@@ -181,7 +212,7 @@ def random_class_set(
     mass = min(len(a.centres) * 4 / 3 * np.pi * a.subunit_radius**3 for a in touching) if equal_mass else None
     classes = []
     for i, (family, n, height, twist) in enumerate(specs):
-        label = family + (f"{n}" if n else "") + (f"_t{twist:g}" if family == "filament" else "")
+        label = arrangement_label(family, n, twist)
         classes.append(make_assembly(f"{i}:{label}", family, diameter, mass, n, height, twist, membrane))
     return classes
 

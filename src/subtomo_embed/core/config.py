@@ -179,6 +179,9 @@ class HyperParametersConfig(_Section):
     max_steps: int = Field(default=1000, ge=1, le=MAX_COUNT)
     # simulated training: the share of pairs that are sub-unit assemblies instead of envelope shapes
     assembly_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    # a supervised-contrastive term beside SimSiam's loss: pairs of one class are positives (core.train)
+    contrast_weight: float = Field(default=0.0, ge=0.0, le=100.0)
+    contrast_temperature: float = Field(default=0.2, gt=0.0, le=10.0)
 
 
 class InstancesConfig(_Section):

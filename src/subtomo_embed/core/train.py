@@ -8,7 +8,9 @@ them by their noise or their mask outline (views of one noisy copy are matched t
 loss falls to -0.98 while the embedding learns nothing about shape). A share ``assembly_fraction``
 of the pairs are sub-unit assemblies (:mod:`.assemblies`) instead of envelope shapes: one class of a
 fresh random class set, simulated twice the same way, so the network learns how sub-units are
-arranged, not only the outline.
+arranged, not only the outline. With ``TrainingSettings.contrast_weight`` > 0 a supervised-contrastive
+term joins SimSiam's loss (:func:`class_contrastive_loss`): the batch's views of one class (the simulator's
+envelope shape or assembly arrangement) are each other's positives, all other views negatives.
 
 Each view is a small volume holding the particle plus its instance mask (label 1); its patch is
 cut by :func:`~subtomo_embed.core.extract.plan_extraction` and
@@ -129,19 +131,20 @@ def make_view(p, rng: np.random.Generator, s: ViewSettings) -> np.ndarray:
 # Training draws its assembly classes from class seeds at or above this; evaluation sets and the docs
 # use small class seeds, so the classes a model is scored on are not the ones it was trained on.
 TRAINING_CLASS_SEEDS = (1_000_000, 2**31 - 1)
-ASSEMBLY_CLASS_OFFSET = 100  # pair class ids: shapes 0.., assemblies 100 + family index
+ASSEMBLY_CLASS_OFFSET = 100  # pair class ids: shapes 0.., assemblies 100 + index in assemblies.ARRANGEMENTS
 
 
 def make_assembly_pair(rng: np.random.Generator, s: ViewSettings) -> tuple[np.ndarray, np.ndarray, int]:
     """Two independent simulations of one assembly: a class drawn from a fresh class set (3-7
     classes of one diameter and mass, :func:`~.assemblies.random_class_set`), each view its own
-    rotation and degradation."""
-    from .assemblies import FAMILIES, random_class_set
+    rotation and degradation. The pair's class id is the arrangement's (ring4, octahedral, ...: the
+    same for that arrangement at any size, in any class set)."""
+    from .assemblies import ARRANGEMENTS, arrangement_of, random_class_set
 
     classes = random_class_set(int(rng.integers(*TRAINING_CLASS_SEEDS)), int(rng.integers(3, 8)))
     assembly = classes[int(rng.integers(len(classes)))]
     views = [extract_view(*assembly_view_volume(assembly, rng, s), s) for _ in range(2)]
-    return views[0], views[1], ASSEMBLY_CLASS_OFFSET + FAMILIES.index(assembly.family)
+    return views[0], views[1], ASSEMBLY_CLASS_OFFSET + ARRANGEMENTS.index(arrangement_of(assembly))
 
 
 def make_pair(rng: np.random.Generator, s: ViewSettings) -> tuple[np.ndarray, np.ndarray, int]:
@@ -230,6 +233,33 @@ def simsiam_loss(p1, p2, z1, z2) -> torch.Tensor:
     )
 
 
+def class_contrastive_loss(p1, p2, classes, temperature: float) -> torch.Tensor:
+    """Supervised contrastive loss (SupCon, Khosla et al. 2020) on the embeddings of a batch's 2N views.
+
+    Each view's positives are the other views of its class (``classes``: the pairs' class ids; its own
+    pair's other view always among them), every other view of the batch a negative: cross-entropy of
+    cosine similarities / ``temperature``, averaged over the positives. With every pair its own class it
+    is SimCLR's NT-Xent. Simulated pairs carry the simulator's class (envelope shape, or assembly
+    family), real particles their own index (:mod:`.real_views`)."""
+    z = F.normalize(torch.cat([p1, p2]).float(), dim=1)
+    ids = torch.as_tensor(np.concatenate([classes, classes]), device=z.device)
+    self_pair = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    logits = (z @ z.T / temperature).masked_fill(self_pair, float("-inf"))
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    positive = (ids[:, None] == ids[None, :]) & ~self_pair
+    return -(log_prob.masked_fill(~positive, 0.0).sum(1) / positive.sum(1)).mean()
+
+
+def training_loss(p1, p2, z1, z2, classes, settings: TrainingSettings) -> torch.Tensor:
+    """SimSiam's loss, plus ``settings.contrast_weight`` times :func:`class_contrastive_loss`."""
+    loss = simsiam_loss(p1, p2, z1, z2)
+    if settings.contrast_weight > 0:
+        loss = loss + settings.contrast_weight * class_contrastive_loss(
+            p1, p2, np.asarray(classes), settings.contrast_temperature
+        )
+    return loss
+
+
 def embedding_spread(z: torch.Tensor) -> float:
     """Std over the batch of the L2-normalized projections, times sqrt(dim): ~1 healthy, ->0 collapsed."""
     zn = F.normalize(z.detach().float(), dim=1)
@@ -281,6 +311,9 @@ class TrainingSettings:
     weight_decay: float = 1e-4
     warmup_steps: int = 20
     seed: int = 0
+    # weight of :func:`class_contrastive_loss` beside SimSiam's loss (0: SimSiam alone, as CryoSiam trains)
+    contrast_weight: float = 0.0
+    contrast_temperature: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -337,6 +370,8 @@ def save_training(checkpoint: Path, model, opt, config: dict, settings: Training
             "optimizer": settings.optimizer,
             "max_steps": settings.steps,
             "seed": settings.seed,
+            "contrast_weight": settings.contrast_weight,
+            "contrast_temperature": settings.contrast_temperature,
             "torch": str(torch.__version__),
         },
     }
@@ -420,13 +455,13 @@ def train(
         if workers:
             log.info("simulating batches on %d worker processes", workers)
         steps = range(state.step, settings.steps)
-        for at, x1, x2, _ in training_batches(make, settings.batch_size, settings.seed, steps, workers):
+        for at, x1, x2, classes in training_batches(make, settings.batch_size, settings.seed, steps, workers):
             lr = learning_rate_at(at, settings.steps, settings.learning_rate, settings.warmup_steps)
             for group in opt.param_groups:
                 group["lr"] = settings.learning_rate if group.get("fix_lr") else lr
             x1, x2 = x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)
             p1, p2, z1, z2 = model(x1, x2)
-            loss = simsiam_loss(p1, p2, z1, z2)
+            loss = training_loss(p1, p2, z1, z2, classes, settings)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -421,7 +421,13 @@ def train_from_config(
     torch_device = pick_device(device, cfg.parameters.gpu_devices)
     hp = cfg.hyper_parameters
     settings = TrainingSettings(
-        views or training_settings(cfg), steps or hp.max_steps, hp.batch_size, hp.learning_rate, seed=cfg.seed
+        views or training_settings(cfg),
+        steps or hp.max_steps,
+        hp.batch_size,
+        hp.learning_rate,
+        seed=cfg.seed,
+        contrast_weight=hp.contrast_weight,
+        contrast_temperature=hp.contrast_temperature,
     )
     sitting = Sitting(resume=resume, save_every=save_every, time_limit=time_limit, progress=progress, workers=workers)
     return train(
