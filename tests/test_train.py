@@ -7,27 +7,33 @@ import yaml
 from synthetic import TINY_POOLED_NETWORK
 
 from subtomo_embed.core.config import load_config
+from subtomo_embed.core.errors import ConfigError
 from subtomo_embed.core.extract import Normalization
 from subtomo_embed.core.model import load_model, read_checkpoint
 from subtomo_embed.core.simulate import random_particle
 from subtomo_embed.core.train import (
+    CLASS_HEAD_KEY,
     OPTIMIZER_KEY,
     TRAIN_STATE_KEY,
     Sitting,
     TrainingSettings,
     ViewSettings,
     class_contrastive_loss,
+    class_targets,
     embedding_spread,
     extract_view,
     make_pair,
+    simulated_class_count,
     train,
     view_volume,
 )
+from subtomo_embed.stages.demo import export_model
 
 NET = TINY_POOLED_NETWORK
 NORM = Normalization(-2, 3, 0.4, 0.2)
 SETTINGS = ViewSettings((16, 16, 16), 1, 1, NORM, size_range=(3.0, 4.0))
 QUIET = Sitting(progress=False)
+ASSEMBLY_16 = ViewSettings((16, 16, 16), 1, 1, NORM, size_range=(3.0, 4.0), assembly_fraction=0.5)
 CRYOSIAM_TOP_KEYS = {"epoch", "global_step", "pytorch-lightning_version", "state_dict", "hyper_parameters"}
 
 
@@ -153,6 +159,43 @@ def test_contrast_weight_changes_the_run_and_is_recorded(tmp_path):
     assert any(not torch.equal(plain["state_dict"][k], contrast["state_dict"][k]) for k in plain["state_dict"])
     # the logged loss includes the term: NT-Xent/SupCon is positive, SimSiam's alone is at most 1
     assert contrast[TRAIN_STATE_KEY]["history"][-1]["loss"] > plain[TRAIN_STATE_KEY]["history"][-1]["loss"]
+
+
+def test_class_targets_number_shapes_then_arrangements():
+    from subtomo_embed.core.assemblies import ARRANGEMENTS
+    from subtomo_embed.core.simulate import CLASSES
+    from subtomo_embed.core.train import ASSEMBLY_CLASS_OFFSET
+
+    ids = [0, 4, ASSEMBLY_CLASS_OFFSET, ASSEMBLY_CLASS_OFFSET + len(ARRANGEMENTS) - 1]
+    assert class_targets(ids).tolist() == [0, 4, 5, 4 + len(ARRANGEMENTS)]
+    assert simulated_class_count() == len(CLASSES) + len(ARRANGEMENTS) == 43
+
+
+def test_class_weight_trains_a_classifier_kept_beside_the_network_and_resumes(tmp_path):
+    """The classifier of class_weight is saved outside the state_dict (CryoSiam's layout unchanged, predict
+    loads the checkpoint), trains, and a resumed run equals an uninterrupted one; resuming it without
+    class_weight is a one-line config error."""
+    cfg = load_config(None, ["parameters.data.patch_size=[16,16,16]"]).model_dump(by_alias=True)
+    settings = {n: TrainingSettings(ASSEMBLY_16, n, batch_size=4, seed=3, class_weight=1.0) for n in (1, 3)}
+    once, twice = tmp_path / "once.ckpt", tmp_path / "twice.ckpt"
+    train(cfg, NET, settings[3], once, sitting=QUIET)
+    train(cfg, NET, settings[1], twice, sitting=QUIET)
+    first_head = {k: v.clone() for k, v in read_checkpoint(twice)[CLASS_HEAD_KEY].items()}
+    train(cfg, NET, settings[3], twice, sitting=QUIET)
+    a, b = read_checkpoint(once), read_checkpoint(twice)
+    assert a[TRAIN_STATE_KEY]["class_weight"] == 1.0
+    assert a[CLASS_HEAD_KEY]["weight"].shape == (simulated_class_count(), NET["dim"])
+    assert not torch.equal(first_head["weight"], b[CLASS_HEAD_KEY]["weight"])  # it trained
+    assert all(k.startswith(("_model.encoder.", "_model.predictor.")) for k in a["state_dict"])
+    for k in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(a[CLASS_HEAD_KEY]["weight"], b[CLASS_HEAD_KEY]["weight"], rtol=1e-4, atol=1e-5)
+    load_model(once, contrastive=True)
+    exported = export_model(once, tmp_path / "exported.ckpt")
+    assert CLASS_HEAD_KEY not in read_checkpoint(exported) and OPTIMIZER_KEY not in read_checkpoint(exported)
+    more = TrainingSettings(ASSEMBLY_16, 4, batch_size=4, seed=3)
+    with pytest.raises(ConfigError, match="trained with hyper_parameters.class_weight"):
+        train(cfg, NET, more, once, sitting=QUIET)
 
 
 def test_checkpoint_has_cryosiam_layout_loads_and_resumes(tmp_path):

@@ -182,6 +182,7 @@ def test_from_checkpoint_option_overrides_trained_model(user_data):
         ("all filtered", 4, "no instances to train on"),
         ("no model", 3, "starting checkpoint"),
         ("from a missing checkpoint", 5, "missing.ckpt: checkpoint file does not exist"),
+        ("class weight on real particles", 3, "class_weight needs simulated training"),
     ],
 )
 def test_bad_input_is_one_line_and_an_exit_code(user_data, case, code, words):
@@ -196,6 +197,8 @@ def test_bad_input_is_one_line_and_an_exit_code(user_data, case, code, words):
         args += ["--set", "min_particle_size=100000"]
     elif case == "no model":
         args += ["--set", "trained_model=null"]
+    elif case == "class weight on real particles":
+        args += ["--set", "hyper_parameters.class_weight=1"]
     else:
         missing = user_data["root"] / "missing.ckpt"
         args = ["train", "-q", "--from", missing, "-o", user_data["root"] / "bad.ckpt", "--device", "cpu"]

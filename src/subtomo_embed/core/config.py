@@ -182,6 +182,8 @@ class HyperParametersConfig(_Section):
     # a supervised-contrastive term beside SimSiam's loss: pairs of one class are positives (core.train)
     contrast_weight: float = Field(default=0.0, ge=0.0, le=100.0)
     contrast_temperature: float = Field(default=0.2, gt=0.0, le=10.0)
+    # simulated training: a linear classifier of the simulator's classes on the projector output (core.train)
+    class_weight: float = Field(default=0.0, ge=0.0, le=100.0)
 
 
 class InstancesConfig(_Section):

@@ -101,9 +101,9 @@ class SimSiam(nn.Module):
         self.dim = dim
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor):
-        """Training pass: (p1, p2, z1.detach(), z2.detach())."""
+        """Training pass: (p1, p2, z1, z2); SimSiam's loss stops the gradient through z itself."""
         z1, z2 = self.encoder(x1), self.encoder(x2)
-        return self.predictor(z1), self.predictor(z2), z1.detach(), z2.detach()
+        return self.predictor(z1), self.predictor(z2), z1, z2
 
     def embed(self, x: torch.Tensor, contrastive: bool = True, rotations: int = 1) -> torch.Tensor:
         """The embedding CryoSiam writes: normalized predictor output, or the projector output.

@@ -38,15 +38,17 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .errors import SubtomoError
+from .errors import ConfigError, SubtomoError
 from .extract import Normalization, cut_patch, plan_extraction
 from .real_views import random_dilation
+from .simulate import CLASSES as SHAPE_CLASSES
 from .simulate import DEFAULT_SIZE_RANGE, another_view, particle_volume, random_particle
 
 log = logging.getLogger(__name__)
 
 TRAIN_STATE_KEY = "subtomo_train_state"
 OPTIMIZER_KEY = "optimizer_states"
+CLASS_HEAD_KEY = "subtomo_class_head"  # the classifier of class_weight (not part of CryoSiam's network)
 
 
 @dataclass
@@ -250,13 +252,35 @@ def class_contrastive_loss(p1, p2, classes, temperature: float) -> torch.Tensor:
     return -(log_prob.masked_fill(~positive, 0.0).sum(1) / positive.sum(1)).mean()
 
 
-def training_loss(p1, p2, z1, z2, classes, settings: TrainingSettings) -> torch.Tensor:
-    """SimSiam's loss, plus ``settings.contrast_weight`` times :func:`class_contrastive_loss`."""
+def simulated_class_count() -> int:
+    """How many classes simulated pairs carry: the envelope shapes, then every assembly arrangement."""
+    from .assemblies import ARRANGEMENTS
+
+    return len(SHAPE_CLASSES) + len(ARRANGEMENTS)
+
+
+def class_targets(classes) -> torch.Tensor:
+    """Simulated pairs' class ids (shapes 0.., assemblies ``ASSEMBLY_CLASS_OFFSET`` + arrangement) as 0..K-1."""
+    c = np.asarray(classes, dtype=np.int64)
+    return torch.as_tensor(np.where(c >= ASSEMBLY_CLASS_OFFSET, c - ASSEMBLY_CLASS_OFFSET + len(SHAPE_CLASSES), c))
+
+
+def class_loss(head: torch.nn.Module, z1, z2, classes) -> torch.Tensor:
+    """Cross-entropy of a linear classifier of the simulator's classes on both views' projector outputs."""
+    target = class_targets(classes).to(z1.device)
+    return 0.5 * (F.cross_entropy(head(z1), target) + F.cross_entropy(head(z2), target))
+
+
+def training_loss(p1, p2, z1, z2, classes, settings: TrainingSettings, head=None) -> torch.Tensor:
+    """SimSiam's loss, plus ``settings.contrast_weight`` times :func:`class_contrastive_loss`, plus
+    ``settings.class_weight`` times :func:`class_loss` (``head``: the classifier)."""
     loss = simsiam_loss(p1, p2, z1, z2)
     if settings.contrast_weight > 0:
         loss = loss + settings.contrast_weight * class_contrastive_loss(
             p1, p2, np.asarray(classes), settings.contrast_temperature
         )
+    if settings.class_weight > 0:
+        loss = loss + settings.class_weight * class_loss(head, z1, z2, classes)
     return loss
 
 
@@ -274,12 +298,14 @@ def learning_rate_at(step: int, max_steps: int, base_lr: float, warmup: int) -> 
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_optimizer(model, name: str, lr: float, weight_decay: float):
+def build_optimizer(model, name: str, lr: float, weight_decay: float, head=None):
     # SimSiam keeps the predictor's learning rate fixed; the rest follows the schedule
     groups = [
         {"params": list(model.encoder.parameters()), "fix_lr": False},
         {"params": list(model.predictor.parameters()), "fix_lr": True},
     ]
+    if head is not None:
+        groups.append({"params": list(head.parameters()), "fix_lr": False})
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=weight_decay)
     return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
@@ -314,6 +340,8 @@ class TrainingSettings:
     # weight of :func:`class_contrastive_loss` beside SimSiam's loss (0: SimSiam alone, as CryoSiam trains)
     contrast_weight: float = 0.0
     contrast_temperature: float = 0.2
+    # weight of :func:`class_loss` (simulated pairs only; 0: none)
+    class_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -337,12 +365,19 @@ class TrainingState:
     seconds: float = 0.0
 
 
-def resume_from(checkpoint: Path, model, opt) -> TrainingState:
+def resume_from(checkpoint: Path, model, opt, head=None) -> TrainingState:
     """Weights, optimizer state, step and history from a checkpoint this module saved."""
     from .model import STATE_PREFIX, read_checkpoint
 
     ckpt = read_checkpoint(checkpoint)
+    if (head is None) != (CLASS_HEAD_KEY not in ckpt):
+        raise ConfigError(
+            f"{checkpoint}: trained {'with' if head is None else 'without'} hyper_parameters.class_weight; "
+            "resume it with the same setting, or start afresh (--restart)"
+        )
     model.load_state_dict({k[len(STATE_PREFIX) :]: v for k, v in ckpt["state_dict"].items()}, strict=True)
+    if head is not None:
+        head.load_state_dict(ckpt[CLASS_HEAD_KEY])
     if ckpt.get(OPTIMIZER_KEY):
         opt.load_state_dict(ckpt[OPTIMIZER_KEY][0])
     saved = ckpt.get(TRAIN_STATE_KEY) or {}
@@ -353,11 +388,14 @@ def resume_from(checkpoint: Path, model, opt) -> TrainingState:
     return state
 
 
-def save_training(checkpoint: Path, model, opt, config: dict, settings: TrainingSettings, state: TrainingState) -> None:
-    """CryoSiam's checkpoint layout plus the optimizer state and this run's training state."""
+def save_training(
+    checkpoint: Path, model, opt, config: dict, settings: TrainingSettings, state: TrainingState, head=None
+) -> None:
+    """CryoSiam's checkpoint layout plus the optimizer state, this run's training state and the classifier."""
     from .model import save_checkpoint
 
-    extra = {
+    extra: dict[str, Any] = {} if head is None else {CLASS_HEAD_KEY: head.state_dict()}
+    extra |= {
         OPTIMIZER_KEY: [opt.state_dict()],
         TRAIN_STATE_KEY: {
             "seconds": state.seconds,
@@ -372,6 +410,7 @@ def save_training(checkpoint: Path, model, opt, config: dict, settings: Training
             "seed": settings.seed,
             "contrast_weight": settings.contrast_weight,
             "contrast_temperature": settings.contrast_temperature,
+            "class_weight": settings.class_weight,
             "torch": str(torch.__version__),
         },
     }
@@ -423,18 +462,22 @@ def train(
     device = torch.device(device)
     checkpoint = Path(checkpoint)
     model, network = initial_model(network, starting_point, settings.seed)
+    # made after the network, from the same seeded generator: a run's weights depend on its seed alone
+    head = torch.nn.Linear(int(network["dim"]), simulated_class_count()) if settings.class_weight > 0 else None
     config = dict(config)
     config["parameters"] = dict(config.get("parameters") or {}, network=dict(network))
     check_cryosiam_network(network)
-    opt = build_optimizer(model, settings.optimizer, settings.learning_rate, settings.weight_decay)
-    state = resume_from(checkpoint, model, opt) if sitting.resume and checkpoint.is_file() else TrainingState()
+    opt = build_optimizer(model, settings.optimizer, settings.learning_rate, settings.weight_decay, head)
+    state = resume_from(checkpoint, model, opt, head) if sitting.resume and checkpoint.is_file() else TrainingState()
     model.to(device).train()
+    if head is not None:
+        head.to(device).train()
     if state.step >= settings.steps:
         log.info("already trained for %d steps (max_steps %d): nothing to do", state.step, settings.steps)
         return checkpoint
 
     def save() -> None:
-        save_training(checkpoint, model, opt, config, settings, state)
+        save_training(checkpoint, model, opt, config, settings, state, head)
         if sitting.on_save is not None:
             sitting.on_save(state.step)
 
@@ -461,7 +504,7 @@ def train(
                 group["lr"] = settings.learning_rate if group.get("fix_lr") else lr
             x1, x2 = x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)
             p1, p2, z1, z2 = model(x1, x2)
-            loss = training_loss(p1, p2, z1, z2, classes, settings)
+            loss = training_loss(p1, p2, z1, z2, classes, settings, head)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

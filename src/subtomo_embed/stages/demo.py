@@ -418,8 +418,13 @@ def train_from_config(
     from ..core.embed import pick_device
     from ..core.train import Sitting, StartingPoint, TrainingSettings, train
 
-    torch_device = pick_device(device, cfg.parameters.gpu_devices)
     hp = cfg.hyper_parameters
+    if hp.class_weight > 0 and pairs is not None:
+        raise ConfigError(
+            "hyper_parameters.class_weight needs simulated training: real particles have no classes "
+            "(use hyper_parameters.contrast_weight, each particle its own class)"
+        )
+    torch_device = pick_device(device, cfg.parameters.gpu_devices)
     settings = TrainingSettings(
         views or training_settings(cfg),
         steps or hp.max_steps,
@@ -428,6 +433,7 @@ def train_from_config(
         seed=cfg.seed,
         contrast_weight=hp.contrast_weight,
         contrast_temperature=hp.contrast_temperature,
+        class_weight=hp.class_weight,
     )
     sitting = Sitting(resume=resume, save_every=save_every, time_limit=time_limit, progress=progress, workers=workers)
     return train(
@@ -448,14 +454,15 @@ def retrain_demo_model(checkpoint: Path, steps: int | None = None, device: str =
 
 
 def export_model(checkpoint: Path, dest: Path) -> Path:
-    """Copy a training checkpoint without the optimizer state (what gets committed)."""
+    """Copy a training checkpoint without the optimizer state and class_weight's classifier (what gets committed)."""
     import torch
 
     from ..core.model import read_checkpoint
-    from ..core.train import OPTIMIZER_KEY
+    from ..core.train import CLASS_HEAD_KEY, OPTIMIZER_KEY
 
     ckpt = read_checkpoint(checkpoint)
     ckpt.pop(OPTIMIZER_KEY, None)
+    ckpt.pop(CLASS_HEAD_KEY, None)
     with io.atomic_output(dest) as tmp:
         torch.save(ckpt, tmp)
     return dest
