@@ -10,7 +10,9 @@ of the pairs are sub-unit assemblies (:mod:`.assemblies`) instead of envelope sh
 fresh random class set, simulated twice the same way, so the network learns how sub-units are
 arranged, not only the outline. With ``TrainingSettings.contrast_weight`` > 0 a supervised-contrastive
 term joins SimSiam's loss (:func:`class_contrastive_loss`): the batch's views of one class (the simulator's
-envelope shape or assembly arrangement) are each other's positives, all other views negatives.
+envelope shape or assembly arrangement) are each other's positives, all other views negatives. With
+``class_weight`` > 0 a linear classifier of those classes on the projector output does (:func:`class_loss`):
+what made the embedded model see arrangements of 13-voxel particles (docs/model.md).
 
 Each view is a small volume holding the particle plus its instance mask (label 1); its patch is
 cut by :func:`~subtomo_embed.core.extract.plan_extraction` and
@@ -242,7 +244,7 @@ def class_contrastive_loss(p1, p2, classes, temperature: float) -> torch.Tensor:
     pair's other view always among them), every other view of the batch a negative: cross-entropy of
     cosine similarities / ``temperature``, averaged over the positives. With every pair its own class it
     is SimCLR's NT-Xent. Simulated pairs carry the simulator's class (envelope shape, or assembly
-    family), real particles their own index (:mod:`.real_views`)."""
+    arrangement), real particles their own index (:mod:`.real_views`)."""
     z = F.normalize(torch.cat([p1, p2]).float(), dim=1)
     ids = torch.as_tensor(np.concatenate([classes, classes]), device=z.device)
     self_pair = torch.eye(len(z), dtype=torch.bool, device=z.device)
