@@ -12,7 +12,6 @@ from sklearn.metrics import adjusted_rand_score
 from subtomo_embed.core.assemblies import (
     ARRANGEMENTS,
     FAMILIES,
-    arrangement_of,
     family_positions,
     make_assembly,
     random_class_set,
@@ -123,16 +122,18 @@ def test_every_family_can_be_drawn():
 
 def test_every_drawn_class_has_an_arrangement_id_that_ignores_size():
     """Training labels a pair by its arrangement (ARRANGEMENTS): every class a class set can draw has one,
-    the same arrangement drawn in two sets of different diameters has the same one, and it is in the name."""
+    the same arrangement drawn in two sets of different diameters has the same one, and the name shows it."""
     seen: dict[str, set[float]] = {}
     for seed in range(60):
         for c in random_class_set(seed, int(3 + seed % 5)):
-            label = arrangement_of(c)
-            assert label in ARRANGEMENTS and label.startswith(c.family)
+            label = c.arrangement
+            assert label in ARRANGEMENTS and label.startswith(c.family) and c.name.endswith(":" + label)
             seen.setdefault(label, set()).add(round(2 * c.outer_radius, 3))
     assert len(ARRANGEMENTS) == len(set(ARRANGEMENTS)) == 6 + 3 + 4 + 5 * 5
     assert len(seen) > 20 and any(len(d) > 1 for d in seen.values())
-    assert arrangement_of(make_assembly("x", "ring", 16.0, n=4)) == "x"  # not drawn by a class set: its own name
+    # the arrangement does not come from the name
+    assert make_assembly("x", "ring", 16.0, n=4).arrangement == "ring4"
+    assert make_assembly("y", "filament", 16.0, n=7, twist_degrees=144).arrangement == "filament7_t144"
 
 
 def test_assembly_tomogram_places_balanced_classes_and_membranes_outside_the_masks():

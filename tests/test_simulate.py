@@ -151,6 +151,8 @@ def test_simulate_assemblies_writes_balanced_classes_masks_and_definitions(tmp_p
     for _, row in truth.iterrows():
         definition = by_class[row["class"]]
         assert row["class_name"] == definition["name"] and row["family"] == definition["family"]
+        arrangement = definition["arrangement"]
+        assert arrangement.startswith(row["family"]) and row["class_name"].endswith(arrangement)
         assert row["subunits"] == definition["subunits"] == len(definition["centres"])
     assert (truth["class_seed"] == 1).all() and (truth["wedge"] == 60).all()
     # one envelope for the class set: every class has the same outer radius

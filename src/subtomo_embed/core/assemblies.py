@@ -47,10 +47,15 @@ MEMBRANE_GAP = 1.0  # voxels between the particle's lowest sub-unit and the memb
 
 @dataclass(frozen=True)
 class Assembly:
-    """One class: sub-unit centres (particle frame, voxels, centred on 0) and one sub-unit radius."""
+    """One class: sub-unit centres (particle frame, voxels, centred on 0) and one sub-unit radius.
+
+    ``arrangement`` names the arrangement whatever the size (:func:`arrangement_label`): training labels
+    a simulated pair by its index in :data:`ARRANGEMENTS`.
+    """
 
     name: str
     family: str
+    arrangement: str
     centres: np.ndarray  # (n, 3)
     subunit_radius: float
     membrane: bool = False
@@ -137,7 +142,7 @@ def make_assembly(
         half_gap = _nearest_distance(unit) / 2
         s = outer * half_gap / (1 + half_gap)
     s = min(s, 0.45 * outer)  # keep a visible arrangement whatever the mass asks
-    return Assembly(name, family, unit * (outer - s), s, membrane)
+    return Assembly(name, family, arrangement_label(family, n, twist_degrees), unit * (outer - s), s, membrane)
 
 
 RING_ORDERS = range(3, 9)
@@ -163,11 +168,6 @@ def _all_arrangements() -> tuple[str, ...]:
 
 # every arrangement random_class_set can draw, in a fixed order (a class's index here is its training id)
 ARRANGEMENTS = _all_arrangements()
-
-
-def arrangement_of(assembly: Assembly) -> str:
-    """The arrangement of a class drawn by :func:`random_class_set` (its name without the ``i:`` prefix)."""
-    return assembly.name.split(":", 1)[-1]
 
 
 def random_class_set(
@@ -212,8 +212,8 @@ def random_class_set(
     mass = min(len(a.centres) * 4 / 3 * np.pi * a.subunit_radius**3 for a in touching) if equal_mass else None
     classes = []
     for i, (family, n, height, twist) in enumerate(specs):
-        label = arrangement_label(family, n, twist)
-        classes.append(make_assembly(f"{i}:{label}", family, diameter, mass, n, height, twist, membrane))
+        name = f"{i}:{arrangement_label(family, n, twist)}"
+        classes.append(make_assembly(name, family, diameter, mass, n, height, twist, membrane))
     return classes
 
 
@@ -324,6 +324,7 @@ def class_definition(assembly: Assembly) -> dict:
     return {
         "name": assembly.name,
         "family": assembly.family,
+        "arrangement": assembly.arrangement,
         "subunits": len(assembly.centres),
         "subunit_radius": round(assembly.subunit_radius, 4),
         "outer_radius": round(assembly.outer_radius, 4),

@@ -143,12 +143,12 @@ def make_assembly_pair(rng: np.random.Generator, s: ViewSettings) -> tuple[np.nd
     classes of one diameter and mass, :func:`~.assemblies.random_class_set`), each view its own
     rotation and degradation. The pair's class id is the arrangement's (ring4, octahedral, ...: the
     same for that arrangement at any size, in any class set)."""
-    from .assemblies import ARRANGEMENTS, arrangement_of, random_class_set
+    from .assemblies import ARRANGEMENTS, random_class_set
 
     classes = random_class_set(int(rng.integers(*TRAINING_CLASS_SEEDS)), int(rng.integers(3, 8)))
     assembly = classes[int(rng.integers(len(classes)))]
     views = [extract_view(*assembly_view_volume(assembly, rng, s), s) for _ in range(2)]
-    return views[0], views[1], ASSEMBLY_CLASS_OFFSET + ARRANGEMENTS.index(arrangement_of(assembly))
+    return views[0], views[1], ASSEMBLY_CLASS_OFFSET + ARRANGEMENTS.index(assembly.arrangement)
 
 
 def make_pair(rng: np.random.Generator, s: ViewSettings) -> tuple[np.ndarray, np.ndarray, int]:
