@@ -232,6 +232,7 @@ def test_checkpoint_has_cryosiam_layout_loads_and_resumes(tmp_path):
     # the stored config is a valid config file again
     (tmp_path / "again.yaml").write_text(yaml.safe_dump(ckpt["hyper_parameters"]["config"]))
     assert load_config(tmp_path / "again.yaml").parameters.network.num_filters == [4, 8, 8, 16]
+    assert ckpt["hyper_parameters"]["config"]["hyper_parameters"]["max_steps"] == 2  # the run's, not the config's
 
     before = {k: v.clone() for k, v in ckpt["state_dict"].items()}
     train(
@@ -242,7 +243,7 @@ def test_checkpoint_has_cryosiam_layout_loads_and_resumes(tmp_path):
         sitting=Sitting(save_every=1, progress=False),
     )
     again = read_checkpoint(out)
-    assert again["global_step"] == 3
+    assert again["global_step"] == 3 and again["hyper_parameters"]["config"]["hyper_parameters"]["max_steps"] == 3
     assert [h["step"] for h in again[TRAIN_STATE_KEY]["history"]][-1] == 3
     assert any(not torch.equal(before[k], again["state_dict"][k]) for k in before)
 

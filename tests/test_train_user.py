@@ -220,6 +220,7 @@ def test_simulated_training_can_start_from_a_checkpoint(user_data):
     ckpt = read_checkpoint(out)
     assert ckpt["global_step"] == 1
     assert ckpt[TRAIN_STATE_KEY]["pairs"]["assembly_fraction"] == 1.0
+    assert ckpt["hyper_parameters"]["config"]["hyper_parameters"]["max_steps"] == 1  # --steps, as run
     start = read_checkpoint(user_data["start"])["state_dict"]
     assert ckpt["state_dict"].keys() == start.keys()  # the tiny starting network, not the demo config's
     assert any(not torch.equal(ckpt["state_dict"][k], v) for k, v in start.items())  # and it trained

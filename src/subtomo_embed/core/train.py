@@ -393,8 +393,13 @@ def resume_from(checkpoint: Path, model, opt, head=None) -> TrainingState:
 def save_training(
     checkpoint: Path, model, opt, config: dict, settings: TrainingSettings, state: TrainingState, head=None
 ) -> None:
-    """CryoSiam's checkpoint layout plus the optimizer state, this run's training state and the classifier."""
+    """CryoSiam's checkpoint layout plus the optimizer state, this run's training state and the classifier.
+
+    The stored config's ``hyper_parameters.max_steps`` is the run's (``--steps`` overrides the config's),
+    so the config in the checkpoint retrains the same schedule."""
     from .model import save_checkpoint
+
+    config = {**config, "hyper_parameters": {**config.get("hyper_parameters", {}), "max_steps": settings.steps}}
 
     extra: dict[str, Any] = {} if head is None else {CLASS_HEAD_KEY: head.state_dict()}
     extra |= {
