@@ -93,6 +93,7 @@ def main() -> None:
     cfg = dataset_config(root, args.model)
     cfg.hyper_parameters.batch_size = args.batch_size
     cfg.hyper_parameters.learning_rate = args.learning_rate
+    cfg.hyper_parameters.class_weight = 0.0  # the demo config's classifier is for simulated training only
     tuned = root / "training" / "last.ckpt"
     start = time.perf_counter()
     fine_tune_from_config(

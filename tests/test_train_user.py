@@ -1,6 +1,8 @@
 """Fine-tuning on the user's own tomograms (``train --from-data``): views of the real particles cut
 by predict's functions, resume, a checkpoint predict loads, bad input."""
 
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -207,6 +209,8 @@ def test_bad_input_is_one_line_and_an_exit_code(user_data, case, code, words):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and words in lines[0] and "Traceback" not in result.stderr, result.stderr
     assert not (user_data["root"] / "bad.ckpt").exists()
+    if case == "class weight on real particles":
+        assert Path(config).name in lines[0] and "set it to 0" in lines[0]  # names the config and the fix
 
 
 def test_simulated_training_can_start_from_a_checkpoint(user_data):

@@ -421,8 +421,9 @@ def train_from_config(
     hp = cfg.hyper_parameters
     if hp.class_weight > 0 and pairs is not None:
         raise ConfigError(
-            "hyper_parameters.class_weight needs simulated training: real particles have no classes "
-            "(use hyper_parameters.contrast_weight, each particle its own class)"
+            "hyper_parameters.class_weight needs simulated training: set it to 0 to fine-tune on real particles, "
+            "which have no classes (hyper_parameters.contrast_weight makes each particle its own class)",
+            cfg.source,
         )
     torch_device = pick_device(device, cfg.parameters.gpu_devices)
     settings = TrainingSettings(
