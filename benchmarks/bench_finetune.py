@@ -81,6 +81,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=15.0)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--learning-rate", type=float, default=0.001)
+    ap.add_argument("--contrast-weight", type=float, default=0.0, help="hyper_parameters.contrast_weight")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     root = args.output.absolute()
@@ -94,6 +95,7 @@ def main() -> None:
     cfg.hyper_parameters.batch_size = args.batch_size
     cfg.hyper_parameters.learning_rate = args.learning_rate
     cfg.hyper_parameters.class_weight = 0.0  # the demo config's classifier is for simulated training only
+    cfg.hyper_parameters.contrast_weight = args.contrast_weight
     tuned = root / "training" / "last.ckpt"
     start = time.perf_counter()
     fine_tune_from_config(
