@@ -20,9 +20,7 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
-
-from subtomo_embed.core.assemblies import make_assembly, simulate_set
+from subtomo_embed.core.assemblies import common_mass, make_assembly, simulate_set
 from subtomo_embed.core.config import load_config
 from subtomo_embed.core.descriptors import describe_sh_all
 from subtomo_embed.core.model import load_model
@@ -67,10 +65,8 @@ CLASS_SETS: dict[str, list[tuple[str, int, float, float]]] = {
 
 
 def equal_mass_classes(specs: list[tuple[str, int, float, float]], diameter: float):
-    """The classes at one outer diameter and one mass: that of the lightest with touching sub-units
-    (as ``random_class_set`` makes them)."""
-    touching = [make_assembly("", f, diameter, None, n, h, t) for f, n, h, t in specs]
-    mass = min(len(a.centres) * 4 / 3 * np.pi * a.subunit_radius**3 for a in touching)
+    """The classes at one outer diameter and one mass (:func:`common_mass`, as ``random_class_set``)."""
+    mass = common_mass(specs, diameter)
     return [make_assembly(f"{i}", f, diameter, mass, n, h, t) for i, (f, n, h, t) in enumerate(specs)]
 
 

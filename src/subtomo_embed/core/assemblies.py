@@ -170,6 +170,13 @@ def _all_arrangements() -> tuple[str, ...]:
 ARRANGEMENTS = _all_arrangements()
 
 
+def common_mass(specs: list[tuple[str, int, float, float]], diameter: float) -> float:
+    """One total sub-unit volume for classes ``(family, n, height, twist)`` of one outer diameter: that
+    of the lightest with touching sub-units, so every class keeps its sub-units apart."""
+    touching = [make_assembly("", f, diameter, None, n, h, t) for f, n, h, t in specs]
+    return min(len(a.centres) * 4 / 3 * np.pi * a.subunit_radius**3 for a in touching)
+
+
 def random_class_set(
     seed: int,
     n_classes: int,
@@ -207,9 +214,7 @@ def random_class_set(
             specs.append((family, n, height, twist))
     if len(specs) < n_classes:
         raise ValueError(f"cannot draw {n_classes} distinct classes from the families {', '.join(families)}")
-    # one mass for all: that of the lightest class with touching sub-units (all stay separable)
-    touching = [make_assembly("", f, diameter, None, n, h, t) for f, n, h, t in specs]
-    mass = min(len(a.centres) * 4 / 3 * np.pi * a.subunit_radius**3 for a in touching) if equal_mass else None
+    mass = common_mass(specs, diameter) if equal_mass else None
     classes = []
     for i, (family, n, height, twist) in enumerate(specs):
         name = f"{i}:{arrangement_label(family, n, twist)}"
