@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 import resource
+import struct
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -269,6 +270,28 @@ def _log_dir_file(ctx):
 def _mode(ctx, data):
     with mrcfile.new(_tomo(ctx), overwrite=True) as m:
         m.set_data(data)
+    _only_ts01(ctx)
+
+
+def _external_mask(ctx):
+    elsewhere = ctx["root"] / "elsewhere.h5"
+    with h5py.File(elsewhere, "w") as f:
+        f["instances"] = np.ones(SHAPE, np.int32)
+    with h5py.File(_mask(ctx), "w") as f:
+        f["instances"] = h5py.ExternalLink(str(elsewhere), "instances")
+    _only_ts01(ctx)
+
+
+def _huge_mask(ctx):
+    with h5py.File(_mask(ctx), "w") as f:  # 4 GiB declared, a few kB on disk
+        f.create_dataset("instances", shape=(1024,) * 3, dtype=np.uint32, chunks=(64,) * 3, compression=1)
+    _only_ts01(ctx)
+
+
+def _poke_tomogram_header(ctx, offset, *values):
+    data = bytearray(_tomo(ctx).read_bytes())
+    struct.pack_into(f"<{len(values)}i", data, offset, *values)
+    _tomo(ctx).write_bytes(bytes(data))
     _only_ts01(ctx)
 
 
@@ -559,6 +582,31 @@ CASES = [
         lambda c: _set_config(c, test_files=["../TS_01.mrc"]),
         3,
         r"config\.yaml: key 'test_files': must be a tomogram file name \(in data_folder\) without a folder part",
+    ),
+    Case(
+        "hdf5-reads-another-file",
+        _external_mask,
+        4,
+        r"TS_01_instance_preds\.h5: HDF5 'instances' is an external link to .*elsewhere\.h5:instances: it would read "
+        r"another file",
+    ),
+    Case(
+        "mask-declares-huge-shape",
+        _huge_mask,
+        4,
+        r"TS_01_instance_preds\.h5: mask shape \(1024, 1024, 1024\) differs from its tomogram's \(32, 48, 40\)",
+    ),
+    Case(
+        "mrc-mode-disagrees-with-size",
+        lambda c: _poke_tomogram_header(c, 12, 1),
+        4,
+        r"TS_01\.mrc: MRC file is \d+ bytes but its header \(mode 1, int16, 40x48x32 voxels\) describes \d+",
+    ),
+    Case(
+        "mrc-invalid-axis-map",
+        lambda c: _poke_tomogram_header(c, 64, 1, 1, 3),
+        4,
+        r"TS_01\.mrc: MRC axis map \(mapc, mapr, maps\) is 1, 1, 3, not a permutation of 1, 2, 3",
     ),
 ]
 

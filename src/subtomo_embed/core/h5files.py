@@ -19,7 +19,7 @@ import numpy as np
 
 from . import layout
 from .errors import InputDataError
-from .io import FINGERPRINT_ATTR, atomic_output, dataset, open_h5
+from .io import FINGERPRINT_ATTR, atomic_output, dataset, open_h5, open_h5_file
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -144,10 +144,7 @@ class MergedRows:
 
     def __init__(self, path: Path):
         self.path = path
-        try:
-            self._file = h5py.File(path, "r")
-        except OSError as err:
-            raise InputDataError(f"not a readable HDF5 file ({err})", path) from None
+        self._file = open_h5_file(path)
         self._rows = dataset(self._file, "embeddings")
         self.shape: tuple[int, ...] = tuple(self._rows.shape)
         self.ndim = len(self.shape)

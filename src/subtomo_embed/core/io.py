@@ -248,9 +248,29 @@ def open_mrc_volume(path: str | Path) -> tuple[np.ndarray, float]:
         raise InputDataError(f"expected a 3D volume, got shape {tuple(data.shape)}", path)
     if data.dtype.kind not in "iuf":
         raise InputDataError(f"unsupported MRC data type {data.dtype} (mode {int(mrc.header.mode)})", path)
+    _check_mrc_layout(path, mrc.header, data)
     x = float(mrc.voxel_size.x)
     voxel = x if np.isfinite(x) and x > 0 else 1.0  # never inf or NaN into an output's header
     return data, voxel
+
+
+def _check_mrc_layout(path: Path, header, data: np.ndarray) -> None:
+    """The facts mrcfile's validator checks that the reader does not: the file is exactly header +
+    extended header + data (a mode that disagrees with the data makes it larger), and the axis map
+    (mapc, mapr, maps) is a permutation of 1, 2, 3."""
+    described = 1024 + int(header.nsymbt) + int(data.nbytes)
+    size = path.stat().st_size
+    if size != described:
+        raise InputDataError(
+            f"MRC file is {size} bytes but its header (mode {int(header.mode)}, {data.dtype}, "
+            f"{'x'.join(str(n) for n in data.shape[::-1])} voxels) describes {described}: the mode does not "
+            "match the data, or the file is corrupt",
+            path,
+        )
+    axes = sorted(int(header[k]) for k in ("mapc", "mapr", "maps"))
+    if axes != [1, 2, 3]:
+        found = ", ".join(str(int(header[k])) for k in ("mapc", "mapr", "maps"))
+        raise InputDataError(f"MRC axis map (mapc, mapr, maps) is {found}, not a permutation of 1, 2, 3", path)
 
 
 def mrc_voxel_size(path: str | Path) -> tuple[float, float, float] | None:
@@ -295,11 +315,13 @@ def find_mask(mask_folder: Path, stem: str, file_extension: str, suffix: str = "
     return None
 
 
-def read_instance_mask(path: str | Path) -> np.ndarray:
+def read_instance_mask(path: str | Path, tomogram: tuple[tuple[int, ...], Path] | None = None) -> np.ndarray:
     """Read an instance mask (CryoSiam HDF5 dataset ``instances``, or an MRC label volume).
 
     Returns the labels in memory as a non-negative integer array. A float mask, negative
-    labels or a non-3D mask is an :class:`InputDataError`.
+    labels or a non-3D mask is an :class:`InputDataError`; so is a mask whose shape differs from
+    ``tomogram`` (its shape, its path). Shape and data type are checked from the header, before any
+    data is read: a small file that declares a huge volume is refused without allocating it.
     """
     path = Path(path)
     if not path.is_file():
@@ -308,16 +330,13 @@ def read_instance_mask(path: str | Path) -> np.ndarray:
         with open_h5(path) as f:
             if "instances" not in f:
                 raise InputDataError("HDF5 mask has no dataset 'instances'", path)
-            mask = dataset(f, "instances")[()]
+            found = dataset(f, "instances")
+            _check_mask_layout(path, tuple(found.shape), found.dtype, tomogram)
+            mask = found[()]
     else:
         data, _ = open_mrc_volume(path)
+        _check_mask_layout(path, tuple(data.shape), data.dtype, tomogram)
         mask = np.asarray(data)
-    if mask.ndim != 3:
-        raise InputDataError(f"mask must be a 3D label volume, got shape {mask.shape}", path)
-    if mask.dtype.kind == "f":
-        raise InputDataError(f"mask has a float data type ({mask.dtype}); expected integer instance labels", path)
-    if mask.dtype.kind not in "iub":
-        raise InputDataError(f"mask has an unsupported data type {mask.dtype}", path)
     if mask.dtype.kind == "i" and mask.size and mask.min() < 0:
         raise InputDataError(f"mask has negative labels (minimum {int(mask.min())})", path)
     if mask.dtype == np.uint64 and mask.size and int(mask.max()) > np.iinfo(np.int64).max:
@@ -331,6 +350,22 @@ def read_instance_mask(path: str | Path) -> np.ndarray:
 # HDF5
 
 
+def _check_mask_layout(
+    path: Path, shape: tuple[int, ...], dtype: np.dtype, tomogram: tuple[tuple[int, ...], Path] | None
+) -> None:
+    """A mask's declared shape and data type, checked before its data are read."""
+    if len(shape) != 3:
+        raise InputDataError(f"mask must be a 3D label volume, got shape {shape}", path)
+    if tomogram is not None and shape != tuple(tomogram[0]):
+        raise InputDataError(
+            f"mask shape {shape} differs from its tomogram's {tuple(tomogram[0])} ({Path(tomogram[1]).name})", path
+        )
+    if dtype.kind == "f":
+        raise InputDataError(f"mask has a float data type ({dtype}); expected integer instance labels", path)
+    if dtype.kind not in "iub":
+        raise InputDataError(f"mask has an unsupported data type {dtype}", path)
+
+
 def write_h5(path: str | Path, datasets: dict[str, np.ndarray], attrs: dict | None = None) -> None:
     """Write datasets (and root attributes) to an HDF5 file atomically."""
     with atomic_output(path) as tmp:
@@ -341,15 +376,58 @@ def write_h5(path: str | Path, datasets: dict[str, np.ndarray], attrs: dict | No
                 f.attrs[k] = v
 
 
-@contextlib.contextmanager
-def open_h5(path: str | Path) -> Iterator[h5py.File]:
-    """An HDF5 file opened read-only. Anything h5py cannot read in it, while the block runs, is an
-    :class:`InputDataError` naming the file: the one place that says "not a readable HDF5 file"."""
+def open_h5_file(path: str | Path) -> h5py.File:
+    """The one HDF5 reader policy: ``path`` opened read-only, refused (an :class:`InputDataError`
+    naming it) unless every byte it gives is its own (:func:`foreign_storage`). The caller closes it."""
     path = Path(path)
     if not path.is_file():
         raise InputDataError("file does not exist", path)
     try:
-        with h5py.File(path, "r") as f:
+        f = h5py.File(path, "r")
+    except (OSError, KeyError, ValueError) as err:
+        raise InputDataError(f"not a readable HDF5 file ({_short(err)})", path) from None
+    try:
+        found = foreign_storage(f)
+    except (OSError, KeyError, ValueError, RuntimeError) as err:
+        f.close()
+        raise InputDataError(f"not a readable HDF5 file ({_short(err)})", path) from None
+    if found:
+        f.close()
+        raise InputDataError(f"{found}: it would read another file; refusing it (copy the data into the file)", path)
+    return f
+
+
+def foreign_storage(f: h5py.File) -> str | None:
+    """What in ``f`` reads data from outside it, or None: an external link, a virtual dataset, a
+    dataset in external raw files. Soft links stay inside the file once no external link exists.
+    Nothing is followed while looking (objects are visited through hard links only)."""
+    found: list[str] = []
+
+    def link(name: str, item) -> None:
+        if isinstance(item, h5py.ExternalLink) and not found:
+            found.append(f"HDF5 '{name}' is an external link to {item.filename}:{item.path}")
+
+    def stored(name: str, obj) -> None:
+        if isinstance(obj, h5py.Dataset) and not found:
+            if obj.is_virtual:
+                found.append(f"HDF5 dataset '{name}' is a virtual dataset (its data are mapped from other files)")
+            elif obj.external:
+                found.append(f"HDF5 dataset '{name}' keeps its data in external files ({obj.external[0][0]!s})")
+
+    f.visititems_links(link)
+    if not found:
+        f.visititems(stored)
+    return found[0] if found else None
+
+
+@contextlib.contextmanager
+def open_h5(path: str | Path) -> Iterator[h5py.File]:
+    """An HDF5 file opened by :func:`open_h5_file`. Anything h5py cannot read in it, while the block
+    runs, is an :class:`InputDataError` naming the file: the one place that says "not a readable HDF5 file"."""
+    path = Path(path)
+    f = open_h5_file(path)
+    try:
+        with f:
             yield f
     except InputDataError:
         raise
@@ -381,9 +459,9 @@ def read_h5_attrs(path: str | Path) -> dict[str, object] | None:
     """The root attributes (text decoded); None when the file is missing or unreadable (for a cache
     or a staleness mark, where that only means "not up to date")."""
     try:
-        with h5py.File(path, "r") as f:
+        with open_h5(path) as f:
             attrs = dict(f.attrs)
-    except OSError:
+    except InputDataError:
         return None
     return {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
 

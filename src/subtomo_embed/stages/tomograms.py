@@ -110,13 +110,7 @@ def locate_inputs(cfg: Config, tomogram: Path) -> TomogramInputs | None:
 def load_tomogram_and_mask(inputs: TomogramInputs) -> tuple[np.ndarray, np.ndarray]:
     assert inputs.mask is not None
     volume, _ = io.open_mrc_volume(inputs.tomogram)
-    mask = io.read_instance_mask(inputs.mask)
-    if mask.shape != volume.shape:
-        raise InputDataError(
-            f"mask shape {tuple(mask.shape)} differs from its tomogram's {tuple(volume.shape)} "
-            f"({inputs.tomogram.name})",
-            inputs.mask,
-        )
+    mask = io.read_instance_mask(inputs.mask, (volume.shape, inputs.tomogram))
     if not mask.any():
         raise InputDataError("mask has no instances (all voxels are 0)", inputs.mask)
     return volume, mask

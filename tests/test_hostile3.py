@@ -1,0 +1,166 @@
+"""Issue 31: hostile files, round 3. Files travel between labs and results folders are shared, so
+every file read (our own tables and caches included) is untrusted: each test crafts one such file
+(real HDF5, MRC, CSV and STAR files), runs the CLI as users do, and checks that the command refuses
+it with a one-line error naming it (nothing read or written outside the named folders, nothing
+partial left), or does the right thing.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import struct
+
+import h5py
+import numpy as np
+import pytest
+import test_hostile
+from test_hostile import invoke, last_line, snapshot  # noqa: F401  (used below)
+
+predicted, run = test_hostile.predicted, test_hostile.run  # the same fixtures: a predicted dataset, a copy per test
+
+# --- class 3: HDF5 files that read other files ----------------------------------------------------------------
+
+
+def _foreign(kind: str, target, elsewhere, name: str, data: np.ndarray) -> None:
+    """Rewrite ``target`` so its dataset ``name`` gets ``data`` from a file outside every folder."""
+    with h5py.File(elsewhere, "w") as f:
+        f.create_dataset(name, data=data)
+    raw = elsewhere.with_suffix(".raw")
+    data.tofile(raw)
+    with h5py.File(target, "r+") as f:
+        del f[name]
+        if kind == "external link":
+            f[name] = h5py.ExternalLink(str(elsewhere), name)
+        elif kind == "virtual dataset":
+            layout = h5py.VirtualLayout(shape=data.shape, dtype=data.dtype)
+            layout[...] = h5py.VirtualSource(str(elsewhere), name, shape=data.shape)
+            f.create_virtual_dataset(name, layout)
+        elif kind == "external storage":
+            f.create_dataset(name, shape=data.shape, dtype=data.dtype, external=[(str(raw), 0, data.nbytes)])
+        elif kind == "soft link to an external link":
+            f["hidden"] = h5py.ExternalLink(str(elsewhere), name)
+            f[name] = h5py.SoftLink("/hidden")
+
+
+KINDS = ["external link", "virtual dataset", "external storage", "soft link to an external link"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_mask_that_reads_another_file_is_refused(run, tmp_path, kind):
+    root, config, set_config = run
+    mask = root / "masks" / "TS_01_instance_preds.h5"
+    with h5py.File(mask) as f:
+        labels = f["instances"][()]
+    _foreign(kind, mask, tmp_path / "elsewhere.h5", "instances", labels)
+    set_config(test_files=["TS_01.mrc"], prediction_folder=str(root / "o2"))
+    code, stderr = invoke("predict", "-c", config)
+    assert code == 4, stderr
+    assert re.search(r"masks/TS_01_instance_preds\.h5: HDF5 .* would read another file", last_line(stderr)), stderr
+    assert not (root / "o2").exists() or not any((root / "o2").glob("TS_01*"))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_merged_embeddings_that_read_another_file_are_refused(run, tmp_path, kind):
+    root, config, _ = run
+    shared = root / "shared"
+    shared.mkdir()
+    for name in ("embeddings.h5", "embeddings_table.csv"):
+        shutil.copy(root / "out" / name, shared / name)
+    with h5py.File(shared / "embeddings.h5") as f:
+        rows = f["embeddings"][()]
+    _foreign(kind, shared / "embeddings.h5", tmp_path / "elsewhere.h5", "embeddings", rows)
+    code, stderr = invoke("kmeans", "-c", config, "--input-dir", shared, "--output-dir", root / "k")
+    assert code == 4, stderr
+    assert re.search(r"shared/embeddings\.h5: HDF5 .* would read another file", last_line(stderr)), stderr
+    assert not (root / "k").exists() or not any((root / "k").iterdir())
+
+
+def test_per_tomogram_embeddings_that_read_another_file_are_refused(run, tmp_path):
+    root, config, _ = run
+    embeds = root / "out" / "TS_02_embeds.h5"
+    with h5py.File(embeds) as f:
+        rows = f["embeddings"][()]
+    _foreign("virtual dataset", embeds, tmp_path / "e.h5", "embeddings", rows)
+    code, stderr = invoke("merge", "-c", config, "--output-dir", root / "m")
+    assert code == 4 and re.search(r"TS_02_embeds\.h5: HDF5 .* would read another file", last_line(stderr)), stderr
+    assert not (root / "m").exists() or not any((root / "m").iterdir())
+
+
+def test_hdf5_policy_finds_nothing_in_our_own_files(run):
+    from subtomo_embed.core import io
+
+    root, _, _ = run
+    for path in [*root.joinpath("out").glob("*.h5"), *root.joinpath("masks").glob("*.h5")]:
+        with io.open_h5(path) as f:
+            assert io.foreign_storage(f) is None, path
+
+
+# --- class 4: a small mask that declares a huge shape -------------------------------------------------------
+
+
+def test_a_small_mask_declaring_a_huge_volume_is_refused_before_reading(run, monkeypatch):
+    root, config, set_config = run
+    mask = root / "masks" / "TS_01_instance_preds.h5"
+    with h5py.File(mask, "w") as f:  # 4 GiB declared, a few kB on disk (never written: the fill value)
+        f.create_dataset("instances", shape=(1024, 1024, 1024), dtype=np.uint32, chunks=(64, 64, 64), compression=1)
+    assert mask.stat().st_size < 100_000
+    reads = []
+    real = h5py.Dataset.__getitem__
+
+    def spy(self, key):
+        if self.size * self.dtype.itemsize > 2**28:
+            reads.append(self.name)
+            raise AssertionError(f"read {self.name} of {self.shape} whole")
+        return real(self, key)
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", spy)
+    set_config(test_files=["TS_01.mrc"], prediction_folder=str(root / "o2"))
+    code, stderr = invoke("predict", "-c", config)
+    assert reads == []
+    assert code == 4 and re.search(
+        r"TS_01_instance_preds\.h5: mask shape \(1024, 1024, 1024\) differs from its tomogram's \(32, 48, 40\)",
+        last_line(stderr),
+    ), stderr
+
+
+# --- class 10: MRC files whose header disagrees with their bytes ---------------------------------------------
+
+
+def _poke_header(path, offset: int, *values: int) -> None:
+    data = bytearray(path.read_bytes())
+    struct.pack_into(f"<{len(values)}i", data, offset, *values)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "offset,values,message",
+    [
+        (12, (1,), r"MRC file is \d+ bytes but its header \(mode 1, int16, 40x48x32 voxels\) describes \d+"),
+        (12, (6,), r"MRC file is \d+ bytes but its header \(mode 6"),
+        (64, (1, 1, 3), r"MRC axis map \(mapc, mapr, maps\) is 1, 1, 3, not a permutation of 1, 2, 3"),
+        (64, (0, 0, 0), r"MRC axis map .* is 0, 0, 0"),
+    ],
+    ids=["mode-int16-for-float-data", "mode-uint16-for-float-data", "axis-map-repeated", "axis-map-zero"],
+)
+def test_an_mrc_whose_header_disagrees_with_its_bytes_is_refused(run, offset, values, message):
+    root, config, set_config = run
+    _poke_header(root / "data" / "TS_01.mrc", offset, *values)
+    set_config(test_files=["TS_01.mrc"], prediction_folder=str(root / "o2"))
+    code, stderr = invoke("predict", "-c", config)
+    assert code == 4 and re.search(r"data/TS_01\.mrc: " + message, last_line(stderr)), stderr
+    assert not (root / "o2").exists() or not any((root / "o2").glob("TS_01*"))
+
+
+def test_an_mrc_with_another_valid_axis_order_and_an_extended_header_still_reads(tmp_path):
+    import mrcfile
+
+    from subtomo_embed.core import io
+
+    path = tmp_path / "v.mrc"
+    with mrcfile.new(path) as m:
+        m.set_data(np.zeros((4, 5, 6), np.float32))
+        m.set_extended_header(np.zeros(16, dtype="V8"))
+        m.header.mapc, m.header.mapr, m.header.maps = 3, 2, 1
+    data, _ = io.open_mrc_volume(path)
+    assert data.shape == (4, 5, 6)
