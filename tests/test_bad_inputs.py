@@ -230,6 +230,26 @@ def _merged_with_folder_names(ctx):
     return ["--input-dir", shared, "--output-dir", ctx["out"]]
 
 
+def _merged_table_of_another_merge(ctx):
+    import pandas as pd
+
+    _predicted(ctx)
+    _cli_ok(ctx, "merge")
+    shared = ctx["root"] / "shared"
+    shared.mkdir()
+    for name in ("embeddings.h5", "embeddings_table.csv"):
+        (ctx["out"] / name).rename(shared / name)
+    table = pd.read_csv(shared / "embeddings_table.csv")
+    table["tomogram"] = table["tomogram"].map({"TS_01": "TS_02", "TS_02": "TS_01"})
+    table.to_csv(shared / "embeddings_table.csv", index=False)
+    return ["--input-dir", shared, "--output-dir", ctx["out"]]
+
+
+def _picks_file(ctx, text):
+    (ctx["root"] / "picks.csv").write_text(text)
+    _set_config(ctx, centers_file=str(ctx["root"] / "picks.csv"), centers_patch_size=8)
+
+
 def _patches(ctx, stem=None, size=None):
     _cli_ok(ctx, "extract", "--filename", "TS_01.mrc")
     patches = ctx["out"] / "TS_01_patches.h5"
@@ -607,6 +627,27 @@ CASES = [
         lambda c: _poke_tomogram_header(c, 64, 1, 1, 3),
         4,
         r"TS_01\.mrc: MRC axis map \(mapc, mapr, maps\) is 1, 1, 3, not a permutation of 1, 2, 3",
+    ),
+    Case(
+        "merged-table-disagrees",
+        _merged_table_of_another_merge,
+        4,
+        r"shared/embeddings_table\.csv: row 1 names tomogram 'TS_02' but embeddings\.h5 has 'TS_01' there",
+        command="kmeans",
+    ),
+    Case(
+        "picks-header-only",
+        lambda c: _picks_file(c, "x,y,z\n"),
+        4,
+        r"picks\.csv: picks file holds no picks \(a header only\): nothing to embed",
+        command="predict-centers",
+    ),
+    Case(
+        "picks-name-no-selected-tomogram",
+        lambda c: _picks_file(c, "x,y,z,rlnTomoName\n10,10,10,TS_9\n"),
+        4,
+        r"picks\.csv: picks name none of the 2 selected tomogram\(s\) \('TS_01', 'TS_02'\) in column 'rlnTomoName'",
+        command="predict-centers",
     ),
 ]
 

@@ -354,9 +354,8 @@ def test_a_picks_file_without_picks_is_said_so(run):
         test_files=["TS_01.mrc"],
         prediction_folder=str(root / "pc"),
     )
-    code, stderr = invoke("predict-centers", "-c", config)
-    assert code == 0 and "TS_01: no picks, skipped" in stderr
-    assert "0 tomogram(s) done, 0 already complete, 1 with nothing to embed (skipped)" in stderr
+    code, stderr = invoke("predict-centers", "-c", config)  # nothing at all to embed: an error (issue 31)
+    assert code == 4 and "picks.csv: picks file holds no picks (a header only)" in last_line(stderr), stderr
 
 
 def test_an_output_file_that_is_a_symlink_is_replaced_not_followed(run, tmp_path):

@@ -164,3 +164,116 @@ def test_an_mrc_with_another_valid_axis_order_and_an_extended_header_still_reads
         m.header.mapc, m.header.mapr, m.header.maps = 3, 2, 1
     data, _ = io.open_mrc_volume(path)
     assert data.shape == (4, 5, 6)
+
+
+# --- class 5: tables trusted without checks ----------------------------------------------------------------------
+
+
+def _shared_merge(root):
+    shared = root / "shared"
+    shared.mkdir()
+    for name in ("embeddings.h5", "embeddings_table.csv"):
+        shutil.copy(root / "out" / name, shared / name)
+    return shared
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (
+            lambda t: t.assign(tomogram=t["tomogram"].map({"TS_01": "TS_02", "TS_02": "TS_01"})),
+            r"row 1 names tomogram 'TS_02' but embeddings\.h5 has 'TS_01' there",
+        ),
+        (
+            lambda t: t.assign(label=t.groupby("tomogram")["label"].transform(lambda s: s[::-1].to_numpy())),
+            r"row 1 has label '\d+' but embeddings\.h5 has 1 there",
+        ),
+    ],
+    ids=["tomograms-swapped", "labels-reversed"],
+)
+def test_a_merged_table_that_disagrees_with_its_embeddings_is_refused(run, change, message):
+    import pandas as pd
+
+    root, config, _ = run
+    shared = _shared_merge(root)
+    table = pd.read_csv(shared / "embeddings_table.csv")
+    change(table).to_csv(shared / "embeddings_table.csv", index=False)
+    code, stderr = invoke("kmeans", "-c", config, "--input-dir", shared, "--output-dir", root / "k")
+    assert code == 4 and re.search(r"shared/embeddings_table\.csv: " + message, last_line(stderr)), stderr
+    assert not (root / "k").exists() or not any((root / "k").iterdir())
+
+
+def _picks_csv(path, tomogram: str | None, rows: int = 3) -> None:
+    lines = ["x,y,z" + (",rlnTomoName" if tomogram else "")]
+    lines += [f"{20 + i},{24},{16}" + (f",{tomogram}" if tomogram else "") for i in range(rows)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _picks_config(root, set_config, centers_file, **more):
+    set_config(centers_file=str(centers_file), centers_patch_size=8, prediction_folder=str(root / "pc"), **more)
+
+
+def test_a_picks_folder_never_gives_a_tomogram_another_tomograms_file(run):
+    root, config, set_config = run
+    folder = root / "picks"
+    folder.mkdir()
+    _picks_csv(folder / "TS_01_b.csv", "TS_01_b")  # TS_01_* by name, but its own column says TS_01_b
+    _picks_csv(folder / "TS_02_particles.csv", "TS_02")
+    _picks_config(root, set_config, folder)
+    code, stderr = invoke("predict-centers", "-c", config)
+    assert code == 0, stderr
+    assert "TS_01_b.csv: its column 'rlnTomoName' names 'TS_01_b', not TS_01: not used for TS_01" in stderr
+    assert sorted(p.name for p in (root / "pc").glob("*_embeds.h5")) == ["TS_02_embeds.h5"]
+
+
+def test_a_picks_folder_rows_of_other_tomograms_are_not_embedded(run):
+    import pandas as pd
+
+    root, config, set_config = run
+    folder = root / "picks"
+    folder.mkdir()
+    _picks_csv(folder / "TS_01.csv", "TS_01", rows=2)
+    with (folder / "TS_01.csv").open("a") as fh:
+        fh.write("30,30,30,TS_02\n")
+    _picks_config(root, set_config, folder, test_files=["TS_01.mrc"])
+    code, stderr = invoke("predict-centers", "-c", config)
+    assert code == 0, stderr
+    table = pd.read_csv(root / "pc" / "TS_01_instance_regions.csv")
+    assert len(table) == 2 and set(table["pick:rlnTomoName"]) == {"TS_01"}
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda f: f.write_text("x,y,z,rlnTomoName\n"), r"picks\.csv: picks file holds no picks \(a header only\)"),
+        (
+            lambda f: _picks_csv(f, "TS_9"),
+            r"picks\.csv: picks name none of the 2 selected tomogram\(s\) \('TS_01', 'TS_02'\) in column "
+            r"'rlnTomoName': they name 'TS_9'",
+        ),
+    ],
+    ids=["header-only", "unknown-tomogram"],
+)
+def test_picks_that_give_nothing_to_embed_are_an_error(run, make, message):
+    root, config, set_config = run
+    make(root / "picks.csv")
+    _picks_config(root, set_config, root / "picks.csv")
+    code, stderr = invoke("predict-centers", "-c", config)
+    assert code == 4 and re.search(message, last_line(stderr)), stderr
+    assert not (root / "pc").exists()
+
+
+def test_a_picks_folder_with_nothing_for_any_tomogram_is_an_error(run):
+    root, config, set_config = run
+    folder = root / "picks"
+    folder.mkdir()
+    for stem in ("TS_01", "TS_02"):
+        (folder / f"{stem}.csv").write_text("x,y,z\n")
+    _picks_config(root, set_config, folder)
+    code, stderr = invoke("predict-centers", "-c", config)
+    assert code == 4 and re.search(
+        r"picks: no picks for any of the 2 selected tomogram\(s\): nothing embedded", last_line(stderr)
+    ), stderr
+    _picks_csv(folder / "TS_02.csv", None)  # one tomogram with picks: the other is skipped, said so
+    code, stderr = invoke("predict-centers", "-c", config)
+    assert code == 0 and "TS_01: no picks, skipped" in stderr

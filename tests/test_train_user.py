@@ -325,7 +325,7 @@ def test_picks_of_other_tomograms_only_is_a_one_line_error_and_exit_4(picked_dat
     out = picked_data["root"] / "none.ckpt"
     result = run_cli(["train", "-q", "-c", picked_data["picks_config"], "--from-data", "-o", out, "--device", "cpu"])
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    # each tomogram's "no picks, skipped" warning, then the one-line error
-    assert result.returncode == 4 and "no picks to train on" in lines[-1], result.stderr
+    # the picks are checked against the selected tomograms before anything else (issue 31)
+    assert result.returncode == 4 and "picks name none of the" in lines[-1] and "'TS_99'" in lines[-1], result.stderr
     assert "Traceback" not in result.stderr and lines[-1].startswith("input error: ") and "picks.csv" in lines[-1]
     assert not out.exists()

@@ -219,12 +219,15 @@ def tomogram_column(table: pd.DataFrame, wanted: str | None, source: Path) -> st
     return next((c for c in TOMOGRAM_COLUMNS if c in table.columns), None)
 
 
-def picks_file_for(folder: Path, stem: str) -> Path | None:
-    """In a folder of per-tomogram picks: ``<stem>.star|csv|json`` or ``<stem>_*.star|csv|json``."""
+def picks_file_for(folder: Path, stem: str, others: frozenset[str] = frozenset()) -> Path | None:
+    """In a folder of per-tomogram picks: ``<stem>.star|csv|json`` or ``<stem>_*.star|csv|json``, but
+    never the exact file of another tomogram (a stem in ``others``: ``TS_1_b.csv`` is ``TS_1_b``'s)."""
     found = sorted(
         p
         for p in folder.iterdir()
-        if p.is_file() and p.suffix.lower() in PICK_SUFFIXES and (p.stem == stem or p.name.startswith(stem + "_"))
+        if p.is_file()
+        and p.suffix.lower() in PICK_SUFFIXES
+        and (p.stem == stem or (p.name.startswith(stem + "_") and p.stem not in others))
     )
     exact = [p for p in found if p.stem == stem]
     if exact:

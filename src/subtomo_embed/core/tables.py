@@ -156,6 +156,12 @@ def read_star(path: str | Path) -> pd.DataFrame | dict[str, pd.DataFrame]:
         raise InputDataError(f"not a readable STAR file ({_short(err)})", path) from None
 
 
+def read_names_table(path: str | Path, *name_columns: str) -> pd.DataFrame:
+    """A CSV table whose ``name_columns`` hold names, read back as they were written: text, never
+    coerced to a missing value (``NA``, ``None``, ``null`` are names); only an empty cell is missing."""
+    return read_table(path, dtype=dict.fromkeys(name_columns, str), keep_default_na=False, na_values=[""])
+
+
 def read_table(path: str | Path, **read_csv) -> pd.DataFrame:
     """A CSV table (``pandas.read_csv`` options)."""
     import pandas as pd

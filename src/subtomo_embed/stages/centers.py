@@ -69,9 +69,12 @@ class PicksSource:
         self.cfg = cfg
         self.path = cfg.path("centers_file")
         self.folder = self.path.is_dir()
+        self.stems = stems
         self.single: pd.DataFrame | None = None
         if not self.folder:
             table = P.read_picks(self.path)
+            if len(table) == 0:
+                raise InputDataError("picks file holds no picks (a header only): nothing to embed", self.path)
             self.labels = pick_ids(table, 1)
             self.convention = P.detect_convention(table, cfg.centers.units, cfg.centers.origin, self.path)
             column = P.tomogram_column(table, cfg.centers.tomogram_column, self.path)
@@ -87,6 +90,12 @@ class PicksSource:
                 self.names = np.array([P.tomogram_name(v, cfg.file_extension) for v in table[column]], dtype=object)
             self.single = table
             unknown = sorted(set(self.names) - set(stems))
+            if len(unknown) == len(set(self.names)):
+                raise InputDataError(
+                    f"picks name none of the {len(stems)} selected tomogram(s) ({_some(stems)}) in column "
+                    f"'{column}': they name {_some(unknown)}",
+                    self.path,
+                )
             if unknown:
                 log.info("picks for %d tomogram(s) not selected here (e.g. %s)", len(unknown), unknown[0])
         elif not any(self.path.iterdir()):
@@ -100,10 +109,19 @@ class PicksSource:
             return TomogramPicks(
                 stem, self.single.iloc[rows].reset_index(drop=True), self.labels[rows], self.convention, self.path
             )
-        path = P.picks_file_for(self.path, stem)
+        path = P.picks_file_for(self.path, stem, frozenset(self.stems) - {stem})
         if path is None:
             return None
         table = P.read_picks(path)
+        column = P.tomogram_column(table, self.cfg.centers.tomogram_column, path)
+        if column is not None and len(table):  # the file's own column says whose picks these are
+            names = np.array([P.tomogram_name(v, self.cfg.file_extension) for v in table[column]], dtype=object)
+            if not (names == stem).any():
+                log.warning(
+                    "%s: its column '%s' names %s, not %s: not used for %s", path, column, _some(names), stem, stem
+                )
+                return None
+            table = table.iloc[np.flatnonzero(names == stem)].reset_index(drop=True)
         convention = P.detect_convention(table, self.cfg.centers.units, self.cfg.centers.origin, path)
         return TomogramPicks(stem, table, pick_ids(table, 1), convention, path)
 
@@ -114,6 +132,12 @@ class PicksSource:
             log.warning("%s: no picks, skipped", stem)
             return None
         return picks
+
+
+def _some(names) -> str:
+    """A few of ``names``, for a message."""
+    unique = sorted({str(n) for n in names})
+    return ", ".join(repr(n) for n in unique[:3]) + (f" and {len(unique) - 3} more" if len(unique) > 3 else "")
 
 
 def tomogram_geometry(cfg: Config, tomogram: Path, shape: tuple[int, ...], units: str = "angstrom") -> P.Geometry:
@@ -261,9 +285,9 @@ def run_predict_centers(
 ) -> RunSummary:
     """Embed a box around every pick of every selected tomogram."""
     size = centers_box_size(cfg)
-    out = prepare_output_folder(cfg.path("prediction_folder"), cfg)
     tomograms = list_tomograms(cfg, filename)
     source = PicksSource(cfg, [cfg.stem(t.name) for t in tomograms])
+    out = prepare_output_folder(cfg.path("prediction_folder"), cfg)
     run = start_run("predict-centers", cfg, out, None, device, overwrite, keep_going)
     log.info(
         "embedding the picks of %d tomogram(s) from %s: boxes of %d³ voxels → patches %s, %s, on %s",
@@ -274,4 +298,9 @@ def run_predict_centers(
         f"sphere mask radius {cfg.centers.mask_radius:g}" if cfg.centers.mask_radius else "no mask",
         run.device,
     )
-    return embed_tomograms(run, [(cfg.stem(t.name), partial(centers_job, run, source, t, size)) for t in tomograms])
+    summary = embed_tomograms(run, [(cfg.stem(t.name), partial(centers_job, run, source, t, size)) for t in tomograms])
+    if summary.nothing and not (summary.done or summary.skipped or summary.failed):
+        raise InputDataError(
+            f"no picks for any of the {len(tomograms)} selected tomogram(s): nothing embedded", source.path
+        )
+    return summary

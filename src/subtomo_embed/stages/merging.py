@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core import chunked, h5files, io, layout, tables
+from ..core import chunked, digests, h5files, io, layout, tables
 from ..core import merge as M
 from ..core.config import Config
 from ..core.errors import InputDataError
@@ -125,6 +125,7 @@ class MergePlan:
     merged_path: Path
     table_path: Path
     up_to_date: bool
+    digests: digests.DigestCache | None = None  # the inputs' content digests, saved once the merge is used
     total: int = 0
     dim: int = 0
     counts: list[int] = field(default_factory=list)
@@ -158,10 +159,12 @@ def plan_merge(cfg: Config, input_dir: Path, output_dir: Path, force: bool = Fal
     if not stems:
         raise InputDataError(f"no embeddings found (no *{layout.EMBEDS_SUFFIX} files)", input_dir)
     inputs = [_tomogram_inputs(input_dir, stem) for stem in stems]
-    key = io.fingerprint([p for t in inputs for p in t.files()], stems=stems, layout=MERGE_LAYOUT_VERSION)
+    cache = digests.DigestCache(output_dir / digests.CACHE_NAME)
+    files = [p for t in inputs for p in t.files()]
+    key = digests.content_fingerprint(files, cache, stems=stems, layout=MERGE_LAYOUT_VERSION)
     merged_path, table_path = layout.merged(output_dir), layout.merged_table(output_dir)
     fresh = merged_path.is_file() and table_path.is_file() and io.read_h5_attr(merged_path, io.FINGERPRINT_ATTR) == key
-    plan = MergePlan(stems, inputs, key, merged_path, table_path, fresh and not force)
+    plan = MergePlan(stems, inputs, key, merged_path, table_path, fresh and not force, cache)
     if plan.up_to_date:
         plan.total = io.h5_shape(merged_path, "embeddings")[0]
         return plan
@@ -200,6 +203,8 @@ def write_merge(cfg: Config, plan: MergePlan) -> Path:
     table is written inside the same atomic block, so a failure leaves neither file."""
     if plan.up_to_date:
         log.info("merged embeddings are up to date: %s", plan.merged_path)
+        if plan.digests is not None:
+            plan.digests.save()
         return plan.merged_path
     assert plan.table is not None
     io.check_writable_folder(plan.merged_path.parent)
@@ -222,6 +227,8 @@ def write_merge(cfg: Config, plan: MergePlan) -> Path:
         {io.FINGERPRINT_ATTR: plan.key, "file_extension": cfg.file_extension},
         then=lambda: tables.write_regions_csv(plan.table_path, plan.table),
     )
+    if plan.digests is not None:
+        plan.digests.save()
     log.info("wrote %s and %s", plan.merged_path, plan.table_path)
     return plan.merged_path
 
@@ -305,7 +312,12 @@ def load_merged(cfg: Config, folders: Folders, source: MergedSource | None = Non
     if twice:  # each tomogram's outputs would overwrite the other's
         raise InputDataError(f"tomogram {twice[0]!r} appears twice in 'tomograms'", path)
     table = _merged_table(folders, path, stems, counts, contents.labels)
-    key = contents.key if contents.key is not None else io.fingerprint([path])
+    if contents.key is not None:
+        key = contents.key
+    else:  # a CryoSiam merge: its bytes are its identity
+        cache = digests.DigestCache(path.parent / digests.CACHE_NAME)
+        key = digests.content_fingerprint([path], cache)
+        cache.save()
     return Merged(embeddings, counts, stems, table, path, key, cfg.scale.working_dim)
 
 
@@ -328,12 +340,38 @@ def _stems_without_names(cfg: Config, folders: Folders, path: Path, n_tomograms:
     return found
 
 
+def _check_table_matches(
+    table: pd.DataFrame, table_path: Path, path: Path, tomograms: np.ndarray, labels: np.ndarray | None
+) -> None:
+    """The merged table says, row by row, the tomogram and label that ``embeddings.h5`` says (else a
+    table from another merge would name the wrong tomograms, or pair classes with the wrong labels)."""
+    names = table["tomogram"].astype(str).to_numpy(dtype=object)
+    wrong = np.flatnonzero(names != tomograms)
+    if wrong.size:
+        row = int(wrong[0])
+        raise InputDataError(
+            f"row {row + 1} names tomogram {names[row]!r} but {path.name} has {tomograms[row]!r} there "
+            f"({wrong.size} rows differ): the table is not this merge's",
+            table_path,
+        )
+    if labels is None:
+        return
+    wrong = np.flatnonzero(table["label"].astype(str).to_numpy() != labels.astype(str))  # exact beyond 2^53
+    if wrong.size:
+        row = int(wrong[0])
+        raise InputDataError(
+            f"row {row + 1} has label {str(table['label'].iloc[row])!r} but {path.name} has {int(labels[row])} there "
+            f"({wrong.size} rows differ): the table is not this merge's",
+            table_path,
+        )
+
+
 def _merged_table(
     folders: Folders, path: Path, stems: list[str], counts: np.ndarray, labels: np.ndarray | None
 ) -> pd.DataFrame:
     table_path = layout.merged_table(path.parent)
     if table_path.is_file():
-        table = tables.read_table(table_path, dtype={"tomogram": str})
+        table = tables.read_names_table(table_path, "tomogram")
         missing = [c for c in (*M.TABLE_KEYS, "area") if c not in table.columns]
         if missing:
             raise InputDataError(f"table lacks columns {missing}", table_path)
@@ -343,6 +381,7 @@ def _merged_table(
             )
         if not np.array_equal(table["row"].to_numpy(), np.arange(len(table))):
             raise InputDataError("column 'row' must number the rows 0..N-1 in merged order", table_path)
+        _check_table_matches(table, table_path, path, np.repeat(np.asarray(stems, dtype=object), counts), labels)
         return table
     # rebuild from the per-tomogram regions CSVs
     regions = []
