@@ -116,6 +116,26 @@ def test_points_and_thumbnails_embedded(example):
     assert size["kind"] == "continuous" and size["cmin"] < size["cmax"]
 
 
+def test_points_are_drawn_in_a_seeded_random_order(example):
+    """Issue 29: drawn in row order, the tomogram (or cluster) drawn last covered the others in a blob."""
+    data = page_data_of(example["html"])
+    order = decode(data["order"], "<i4")
+    n = example["n"]
+    assert sorted(order.tolist()) == list(range(n)) and order.tolist() != list(range(n))
+    np.testing.assert_array_equal(order, E.draw_order(n, seed=0))
+    assert not np.array_equal(order, E.draw_order(n, seed=1))
+    groups = example["groups"][order]
+    assert set(groups[-n // 5 :]) == set(range(N_GROUPS))  # the last fifth drawn holds every group
+
+
+def test_page_has_no_control_that_sends_data_anywhere(example):
+    """plotly.js 3 shows "Share chart..." (an upload to Plotly Cloud) unless told not to."""
+    config = page_data_of(example["html"])["config"]
+    assert config["showSendToCloud"] is False and config["displaylogo"] is False
+    assert config["plotlyServerURL"] == "" and "sendChartToCloud" in config["modeBarButtonsToRemove"]
+    assert '"showSendToCloud": false' in example["html"]  # the figure's own config too
+
+
 def test_inconsistent_inputs_are_refused():
     inst = E.Instances(np.array(["a", "a"]), np.array([1, 2]), np.array([5, 6]), np.zeros((2, 3)))
     with pytest.raises(ValueError, match="projection"):
@@ -212,7 +232,7 @@ def browser(tmp_path_factory):
     for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
         options.add_argument(flag)
     options.binary_location = chromium
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     driver = webdriver.Chrome(service=Service(chromedriver), options=options)
     driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
     driver.downloads = Path(downloads)
@@ -389,6 +409,74 @@ def test_browser_switches_colouring_and_3d(example, browser, page):
     Select(browser.find_element(By.ID, "projection")).select_by_visible_text("UMAP 3D")
     assert browser.execute_script("return document.getElementById('explorer-plot')._fullData[0].type") == "scatter3d"
     assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def network_requests(driver) -> list[str]:
+    """The URLs of every request the page made since the last call (chromedriver's performance log)."""
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    return urls
+
+
+@pytest.mark.slow  # a real browser
+def test_browser_page_makes_no_network_request_when_driven(example, browser, page):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    network_requests(browser)  # drain
+    open_page(browser, page)
+    titles = browser.execute_script(
+        "return Array.from(document.querySelectorAll('.modebar-btn')).map(b => b.getAttribute('data-title'))"
+    )
+    assert titles and not [t for t in titles if re.search(r"share|cloud|chart studio|plotly", t, re.I)], titles
+    assert not browser.execute_script("return Array.from(document.querySelectorAll('a[href^=\"http\"]')).length")
+    x, y = point_on_screen(browser, *example["xy"][LONE])
+    move_to(browser, x - 40, y - 40)
+    move_to(browser, x, y)  # hover: the thumbnail
+    drag_through(browser, [(7.0 + 0.6 * k, 3.0 - 0.6 * k) for k in range(11)])  # a lasso
+    browser.find_element(By.ID, "download-star").click()
+    browser.find_element(By.ID, "download-csv").click()
+    for name in ("tomogram", "instance size", "KMeans cluster"):
+        Select(browser.find_element(By.ID, "colour-by")).select_by_visible_text(name)
+    for button in browser.find_elements(By.CSS_SELECTOR, ".modebar-btn"):  # every control of the mode bar
+        browser.execute_script("arguments[0].click()", button)
+        time.sleep(0.2)
+    Select(browser.find_element(By.ID, "projection")).select_by_visible_text("UMAP 3D")
+    time.sleep(1.0)
+    assert len(browser.window_handles) == 1  # no window opened elsewhere
+    urls = network_requests(browser)
+    assert urls and all(u.startswith(("file:", "data:", "blob:")) for u in urls), urls
+
+
+@pytest.mark.slow  # a real browser
+def test_browser_colour_by_tomogram_draws_the_tomograms_mixed(example, browser, page):
+    """Every point in one trace in the seeded order: the last points drawn are of every tomogram."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    open_page(browser, page)
+    Select(browser.find_element(By.ID, "colour-by")).select_by_visible_text("tomogram")
+    drawn = np.array(browser.execute_script("return Array.from(explorer.traceRows()[0])"))
+    n = example["n"]
+    assert sorted(drawn.tolist()) == list(range(n))
+    np.testing.assert_array_equal(drawn, E.draw_order(n, seed=0))
+    tomograms = np.where(drawn % 3 == 0, "TS_01", "TS_02")  # the example's tomogram of each row
+    assert set(tomograms[-n // 10 :]) == {"TS_01", "TS_02"}
+    colours = browser.execute_script("return document.getElementById('explorer-plot')._fullData[0].marker.color")
+    palette = dict(zip(["TS_01", "TS_02"], E.category_colours(2)))
+    assert colours == [palette[t] for t in tomograms]  # each point in its tomogram's colour
+    # the legend still hides a tomogram (its entry is a trace of its own) and shows it again
+    assert [t.split(" ")[0] for t in legend_texts(browser)] == ["TS_01", "TS_02"]
+    browser.find_elements(By.CSS_SELECTOR, ".legendtoggle")[1].click()
+    time.sleep(0.8)  # plotly waits for a double click
+    shown = np.array(browser.execute_script("return Array.from(explorer.traceRows()[0])"))
+    np.testing.assert_array_equal(shown, drawn[tomograms == "TS_01"])
+    browser.find_elements(By.CSS_SELECTOR, ".legendtoggle")[1].click()
+    time.sleep(0.8)  # plotly waits for a double click
+    assert browser.execute_script("return explorer.traceRows()[0].length") == n
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,6 +1,9 @@
 // The embeddings explorer's page script (run by plotly's post_script once the empty figure exists).
-// Data: the JSON in #explorer-data (see core/explorer.py page_data). It draws one trace per category
-// of the chosen colouring, shows an instance on hover, and downloads a box/lasso selection.
+// Data: the JSON in #explorer-data (see core/explorer.py page_data). It draws every point in one
+// trace, in the page's seeded random order (D.order), so that where groups overlap each shows (no
+// tomogram drawn last over the others); the legend's entries are empty traces, one per category,
+// whose clicks hide and show that category's points. It shows an instance on hover, and downloads a
+// box/lasso selection.
 (function () {
   "use strict";
   function start() {
@@ -17,7 +20,10 @@
     const colourings = D.colourings.map((c) =>
       c.kind === "categorical" ? Object.assign({}, c, { codes: decode(c.codes, Int32Array) })
                                : Object.assign({}, c, { values: decode(c.values, Float32Array) }));
+    const order = decode(D.order, Int32Array);  // the drawing order of the points
     const view = { projection: 0, colouring: 0 };
+    let hidden = new Set();  // categories of the current colouring hidden from the legend
+    let legendCategory = [];  // per trace, the category whose legend entry it is (undefined: the points)
     let traceRows = [];  // per trace, the instance row of each point
     let selected = [];
 
@@ -44,36 +50,44 @@
       const is3d = p.dims === 3;
       const size = markerSize(D.n, p.dims);
       const out = [];
-      traceRows = [];
-      // plotly's own label shows only the group and the coordinates (no per-point text to store);
-      // the side panel shows the instance
+      // plotly's own label shows only the point's category and its coordinates; the side panel
+      // shows the instance
       const where = "%{x:.3g}, %{y:.3g}" + (is3d ? ", %{z:.3g}" : "");
       const trace = (rows, extra) => {
-        const t = Object.assign({ type: is3d ? "scatter3d" : "scattergl", mode: "markers",
-                                  hovertemplate: where + "<extra>" + (extra.legendgroup || col.name) + "</extra>",
+        const t = Object.assign({ type: is3d ? "scatter3d" : "scattergl", mode: "markers", hovertemplate: where +
+                                  "<extra>" + (col.kind === "categorical" ? "%{text}" : col.name) + "</extra>",
                                   x: take(xyz[0], rows), y: take(xyz[1], rows) }, extra);
         if (is3d) t.z = take(xyz[2], rows);
         traceRows.push(rows);
+        legendCategory.push(undefined);
         out.push(t);
       };
+      traceRows = [];
+      legendCategory = [];
       if (col.kind === "categorical") {
         const counts = new Int32Array(col.categories.length);
         for (let i = 0; i < D.n; i++) counts[col.codes[i]]++;
-        const rows = col.categories.map((_, k) => new Int32Array(counts[k]));
-        const fill = new Int32Array(col.categories.length);
-        for (let i = 0; i < D.n; i++) { const k = col.codes[i]; rows[k][fill[k]++] = i; }
-        col.categories.forEach((name, k) => {
+        const rows = Int32Array.from(order.filter((i) => !hidden.has(col.codes[i])));
+        const colours = Array.from(rows, (i) => col.colours[col.codes[i]]);
+        const names = Array.from(rows, (i) => col.categories[col.codes[i]]);
+        trace(rows, { name: col.name, showlegend: false, text: names,
+                      marker: { color: colours, size: size, opacity: 0.8 } });
+        col.categories.forEach((name, k) => {  // the legend: an entry per category, no points of its own
           if (!counts[k]) return;
-          trace(rows[k], { name: name + " (n=" + counts[k] + ")", legendgroup: name,
-                           marker: { color: col.colours[k], size: size, opacity: 0.8 } });
+          const entry = { type: is3d ? "scatter3d" : "scattergl", mode: "markers", x: [null], y: [null],
+                          name: name + " (n=" + counts[k] + ")", legendgroup: name, hoverinfo: "skip",
+                          visible: hidden.has(k) ? "legendonly" : true,
+                          marker: { color: col.colours[k], size: size, opacity: 0.8 } };
+          if (is3d) entry.z = [null];
+          traceRows.push(new Int32Array(0));
+          legendCategory.push(k);
+          out.push(entry);
         });
       } else {
-        const rows = new Int32Array(D.n);
-        for (let i = 0; i < D.n; i++) rows[i] = i;
-        trace(rows, { name: col.name, showlegend: false,
-                      marker: { color: take(col.values, rows), colorscale: "Viridis", cmin: col.cmin, cmax: col.cmax,
-                                size: size, opacity: 0.8, showscale: true,
-                                colorbar: { title: { text: col.label || col.name } } } });
+        trace(order, { name: col.name, showlegend: false,
+                       marker: { color: take(col.values, order), colorscale: "Viridis", cmin: col.cmin,
+                                 cmax: col.cmax, size: size, opacity: 0.8, showscale: true,
+                                 colorbar: { title: { text: col.label || col.name } } } });
       }
       return out;
     }
@@ -82,7 +96,8 @@
       const p = D.projections[view.projection];
       const col = colourings[view.colouring];
       const base = { template: gd.layout.template, margin: gd.layout.margin, uirevision: p.name,
-                     legend: { title: { text: col.name }, itemsizing: "constant" }, hovermode: "closest" };
+                     legend: { title: { text: col.name }, itemsizing: "constant" },
+                     showlegend: col.kind === "categorical", hovermode: "closest" };
       if (p.dims === 3) {
         base.scene = { xaxis: { title: { text: p.axis + " 1" } }, yaxis: { title: { text: p.axis + " 2" } },
                        zaxis: { title: { text: p.axis + " 3" } } };
@@ -97,8 +112,27 @@
 
     function render() {
       setSelection([]);
-      return Plotly.react(gd, traces(), layout());
+      return Plotly.react(gd, traces(), layout(), D.config);
     }
+
+    // ---- the legend: a click hides or shows a category, a double click shows it alone (or all again)
+
+    gd.on("plotly_legendclick", (ev) => {
+      const k = legendCategory[ev.curveNumber];
+      if (k === undefined) return false;
+      if (hidden.has(k)) hidden.delete(k); else hidden.add(k);
+      render();
+      return false;
+    });
+    gd.on("plotly_legenddoubleclick", (ev) => {
+      const k = legendCategory[ev.curveNumber];
+      if (k === undefined) return false;
+      const others = legendCategory.filter((c) => c !== undefined && c !== k);
+      const alone = !hidden.has(k) && others.every((c) => hidden.has(c));
+      hidden = new Set(alone ? [] : others);
+      render();
+      return false;
+    });
 
     // ---- hover: the instance's details and thumbnail
 
@@ -224,7 +258,11 @@
       download("selected_particles_" + selected.length + ".csv", csvText(selected), "text/csv"));
 
     projectionSelect.addEventListener("change", () => { view.projection = Number(projectionSelect.value); render(); });
-    colourSelect.addEventListener("change", () => { view.colouring = Number(colourSelect.value); render(); });
+    colourSelect.addEventListener("change", () => {
+      view.colouring = Number(colourSelect.value);
+      hidden = new Set();
+      render();
+    });
     window.explorer = { data: D, traceRows: () => traceRows, selected: () => selected.slice(), render: render };
     // the figure was sized before the side panel existed: fit it to its box now
     render().then(() => Plotly.Plots.resize(gd)).then(() => { gd.dataset.ready = "1"; });

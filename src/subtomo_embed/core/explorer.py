@@ -32,6 +32,17 @@ PLOT_DIV = "explorer-plot"
 THUMBNAIL_SIDE = 64  # pixels: a slice larger than this is shrunk by an integer factor
 MAX_THUMBNAIL_BYTES = 64 * 2**20  # bound on the inlined thumbnails (base64 text), whatever the count
 MAX_POINTS = 200_000  # bound on the points in the page (a stratified sample above): ~45 MB without thumbnails
+# plotly's configuration: an offline page has no control that sends anything anywhere (plotly.js 3
+# shows a "Share chart..." button that uploads the data to Plotly Cloud unless told not to; it knows
+# no ``showLink`` or ``showEditInChartStudio`` any more)
+PLOT_CONFIG = {
+    "displaylogo": False,
+    "showSendToCloud": False,
+    "plotlyServerURL": "",
+    "modeBarButtonsToRemove": ["sendChartToCloud", "sendDataToCloud", "editInChartStudio"],
+    "scrollZoom": True,
+    "responsive": True,
+}
 
 
 @dataclass
@@ -266,6 +277,12 @@ def star_columns(star) -> list[dict]:
     return columns
 
 
+def draw_order(n: int, seed: int = 0) -> np.ndarray:
+    """The order the page draws its points in: seeded random, so that no group (a tomogram drawn
+    last) is painted over the others where they overlap, as the PNG figures draw them."""
+    return np.random.default_rng(seed).permutation(n)
+
+
 def page_data(
     instances: Instances,
     projections: Sequence[Projection],
@@ -273,6 +290,7 @@ def page_data(
     star=None,
     thumbnails: dict[int, str] | None = None,
     title: str = "",
+    seed: int = 0,
 ) -> dict:
     """Everything the page's script needs, JSON-ready."""
     n = len(instances)
@@ -291,6 +309,8 @@ def page_data(
     return {
         "n": n,
         "title": title,
+        "config": dict(PLOT_CONFIG),
+        "order": _b64(draw_order(n, seed), "<i4"),
         "tomograms": tomograms.tolist(),
         "tomogram": _b64(tomogram_codes.ravel(), "<i4"),
         "label": np.asarray(instances.label, dtype=np.int64).tolist(),
@@ -365,13 +385,15 @@ def explorer_html(
     star=None,
     thumbnails: dict[int, str] | None = None,
     title: str = "Embeddings explorer",
+    seed: int = 0,
 ) -> str:
-    """The whole page: one file, plotly.js inline, opens offline in any browser."""
+    """The whole page: one file, plotly.js inline, opens offline in any browser; no control of it
+    sends data anywhere (:data:`PLOT_CONFIG`)."""
     import plotly.graph_objects as go
 
     if not projections:
         raise ValueError("the explorer needs at least one projection")
-    data = page_data(instances, projections, colourings, star, thumbnails, title)
+    data = page_data(instances, projections, colourings, star, thumbnails, title, seed)
     figure = go.Figure(layout={"template": "plotly_white", "margin": {"l": 50, "r": 10, "t": 30, "b": 45}})
     plot = figure.to_html(
         include_plotlyjs=True,
@@ -379,7 +401,7 @@ def explorer_html(
         div_id=PLOT_DIV,
         default_width="100%",
         default_height="100%",
-        config={"displaylogo": False, "scrollZoom": True, "responsive": True},
+        config=dict(PLOT_CONFIG),  # plotly.py takes keys out of it
         post_script=_page_script(),
     )
     thumbs = len(data["thumbnails"])

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core import io, layout, tables
+from ..core import io, layout, records, tables
 from ..core.config import Config
 from ..core.errors import ConfigError, InputDataError
 from ..core.picks import PICK_PREFIX
@@ -157,8 +157,8 @@ def write_cluster_outputs(
 
 def remove_previous_outputs(folders: Folders, method: str, written: list[Path]) -> None:
     """What the previous ``method`` run wrote and this one did not (``kmeans_cluster_5_*`` after a
-    re-run with k=3) is removed (:func:`io.replace_outputs_record`), names of ours only."""
-    io.replace_outputs_record(
+    re-run with k=3) is removed (:func:`records.replace_outputs_record`), names of ours only."""
+    records.replace_outputs_record(
         layout.outputs_record(folders.output_dir, method),
         written,
         [folders.output_dir, folders.vis_dir],

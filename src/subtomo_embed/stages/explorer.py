@@ -69,7 +69,7 @@ def write_explorer(
     star = selection_star(cfg, folders, merged, clusterings).iloc[shown].reset_index(drop=True)
     title = f"Embeddings explorer: {merged.n} instances of {len(merged.stems)} tomograms"
     title += f" ({shown.size} shown)" if shown.size < merged.n else ""
-    html = E.explorer_html(instances, projections, colourings, star, thumbnails, title=title)
+    html = E.explorer_html(instances, projections, colourings, star, thumbnails, title=title, seed=cfg.seed)
     path = folders.vis_dir / E.EXPLORER_NAME
     with io.atomic_output(path) as tmp:
         tmp.write_text(html, encoding="utf-8")

@@ -7,6 +7,7 @@ The drawing is in ``core.visualize``; this module decides what to draw and where
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import pandas as pd
 
 from ..core import io, layout, tables
 from ..core.config import Config
-from ..core.errors import InputDataError
+from ..core.errors import InputDataError, SubtomoError
 from .merging import Folders, Merged
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,10 @@ def shown(drawn: int, n: int) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# the projection of every embedding, computed once per input and settings
+# the projection of every embedding: one per merged set and settings, computed once, cached beside
+# the merge, used by visualize, kmeans, spectral and the explorer
+
+PROJECTIONS = ("umap", "pca")  # the closed set of a cache's ``method`` (it becomes part of file names)
 
 
 def projection_rows(cfg: Config, merged: Merged) -> tuple[np.ndarray | Any, str]:
@@ -69,19 +73,17 @@ def projection_rows(cfg: Config, merged: Merged) -> tuple[np.ndarray | Any, str]
     return merged.working(unit_rows=v.distance == "cosine"), "euclidean"
 
 
-def project_rows(cfg: Config, merged: Merged, dims: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, str]:
-    """Coordinates (UMAP or PCA, as configured) of every embedding or of ``rows``, and the method."""
+def project_rows(cfg: Config, merged: Merged, dims: int) -> tuple[np.ndarray, str]:
+    """Coordinates (UMAP or PCA, as configured) of every embedding, and the method."""
     from ..core import visualize as V
-    from ..core.chunked import take_rows
 
     x, metric = projection_rows(cfg, merged)
-    if rows is not None:
-        x = take_rows(x, rows)
     v = cfg.visualization
     return V.project(x, dims, metric, v.pca_components, seed=cfg.seed, fit_sample=cfg.scale.projection_sample)
 
 
-def _projection_cache(cfg: Config, folders: Folders, merged: Merged, dims: int) -> tuple[Path, str]:
+def _projection_cache(cfg: Config, merged: Merged, dims: int) -> tuple[Path, str]:
+    """``.projection_<method>_<dims>d.h5`` beside the merged embeddings, and the key of these settings."""
     v = cfg.visualization
     key = io.fingerprint(
         [],
@@ -93,29 +95,47 @@ def _projection_cache(cfg: Config, folders: Folders, merged: Merged, dims: int) 
         sample=cfg.scale.projection_sample if merged.n > cfg.scale.projection_sample else None,
         working=None if merged.in_memory else cfg.scale.working_dim,
     )
-    return layout.projection_cache(folders.vis_dir, projection_name(cfg) or "umap", dims), key
+    return layout.projection_cache(merged.path.parent, projection_name(cfg) or "umap", dims), key
 
 
-def cached_projection(cfg: Config, folders: Folders, merged: Merged, dims: int = 2) -> tuple[np.ndarray, str] | None:
-    """The projection that :func:`global_projection` made for these embeddings and settings, if any."""
-    cache, key = _projection_cache(cfg, folders, merged, dims)
-    if cache.is_file() and io.read_h5_attr(cache, "key") == key:
+def cached_projection(cfg: Config, merged: Merged, dims: int = 2) -> tuple[np.ndarray, str] | None:
+    """The projection that :func:`global_projection` made for these embeddings and settings, if any.
+    The cache is untrusted input: a method outside :data:`PROJECTIONS`, another shape or a
+    non-finite coordinate makes it no cache (it is recomputed)."""
+    cache, key = _projection_cache(cfg, merged, dims)
+    if not cache.is_file() or cache.is_symlink():
+        return None
+    try:
+        if io.read_h5_attr(cache, "key") != key:
+            return None
+        method = io.read_h5_attr(cache, "method")
         coords = io.read_h5_dataset(cache, "coords")
-        if coords.shape == (merged.n, dims):
-            return coords, io.read_h5_attr(cache, "method") or "umap"
-    return None
+    except InputDataError as err:
+        log.warning("projection cache not used: %s", err)
+        return None
+    if method not in PROJECTIONS or coords.shape != (merged.n, dims) or not np.isfinite(coords).all():
+        log.warning("projection cache %s is malformed (method %r, shape %s): recomputed", cache, method, coords.shape)
+        return None
+    return coords.astype(np.float64), method
 
 
 def global_projection(cfg: Config, folders: Folders, merged: Merged, dims: int = 2) -> tuple[np.ndarray, str]:
-    """Coordinates of every embedding (UMAP or PCA) and the method, cached in the vis folder."""
-    cached = cached_projection(cfg, folders, merged, dims)
+    """Coordinates of every embedding (UMAP or PCA) and the method, cached beside the merge."""
+    cached = cached_projection(cfg, merged, dims)
     if cached is not None:
-        log.info("reusing the %dD projection in the visualization folder", dims)
+        log.info("reusing the %dD projection of %s", dims, merged.path.name)
         return cached
-    log.info("projecting %d embeddings to %dD", merged.n, dims)
+    from ..core.chunked import peak_memory_gb
+
+    start = time.monotonic()
+    log.info("projecting %d embeddings to %dD (%s)", merged.n, dims, projection_name(cfg) or "umap")
     coords, method = project_rows(cfg, merged, dims)
-    cache, key = _projection_cache(cfg, folders, merged, dims)
-    io.write_h5(cache, {"coords": coords}, {"key": key, "method": method})
+    log.info("projected in %.1f s (peak memory %.2f GB)", time.monotonic() - start, peak_memory_gb())
+    cache, key = _projection_cache(cfg, merged, dims)
+    try:
+        io.write_h5(cache, {"coords": coords}, {"key": key, "method": method})
+    except (OSError, SubtomoError) as err:  # a read-only merge folder: the projection is made again next time
+        log.info("projection not cached beside %s (%s)", merged.path, err)
     return coords, method
 
 
@@ -134,31 +154,21 @@ def cluster_figures(
     written: dict[str, Path] = {}
     name = layout.CLUSTER_METHODS[method]
     counts = {int(c): int((labels == c).sum()) for c in ids}
-    sub = V.plot_subsample(merged.n, v.max_plot_points, cfg.seed)
-    cached = cached_projection(cfg, folders, merged)
-    if cached is not None:  # the projection of every embedding, made by `visualize`
-        coords, proj = cached
-        rows = np.arange(merged.n)
-        draw = sub
-        note = None
-    else:  # project only the plotted subsample (for the plot; the clustering used every embedding)
-        rows = np.sort(sub)
-        coords, proj = project_rows(cfg, merged, 2, rows)
-        draw = np.random.default_rng(cfg.seed).permutation(rows.size)
-        note = None if rows.size == merged.n else f"projection of a random {rows.size} of {merged.n} instances"
-    table = merged.table.iloc[rows].reset_index(drop=True)
+    draw = V.plot_subsample(merged.n, v.max_plot_points, cfg.seed)
+    coords, proj = global_projection(cfg, folders, merged)  # the one map of these embeddings
+    table = merged.table
     csv = table[["tomogram", "label", "row"]].copy()
     csv["x"], csv["y"] = coords[:, 0], coords[:, 1]
-    csv["cluster"] = labels[rows]
+    csv["cluster"] = labels
     written["coords"] = layout.cluster_projection(vis, method, proj, "csv")
     tables.write_regions_csv(written["coords"], csv)
 
     panels = [
-        V.Panel(labels[rows][draw], f"{name} clusters", "cluster", counts=counts),
+        V.Panel(labels[draw], f"{name} clusters", "cluster", counts=counts),
         V.Panel(table["tomogram"].to_numpy()[draw], "tomogram", "tomogram"),
     ]
     title = f"{name} clustering, k={len(ids)} ({shown(len(draw), merged.n)})"
-    fig = V.projection_figure(coords[draw], panels, title, axis_name(proj), note)
+    fig = V.projection_figure(coords[draw], panels, title, axis_name(proj))
     written["projection"] = save_figure(fig, layout.cluster_projection(vis, method, proj, "png"))
 
     dist, _, groups = V.distance_map(merged.embeddings, labels, v.distance, seed=cfg.seed)

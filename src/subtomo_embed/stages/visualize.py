@@ -6,11 +6,12 @@ output (or input) folder that belong to these embeddings.
 from __future__ import annotations
 
 import logging
+import shlex
 from pathlib import Path
 
 import numpy as np
 
-from ..core import io, layout, tables
+from ..core import io, layout, records, tables
 from ..core.config import Config
 from ..core.errors import InputDataError
 from .explorer import write_explorer
@@ -25,7 +26,7 @@ def run_visualize(cfg: Config, folders: Folders) -> dict[str, Path]:
     merged = load_merged(cfg, folders)
     io.check_writable_folder(folders.vis_dir)
     written: dict[str, Path] = {}
-    clusterings = existing_clusterings(folders, merged)
+    clusterings = existing_clusterings(folders, merged, cfg)
     if clusterings:
         log.info("colouring by existing clusters: %s", ", ".join(clusterings))
     if projection_name(cfg) is None:
@@ -37,7 +38,7 @@ def run_visualize(cfg: Config, folders: Folders) -> dict[str, Path]:
         written.update(write_explorer(cfg, folders, merged, clusterings))  # embeddings_explorer.html
     written.update(distance_maps(cfg, folders, merged, clusterings))
     log.info("wrote %d visualization files to %s", len(written), folders.vis_dir)
-    io.replace_outputs_record(
+    records.replace_outputs_record(
         layout.outputs_record(folders.vis_dir, "visualize"),
         written.values(),
         [folders.vis_dir],
@@ -51,21 +52,39 @@ def _dimensions(cfg: Config) -> list[int]:
     return [2, 3] if cfg.visualization.umap_3d else [2]
 
 
-def existing_clusterings(folders: Folders, merged: Merged) -> dict[str, np.ndarray]:
-    """Each method's clusters (``<method>_clusters.h5``, output folder first) made of these embeddings."""
+def existing_clusterings(folders: Folders, merged: Merged, cfg: Config | None = None) -> dict[str, np.ndarray]:
+    """Each method's clusters (``<method>_clusters.h5``, output folder first) made of these embeddings.
+    A clusters file made of other embeddings is not used, and said so once, with the command that
+    refreshes it (given ``cfg``)."""
     found = {}
     for method in layout.CLUSTER_METHODS:
+        stale = None
         for folder in (folders.output_dir, folders.input_dir):
             path = layout.clusters(folder, method)
             if path.is_file():
                 try:
                     clusters = io.read_h5_dataset(path, "clusters").ravel()
                 except InputDataError:
+                    stale = stale or path
                     continue
                 if clusters.size == merged.n and io.read_h5_attr(path, "embeddings_key") in (None, merged.key):
                     found[method] = clusters.astype(np.int64)
                     break
+                stale = stale or path
+        if method not in found and stale is not None and cfg is not None:
+            log.warning(
+                "%s was made from other embeddings than %s (they changed since): not used; refresh it with: %s",
+                stale,
+                merged.path.name,
+                refresh_command(cfg, method),
+            )
     return found
+
+
+def refresh_command(cfg: Config, step: str) -> str:
+    """The command line that remakes ``step``'s outputs with this config."""
+    config = f" --config_file {shlex.quote(cfg.source)}" if cfg.source != "<defaults>" else ""
+    return f"subtomo-embed {step}{config}"
 
 
 def _cluster_panels(
