@@ -8,6 +8,7 @@ import mrcfile
 import numpy as np
 import pandas as pd
 import pytest
+from inprocess import run_cli
 from scipy import ndimage
 
 from subtomo_embed.core import simulate as S
@@ -188,3 +189,33 @@ def test_simulate_assemblies_refuses_more_classes_than_it_can_draw(tmp_path, cli
     assert proc.returncode == 3
     assert "500" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--particles", "1000000000000"], "--particles 1000000000000: a 64×192×192 tomogram holds 1 to 16,428"),
+        (["--shape", "-5", "64", "64"], "--shape -5 64 64: needs three sizes"),
+        (["--shape", "0", "64", "64"], "--shape 0 64 64: needs three sizes"),
+        (["--shape", "4096", "4096", "4096"], "--shape 4096 4096 4096: more than 268,435,456 voxels"),
+    ],
+)
+def test_simulate_refuses_sizes_out_of_bounds_before_allocating(tmp_path, args, message):
+    """Issue 31, class 9: a config error in one line, with advice about the options themselves (a
+    MemoryError's advice is about batch_size), nothing written."""
+    proc = run_cli(["simulate", "--output", tmp_path / "out", *args])
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.startswith(f"config error: {message}") and len(proc.stderr.strip().splitlines()) == 1
+    assert "batch_size" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_placement_exceeds_the_particle_bound():
+    """max_particles: one-voxel boxes on a grid of 1 + margin voxels, margin voxels from the faces (2, 3
+    and 4 along these axes); the placement of as many of the smallest particles as it can stays within it."""
+    shape, margin = (14, 19, 24), 4
+    bound = S.max_particles(shape, margin)
+    assert bound == 2 * 3 * 4
+    dot = S.Rendered(np.ones((1, 1, 1), np.float32), np.ones((1, 1, 1), bool), {})
+    _, mask, truth = S.place_particles(shape, [dot] * 200, np.random.default_rng(0), margin)
+    assert 0 < len(truth) <= bound and mask.max() == len(truth)

@@ -44,6 +44,22 @@ def simulate(
     ] = 12.0,
     max_diameter: Annotated[float, typer.Option(help="...to here (voxels).")] = 24.0,
     membrane: Annotated[bool, typer.Option("--membrane", help="Assemblies: each on a slab of membrane.")] = False,
+    structures: Annotated[
+        Optional[list[Path]],
+        typer.Option(
+            "--structures",
+            help="Real molecules instead: PDB/mmCIF files (.gz, .bz2 too) or folders of them, one class per file "
+            "(named by it); repeatable. Each is its biological assembly 1, first model, without hydrogens or waters.",
+        ),
+    ] = None,
+    voxel_size: Annotated[float, typer.Option(help="Structures: voxel size of the maps and tomograms (Å).")] = 5.0,
+    resolution: Annotated[
+        float, typer.Option(help="Structures: resolution of the maps (Å; Gaussian sigma 0.225 × it).")
+    ] = 20.0,
+    bandpass: Annotated[
+        bool, typer.Option("--bandpass", help="Structures: a CTF-like band-pass over the tomogram, as assemblies get.")
+    ] = False,
+    waters: Annotated[bool, typer.Option("--waters", help="Structures: keep the files' waters.")] = False,
     debug: Debug = False,
     quiet: Quiet = False,
 ) -> None:
@@ -51,14 +67,20 @@ def simulate(
 
     --kind shapes (default): five envelope shapes. --kind assemblies: structured assemblies (rings, double
     rings, point-group and helical arrangements of sub-units) drawn by --class-seed; classes.json holds their
-    definitions."""
+    definitions. --structures: density maps of real molecules from PDB/mmCIF files at --voxel-size and
+    --resolution (atoms weighted by atomic number); classes.json describes each."""
     setup_logging(quiet)
     with guarded(debug):
+        from ..core.errors import ConfigError
         from ..stages.demo import Structure, run_simulate
+        from ..stages.structures import Molecules
 
+        if structures and kind is Kind.assemblies:
+            raise ConfigError("--structures and --kind assemblies are two kinds of classes: choose one")
         structure = (
             Structure(classes, class_seed, (min_diameter, max_diameter), membrane) if kind is Kind.assemblies else None
         )
+        molecules = Molecules(tuple(structures), voxel_size, resolution, bandpass, waters) if structures else None
         run_simulate(
             output,
             tomograms,
@@ -69,6 +91,7 @@ def simulate(
             seed,
             size_range=(min_size, max_size),
             structure=structure,
+            molecules=molecules,
         )
 
 

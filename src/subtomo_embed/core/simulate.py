@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 CLASSES = ("sphere", "shell", "rod", "torus", "dumbbell")
 DEFAULT_SIZE_RANGE = (4.0, 7.0)
+MAX_VOXELS = 1 << 28  # 256 Mi voxels (512×512×1024): volume, labels, noise and FFT take ~33 bytes a voxel, 9 GB
 
 
 @dataclass(frozen=True)
@@ -200,6 +201,13 @@ def place_particles(
         centre = [c + (full - 1) / 2 - t.start for c, t in zip(corner, tight)]
         truth.append({"label": label, **particle.info, "z": centre[0], "y": centre[1], "x": centre[2]})
     return clean, mask, truth
+
+
+def max_particles(shape: tuple[int, int, int], margin: int = 4) -> int:
+    """An upper bound on the particles :func:`place_particles` can put in ``shape``: their boxes (one
+    voxel at least) are ``margin`` voxels apart and from the faces, so along an axis of ``s`` voxels at
+    most ``(s - margin) // (1 + margin)`` fit."""
+    return int(np.prod([max(0, (int(s) - margin) // (1 + margin)) for s in shape], dtype=np.float64))
 
 
 def warn_if_crowded(placed: int, asked: int, shape: tuple[int, int, int]) -> None:

@@ -29,6 +29,7 @@ from ..core import io
 from ..core.config import Config, load_config
 from ..core.errors import ConfigError, InputDataError
 from ..core.simulate import DEFAULT_SIZE_RANGE, simulate_tomogram
+from .structures import Molecules
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ EASY = Difficulty("easy", "SNR 3, no wedge", 3.0, None)
 HARD = Difficulty("hard", "SNR 1, ±60° wedge", 1.0, 60.0)
 
 ASSEMBLY_COLUMNS = ["class_seed", "family", "subunits", "subunit_radius"]
+STRUCTURE_COLUMNS = ["atoms", "copies", "mass_kda"]
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ def run_simulate(
     prefix: str = "TS",
     size_range: tuple[float, float] = DEFAULT_SIZE_RANGE,
     structure: Structure | None = None,
+    molecules: Molecules | None = None,
 ) -> pd.DataFrame:
     """Write ``data/<TS>.mrc``, ``masks/<TS>_instance_preds.h5`` and ``truth.csv`` under ``root``.
 
@@ -102,46 +105,95 @@ def run_simulate(
     With it: the assemblies of its class set (:mod:`..core.assemblies`), band-passed; truth.csv then
     also holds class_seed, family, subunits and subunit_radius (size is the outer radius), and
     ``classes.json`` the class definitions (sub-unit centres and radius).
+    With ``molecules``: atomic structures, one class each (:mod:`.structures`); truth.csv then also
+    holds atoms, copies, mass_kda, and ``classes.json`` each structure's assembly, mass and volume;
+    the MRC files carry the maps' voxel size.
     """
     from ..core.assemblies import class_definition, simulate_assembly_tomogram
 
+    shape = check_request(shape, n_particles)
     root = Path(root)
     rng = np.random.default_rng(seed)
     classes = structure.classes() if structure is not None else None
+    voxel_size = 10.0
+    if molecules is not None:
+        from ..core.structures import simulate_structure_tomogram
+        from .structures import check_fit
+
+        settings = molecules.settings()
+        voxel_size = settings.voxel_size
+        loaded = molecules.load()
+        check_fit(loaded, settings, shape, margin=4)
     rows = []
     for t in range(n_tomograms):
         stem = f"{prefix}_{t + 1:02d}"
-        if classes is None:
+        if molecules is not None:
+            tomo = simulate_structure_tomogram(
+                shape, n_particles, rng, loaded, settings, snr=snr, wedge=wedge, bandpass=molecules.bandpass
+            )
+        elif classes is None:
             tomo = simulate_tomogram(shape, n_particles, rng, snr=snr, wedge=wedge, size_range=size_range)
         else:
             tomo = simulate_assembly_tomogram(shape, n_particles, rng, classes, snr=snr, wedge=wedge)
-        io.write_mrc(root / "data" / f"{stem}.mrc", tomo.volume, voxel_size=10.0)
+        io.write_mrc(root / "data" / f"{stem}.mrc", tomo.volume, voxel_size=voxel_size)
         io.write_h5(root / "masks" / f"{stem}_instance_preds.h5", {"instances": tomo.mask})
         rows += [{"tomogram": stem, **r, "snr": float(snr), "wedge": float(wedge or 0.0)} for r in tomo.truth]
     columns = TRUTH_COLUMNS
+    if molecules is not None:
+        from .structures import class_definitions
+
+        columns = TRUTH_COLUMNS + STRUCTURE_COLUMNS
+        write_json(root / "classes.json", {"structures": class_definitions(loaded, settings)})
     if structure is not None:
         columns = TRUTH_COLUMNS + ASSEMBLY_COLUMNS
         rows = [{**r, "class_seed": structure.class_seed} for r in rows]
         definitions = {"class_seed": structure.class_seed, "classes": [class_definition(a) for a in classes or []]}
-        with io.atomic_output(root / "classes.json") as tmp:
-            tmp.write_text(json.dumps(definitions, indent=1) + "\n")
+        write_json(root / "classes.json", definitions)
     truth = pd.DataFrame(rows, columns=columns)
     with io.atomic_output(root / "truth.csv") as tmp:
         truth.to_csv(tmp, index=False)
+    what = "particles"
+    if structure is not None:
+        what = f"assemblies of {structure.n_classes} classes (class seed {structure.class_seed})"
+    elif molecules is not None:
+        what = f"molecules of {len(loaded)} structures ({molecules.voxel_size:g} Å voxels)"
     log.info(
         "simulated %d tomograms %s with %d %s (SNR %g, wedge %s, seed %d) → %s",
         n_tomograms,
         tuple(shape),
         len(truth),
-        "particles"
-        if structure is None
-        else f"assemblies of {structure.n_classes} classes (class seed {structure.class_seed})",
+        what,
         snr,
         f"±{wedge:g}°" if wedge else "none",
         seed,
         root,
     )
     return truth
+
+
+def check_request(shape: tuple[int, int, int], n_particles: int, margin: int = 4) -> tuple[int, int, int]:
+    """The tomogram shape as three ints, once it and the particle count are in bounds (before anything
+    is allocated)."""
+    from ..core.simulate import MAX_VOXELS, max_particles
+
+    sizes = tuple(int(s) for s in shape)
+    text = " ".join(map(str, sizes))
+    if len(sizes) != 3 or min(sizes) < 2 * margin + 1:
+        raise ConfigError(f"--shape {text}: needs three sizes z y x of at least {2 * margin + 1} voxels each")
+    if float(np.prod(sizes, dtype=np.float64)) > MAX_VOXELS:
+        raise ConfigError(f"--shape {text}: more than {MAX_VOXELS:,} voxels in one tomogram; use more --tomograms")
+    fit = max_particles((sizes[0], sizes[1], sizes[2]), margin)
+    if not 1 <= n_particles <= fit:
+        raise ConfigError(
+            f"--particles {n_particles}: a {'×'.join(map(str, sizes))} tomogram holds 1 to {fit:,} particles "
+            f"({margin}-voxel margins); lower --particles or enlarge --shape"
+        )
+    return sizes[0], sizes[1], sizes[2]
+
+
+def write_json(path: Path, value: dict) -> None:
+    with io.atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(value, indent=1) + "\n")
 
 
 def read_truth(root: Path) -> pd.DataFrame:
