@@ -14,8 +14,10 @@ first model, no hydrogens. Its density map on a grid of ``voxel_size`` Å:
    so a molecule's interior is about 1 at low resolution, the unit contrast of the shapes and
    assemblies of :mod:`.simulate` and :mod:`.assemblies` (their SNR means the same here).
 
-The instance mask is the molecule's volume (its electrons / :data:`PROTEIN_ELECTRONS`, in voxels)
-made of the densest voxels of its clean map: a contour at the molecule's surface.
+The instance mask is the clean map's contour at one level per molecule: the level that encloses
+the molecule's volume (its electrons / :data:`PROTEIN_ELECTRONS`, in voxels) in its map as the file
+has it, a contour at the molecule's surface; turned, its voxel count varies a little, as a
+segmentation's would (a fixed count per class would give each class away by its mask alone).
 :func:`simulate_structure_tomogram` places molecules at uniformly random orientations without
 overlap (:func:`.simulate.place_particles`), then adds noise, the optional band-pass and the
 missing wedge over the whole volume (:func:`.assemblies.degrade_volume`).
@@ -126,21 +128,23 @@ def density_map(
     return (grid / (PROTEIN_ELECTRONS * settings.voxel_size**3)).astype(np.float32)
 
 
-def molecule_mask(density: np.ndarray, n_voxels: int) -> np.ndarray:
-    """The ``n_voxels`` densest voxels of a clean map (bool)."""
-    n_voxels = min(int(n_voxels), density.size)
-    order = np.argsort(density, axis=None)[::-1][:n_voxels]
-    mask = np.zeros(density.size, bool)
-    mask[order] = True
-    return mask.reshape(density.shape)
+def contour_level(molecule: Molecule, settings: MapSettings) -> float:
+    """The density level whose contour encloses the molecule's volume (:func:`volume_voxels`) in its
+    map as the file has it: one level per molecule, so the mask's voxel count varies with the
+    orientation as a segmentation's would."""
+    density = density_map(molecule, settings)
+    n_voxels = min(volume_voxels(molecule, settings), density.size)
+    return float(np.partition(density, density.size - n_voxels, axis=None)[density.size - n_voxels])
 
 
 def render_molecule(
-    molecule: Molecule, settings: MapSettings, rotation: np.ndarray | None = None
+    molecule: Molecule, settings: MapSettings, rotation: np.ndarray | None = None, level: float | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(density float32, mask bool) of the molecule turned by ``rotation``, centred in its box."""
+    """(density float32, mask bool: at or above ``level``, by default :func:`contour_level`) of the
+    molecule turned by ``rotation``, centred in its box."""
+    level = contour_level(molecule, settings) if level is None else level
     density = density_map(molecule, settings, rotation)
-    return density, molecule_mask(density, volume_voxels(molecule, settings))
+    return density, density >= level
 
 
 def truth_info(c: int, molecule: Molecule, settings: MapSettings) -> dict:
@@ -175,11 +179,12 @@ def simulate_structure_tomogram(
     z, y, x = (int(s) for s in shape)
     shape = (z, y, x)
     order = balanced_order(n_particles, list(range(len(molecules))), rng)
+    levels = [contour_level(m, settings) for m in molecules]
 
     def drawn() -> Iterator[Rendered]:
         for c in order:
             rotation = Rotation.random(random_state=rng).as_matrix()
-            density, body = render_molecule(molecules[c], settings, rotation)
+            density, body = render_molecule(molecules[c], settings, rotation, levels[c])
             yield Rendered(density, body, truth_info(c, molecules[c], settings))
 
     clean, mask, truth = place_particles(shape, drawn(), rng, margin)

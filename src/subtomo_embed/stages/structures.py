@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import ConfigError
-from ..core.structures import MapSettings, Molecule, map_box, volume_voxels
+from ..core.structures import MapSettings, Molecule, volume_voxels
 from ..core.structures_io import read_structure, structure_files
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class Molecules:
         for path in structure_files(self.paths):
             molecule = read_structure(path, self.waters)
             log.info(
-                "%s: %s, %d atoms, assembly %s (%d copies), %.1f kDa, %.0f Å across (%d voxels)",
+                "%s: %s, %d atoms, assembly %s (copies: %d), %.1f kDa, %.0f Å across (%d voxels)",
                 molecule.name,
                 path,
                 len(molecule.coords),
@@ -60,15 +60,16 @@ class Molecules:
 
 
 def check_fit(molecules: list[Molecule], settings: MapSettings, shape: tuple[int, int, int], margin: int) -> None:
-    """Refuse a molecule whose map cannot be placed in a tomogram of ``shape`` (before rendering any)."""
+    """Refuse a molecule wider than a tomogram of ``shape`` less its margins (before rendering any): at
+    uniformly random orientations few of its copies would fit."""
     room = min(shape) - 2 * margin
     for molecule in molecules:
-        box = map_box(molecule, settings)
-        if box > room:
+        across = 2 * molecule.radius() / settings.voxel_size
+        if across > room:
             raise ConfigError(
-                f"structure {molecule.name} is {2 * molecule.radius():.0f} Å across: its map ({box} voxels at "
-                f"{settings.voxel_size:g} Å, blur included) does not fit a --shape of {'×'.join(map(str, shape))} "
-                f"with a {margin}-voxel margin; enlarge --shape or --voxel-size"
+                f"structure {molecule.name} is {2 * molecule.radius():.0f} Å across ({across:.0f} voxels at "
+                f"{settings.voxel_size:g} Å), more than a --shape of {'×'.join(map(str, shape))} holds with "
+                f"{margin}-voxel margins; enlarge --shape or --voxel-size"
             )
 
 
