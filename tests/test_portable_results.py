@@ -46,15 +46,16 @@ def run(tmp_path_factory):
     return {"root": root, "out": out, "config": config}
 
 
-def copy_results(run: dict, where: Path) -> dict:
+def copy_results(run: dict, where: Path, new_times: bool = True) -> dict:
     """The whole project copied as ``cp -r`` or ``rsync`` without ``-t`` leave it: every file with a new
-    modification time; the config's paths point into the copy."""
+    modification time (``new_times``, else as ``cp -a``); the config's paths point into the copy."""
     root = where / "copied"
     shutil.copytree(run["root"], root, symlinks=True)
     later = time.time() + 3600
     for folder, _, files in os.walk(root):
         for name in files:
-            os.utime(Path(folder) / name, (later, later))
+            if new_times:
+                os.utime(Path(folder) / name, (later, later))
     config = root / "config.yaml"
     config.write_text(config.read_text().replace(str(run["root"]), str(root)))
     return {"root": root, "out": root / "out", "config": config}
@@ -113,13 +114,15 @@ def test_the_same_particle_has_the_same_coordinates_in_every_figure_and_the_expl
 
 
 def test_a_projection_cache_method_is_never_a_path(run, tmp_path):
-    """Issue 31 class 1: the cache's ``method`` attribute named output files; a ``../`` value wrote outside."""
-    copy = copy_results(run, tmp_path)
+    """Issue 31 class 1: the cache's ``method`` attribute named output files; a ``../`` value wrote outside
+    (a results folder from elsewhere can hold any cache, and any folder the path needs)."""
+    copy = copy_results(run, tmp_path, new_times=False)  # a cache that is current in every other way
     caches = sorted(copy["out"].rglob(".projection_*.h5"))
     assert caches
     for cache in caches:
         with h5py.File(cache, "r+") as f:
-            f.attrs["method"] = "../../escaped"
+            f.attrs["method"] = "x/../../../escaped"
+    (copy["out"] / "vis" / "all_tomograms_x").mkdir()
     before = {p for p in tmp_path.rglob("*") if p.is_file()}
     run_cli("visualize", "--config_file", copy["config"])
     new = {p for p in tmp_path.rglob("*") if p.is_file()} - before
@@ -129,3 +132,18 @@ def test_a_projection_cache_method_is_never_a_path(run, tmp_path):
     for cache in caches:
         with h5py.File(cache, "r") as f:
             assert f.attrs["method"] == "umap"  # recomputed and rewritten
+
+
+def test_the_explorer_can_be_thinned(run, tmp_path):
+    """visualization.explorer_max_points: a stratified sample of every tomogram and cluster, same coordinates."""
+    vis = tmp_path / "thin"
+    run_cli(
+        "visualize", "--config_file", run["config"], "--vis-dir", vis, "--set", "visualization.explorer_max_points=100"
+    )
+    data = page_data_of((vis / E.EXPLORER_NAME).read_text(encoding="utf-8"))
+    rows = np.array(data["row"])
+    assert 90 <= data["n"] <= 110 and rows.tolist() == sorted(set(rows.tolist()))
+    assert data["tomograms"] == ["TS_00", "TS_01", "TS_02"]
+    everything = pd.read_csv(run["out"] / "vis" / "all_tomograms_umap.csv").set_index("row")[["x", "y"]]
+    page = np.c_[[decode(c, "<f4") for c in data["projections"][0]["coords"]]].T
+    np.testing.assert_array_equal(page, everything.loc[rows].to_numpy(np.float32))

@@ -7,7 +7,10 @@ A command body runs inside :func:`guarded`: a :class:`SubtomoError` becomes one 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import os
+import stat
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -42,6 +45,7 @@ def setup_logging(quiet: bool = False, log_file: Path | None = None) -> None:
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(level)
     console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    console.addFilter(lambda record: not getattr(record, "log_file_only", False))  # printed by guarded already
     root.addHandler(console)
     root.propagate = False
     if log_file is not None:
@@ -50,17 +54,43 @@ def setup_logging(quiet: bool = False, log_file: Path | None = None) -> None:
 
 def _log_file_handler(log_file: Path) -> logging.Handler:
     """A handler appending to ``log_file`` (in ``log_dir``); a log_dir that is a file or cannot be
-    written stops the command rather than losing the log silently."""
+    written stops the command rather than losing the log silently. The log is never written
+    through a link or into anything but a plain file (a planted link would send it elsewhere)."""
     folder = log_file.parent
     if folder.exists() and not folder.is_dir():
         raise ConfigError("log_dir is a file, not a folder", folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(log_file)
+        handler = _NoFollowFileHandler(log_file)
     except OSError as err:
+        if err.errno in (errno.ELOOP, errno.EMLINK) or log_file.is_symlink():
+            raise ResourceError(
+                "the log file is a symbolic link; remove it (the log is not written through links)", log_file
+            ) from None
         raise ResourceError(f"cannot write the log file in log_dir ({err.strerror or err})", log_file) from None
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     return handler
+
+
+class _NoFollowFileHandler(logging.FileHandler):
+    """A FileHandler that opens its file with ``O_NOFOLLOW`` and only if it is a plain file."""
+
+    def _open(self):
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(self.baseFilename, flags, 0o644)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "the log file is not a plain file")
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "a", encoding=self.encoding or "utf-8", errors=self.errors)
+        except BaseException:
+            os.close(fd)
+            raise
+
+
+def _log_error(message: str) -> None:
+    """The one-line error into the log file too (the terminal has it from :func:`guarded`)."""
+    log.error(message, extra={"log_file_only": True})
 
 
 @contextlib.contextmanager
@@ -69,6 +99,7 @@ def guarded(debug: bool = False):
     try:
         yield
     except SubtomoError as err:
+        _log_error(f"{err.kind}: {err}")
         if debug:
             raise
         typer.echo(f"{err.kind}: {err}", err=True)
@@ -77,8 +108,10 @@ def guarded(debug: bool = False):
         if debug:
             raise
         oom = ResourceError("out of memory; reduce hyper_parameters.batch_size or the number of tomograms at once")
+        _log_error(f"{oom.kind}: {oom}")
         typer.echo(f"{oom.kind}: {oom}", err=True)
         raise typer.Exit(oom.exit_code) from None
     except KeyboardInterrupt:
+        _log_error("interrupted")
         typer.echo("interrupted", err=True)
         raise typer.Exit(130) from None

@@ -94,6 +94,9 @@ class VisualizationConfig(_Section):
     explorer_thumbnails: int = Field(default=20000, ge=0, le=MAX_COUNT)
     """Extension: at most this many instances (a stratified sample) get a particle thumbnail in
     ``embeddings_explorer.html``; the others show text only on hover. 0: no thumbnails."""
+    explorer_max_points: int = Field(default=200_000, ge=100, le=200_000)
+    """Extension: at most this many instances (a stratified sample by tomogram and cluster) are drawn
+    in ``embeddings_explorer.html``: thin a large set for a fluid page (200,000, the page's bound)."""
 
     @field_validator("visualization_suffix")
     @classmethod

@@ -21,6 +21,7 @@ from ..core.errors import ConfigError, InputDataError
 from ..core.picks import PICK_PREFIX
 from .figures import cluster_figures
 from .merging import Folders, Merged, load_merged, plan_merged
+from .provenance import keep_config
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,8 @@ def write_cluster_outputs(
     if section.visualization:
         written.update(cluster_figures(cfg, folders, merged, method, labels, ids, centers))
     remove_previous_outputs(folders, method, [layout.particles_star(out, method), *written.values(), *also_written])
+    for folder in [out, folders.vis_dir] if section.visualization else [out]:
+        keep_config(cfg, folder, method)
     return written
 
 

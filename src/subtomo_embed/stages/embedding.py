@@ -33,6 +33,7 @@ from ..core import h5files, io, layout, tables
 from ..core.config import Config
 from ..core.errors import ConfigError, InputDataError, SubtomoError
 from ..core.extract import iter_patches
+from .provenance import keep_config
 from .tomograms import (
     TomogramGeometry,
     extraction_settings,
@@ -393,7 +394,9 @@ def run_predict(
     log.info(
         "embedding %d tomogram(s) on %s, batch size %d", len(tomograms), run.device, cfg.hyper_parameters.batch_size
     )
-    return embed_tomograms(run, [(cfg.stem(t.name), partial(predict_job, run, t)) for t in tomograms])
+    summary = embed_tomograms(run, [(cfg.stem(t.name), partial(predict_job, run, t)) for t in tomograms])
+    keep_config(cfg, out, "predict")
+    return summary
 
 
 # --------------------------------------------------------------------------------------------

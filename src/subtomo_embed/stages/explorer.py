@@ -18,6 +18,7 @@ from ..core import explorer as E
 from ..core import io, layout
 from ..core.config import Config
 from ..core.errors import InputDataError
+from ..core.progress import logged
 from .merging import Folders, Merged
 
 log = logging.getLogger(__name__)
@@ -38,9 +39,15 @@ def write_explorer(
     strata = (
         tomograms if first_clusters is None else np.char.add(np.char.add(tomograms, "/"), first_clusters.astype(str))
     )
-    shown = np.sort(E.thumbnail_rows(strata, E.MAX_POINTS, cfg.seed))  # every row up to MAX_POINTS
+    bound = min(cfg.visualization.explorer_max_points, E.MAX_POINTS)
+    shown = np.sort(E.thumbnail_rows(strata, bound, cfg.seed))  # every row up to the bound
     if shown.size < merged.n:
-        log.info("explorer: a stratified sample of %d of the %d instances (the page's bound)", shown.size, merged.n)
+        log.info(
+            "explorer: a stratified sample of %d of the %d instances (visualization.explorer_max_points %d)",
+            shown.size,
+            merged.n,
+            bound,
+        )
     table = merged.table.iloc[shown]
     projections = []
     for dims in [2, 3] if cfg.visualization.umap_3d else [2]:
@@ -69,6 +76,7 @@ def write_explorer(
     star = selection_star(cfg, folders, merged, clusterings).iloc[shown].reset_index(drop=True)
     title = f"Embeddings explorer: {merged.n} instances of {len(merged.stems)} tomograms"
     title += f" ({shown.size} shown)" if shown.size < merged.n else ""
+    log.info("explorer: writing the page (%d points, %d thumbnails)", shown.size, len(thumbnails))
     html = E.explorer_html(instances, projections, colourings, star, thumbnails, title=title, seed=cfg.seed)
     path = folders.vis_dir / E.EXPLORER_NAME
     with io.atomic_output(path) as tmp:
@@ -131,7 +139,8 @@ def particle_thumbnails(cfg: Config, merged: Merged, rows: np.ndarray):
     data_folder, mask_folder = folders["data_folder"], folders.get("instances_mask_folder")
     assert data_folder is not None and (picks or mask_folder is not None)  # checked above
     tomogram_of = merged.table["tomogram"].astype(str).to_numpy()
-    for stem in merged.stems:
+    log.info("explorer: cutting %d thumbnails", rows.size)
+    for stem in logged(merged.stems, "explorer thumbnails, by tomogram", log):
         mine = np.sort(rows[tomogram_of[rows] == stem])
         if mine.size == 0:
             continue

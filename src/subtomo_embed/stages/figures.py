@@ -17,6 +17,7 @@ import pandas as pd
 from ..core import io, layout, tables
 from ..core.config import Config
 from ..core.errors import InputDataError, SubtomoError
+from ..core.progress import logged
 from .merging import Folders, Merged
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,7 @@ def cluster_galleries(
     size = cfg.parameters.data.patch_size[1:]
     volumes: dict[str, np.ndarray | None] = {}
     written = {}
-    for c in ids:
+    for c in logged(ids, f"{layout.CLUSTER_METHODS[method]} cluster galleries", log):
         images, titles = [], []
         for r in nearest[int(c)]:
             row = merged.table.iloc[int(r)]

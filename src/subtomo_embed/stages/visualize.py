@@ -14,9 +14,11 @@ import numpy as np
 from ..core import io, layout, records, tables
 from ..core.config import Config
 from ..core.errors import InputDataError
+from ..core.progress import logged
 from .explorer import write_explorer
 from .figures import axis_name, global_projection, log_area, projection_name, save_figure, shown
 from .merging import Folders, Merged, load_merged
+from .provenance import keep_config
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ def run_visualize(cfg: Config, folders: Folders) -> dict[str, Path]:
         layout.is_visualize_output,
         "the previous visualize run",
     )  # e.g. fewer tomograms
+    keep_config(cfg, folders.vis_dir, "visualize")
     return written
 
 
@@ -161,7 +164,7 @@ def per_tomogram_projections(
     sizes = log_area(merged.table)
     written = {}
     sample = cfg.scale.projection_sample
-    for stem in io.progress(wanted, "per-tomogram projections"):
+    for stem in logged(io.progress(wanted, "per-tomogram projections"), "per-tomogram projections", log, len(wanted)):
         i = merged.stems.index(stem)
         rows = merged.rows(i)
         n = rows.stop - rows.start
