@@ -250,6 +250,12 @@ def _picks_file(ctx, text):
     _set_config(ctx, centers_file=str(ctx["root"] / "picks.csv"), centers_patch_size=8)
 
 
+def _tomogram_named(ctx, name):
+    _tomo(ctx).rename(ctx["data"] / f"{name}.mrc")
+    _mask(ctx).rename(ctx["masks"] / f"{name}_instance_preds.h5")
+    _set_config(ctx, test_files=[f"{name}.mrc", "TS_02.mrc"])
+
+
 def _patches(ctx, stem=None, size=None):
     _cli_ok(ctx, "extract", "--filename", "TS_01.mrc")
     patches = ctx["out"] / "TS_01_patches.h5"
@@ -648,6 +654,42 @@ CASES = [
         4,
         r"picks\.csv: picks name none of the 2 selected tomogram\(s\) \('TS_01', 'TS_02'\) in column 'rlnTomoName'",
         command="predict-centers",
+    ),
+    Case(
+        "tomogram-name-is-an-output-name",
+        lambda c: _tomogram_named(c, "all_tomograms"),
+        4,
+        r"all_tomograms\.mrc: tomogram name 'all_tomograms' is the name of one of our own outputs",
+    ),
+    Case(
+        "tomogram-name-control-character",
+        lambda c: _tomogram_named(c, "TS\t01"),
+        4,
+        r"TS.01\.mrc: tomogram name 'TS\\t01' holds the control character U\+0009",
+    ),
+    Case(
+        "tomogram-name-spreadsheet-formula",
+        lambda c: _tomogram_named(c, "=TS_01"),
+        4,
+        r"=TS_01\.mrc: tomogram name '=TS_01' starts with '=', which a spreadsheet runs as a formula",
+    ),
+    Case(
+        "tomogram-name-reads-as-missing",
+        lambda c: _tomogram_named(c, "NA"),
+        4,
+        r"NA\.mrc: tomogram name 'NA' reads as a missing value",
+    ),
+    Case(
+        "tomogram-name-with-a-quote",
+        lambda c: _tomogram_named(c, "TS_'01"),
+        4,
+        r"TS_'01\.mrc: tomogram name \"TS_'01\" holds \"'\", which STAR readers",
+    ),
+    Case(
+        "tomogram-name-too-long",
+        lambda c: _tomogram_named(c, "T" * 201),
+        4,
+        r"tomogram name 'T{59}\.\.\. \(201 characters\) is 201 bytes long; at most 120",
     ),
 ]
 

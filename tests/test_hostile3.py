@@ -277,3 +277,99 @@ def test_a_picks_folder_with_nothing_for_any_tomogram_is_an_error(run):
     _picks_csv(folder / "TS_02.csv", None)  # one tomogram with picks: the other is skipped, said so
     code, stderr = invoke("predict-centers", "-c", config)
     assert code == 0 and "TS_01: no picks, skipped" in stderr
+
+
+# --- class 6: one rule for names, one STAR writer ---------------------------------------------------------------
+
+ACCEPTED = ["TS #1", "TS $x$ 2", "data_x", "_rlnLabel", "loop_", "a b c", "007", "TS ü 01", "x" * 100, "nan-ish"]
+REFUSED = {
+    "all_tomograms": r"is the name of one of our own outputs",
+    "kmeans_clusters": r"is the name of one of our own outputs",
+    "NA": r"reads as a missing value",
+    "None": r"reads as a missing value",
+    "null": r"reads as a missing value",
+    "=HYPERLINK(1)": r"starts with '=', which a spreadsheet runs as a formula",
+    "+1": r"starts with '\+'",
+    "@x": r"starts with '@'",
+    "-x": r"starts with '-'",
+    "TS\tA": r"holds the control character U\+0009",
+    "TS\nA": r"holds the control character U\+000A",
+    "TS_'q": r"""holds "'", which STAR readers""",
+    'TS_"q': r"""holds '"', which STAR readers""",
+    "<b>x": r"holds '<'",
+    "x" * 201: r"is 201 bytes long; at most 120",
+    ".subtomo-tmp-x": r"starts with '\.'",
+}
+
+
+@pytest.mark.parametrize("name", list(REFUSED), ids=[repr(n)[:20] for n in REFUSED])
+def test_a_tomogram_name_that_breaks_a_format_is_refused_before_any_work(run, name):
+    root, config, set_config = run
+    (root / "data" / "TS_01.mrc").rename(root / "data" / f"{name}.mrc")
+    (root / "masks" / "TS_01_instance_preds.h5").rename(root / "masks" / f"{name}_instance_preds.h5")
+    set_config(prediction_folder=str(root / "o2"), test_files=[f"{name}.mrc", "TS_02.mrc"])
+    code, stderr = invoke("predict", "-c", config)
+    assert code == 4, stderr
+    line = last_line(stderr)
+    assert re.search(r"data/.*\.mrc: tomogram name .* " + REFUSED[name], line), stderr
+    assert not (root / "o2").exists() or not any((root / "o2").iterdir())
+
+
+def test_names_that_are_hostile_to_formats_round_trip_through_every_writer(run):
+    import pandas as pd
+    import starfile
+
+    root, config, set_config = run
+    names = {"TS_01": "TS #1 $a^b^c$", "TS_02": "data_x"}  # '#', bad mathtext, spaces; a STAR word
+    for old, new in names.items():
+        (root / "data" / f"{old}.mrc").rename(root / "data" / f"{new}.mrc")
+        (root / "masks" / f"{old}_instance_preds.h5").rename(root / "masks" / f"{new}_instance_preds.h5")
+    set_config(prediction_folder=str(root / "o2"), clustering_kmeans__visualization=True)
+    for command in ("predict", "kmeans", "visualize"):
+        code, stderr = invoke(command, "-c", config)
+        assert code == 0, (command, stderr)
+    out = root / "o2"
+    for new in names.values():
+        star = starfile.read(out / f"{new}_instance_regions.star")
+        assert set(star["rlnTomoName"]) == {new}
+        clustered = starfile.read(out / f"{new}_instance_regions_kmeans_clustered.star")
+        assert set(clustered["rlnTomoName"]) == {new}
+    particles = starfile.read(out / "kmeans_particles.star")
+    assert set(particles["rlnTomoName"]) == set(names.values())
+    table = pd.read_csv(out / "embeddings_table.csv", keep_default_na=False)
+    assert set(table["tomogram"]) == set(names.values())
+    with h5py.File(out / "embeddings.h5") as f:
+        assert {t.decode() for t in f["tomograms"][()]} == set(names.values())
+
+
+def test_the_star_writer_round_trips_every_accepted_name_and_numbers_exactly(tmp_path):
+    import pandas as pd
+    import starfile
+
+    from subtomo_embed.core import names, star
+
+    assert all(names.why_refused(n) is None for n in ACCEPTED)
+    particles = pd.DataFrame(
+        {
+            "rlnTomoName": ACCEPTED,
+            "rlnCenteredCoordinateXAngst": np.linspace(-33.123456789, 1e-7, len(ACCEPTED)),
+            "rlnLabel": np.arange(len(ACCEPTED), dtype=np.int64) + 2**60,
+        }
+    )
+    optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"]})
+    star.write_star(tmp_path / "p.star", particles, optics=optics, exact=True)
+    back = starfile.read(tmp_path / "p.star", parse_as_string=["rlnTomoName"])
+    assert list(back) == ["optics", "particles"]
+    assert back["particles"]["rlnTomoName"].tolist() == ACCEPTED
+    assert (
+        back["particles"]["rlnCenteredCoordinateXAngst"].tolist() == particles["rlnCenteredCoordinateXAngst"].tolist()
+    )
+    assert back["particles"]["rlnLabel"].tolist() == particles["rlnLabel"].tolist()
+    assert star.read_star(tmp_path / "p.star")["particles"]["rlnTomoName"].tolist() == ACCEPTED  # '007' stays text
+    star.write_star(tmp_path / "one.star", particles)  # no optics: one data_particles block (6 decimals)
+    text = (tmp_path / "one.star").read_text()
+    assert "data_particles" in text and "data_optics" not in text and "-33.123457" in text
+    assert isinstance(starfile.read(tmp_path / "one.star"), pd.DataFrame)
+    assert star.star_text(particles) == text  # the text the explorer and napari exports can offer
+    with pytest.raises(ValueError, match="cannot hold a TAB"):
+        star.star_text(pd.DataFrame({"rlnTomoName": ["a\tb"]}))

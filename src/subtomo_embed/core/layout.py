@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputDataError
+from . import names
 
 EMBEDS_SUFFIX = "_embeds.h5"
 LABELS_SUFFIX = "_instance_labels.h5"
@@ -26,21 +26,15 @@ CLUSTER_METHODS = {"kmeans": "KMeans", "spectral": "Spectral"}  # file name -> d
 
 
 def safe_stem(name: object, source: Path | str | None = None) -> str:
-    """``name`` as text if it is a plain file stem: no folder part (``/``, ``\\``), not ``.`` or
-    ``..``, no NUL, not empty; else an :class:`InputDataError` naming ``source``.
+    """``name`` as text if it is a tomogram name by the one rule (:func:`.names.check_name`: a plain
+    file stem, and nothing that breaks a table, a STAR file, a label or our own output names); else
+    an :class:`InputDataError` naming ``source``.
 
     Every name read from a file (a merged file's ``tomograms``, a patches file's ``stem``) or given
     by a user that becomes part of a path passes here, and every path built here from a stem checks
     it again, so no input can make a command write (or read) outside the folders it was given.
     """
-    text = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
-    if not text or text in (".", "..") or any(c in text for c in "/\\\0"):
-        raise InputDataError(
-            f"tomogram name {text!r} is not a plain file name (a folder part, '..', NUL or empty); "
-            "refusing to use it in a path",
-            source,
-        )
-    return text
+    return names.check_name(name, source)
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ written through :func:`.io.atomic_output`.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +13,7 @@ import numpy as np
 
 from .errors import InputDataError
 from .io import _short, atomic_output
+from .star import read_star, shortest_text, write_star  # noqa: F401  (tables.read_star, tables.write_star: the one STAR reader and writer, core/star.py)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -118,42 +118,8 @@ def exact_floats(table: pd.DataFrame) -> pd.DataFrame:
     out = table.copy()
     for column in out.columns:
         if out[column].dtype.kind == "f":
-            out[column] = [_shortest_text(v) for v in out[column].to_numpy(np.float64).tolist()]
+            out[column] = [shortest_text(v) for v in out[column].to_numpy(np.float64).tolist()]
     return out
-
-
-def _shortest_text(v: float) -> str:
-    """Python's repr is the shortest round-trip text; only its exponent form is spelled out."""
-    text = repr(v)
-    return np.format_float_positional(v, unique=True, trim="0") if "e" in text and math.isfinite(v) else text
-
-
-def write_star(path: str | Path, table: pd.DataFrame | dict[str, pd.DataFrame], exact: bool = False) -> None:
-    """A STAR file (via ``starfile``), without its time-stamped header, so re-runs are byte-identical.
-
-    Floats are written with 6 decimals, as RELION writes them; ``exact`` writes each float as the
-    shortest text of its value instead (:func:`exact_floats`).
-    """
-    import starfile
-
-    if exact:
-        table = {k: exact_floats(v) for k, v in table.items()} if isinstance(table, dict) else exact_floats(table)
-    with atomic_output(path) as tmp:
-        starfile.write(table, tmp, overwrite=True)
-        text = tmp.read_text()
-        if text.startswith("# Created by the starfile"):
-            text = "# Written by subtomo-embed" + text[text.index("\n") :]
-            tmp.write_text(text)
-
-
-def read_star(path: str | Path) -> pd.DataFrame | dict[str, pd.DataFrame]:
-    import starfile
-
-    path = Path(path)
-    try:
-        return starfile.read(path, always_dict=False)
-    except Exception as err:  # starfile raises many kinds
-        raise InputDataError(f"not a readable STAR file ({_short(err)})", path) from None
 
 
 def read_names_table(path: str | Path, *name_columns: str) -> pd.DataFrame:

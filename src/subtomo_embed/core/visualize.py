@@ -173,6 +173,7 @@ def _plt():
     import matplotlib
 
     matplotlib.use("Agg", force=True)
+    matplotlib.rcParams["text.parse_math"] = False  # text is literal: a '$' in a tomogram name is no mathtext
     import matplotlib.pyplot as plt
 
     return plt

@@ -80,6 +80,7 @@ def list_tomograms(cfg: Config, filename: str | None = None) -> list[Path]:
         path = Path(name) if os.path.isabs(name) else folder / name
         if not path.is_file():
             raise InputDataError("tomogram listed for processing does not exist", path)
+        layout.safe_stem(cfg.stem(path.name), path)  # the one name rule, before any work (core/names.py)
         paths.append(path)
     return paths
 
