@@ -1,11 +1,16 @@
 """Time and size of embeddings_explorer.html for many points (prints figures; not a test).
 
     python benchmarks/bench_explorer.py --points 100000 --thumbnails 20000 --patch 64
+    python benchmarks/bench_explorer.py --points 100000 --thumbnails 0 --zoom 6   # + seconds per zoom step
 
 Synthetic data shaped like a real run: 2D and 3D projections, KMeans and spectral clusters, 50
 tomograms, a STAR table with the columns ``predict`` writes for masks, and thumbnails of
 sphere-masked noise patches (noise is the worst case for PNG size). Reports the time to encode the
-thumbnails (PNG + base64) and, separately, to build and write the page, and the file's size.
+thumbnails (PNG + base64) and, separately, to build and write the page, and the file's size. With
+``--zoom N``, the page is opened in headless chromium (software WebGL, as on a machine without a GPU
+or over a remote desktop) and N zoom steps (each to 80% of the view, as a scroll-wheel notch) are
+timed until the frame after plotly's redraw.
+
 """
 
 from __future__ import annotations
@@ -60,11 +65,65 @@ def masked_noise(patch: int, rng) -> np.ndarray:
     return np.where(inside, rng.normal(size=(patch,) * 3), 0).astype(np.float32)
 
 
+ZOOM_SCRIPT = """
+const done = arguments[arguments.length - 1], steps = arguments[0];
+const gd = document.getElementById('explorer-plot');
+let [x0, x1] = gd._fullLayout.xaxis.range, [y0, y1] = gd._fullLayout.yaxis.range;
+const frame = () => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+(async () => {
+  const times = [];
+  for (let i = 0; i < steps; i++) {
+    const cx = (x0 + x1) / 2, cy = (y0 + y1) / 2, hx = (x1 - x0) * 0.4, hy = (y1 - y0) * 0.4;
+    [x0, x1, y0, y1] = [cx - hx, cx + hx, cy - hy, cy + hy];
+    const start = performance.now();
+    await Plotly.relayout(gd, {'xaxis.range': [x0, x1], 'yaxis.range': [y0, y1]});
+    await frame();
+    times.push((performance.now() - start) / 1000);
+  }
+  done(times);
+})();
+"""
+
+
+def zoom_seconds(path: Path, steps: int) -> tuple[float, list[float]]:
+    """Seconds to open the page until drawn, and per zoom step, in headless chromium (selenium)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--enable-unsafe-swiftshader",
+        "--window-size=1400,900",
+    ):
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-bench-')}")
+    options.binary_location = "/usr/bin/chromium"
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    try:
+        driver.set_script_timeout(600)
+        start = time.perf_counter()
+        driver.get(path.as_uri())
+        while driver.execute_script("return document.getElementById('explorer-plot').dataset.ready") != "1":
+            time.sleep(0.05)
+        opened = time.perf_counter() - start
+        return opened, driver.execute_async_script(ZOOM_SCRIPT, steps)
+    finally:
+        driver.quit()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--points", type=int, default=100_000)
     parser.add_argument("--thumbnails", type=int, default=20_000)
     parser.add_argument("--patch", type=int, default=64, help="patch side (voxels)")
+    parser.add_argument("--zoom", type=int, default=0, help="time this many zoom steps in headless chromium")
     args = parser.parse_args()
 
     instances, projections, colourings, star = synthetic(args.points)
@@ -81,12 +140,20 @@ def main() -> None:
         path = Path(tmp) / E.EXPLORER_NAME
         path.write_text(html, encoding="utf-8")
         size = path.stat().st_size
-    t_page = time.perf_counter() - start
+        t_page = time.perf_counter() - start
+        zoom = zoom_seconds(path, args.zoom) if args.zoom else None
     thumb_mb = sum(len(v) for v in thumbnails.values()) / 2**20
     print(f"{args.points} points, {len(thumbnails)} thumbnails ({args.patch}^3 patches), {os.cpu_count()} CPUs")
     print(f"  thumbnails (PNG + base64): {t_thumbs:6.1f} s, {thumb_mb:6.1f} MB")
     print(f"  page (build + write):      {t_page:6.1f} s")
     print(f"  total:                     {t_thumbs + t_page:6.1f} s; file {size / 2**20:.1f} MB")
+    if zoom is not None:
+        opened, steps = zoom
+        print(
+            f"  chromium (software WebGL): drawn {opened:.1f} s after opening; zoom steps (s): "
+            + ", ".join(f"{t:.2f}" for t in steps)
+            + f"; median {float(np.median(steps)):.2f} s"
+        )
 
 
 if __name__ == "__main__":

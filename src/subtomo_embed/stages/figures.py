@@ -22,7 +22,8 @@ from .merging import Folders, Merged
 
 log = logging.getLogger(__name__)
 
-GALLERY_SIZE = 16  # instances per cluster gallery
+AVERAGE_SIZE = 64  # instances per cluster averaged in its gallery: those nearest its centre
+MEMBERS_SHOWN = 4  # of them shown beside the average
 
 
 def save_figure(fig, path: Path) -> Path:
@@ -185,9 +186,11 @@ def cluster_figures(
 def cluster_galleries(
     cfg: Config, folders: Folders, merged: Merged, method: str, labels: np.ndarray, ids: np.ndarray, centers: np.ndarray
 ) -> dict[str, Path]:
-    """Per cluster, the central z slices of the instances nearest its centre."""
+    """Per cluster, the average of the (up to :data:`AVERAGE_SIZE`) instances nearest its centre,
+    aligned by centroid, as xy/xz/yz slab projections with a scale bar in nm, and
+    :data:`MEMBERS_SHOWN` of them beside it (:mod:`core.galleries`)."""
     from ..core import cluster as C
-    from ..core import visualize as V
+    from ..core import galleries as G
 
     data_folder = cfg.optional_path("data_folder")
     if data_folder is None or not data_folder.is_dir():
@@ -196,36 +199,47 @@ def cluster_galleries(
             "not set" if data_folder is None else f"not a folder ({data_folder})",
         )
         return {}
-    nearest = C.nearest_to_centres(merged.embeddings, labels, ids, centers, GALLERY_SIZE)
-    size = cfg.parameters.data.patch_size[1:]
-    volumes: dict[str, np.ndarray | None] = {}
+    nearest = C.nearest_to_centres(merged.embeddings, labels, ids, centers, AVERAGE_SIZE)
+    size = tuple(int(s) for s in cfg.parameters.data.patch_size)
+    volumes: dict[str, tuple[np.ndarray, float | None] | None] = {}
     written = {}
     for c in logged(ids, f"{layout.CLUSTER_METHODS[method]} cluster galleries", log):
-        images, titles = [], []
+        boxes, titles, spacings = [], [], set()
         for r in nearest[int(c)]:
             row = merged.table.iloc[int(r)]
             stem = str(row["tomogram"])
             if stem not in volumes:
-                try:
-                    volumes[stem] = io.open_mrc_volume(data_folder / f"{stem}{cfg.file_extension}")[0]
-                except InputDataError as err:
-                    log.info("gallery skips tomogram %s: %s", stem, err)
-                    volumes[stem] = None
-            vol = volumes[stem]
-            if vol is None:
+                volumes[stem] = _gallery_volume(data_folder / f"{stem}{cfg.file_extension}")
+            found = volumes[stem]
+            if found is None:
                 continue
             centroid = [row["centroid-0"], row["centroid-1"], row["centroid-2"]]
-            images.append(V.central_slice(vol, centroid, size))
+            boxes.append(G.centred_box(found[0], centroid, size))
             titles.append(f"{stem}:{int(row['label'])}")
-        if not images:
+            spacings.add(found[1])
+        if not boxes:
             continue
+        voxel = spacings.pop() if len(spacings) == 1 else None  # no scale bar over mixed voxel sizes
         n_c = int((labels == c).sum())
-        fig = V.gallery_figure(
-            images,
-            titles,
-            f"{layout.CLUSTER_METHODS[method]} cluster {int(c)} ({n_c} instances): "
-            f"{len(images)} nearest its centre, central z slices",
+        fig = G.gallery_figure(
+            G.average(boxes),
+            boxes[:MEMBERS_SHOWN],
+            titles[:MEMBERS_SHOWN],
+            f"{layout.CLUSTER_METHODS[method]} cluster {int(c)} ({n_c} instances): average of the {len(boxes)} "
+            f"nearest its centre (aligned by centroid), slab projections" + ("" if voxel else "; voxel size unknown"),
+            voxel,
         )
         written[f"gallery_{int(c)}"] = save_figure(fig, layout.cluster_gallery(folders.vis_dir, method, int(c)))
     log.info("wrote %d cluster galleries", len(written))
     return written
+
+
+def _gallery_volume(path: Path) -> tuple[np.ndarray, float | None] | None:
+    """A tomogram (memory-mapped) and its x voxel size in Å (None if unknown); None, logged, if unreadable."""
+    try:
+        volume = io.open_mrc_volume(path)[0]
+        spacing = io.mrc_voxel_size(path)
+    except InputDataError as err:
+        log.info("gallery skips tomogram %s: %s", path.name, err)
+        return None
+    return volume, (float(spacing[2]) if spacing is not None else None)
