@@ -242,6 +242,18 @@ def test_bad_structure_files_name_themselves(tmp_path, content, message):
     assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
+def test_an_assembly_beyond_the_atom_bound_is_refused_before_it_is_built(tmp_path, chain, monkeypatch):
+    """100 copies of the chain's 191 atoms against a bound of 10,000 (the real bound is 10 million)."""
+    monkeypatch.setattr(SIO, "MAX_ATOMS", 10_000)
+    path = tmp_path / "huge.cif"
+    path.write_text(cif_text([chain], [(np.eye(3), np.array([0.0, 0.0, k])) for k in range(100)]))
+    assert len(chain) == 191
+    with pytest.raises(InputDataError, match=r"assembly 1 would hold up to 19,100 atoms \(100 copies\), more than"):
+        SIO.read_structure(path)
+    monkeypatch.setattr(SIO, "MAX_ATOMS", 19_100)
+    assert len(SIO.read_structure(path).coords) == 100 * len(kept(chain))
+
+
 def test_a_decompression_bomb_stops_at_the_limit(tmp_path):
     path = tmp_path / "bomb.pdb.gz"
     path.write_bytes(gzip.compress(b" " * 5000))

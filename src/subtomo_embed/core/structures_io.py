@@ -12,7 +12,8 @@ file becomes the molecule:
   (the first on a tie); atoms without an altloc are kept;
 - **assembly**: the file's biological assembly ``1`` (the first listed if none is named ``1``):
   PDB ``REMARK 350 BIOMT``, mmCIF ``_pdbx_struct_assembly_gen`` + ``_pdbx_struct_oper_list``;
-  a file without one gives its model as it is (the asymmetric unit);
+  a file without one gives its model as it is (the asymmetric unit); at most :data:`MAX_ATOMS`
+  atoms, checked before the copies are made;
 - **atoms**: hydrogens (and deuterium) dropped, as most experimental models have none; waters
   dropped unless ``waters=True``; ligands, ions and nucleic acids kept; atoms of unknown element
   dropped.
@@ -36,6 +37,7 @@ from .structures import Molecule
 log = logging.getLogger(__name__)
 
 MAX_FILE_BYTES = 1 << 30  # decompressed
+MAX_ATOMS = 10_000_000  # in an assembly (a virus capsid of 60 copies: about a million)
 SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif")
 COMPRESSED = (".gz", ".bz2")
 _CIF_START = re.compile(rb"\A(?:\s*#[^\n]*\n|\s+)*data_", re.IGNORECASE)
@@ -125,11 +127,17 @@ def assembly_model(structure, path: Path):
     if len(structure.assemblies) == 0:
         return model, "", 1
     assembly = next((a for a in structure.assemblies if a.name == "1"), structure.assemblies[0])
+    copies = max((len(g.operators) for g in assembly.generators), default=1)
+    atoms = sum(len(g.operators) for g in assembly.generators) * model.count_atom_sites()
+    if atoms > MAX_ATOMS:
+        raise InputDataError(
+            f"assembly {assembly.name} would hold up to {atoms:,} atoms ({copies:,} copies), more than {MAX_ATOMS:,}",
+            path,
+        )
     try:
         built = gemmi.make_assembly(assembly, model, gemmi.HowToNameCopiedChain.Dup)
     except (RuntimeError, ValueError) as err:
         raise InputDataError(f"cannot build assembly {assembly.name} ({brief(err)})", path) from None
-    copies = max((len(g.operators) for g in assembly.generators), default=1)
     return built, assembly.name, copies
 
 
