@@ -106,15 +106,4 @@ def test_other_figures(tmp_path, data):
     dist, _, groups = V.distance_map(x, truth)
     V.distance_map_figure(dist, groups, "d", "euclidean", "cluster").savefig(tmp_path / "d.png")
     V.projection3d_figure(x[:, :3], truth, "t", "UMAP", "cluster", True).savefig(tmp_path / "3d.png")
-    imgs = [np.random.default_rng(i).standard_normal((16, 16)) for i in range(5)]
-    V.gallery_figure(imgs, [f"i{i}" for i in range(5)], "g").savefig(tmp_path / "g.png")
-    assert all((tmp_path / n).stat().st_size > 1000 for n in ("d.png", "3d.png", "g.png"))
-
-
-def test_central_slice_pads_at_edges():
-    vol = np.arange(4 * 6 * 6, dtype=np.float32).reshape(4, 6, 6)
-    full = V.central_slice(vol, (2.2, 3.0, 3.0), (4, 4))
-    assert np.array_equal(full, vol[2, 1:5, 1:5])
-    edge = V.central_slice(vol, (9, 0, 0), (4, 4))  # z clipped, corner padded with zeros
-    assert edge.shape == (4, 4)
-    assert np.all(edge[:2, :] == 0) and np.array_equal(edge[2:, 2:], vol[3, :2, :2])
+    assert all((tmp_path / n).stat().st_size > 1000 for n in ("d.png", "3d.png"))

@@ -347,36 +347,5 @@ def distance_map_figure(dist: np.ndarray, groups: np.ndarray, title: str, metric
     return fig
 
 
-def central_slice(volume, centroid: Sequence[float], size: Sequence[int]) -> np.ndarray:
-    """The z slice through ``centroid`` (z, y, x), a ``size`` (y, x) window centred on it, zero-padded at edges."""
-    vz, vy, vx = volume.shape
-    z = int(np.clip(round(float(centroid[0])), 0, vz - 1))
-    hy, hx = int(size[0]), int(size[1])
-    y0 = int(round(float(centroid[1]))) - hy // 2
-    x0 = int(round(float(centroid[2]))) - hx // 2
-    out = np.zeros((hy, hx), dtype=np.float32)
-    ys, ye = max(y0, 0), min(y0 + hy, vy)
-    xs, xe = max(x0, 0), min(x0 + hx, vx)
-    if ye > ys and xe > xs:
-        out[ys - y0 : ye - y0, xs - x0 : xe - x0] = np.asarray(volume[z, ys:ye, xs:xe], dtype=np.float32)
-    return out
-
-
-def gallery_figure(images: Sequence[np.ndarray], titles: Sequence[str], suptitle: str, columns: int = 4):
-    plt = _plt()
-    n = max(len(images), 1)
-    cols = min(columns, n)
-    rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.5 * rows + 0.6), squeeze=False, layout="constrained")
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, img, t in zip(axes.ravel(), images, titles):
-        lo, hi = np.percentile(img, [1, 99]) if img.size else (0, 1)
-        ax.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
-        ax.set_title(t, fontsize=7)
-    fig.suptitle(suptitle, fontsize=10)
-    return fig
-
-
 def _sort_key(v):
     return (0, float(v), "") if isinstance(v, (int, float, np.integer, np.floating)) else (1, 0.0, str(v))
