@@ -373,3 +373,68 @@ def test_the_star_writer_round_trips_every_accepted_name_and_numbers_exactly(tmp
     assert star.star_text(particles) == text  # the text the explorer and napari exports can offer
     with pytest.raises(ValueError, match="cannot hold a TAB"):
         star.star_text(pd.DataFrame({"rlnTomoName": ["a\tb"]}))
+
+
+# --- class 2: outputs never follow a planted link -------------------------------------------------------------
+
+
+def test_outputs_replace_planted_links_and_never_write_through_them(run, tmp_path):
+    root, config, set_config = run
+    set_config(clustering_kmeans__visualization=True)
+    assert invoke("kmeans", "-c", config)[0] == 0
+    out = root / "out"
+    outputs = sorted(p for p in [*out.glob("*kmeans*"), *(out / "vis").glob("*kmeans*")] if p.is_file())
+    assert len(outputs) > 8
+    victims = []
+    for i, path in enumerate(outputs):
+        victim = tmp_path / f"victim_{i}"
+        victim.write_text("keep me")
+        path.unlink()
+        path.symlink_to(victim)
+        victims.append(victim)
+    code, stderr = invoke("kmeans", "-c", config)
+    assert code == 0, stderr
+    assert all(v.read_text() == "keep me" for v in victims)
+    assert all(p.is_file() and not p.is_symlink() for p in outputs)
+
+
+@pytest.mark.parametrize("writer", ["h5", "star", "mrc", "csv"])
+def test_a_link_planted_at_the_temporary_name_is_never_written_through(tmp_path, monkeypatch, writer):
+    import uuid
+
+    import pandas as pd
+
+    from subtomo_embed.core import errors, io, star, tables
+
+    class Fixed:
+        hex = "0123456789abcdef"
+
+    monkeypatch.setattr(uuid, "uuid4", lambda: Fixed())
+    path = tmp_path / "out" / f"result.{writer}"
+    path.parent.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    planted = path.with_name(f"{io.TMP_MARK}{io._WRITER}~01234567-{path.name}")
+    planted.symlink_to(victim)
+    table = pd.DataFrame({"rlnTomoName": ["TS_01"], "label": [1]})
+    write = {
+        "h5": lambda: io.write_h5(path, {"x": np.arange(3)}),
+        "star": lambda: star.write_star(path, table),
+        "mrc": lambda: io.write_mrc(path, np.zeros((2, 2, 2), np.float32)),
+        "csv": lambda: tables.write_regions_csv(path, table),
+    }[writer]
+    with pytest.raises(errors.ResourceError, match="the temporary name is taken"):
+        write()
+    assert victim.read_text() == "keep me" and not path.exists()
+
+
+def test_a_folder_where_an_output_goes_is_a_one_line_error(run):
+    root, config, _ = run
+    (root / "out" / "kmeans_particles.star").mkdir()
+    (root / "out" / "kmeans_particles.star" / "x").write_text("mine")
+    code, stderr = invoke("kmeans", "-c", config)
+    assert code == 6 and re.search(
+        r"out/kmeans_particles\.star: cannot replace what is there with the output \(Is a directory\)",
+        last_line(stderr),
+    ), stderr
+    assert (root / "out" / "kmeans_particles.star" / "x").read_text() == "mine"

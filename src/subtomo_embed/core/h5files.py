@@ -43,7 +43,7 @@ def create_contiguous_dataset(group: h5py.Group, name: str, shape: tuple[int, ..
 def write_into_file(path: str | os.PathLike, at: int, data: np.ndarray) -> None:
     """Write ``data``'s bytes at byte ``at`` of ``path`` (a contiguous dataset's data block, from
     :func:`create_contiguous_dataset`), from any process."""
-    fd = os.open(os.fspath(path), os.O_WRONLY)
+    fd = os.open(os.fspath(path), os.O_WRONLY | os.O_NOFOLLOW)
     try:
         if os.pwrite(fd, np.ascontiguousarray(data).data.cast("B"), at) != data.nbytes:
             raise OSError(errno.ENOSPC, "short write")

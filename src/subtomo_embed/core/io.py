@@ -44,7 +44,14 @@ FINGERPRINT_ATTR = "input_fingerprint"  # root attribute of an HDF5 output: the 
 
 @contextlib.contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The one way the package writes a file, so no output follows a planted link: the temporary is
+    created here, new and private to this run (``O_EXCL | O_NOFOLLOW``: an existing file or link of
+    that name is an error, never written through), and the rename replaces whatever is at ``path``
+    (a link itself, not its target). Something there that cannot be replaced (a folder) is a
+    :class:`ResourceError` naming it.
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,8 +59,9 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         raise ResourceError(f"cannot create output folder: {err.strerror}", path.parent) from None
     tmp = path.with_name(f"{TMP_MARK}{_WRITER}~{uuid.uuid4().hex[:8]}-{path.name}")
     try:
+        _create_private(tmp)
         yield tmp
-        os.replace(tmp, path)
+        _put_in_place(tmp, path)
     except OSError as err:
         _remove_quietly(tmp)
         if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or _says_no_space(err):
@@ -68,6 +76,28 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         raise
     except BaseException:
         _remove_quietly(tmp)
+        raise
+
+
+def _create_private(tmp: Path) -> None:
+    """A new, empty file at ``tmp``: never an existing file, never through a link."""
+    try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666))
+    except (FileExistsError, IsADirectoryError) as err:
+        raise ResourceError(
+            f"the temporary name is taken ({err.strerror}): a planted file or link? nothing was written", tmp
+        ) from None
+
+
+def _put_in_place(tmp: Path, path: Path) -> None:
+    """``os.replace``; a folder (or anything a file cannot replace) at ``path`` is a ResourceError."""
+    try:
+        os.replace(tmp, path)
+    except (IsADirectoryError, NotADirectoryError, FileExistsError) as err:
+        raise ResourceError(f"cannot replace what is there with the output ({err.strerror})", path) from None
+    except OSError as err:
+        if err.errno in (errno.ENOTEMPTY, errno.EBUSY, errno.EXDEV):
+            raise ResourceError(f"cannot replace what is there with the output ({err.strerror})", path) from None
         raise
 
 
