@@ -198,6 +198,9 @@ def test_simulate_assemblies_refuses_more_classes_than_it_can_draw(tmp_path, cli
         (["--shape", "-5", "64", "64"], "--shape -5 64 64: needs three sizes"),
         (["--shape", "0", "64", "64"], "--shape 0 64 64: needs three sizes"),
         (["--shape", "4096", "4096", "4096"], "--shape 4096 4096 4096: more than 268,435,456 voxels"),
+        (["--max-size", "100000"], "--max-size 100000: particles of radius 100000 voxels are wider than"),
+        (["--min-size", "-5"], "--min-size -5 --max-size 7: particle radii need 0 < min <= max"),
+        (["--kind", "assemblies", "--min-diameter", "9e4", "--max-diameter", "1e5"], "--max-diameter: assemblies"),
     ],
 )
 def test_simulate_refuses_sizes_out_of_bounds_before_allocating(tmp_path, args, message):

@@ -397,6 +397,7 @@ def test_simulate_structures_refuses_what_it_cannot_do(tmp_path, chain):
         (["--structures", folder, "--kind", "assemblies"], 3, "choose one"),
         (["--structures", folder, "--voxel-size", "1"], 3, "monomer is 43 Å across (43 voxels at 1 Å), more than"),
         (["--structures", folder / "trimer.pdb.gz"], 3, "at least 2 structures"),
+        (["--structures", folder, "--resolution", "1e9"], 3, "needs a box of 360126541 voxels"),
     ]
     for extra, code, message in cases:
         proc = run_cli(base + extra)

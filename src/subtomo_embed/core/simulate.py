@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 CLASSES = ("sphere", "shell", "rod", "torus", "dumbbell")
 DEFAULT_SIZE_RANGE = (4.0, 7.0)
 MAX_VOXELS = 1 << 28  # 256 Mi voxels (512×512×1024): volume, labels, noise and FFT take ~33 bytes a voxel, 9 GB
+MAX_PARTICLE_BOX = 255  # voxels: one particle's render box (its coordinate grid takes ~20 bytes a voxel, 330 MB)
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,8 @@ def run_simulate(
     root = Path(root)
     rng = np.random.default_rng(seed)
     classes = structure.classes() if structure is not None else None
+    if molecules is None:
+        check_particle_sizes(shape, size_range, classes)
     voxel_size = 10.0
     if molecules is not None:
         from ..core.structures import simulate_structure_tomogram
@@ -189,6 +191,36 @@ def check_request(shape: tuple[int, int, int], n_particles: int, margin: int = 4
             f"({margin}-voxel margins); lower --particles or enlarge --shape"
         )
     return sizes[0], sizes[1], sizes[2]
+
+
+def check_particle_sizes(
+    shape: tuple[int, int, int], size_range: tuple[float, float], classes: list | None, margin: int = 4
+) -> None:
+    """Refuse shapes (radii in ``size_range``) or assemblies (``classes``) wider than ``shape`` less its
+    margins, or whose render box would pass :data:`..core.simulate.MAX_PARTICLE_BOX` (before drawing)."""
+    from ..core.assemblies import assembly_box
+    from ..core.simulate import MAX_PARTICLE_BOX, Particle, box_size
+
+    room = min(min(shape) - 2 * margin, MAX_PARTICLE_BOX)
+    where = f"a --shape of {'×'.join(map(str, shape))} holds with {margin}-voxel margins"
+    if classes:
+        widest = max(classes, key=assembly_box)
+        if assembly_box(widest) > room:
+            raise ConfigError(
+                f"--max-diameter: assemblies {2 * widest.outer_radius:.1f} voxels across (a box of "
+                f"{assembly_box(widest)}) are wider than {where} (and at most {MAX_PARTICLE_BOX}); lower "
+                "--max-diameter or enlarge --shape"
+            )
+        return
+    low, high = size_range
+    if not 0 < low <= high:
+        raise ConfigError(f"--min-size {low:g} --max-size {high:g}: particle radii need 0 < min <= max")
+    box = box_size(Particle(0, high, np.eye(3), 1.15))
+    if 2 * high > room or box > MAX_PARTICLE_BOX:
+        raise ConfigError(
+            f"--max-size {high:g}: particles of radius {high:g} voxels are wider than {where} (and their box "
+            f"at most {MAX_PARTICLE_BOX}); lower --max-size or enlarge --shape"
+        )
 
 
 def write_json(path: Path, value: dict) -> None:

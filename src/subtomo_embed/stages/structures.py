@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import ConfigError
-from ..core.structures import MapSettings, Molecule, volume_voxels
+from ..core.simulate import MAX_PARTICLE_BOX
+from ..core.structures import MapSettings, Molecule, map_box, volume_voxels
 from ..core.structures_io import read_structure, structure_files
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,12 @@ def check_fit(molecules: list[Molecule], settings: MapSettings, shape: tuple[int
                 f"structure {molecule.name} is {2 * molecule.radius():.0f} Å across ({across:.0f} voxels at "
                 f"{settings.voxel_size:g} Å), more than a --shape of {'×'.join(map(str, shape))} holds with "
                 f"{margin}-voxel margins; enlarge --shape or --voxel-size"
+            )
+        box = map_box(molecule, settings)
+        if box > MAX_PARTICLE_BOX:
+            raise ConfigError(
+                f"structure {molecule.name}: its map at --resolution {settings.resolution:g} Å needs a box of {box} "
+                f"voxels (the blur included), more than {MAX_PARTICLE_BOX}; lower --resolution or raise --voxel-size"
             )
 
 
