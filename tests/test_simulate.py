@@ -213,6 +213,14 @@ def test_simulate_refuses_sizes_out_of_bounds_before_allocating(tmp_path, args, 
     assert not (tmp_path / "out").exists()
 
 
+def test_simulate_refuses_more_tomograms_than_the_disk_holds(tmp_path):
+    proc = run_cli(["simulate", "--output", tmp_path / "out", "--tomograms", "1000000000000"])
+    assert proc.returncode == 6, proc.stderr
+    assert proc.stderr.startswith(f"resource error: {tmp_path}: --tomograms 1000000000000: 1,000,000,000,000 tomograms")
+    assert "lower --tomograms or --shape" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_no_placement_exceeds_the_particle_bound():
     """max_particles: one-voxel boxes on a grid of 1 + margin voxels, margin voxels from the faces (2, 3
     and 4 along these axes); the placement of as many of the smallest particles as it can stays within it."""

@@ -27,7 +27,7 @@ import pandas as pd
 
 from ..core import io
 from ..core.config import Config, load_config
-from ..core.errors import ConfigError, InputDataError
+from ..core.errors import ConfigError, InputDataError, ResourceError
 from ..core.simulate import DEFAULT_SIZE_RANGE, simulate_tomogram
 from .structures import Molecules
 
@@ -113,6 +113,7 @@ def run_simulate(
 
     shape = check_request(shape, n_particles)
     root = Path(root)
+    check_disk(root, n_tomograms, shape)
     rng = np.random.default_rng(seed)
     classes = structure.classes() if structure is not None else None
     if molecules is None:
@@ -191,6 +192,21 @@ def check_request(shape: tuple[int, int, int], n_particles: int, margin: int = 4
             f"({margin}-voxel margins); lower --particles or enlarge --shape"
         )
     return sizes[0], sizes[1], sizes[2]
+
+
+def check_disk(root: Path, n_tomograms: int, shape: tuple[int, int, int]) -> None:
+    """Refuse a run whose tomograms alone (float32) would not fit the free space where ``root`` goes."""
+    import shutil
+
+    need = float(n_tomograms) * float(np.prod(shape, dtype=np.float64)) * 4
+    existing = next(p for p in (root.absolute(), *root.absolute().parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if need > free:
+        raise ResourceError(
+            f"--tomograms {n_tomograms}: {n_tomograms:,} tomograms of {'×'.join(map(str, shape))} need at least "
+            f"{need / 1e9:,.1f} GB, {free / 1e9:,.1f} GB are free; lower --tomograms or --shape",
+            existing,
+        )
 
 
 def check_particle_sizes(
