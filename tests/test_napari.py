@@ -69,40 +69,64 @@ def layers_by_type(viewer) -> dict[str, list]:
     return out
 
 
-def test_reader_opens_a_prediction_folder(run, viewer):
-    from subtomo_embed.core import io
+def test_reader_opens_one_tomogram_of_a_prediction_folder(run, viewer):
 
     viewer.open(str(run["out"]), plugin="subtomo-embed")
     layers = layers_by_type(viewer)
-    assert [len(layers.get(t, [])) for t in ("Image", "Labels", "Points")] == [2, 2, 2]
-    for stem, image, labels, points in zip(("TS_01", "TS_02"), layers["Image"], layers["Labels"], layers["Points"]):
-        volume, _ = io.open_mrc_volume(run["data"] / f"{stem}.mrc")
-        np.testing.assert_array_equal(np.asarray(image.data), volume)
-        mask = io.read_instance_mask(run["masks"] / f"{stem}_instance_preds.h5")
-        np.testing.assert_array_equal(np.asarray(labels.data), mask)
+    assert [len(layers.get(t, [])) for t in ("Image", "Labels", "Points")] == [1, 1, 1]  # TS_01 only
+    check_tomogram_layers(run, "TS_01", layers["Image"][0], layers["Labels"][0], layers["Points"][0])
 
-        regions = pd.read_csv(run["out"] / f"{stem}_instance_regions.csv")
-        np.testing.assert_allclose(points.data, regions[["centroid-0", "centroid-1", "centroid-2"]].to_numpy())
-        f = points.features
-        assert f["label"].tolist() == regions["label"].tolist()
-        assert f["area"].tolist() == regions["area"].tolist()
-        kmeans = io.read_h5_dataset(run["out"] / f"{stem}_clusters_kmeans.h5", "predictions")
-        spectral = io.read_h5_dataset(run["out"] / f"{stem}_clusters_spectral.h5", "predictions")
-        assert f["kmeans_cluster"].tolist() == kmeans.tolist()
-        assert f["spectral_cluster"].tolist() == spectral.tolist()
-        umap = pd.read_csv(run["out"] / "vis" / "all_tomograms_umap.csv")
-        umap = umap[umap["tomogram"] == stem].set_index("label").loc[f["label"]]
-        np.testing.assert_allclose(f[["umap_x", "umap_y"]].to_numpy(), umap[["x", "y"]].to_numpy())
 
-        # the mask's instances carry their cluster's colour; the points too
-        colour_of = {int(label): tuple(np.round(labels.colormap.map(label), 3)) for label in f["label"]}
-        by_cluster: dict[int, set] = {}
-        for label, c in zip(f["label"], f["kmeans_cluster"]):
-            by_cluster.setdefault(int(c), set()).add(colour_of[int(label)])
-        assert all(len(colours) == 1 for colours in by_cluster.values())
-        assert len({next(iter(c)) for c in by_cluster.values()}) == len(by_cluster)
-        for i, c in enumerate(f["kmeans_cluster"]):
-            np.testing.assert_allclose(points.face_color[i], next(iter(by_cluster[int(c)])), atol=2e-3)
+def check_tomogram_layers(run, stem, image, labels, points) -> None:
+    from subtomo_embed.core import io
+
+    volume, _ = io.open_mrc_volume(run["data"] / f"{stem}.mrc")
+    np.testing.assert_array_equal(np.asarray(image.data), volume)
+    mask = io.read_instance_mask(run["masks"] / f"{stem}_instance_preds.h5")
+    np.testing.assert_array_equal(np.asarray(labels.data), mask)
+
+    regions = pd.read_csv(run["out"] / f"{stem}_instance_regions.csv")
+    np.testing.assert_allclose(points.data, regions[["centroid-0", "centroid-1", "centroid-2"]].to_numpy())
+    f = points.features
+    assert f["label"].tolist() == regions["label"].tolist()
+    assert f["area"].tolist() == regions["area"].tolist()
+    kmeans = io.read_h5_dataset(run["out"] / f"{stem}_clusters_kmeans.h5", "predictions")
+    spectral = io.read_h5_dataset(run["out"] / f"{stem}_clusters_spectral.h5", "predictions")
+    assert f["kmeans_cluster"].tolist() == kmeans.tolist()
+    assert f["spectral_cluster"].tolist() == spectral.tolist()
+    for column in ("kmeans_cluster", "spectral_cluster"):  # groups, not numbers
+        assert isinstance(f[column].dtype, pd.CategoricalDtype), f[column].dtype
+        assert f[column].cat.categories.tolist() == sorted(set(f[column].tolist()))
+    umap = pd.read_csv(run["out"] / "vis" / "all_tomograms_umap.csv")
+    umap = umap[umap["tomogram"] == stem].set_index("label").loc[f["label"]]
+    np.testing.assert_allclose(f[["umap_x", "umap_y"]].to_numpy(), umap[["x", "y"]].to_numpy())
+
+    # the mask's instances carry their cluster's colour; the points too, as hollow rings
+    colour_of = {int(label): tuple(np.round(labels.colormap.map(label), 3)) for label in f["label"]}
+    by_cluster: dict[int, set] = {}
+    for label, c in zip(f["label"], f["kmeans_cluster"]):
+        by_cluster.setdefault(int(c), set()).add(colour_of[int(label)])
+    assert all(len(colours) == 1 for colours in by_cluster.values())
+    assert len({next(iter(c)) for c in by_cluster.values()}) == len(by_cluster)
+    assert (points.face_color[:, 3] == 0).all()  # hollow: the particle shows inside its marker
+    assert (points.border_width > 0).all()
+    for i, c in enumerate(f["kmeans_cluster"]):
+        np.testing.assert_allclose(points.border_color[i], next(iter(by_cluster[int(c)])), atol=2e-3)
+
+
+def test_choose_tomogram_shows_another_in_place_of_the_first(run, viewer):
+    from subtomo_embed.napari._widget import choose_tomogram
+
+    viewer.open(str(run["out"]), plugin="subtomo-embed")
+    widget = choose_tomogram()
+    widget.reset_choices()
+    assert list(widget.tomogram.choices) == ["TS_01", "TS_02"]
+    widget(viewer=viewer, tomogram="TS_02")
+    assert [layer.name for layer in viewer.layers] == ["TS_02", "TS_02 instances by kmeans cluster", "TS_02 instances"]
+    layers = layers_by_type(viewer)
+    check_tomogram_layers(run, "TS_02", layers["Image"][0], layers["Labels"][0], layers["Points"][0])
+    with pytest.raises(ValueError, match="not a tomogram"):
+        widget(viewer=viewer, tomogram="TS_09")
 
 
 def test_reader_opens_one_embeds_file_and_a_config(run, viewer):
@@ -110,7 +134,7 @@ def test_reader_opens_one_embeds_file_and_a_config(run, viewer):
     assert [layer.name for layer in viewer.layers] == ["TS_02", "TS_02 instances by kmeans cluster", "TS_02 instances"]
     viewer.layers.clear()
     viewer.open(str(run["config"]), plugin="subtomo-embed")
-    assert len(viewer.layers) == 6
+    assert [layer.name for layer in viewer.layers] == ["TS_01", "TS_01 instances by kmeans cluster", "TS_01 instances"]
 
 
 def test_reader_declines_other_paths(run, tmp_path):

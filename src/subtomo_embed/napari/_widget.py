@@ -1,5 +1,6 @@
-"""The save-selection widget: the selected points of an instances layer, or one cluster, as a STAR file
-with the columns of the per-cluster STAR files (see ``_data.selection_star``)."""
+"""The plugin's widgets: *Save selection as STAR* (the selected points of an instances layer, or one
+cluster, with the columns of the per-cluster STAR files, see ``_data.selection_star``) and
+*Choose tomogram* (the reader shows one tomogram at a time; this replaces it by another)."""
 
 from pathlib import Path
 
@@ -32,3 +33,38 @@ def save_selection(
     labels = _data.chosen_labels(points.features, which, method, cluster, set(points.selected_data))
     n = _data.write_selection_star(Path(meta["prediction_folder"]), meta["stem"], labels, method, Path(path))
     show_info(f"wrote {n} particles to {path}")
+
+
+def _opened(viewer) -> dict | None:
+    """The subtomo-embed metadata of the viewer's first layer opened by this plugin."""
+    for layer in viewer.layers if viewer is not None else []:
+        meta = (layer.metadata or {}).get("subtomo_embed")
+        if meta:
+            return meta
+    return None
+
+
+def _tomogram_choices(_widget=None) -> list[str]:
+    meta = _opened(napari.current_viewer())
+    if meta is None:
+        return []
+    return _data.sources_of(meta["opened"])[1]
+
+
+@magic_factory(call_button="Show", tomogram={"choices": _tomogram_choices})
+def choose_tomogram(viewer: napari.Viewer, tomogram: str) -> None:
+    """Replace the shown tomogram's layers (opened by this plugin) with those of ``tomogram``."""
+    from napari.layers import Layer
+
+    from ._reader import tomogram_layers
+
+    meta = _opened(viewer)
+    if meta is None:
+        raise ValueError("open a prediction folder, an embeds file or a config with the subtomo-embed reader first")
+    sources, stems = _data.sources_of(meta["opened"])
+    if tomogram not in stems:
+        raise ValueError(f"{tomogram!r} is not a tomogram of {meta['opened']}")
+    for layer in [layer for layer in viewer.layers if (layer.metadata or {}).get("subtomo_embed")]:
+        viewer.layers.remove(layer)
+    for data, kwargs, kind in tomogram_layers(sources, tomogram, meta["opened"]):
+        viewer.add_layer(Layer.create(data, kwargs, kind))
