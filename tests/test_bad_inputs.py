@@ -256,6 +256,12 @@ def _tomogram_named(ctx, name):
     _set_config(ctx, test_files=[f"{name}.mrc", "TS_02.mrc"])
 
 
+def _folder_at_an_output(ctx):
+    _predicted(ctx)
+    _cli_ok(ctx, "merge")
+    (ctx["out"] / "kmeans_particles.star").mkdir()
+
+
 def _patches(ctx, stem=None, size=None):
     _cli_ok(ctx, "extract", "--filename", "TS_01.mrc")
     patches = ctx["out"] / "TS_01_patches.h5"
@@ -690,6 +696,13 @@ CASES = [
         lambda c: _tomogram_named(c, "T" * 201),
         4,
         r"tomogram name 'T{59}\.\.\. \(201 characters\) is 201 bytes long; at most 120",
+    ),
+    Case(
+        "output-name-is-a-folder",
+        _folder_at_an_output,
+        6,
+        r"out/kmeans_particles\.star: cannot replace what is there with the output \(Is a directory\)",
+        command="kmeans",
     ),
 ]
 

@@ -438,3 +438,48 @@ def test_a_folder_where_an_output_goes_is_a_one_line_error(run):
         last_line(stderr),
     ), stderr
     assert (root / "out" / "kmeans_particles.star" / "x").read_text() == "mine"
+
+
+# --- class 7: a re-run's outputs are all new or all old -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["kmeans", "spectral"])
+def test_a_clustering_rerun_that_fails_midway_leaves_all_the_old_outputs(run, monkeypatch, method):
+    import errno
+
+    import mrcfile
+
+    root, config, set_config = run
+    section = f"clustering_{method}"
+    set_config(**{f"{section}__num_clusters": 2, f"{section}__visualization": True})
+    assert invoke(method, "-c", config)[0] == 0
+    out = root / "out"
+    before = snapshot(out)
+    assert any(name.endswith(f"_clusters_{method}.mrc") for name in before)
+    real_new = mrcfile.new
+
+    def full_disk(*args, **kwargs):  # the disk fills when the label volumes are written (after the tables)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(mrcfile, "new", full_disk)
+    set_config(**{f"{section}__num_clusters": 3})
+    code, stderr = invoke(method, "-c", config)
+    assert code == 6 and "no space left on the device while writing" in last_line(stderr), stderr
+    assert snapshot(out) == before  # all old: not one new cluster file beside the old volumes and record
+    monkeypatch.setattr(mrcfile, "new", real_new)
+    code, stderr = invoke(method, "-c", config)
+    assert code == 0, stderr
+    first = 1 if method == "spectral" else 0
+    assert sorted(p.name for p in out.glob(f"{method}_cluster_*_particles.star")) == [
+        f"{method}_cluster_{c}_particles.star" for c in range(first, first + 3)
+    ]
+    assert not (out / f".{method}_replacing.json").exists()
+    assert not list(out.rglob(".subtomo-tmp-*"))
+
+
+def test_a_run_stopped_while_putting_outputs_in_place_is_said_so(run):
+    root, config, _ = run
+    (root / "out" / ".kmeans_replacing.json").write_text('["x"]')
+    code, stderr = invoke("kmeans", "-c", config)
+    assert code == 0 and "the previous kmeans run was stopped while putting its outputs in place" in stderr
+    assert not (root / "out" / ".kmeans_replacing.json").exists()

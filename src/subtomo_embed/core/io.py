@@ -9,6 +9,7 @@ file that looks finished.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import hashlib
 import json
@@ -61,7 +62,11 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     try:
         _create_private(tmp)
         yield tmp
-        _put_in_place(tmp, path)
+        together = _TOGETHER.get()
+        if together is None:
+            _put_in_place(tmp, path)
+        else:
+            together.append((tmp, path))  # put in place with the others when the set is complete
     except OSError as err:
         _remove_quietly(tmp)
         if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or _says_no_space(err):
@@ -77,6 +82,55 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     except BaseException:
         _remove_quietly(tmp)
         raise
+
+
+_TOGETHER: contextvars.ContextVar[list[tuple[Path, Path]] | None] = contextvars.ContextVar("together", default=None)
+
+
+@contextlib.contextmanager
+def outputs_together(journal: Path, what: str, finish: Callable[[], object] | None = None) -> Iterator[None]:
+    """The outputs of one run, replaced together: every file :func:`atomic_output` writes in the
+    block stays under its temporary name until the block has succeeded; then all are put in place
+    at once and ``finish`` runs (e.g. the record of outputs, removing the previous run's others).
+    If the block fails, its temporaries are removed and the previous outputs are left as they were:
+    a re-run's outputs are all new or all old, never a mix.
+
+    While the files are put in place, ``journal`` lists them; it is removed when all are. A journal
+    found at the start means the previous run of ``what`` was stopped in that short step (its
+    outputs may be a mix of two runs): said in the log, and this run replaces them.
+    """
+    if journal.is_file():
+        log.warning(
+            "%s: the previous %s run was stopped while putting its outputs in place: they may be a mix of two "
+            "runs; this run replaces them",
+            journal,
+            what,
+        )
+    staged: list[tuple[Path, Path]] = []
+    token = _TOGETHER.set(staged)
+    try:
+        yield
+    except BaseException:
+        for tmp, _ in staged:
+            _remove_quietly(tmp)
+        raise
+    finally:
+        _TOGETHER.reset(token)
+    try:
+        for _, path in staged:  # what cannot be replaced is found before anything is
+            if path.is_dir() and not path.is_symlink():
+                raise ResourceError("cannot replace what is there with the output (Is a directory)", path)
+        with atomic_output(journal) as tmp:
+            tmp.write_text(json.dumps([str(path) for _, path in staged], indent=0))
+    except BaseException:
+        for tmp, _ in staged:
+            _remove_quietly(tmp)
+        raise
+    for tmp, path in staged:
+        _put_in_place(tmp, path)
+    if finish is not None:
+        finish()
+    journal.unlink()
 
 
 def _create_private(tmp: Path) -> None:

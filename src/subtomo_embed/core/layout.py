@@ -145,6 +145,11 @@ def outputs_record(folder: Path, method: str) -> Path:
     return folder / f".{method}_outputs.json"
 
 
+def replacing_journal(folder: Path, method: str) -> Path:
+    """``.<method>_replacing.json``: there only while a ``<method>`` run puts its outputs in place."""
+    return folder / f".{method}_replacing.json"
+
+
 def is_visualize_output(name: str) -> bool:
     """Whether ``name`` is a file name ``visualize`` writes into the visualization folder."""
     patterns = (r".+_(umap|pca)(_3d)?\.(csv|png)", r"distance_map_by_\w+\.png", r"embeddings_explorer\.html")

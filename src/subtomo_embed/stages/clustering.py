@@ -103,6 +103,33 @@ def write_cluster_outputs(
     datasets: dict,
     attrs: dict,
 ) -> dict[str, Path]:
+    """Every output of a clustering run, replaced together (:func:`io.outputs_together`): a run that
+    fails midway (a full disk) leaves the previous run's outputs as they were, all of them."""
+    out = folders.output_dir
+    everything: list[Path] = []
+    with io.outputs_together(
+        layout.replacing_journal(out, method),
+        method,
+        finish=lambda: remove_previous_outputs(folders, method, everything),
+    ):
+        written, also_written = _write_cluster_files(
+            cfg, folders, merged, method, labels, ids, centers, datasets, attrs
+        )
+        everything += [layout.particles_star(out, method), *written.values(), *also_written]
+    return written
+
+
+def _write_cluster_files(
+    cfg: Config,
+    folders: Folders,
+    merged: Merged,
+    method: str,
+    labels: np.ndarray,
+    ids: np.ndarray,
+    centers: np.ndarray,
+    datasets: dict,
+    attrs: dict,
+) -> tuple[dict[str, Path], list[Path]]:
     out = folders.output_dir
     written: dict[str, Path] = {}
     also_written: list[Path] = []  # the per-tomogram and per-cluster files (issue 13: the next run's record)
@@ -149,10 +176,9 @@ def write_cluster_outputs(
     section = getattr(cfg, f"clustering_{method}")
     if section.visualization:
         written.update(cluster_figures(cfg, folders, merged, method, labels, ids, centers))
-    remove_previous_outputs(folders, method, [layout.particles_star(out, method), *written.values(), *also_written])
     for folder in [out, folders.vis_dir] if section.visualization else [out]:
         keep_config(cfg, folder, method)
-    return written
+    return written, also_written
 
 
 # --- issue 13, class 4: a re-run leaves exactly its own outputs ---------------------------------------------
