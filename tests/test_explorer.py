@@ -33,6 +33,15 @@ def decode(b64: str, dtype: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(b64), dtype=dtype)
 
 
+def page_star(data: dict, tmp_path: Path) -> pd.DataFrame:
+    """Every STAR row of the page, as the download of a selection of all would write them, read back."""
+    from subtomo_embed.core.star import read_star
+
+    path = tmp_path / "page.star"
+    path.write_text(data["star"]["head"] + "\n".join(data["star"]["rows"]) + "\n", encoding="utf-8")
+    return read_star(path)
+
+
 @pytest.fixture(scope="module")
 def example():
     """Five separated groups in 2D (+ a 3D projection), two tomograms, a STAR table, thumbnails for some rows."""
@@ -108,9 +117,11 @@ def test_points_and_thumbnails_embedded(example):
     kmeans = data["colourings"][0]
     assert kmeans["categories"] == [str(g) for g in range(N_GROUPS)]
     np.testing.assert_array_equal(decode(kmeans["codes"], "<i4"), example["groups"])
-    star = {c["name"]: c for c in data["star"]}
-    assert star["rlnLabel"]["values"] == list(range(1, n + 1))
-    assert star["rlnCoordinateX"]["kind"] == "float"
+    from subtomo_embed.core.star import star_text
+
+    # the STAR rows are the one writer's text (core.star, exact floats), line by line
+    assert data["star"]["head"] + "\n".join(data["star"]["rows"]) + "\n" == star_text(example["star"], exact=True)
+    assert len(data["star"]["rows"]) == n
     # the size colouring keeps the 1st-99th percentile as its range
     size = data["colourings"][3]
     assert size["kind"] == "continuous" and size["cmin"] < size["cmax"]
@@ -353,6 +364,9 @@ def test_browser_selection_downloads_star_and_csv(example, browser, page):
     star_path = wait_for_file(browser.downloads, "*.star")
     got = starfile.read(star_path)
     want = example["star"].iloc[expected].reset_index(drop=True)
+    from subtomo_embed.core.star import star_text
+
+    assert star_path.read_text(encoding="utf-8") == star_text(want, exact=True)  # the one writer's bytes
     assert list(got.columns) == list(want.columns)
     pd.testing.assert_frame_equal(got, want, check_dtype=False)
     assert got["rlnCoordinateX"].dtype.kind == "f"
@@ -490,7 +504,7 @@ def real(tmp_path_factory):
     return small_run(tmp_path_factory.mktemp("explorer_run"))
 
 
-def test_visualize_writes_the_explorer(real):
+def test_visualize_writes_the_explorer(real, tmp_path):
     from PIL import Image
 
     from subtomo_embed.core import io as sio
@@ -518,10 +532,10 @@ def test_visualize_writes_the_explorer(real):
     import starfile
 
     particles = starfile.read(real["out"] / "kmeans_particles.star")
-    star = {c["name"]: c for c in data["star"]}
-    assert list(star) == list(particles.columns)
-    assert star["rlnLabel"]["values"] == particles["rlnLabel"].tolist()
-    assert star["rlnClass"]["values"] == particles["rlnClass"].tolist()
+    star = page_star(data, tmp_path)
+    assert list(star.columns) == list(particles.columns)
+    assert star["rlnLabel"].tolist() == particles["rlnLabel"].tolist()
+    assert star["rlnClass"].tolist() == particles["rlnClass"].tolist()
 
     # every instance has a thumbnail (fewer than the limit): the masked patch predict cut, as PNG
     assert len(data["thumbnails"]) == n
@@ -580,7 +594,7 @@ def test_explorer_bounds_the_points_by_a_stratified_sample(real, tmp_path, monke
     assert {data["tomograms"][t] for t in decode(data["tomogram"], "<i4")} == {"TS_01", "TS_02"}
     table = merged.table
     assert data["label"] == table["label"].to_numpy()[rows].tolist()
-    assert {c["name"]: c for c in data["star"]}["rlnLabel"]["values"] == table["label"].to_numpy()[rows].tolist()
+    assert page_star(data, tmp_path)["rlnLabel"].tolist() == table["label"].to_numpy()[rows].tolist()
     umap = pd.read_csv(real["out"] / "vis" / "all_tomograms_umap.csv")
     coords = [decode(c, "<f4") for c in data["projections"][0]["coords"]]
     np.testing.assert_allclose(np.c_[coords[0], coords[1]], umap[["x", "y"]].to_numpy()[rows], rtol=1e-6)

@@ -208,21 +208,8 @@
     });
     gd.on("plotly_deselect", () => setSelection([]));
 
-    function starValue(c, i) {
-      if (c.kind === "str") {
-        const s = c.categories[c.codes[i]];
-        return s === "" || /\s/.test(s) ? '"' + s + '"' : s;
-      }
-      const v = c.values[i];
-      if (v === null) return "nan";
-      if (c.kind === "float" && Number.isInteger(v)) return v.toFixed(1);  // stays a float when read back
-      return String(v);
-    }
-    function starText(rows) {
-      const lines = ["", "# selected in embeddings_explorer.html", "", "data_particles", "", "loop_"];
-      D.star.forEach((c, k) => lines.push("_" + c.name + " #" + (k + 1)));
-      rows.forEach((i) => lines.push(D.star.map((c) => starValue(c, i)).join("\t")));
-      return lines.join("\n") + "\n\n";
+    function starText(rows) {  // the rows' lines as core/star.py wrote them (page_data's "star")
+      return D.star.head + rows.map((i) => D.star.rows[i]).join("\n") + (rows.length ? "\n" : "");
     }
     function csvField(v) {
       const s = String(v);

@@ -8,8 +8,8 @@ colouring changes (so legend entries toggle groups), shows an instance's details
 on hover, and turns a box/lasso selection into a STAR or CSV download.
 
 Numeric arrays travel as base64 little-endian float32/int32 (compact, decoded with ``atob``);
-the STAR columns travel as JSON lists, so floats keep their shortest exact text (JavaScript
-prints a number the same way Python's ``repr`` does).
+the STAR rows travel as the text the package's one STAR writer (``core.star``) gives each of them,
+so a downloaded selection is what the CLI would write for those particles.
 """
 
 from __future__ import annotations
@@ -253,28 +253,16 @@ def colouring_data(colouring: Colouring) -> dict:
     }
 
 
-def star_columns(star) -> list[dict]:
-    """A STAR table's columns for the page: ints and floats as JSON lists, strings as categories + codes."""
-    columns = []
-    for name in star.columns:
-        values = star[name].to_numpy()
-        kind = values.dtype.kind
-        if kind in "iub":
-            columns.append({"name": str(name), "kind": "int", "values": values.astype(np.int64).tolist()})
-        elif kind == "f":
-            floats = values.astype(np.float64)
-            listed = (
-                [v if np.isfinite(v) else None for v in floats.tolist()]
-                if not np.isfinite(floats).all()
-                else floats.tolist()
-            )  # JSON has no NaN: null, written back as nan
-            columns.append({"name": str(name), "kind": "float", "values": listed})
-        else:
-            cats, codes = np.unique(values.astype(str), return_inverse=True)
-            columns.append(
-                {"name": str(name), "kind": "str", "categories": cats.tolist(), "codes": codes.ravel().tolist()}
-            )
-    return columns
+def star_lines(star) -> dict:
+    """A STAR table as the package's one writer (:func:`core.star.star_text`, exact floats) writes
+    it, split for the page: ``head`` (everything before the rows: header, blocks, column names) and
+    ``rows`` (one line per instance). A selection's download is ``head`` and its rows' lines, byte for
+    byte what :func:`core.star.star_text` writes for those rows (a row's text never depends on another's)."""
+    from .star import star_text
+
+    lines = star_text(star, exact=True).rstrip("\n").split("\n")
+    n = len(star)
+    return {"head": "\n".join(lines[: len(lines) - n]) + "\n", "rows": lines[len(lines) - n :] if n else []}
 
 
 def draw_order(n: int, seed: int = 0) -> np.ndarray:
@@ -328,7 +316,7 @@ def page_data(
             for p in projections
         ],
         "colourings": [colouring_data(c) for c in colourings],
-        "star": star_columns(star) if star is not None else None,
+        "star": star_lines(star) if star is not None else None,
         "thumbnails": {str(k): v for k, v in (thumbnails or {}).items()},
     }
 
