@@ -34,6 +34,7 @@ class DigestCache:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._entries: dict[str, list] = _read_entries(path) if path is not None else {}
+        self._used: set[str] = set()
         self._changed = False
 
     def digest(self, file: Path) -> str:
@@ -45,6 +46,7 @@ class DigestCache:
             raise InputDataError(f"cannot read the file ({err.strerror})", file) from None
         stamp = [int(st.st_size), int(st.st_mtime_ns), int(st.st_ino), int(st.st_dev)]
         entry = self._entries.get(str(file))
+        self._used.add(str(file))
         if entry is not None and entry[:4] == stamp:
             return str(entry[4])
         try:
@@ -56,12 +58,15 @@ class DigestCache:
         return digest
 
     def save(self) -> None:
-        """Write the cache (atomically) if it gained digests; a folder that cannot take it is no error."""
-        if self.path is None or not self._changed or not self.path.parent.is_dir():
+        """Write the cache (atomically) if it changed, with the digests of the files this run used
+        only (a removed or copied-away file's entry goes); a folder that cannot take it is no error."""
+        unused = set(self._entries) - self._used
+        if self.path is None or not (self._changed or unused) or not self.path.parent.is_dir():
             return
+        kept = {name: entry for name, entry in self._entries.items() if name in self._used}
         try:
             with io.atomic_output(self.path) as tmp:
-                tmp.write_text(json.dumps(self._entries, separators=(",", ":")))
+                tmp.write_text(json.dumps(kept, separators=(",", ":")))
             self._changed = False
         except (OSError, SubtomoError) as err:
             log.info("content digests not cached in %s (%s)", self.path.parent, err)
