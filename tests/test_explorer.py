@@ -624,6 +624,8 @@ def test_thumbnails_of_picks_are_the_boxes_predict_centers_cut(tmp_path):
     )
     for command in ("predict-centers", "kmeans", "visualize"):
         run_cli(command, "--config_file", config)
+    for kept in ("predict-centers_config.yaml", "kmeans_config.yaml", "vis/visualize_config.yaml"):
+        assert (out / kept).is_file()  # every output folder keeps the config it was made with
     data_page = page_data_of((out / "vis" / E.EXPLORER_NAME).read_text(encoding="utf-8"))
     table = pd.read_csv(out / "embeddings_table.csv")
     assert len(data_page["thumbnails"]) == len(table) > 0

@@ -31,6 +31,7 @@ from ..core.config import Config
 from ..core.errors import ConfigError, InputDataError
 from ..core.extract import cut_centered_patch
 from .embedding import Instances, Job, Run, RunSummary, embed_tomograms, embedding_settings, start_run
+from .provenance import keep_config
 from .tomograms import extraction_settings, list_tomograms, normalization, patch_size, prepare_output_folder
 
 log = logging.getLogger(__name__)
@@ -303,4 +304,5 @@ def run_predict_centers(
         raise InputDataError(
             f"no picks for any of the {len(tomograms)} selected tomogram(s): nothing embedded", source.path
         )
+    keep_config(cfg, out, "predict-centers")
     return summary
