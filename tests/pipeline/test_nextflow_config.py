@@ -1,154 +1,385 @@
-"""The configs and the workflow's rules, read statically (issue 11, points 1, 3, 4, 6, 7, 8, 9, 10).
+"""The configs and the workflow's rules as Nextflow 24.10 resolves them (issue 11, points 1, 3, 4, 6, 7,
+8, 9, 10; issue 26).
 
-Resources are evaluated from the .config files by tests/pipeline/nf_config.py (a small evaluator
-of the forms these files use, not Nextflow); the head node's file handling is run in real Groovy in
-test_head_node.py.
+Three kinds of evidence, all from the real runtime on an offline copy of the pipeline
+(tests/pipeline/nf_runtime.py):
+
+* ``nextflow config -profile … -o json``: every setting as resolved for a profile combination
+  (closures as their source text), one JVM start per combination, cached for the module;
+* a probe run (``nextflow run``) of stand-in processes with the names and labels of modules/local/*:
+  each task fails twice with an exit status the config retries and then succeeds, and writes what it
+  was given on each attempt (cpus, memory, time, SUBTOMO_EMBED_BATCH_SIZE): the resources Nextflow
+  gives each process per attempt, capped by resourceLimits, and the beforeScript it runs;
+* an inspection run: the resolved closures' source text evaluated by Nextflow's Groovy with the
+  task, params and workflow values a case needs (every exit status, each attempt, each container
+  engine and executor), and the workDir a cloud profile sets from --work_bucket.
+
+What the workflow's and modules' source must say (sorted collects, no null channel items, the batch
+size outside the script) is checked on the text: it tests our source, not Nextflow.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from nf_config import Duration, Memory, effective, evaluate, labels_of, params_of, request  # noqa: E402
-from nf_static import config_settings  # noqa: E402
+from nf_runtime import nextflow, offline_copy, require_nextflow, resolved_config  # noqa: E402
+
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-MODULES = {p.parent.name.upper(): p for p in REPO.glob("modules/local/*/main.nf")}
+MODULES = {p.parent.name.upper(): p for p in sorted(REPO.glob("modules/local/*/main.nf"))}
 NF_FILES = sorted([*REPO.glob("*.nf"), *REPO.glob("workflows/*.nf"), *REPO.glob("modules/local/*/main.nf")])
 GB = 2**30
+HOUR = 3_600_000  # ms
+MACHINE_MEMORY_MB = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+# the exit statuses a scheduler or the tool gives for a lack of resources (retried)
+RETRIED = (6, 137, 140, 143)
+# what each label asks on attempt n (conf/base.config): cpus, memory n x GB, time n x hours
+LABELS = {"process_single": (1, 8, 4), "process_medium": (4, 16, 8), "process_gpu": (8, 32, 8)}
+# the profile combinations the tests read (docs/usage.md gives these to users)
+ENGINES = ("docker", "podman", "apptainer", "singularity")
+PROFILES = ("", "test", "test,docker,gpu", *ENGINES, "slurm", "slurm,gpu", "awsbatch,gpu", "googlebatch,gpu")
 
 
-def requests(repo: Path, profiles: list[str]):
-    settings = effective(repo, profiles)
-    retries = int(request(settings, "X", [], "maxRetries"))
-    for process, module in MODULES.items():
-        for attempt in range(1, retries + 2):
-            yield (
-                process,
-                attempt,
-                {d: request(settings, process, labels_of(module), d, attempt) for d in ("cpus", "memory", "time")},
-            )
+def labels_of(module: Path) -> list[str]:
+    return re.findall(r"^\s*label\s+'(\w+)'", module.read_text(), flags=re.M)
 
 
-# ------------------------------------------------------------------------------------------
-# point 1: resources
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> dict[str, Path]:
+    require_nextflow()
+    root = tmp_path_factory.mktemp("nextflow_config")
+    return {"root": root, "pipeline": offline_copy(root / "pipeline"), "home": root / "nxf_home"}
 
 
-@pytest.mark.parametrize("profiles", [["test"], ["test", "docker"], ["test", "docker", "gpu"]])
-def test_the_test_profile_fits_2_cores_and_6_gb_with_labels_and_retries(profiles):
-    seen = 0
-    for process, attempt, asked in requests(REPO, profiles):
-        assert asked["cpus"] <= 2 and asked["memory"] <= 6 * GB and asked["time"] <= 1, (process, attempt, asked)
-        seen += 1
-    assert seen == len(MODULES) * 3
+def launch_folder(project, name: str) -> Path:
+    """A folder that runs a script of its own with the pipeline's nextflow.config and conf/."""
+    where = project["pipeline"] / name
+    where.mkdir()
+    for item in ("nextflow.config", "conf"):
+        (where / item).symlink_to(project["pipeline"] / item)
+    return where
 
 
-def test_every_request_is_capped_by_the_max_params():
-    settings = effective(REPO, [])
-    params = params_of(settings)
-    assert (params["max_cpus"], params["max_memory"], params["max_time"]) == (16, "128.GB", "48.h")
-    worst = {"cpus": 0, "memory": 0, "time": 0}
-    for _, _, asked in requests(REPO, []):
-        worst = {k: max(worst[k], asked[k]) for k in worst}
-    assert worst["cpus"] <= 16 and worst["memory"] <= 128 * GB and worst["time"] <= 48
-    assert worst["memory"] == 96 * GB  # the GPU label's third attempt, under the cap
+@pytest.fixture(scope="module")
+def config(project):
+    """``config('slurm,gpu')``: the resolved settings of a profile combination ('' for none), cached."""
+    cache: dict[str, dict] = {}
+
+    def resolve(profiles: str) -> dict:
+        assert profiles in PROFILES, f"add {profiles!r} to PROFILES"
+        if profiles not in cache:
+            cache[profiles] = resolved_config(project["pipeline"], profiles, project["home"])
+        return cache[profiles]
+
+    return resolve
 
 
-def test_without_the_profiles_own_limits_the_test_profile_would_ask_32_gb(tmp_path):
-    """base.config read resourceLimits with the default max_* before the test profile set them: the
-    bug this guards against (a 16 GB CI runner refuses a 32 GB task)."""
-    for name in ("nextflow.config", "conf"):
-        (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, tmp_path / name)
-    text = (tmp_path / "conf" / "test.config").read_text()
-    text, n = re.subn(r"process \{\s*resourceLimits[^}]*\}", "", text)
-    assert n == 1
-    (tmp_path / "conf" / "test.config").write_text(text)
-    asked = {p: a for p, attempt, a in requests(tmp_path, ["test"]) if attempt == 1}
-    assert asked["EMBED"]["memory"] == 32 * GB and asked["EXTRACT_PATCHES"]["memory"] == 16 * GB
+# ------------------------------------------------------------------------------------------------
+# the probe: stand-in processes named and labelled as the modules, run by the pipeline's config
+
+PROBE_PROCESS = """\
+process NAME {
+LABELS
+    input:
+    val exits
+
+    script:
+    \"\"\"
+    echo '{"process": "${task.process}", "attempt": ${task.attempt}, "cpus": ${task.cpus}, \\
+"memory": ${task.memory.toBytes()}, "time": ${task.time.toMillis()}, \\
+"batch": "'\\${SUBTOMO_EMBED_BATCH_SIZE:-}'"}' >> ${launchDir}/attempts.jsonl
+    exit ${exits[task.attempt - 1]}
+    \"\"\"
+}
+"""
 
 
-def test_the_evaluator_reads_units_and_refuses_what_it_does_not_know():
-    assert evaluate("{ 8.GB * task.attempt }", {}, 3) == Memory(24 * GB)
-    assert evaluate("'6.GB'", {}) == 6 * GB and evaluate("'1.h'", {}) == Duration(1)
-    assert evaluate("[cpus: params.max_cpus, memory: params.max_memory]", {"max_cpus": 2, "max_memory": "6.GB"}) == {
-        "cpus": 2,
-        "memory": 6 * GB,
-    }
-    with pytest.raises(ValueError):
-        evaluate("{ check_max(8.GB, 'memory') }", {})
+def probe_script() -> str:
+    """Each process fails on attempts 1 and 2 (with two of RETRIED) and succeeds on attempt 3."""
+    processes, calls = [], []
+    for i, (name, module) in enumerate(MODULES.items()):
+        labels = "\n".join(f"    label '{label}'" for label in labels_of(module))
+        processes.append(PROBE_PROCESS.replace("NAME", name).replace("LABELS", labels))
+        calls.append(f"    {name}([{RETRIED[i % 4]}, {RETRIED[(i + 1) % 4]}, 0])")
+    return "\n".join(processes) + "\nworkflow {\n" + "\n".join(calls) + "\n}\n"
 
 
-# ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def attempts(project):
+    """``attempts('test,gpu')``: {(process, attempt): what the task was given} of a probe run."""
+    cache: dict[str, dict] = {}
+
+    def run(profiles: str) -> dict:
+        if profiles not in cache:
+            where = launch_folder(project, f"probe_{profiles.replace(',', '_') or 'none'}")
+            (where / "main.nf").write_text(probe_script())
+            args = ["run", "main.nf", *(["-profile", profiles] if profiles else [])]
+            proc = nextflow(*args, cwd=where, home=project["home"], timeout=600)
+            assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+            rows = [json.loads(line) for line in (where / "attempts.jsonl").read_text().splitlines()]
+            cache[profiles] = {(r["process"], r["attempt"]): r for r in rows}
+            assert len(cache[profiles]) == len(rows) == 3 * len(MODULES), sorted(cache[profiles])
+        return cache[profiles]
+
+    return run
+
+
+# ------------------------------------------------------------------------------------------------
+# the inspection: resolved closures evaluated by Nextflow's Groovy
+
+INSPECT = """\
+// params.closures: [name, source, values] rows; each closure is called with values' names only (the
+// task, params and workflow that Nextflow would give it)
+def rows = new groovy.json.JsonSlurper().parse(new File(params.closures))
+def shell = new GroovyShell()
+def evaluated = rows.collectEntries { row ->
+    def closure = (Closure) shell.evaluate("(" + row.source + ")")
+    closure.resolveStrategy = Closure.DELEGATE_ONLY
+    closure.delegate = row.values
+    [(row.name): closure.call()?.toString()]
+}
+
+workflow {
+    def found = [workDir: workflow.workDir.toString(), closures: evaluated]
+    file(params.answers).text = groovy.json.JsonOutput.toJson(found)
+}
+"""
+
+
+def closure_cases(config) -> list[tuple[str, str, dict]]:
+    """(name, closure source, values) of every closure case the tests below read."""
+    default, slurm, aws, google = config(""), config("slurm"), config("awsbatch,gpu"), config("googlebatch,gpu")
+    cases = []
+    for code in range(256):
+        cases.append((f"errorStrategy {code}", default["process"]["errorStrategy"], {"task": {"exitStatus": code}}))
+    before = default["process"]["withName:EMBED|PREDICT_CENTERS"]["beforeScript"]
+    for batch in (None, 4, 1):
+        params = {**default["params"], "hyper_parameters": {"batch_size": batch} if batch else {}}
+        for attempt in (1, 2, 3):
+            values = {"task": {"attempt": attempt}, "params": params}
+            cases.append((f"beforeScript {batch} {attempt}", before, values))
+    gpu_options = config("test,docker,gpu")["process"]["withLabel:process_gpu"]["containerOptions"]
+    for executor in ("local", "slurm", "awsbatch", "google-batch"):
+        for engine in (*ENGINES, None):
+            values = {"task": {"executor": executor}, "workflow": {"containerEngine": engine}}
+            cases.append((f"containerOptions {executor} {engine}", gpu_options, values))
+    for accelerator in (None, 1):
+        for options in (None, "--account=lab"):
+            params = {**slurm["params"], "slurm_options": options, "slurm_queue": "cpu", "slurm_gpu_queue": "gpu"}
+            values = {"task": {"accelerator": accelerator}, "params": params}
+            for key in ("clusterOptions", "queue"):
+                source = slurm["process"]["withLabel:process_gpu"][key]
+                cases.append((f"slurm {key} {accelerator} {options}", source, values))
+        params = {**aws["params"], "aws_cpu_queue": "cpu", "aws_gpu_queue": "gpu"}
+        source = aws["process"]["withLabel:process_gpu"]["queue"]
+        cases.append(
+            (f"awsbatch queue {accelerator}", source, {"task": {"accelerator": accelerator}, "params": params})
+        )
+        source = google["process"]["withLabel:process_gpu"]["machineType"]
+        values = {"task": {"accelerator": accelerator}, "params": google["params"]}
+        cases.append((f"googlebatch machineType {accelerator}", source, values))
+    return cases
+
+
+@pytest.fixture(scope="module")
+def inspected(project, config) -> dict:
+    """One run under ``-profile awsbatch --work_bucket <folder>``: {workDir, closures: name -> value}.
+    The executor is set back to local (-c): awsbatch would load the nf-amazon plugin, not reachable here."""
+    where = launch_folder(project, "inspect")
+    (where / "inspect.nf").write_text(INSPECT)
+    (where / "local.config").write_text("process.executor = 'local'\n")
+    rows = [{"name": n, "source": s, "values": v} for n, s, v in closure_cases(config)]
+    (where / "closures.json").write_text(json.dumps(rows))
+    bucket = project["root"] / "bucket" / "work"
+    proc = nextflow(
+        "run", "inspect.nf", "-c", "local.config", "-profile", "awsbatch", "--work_bucket", str(bucket),
+        "--closures", "closures.json", "--answers", str(where / "answers.json"), cwd=where, home=project["home"],
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    found = json.loads((where / "answers.json").read_text())
+    found["bucket"] = str(bucket)
+    return found
+
+
+# ------------------------------------------------------------------------------------------------
+# point 1: resources, per attempt, capped
+
+
+def test_the_test_profile_fits_2_cores_and_6_gb_with_labels_and_retries(attempts, config):
+    given = attempts("test,gpu")
+    for (process, attempt), task in given.items():
+        assert task["cpus"] <= 2 and task["memory"] <= 6 * GB and task["time"] <= HOUR, (process, attempt, task)
+    # the caps hold with the container and GPU profiles too
+    for profiles in ("test", "test,docker,gpu"):
+        assert config(profiles)["process"]["resourceLimits"] == {"cpus": 2, "memory": "6.GB", "time": "1.h"}
+
+
+def test_the_local_executor_caps_at_this_machines_cores_and_memory(config):
+    """No executor profile and no --max_cpus / --max_memory: the caps are this machine's (base.config)."""
+    resolved = config("")
+    assert resolved["params"]["max_cpus"] is None and resolved["params"]["max_memory"] is None
+    limits = resolved["process"]["resourceLimits"]
+    assert limits == {"cpus": os.cpu_count(), "memory": f"{MACHINE_MEMORY_MB} MB", "time": "48.h"}
+
+
+# cpus, memory, time caps of the probe runs
+CAPS = {"": (os.cpu_count(), MACHINE_MEMORY_MB * 2**20, 48 * HOUR), "test,gpu": (2, 6 * GB, HOUR)}
+GPU_LABEL_REPLACED = (
+    "a profile's own withLabel:'process_gpu' block (gpu, slurm, awsbatch, googlebatch) replaces base.config's "
+    "instead of adding to it: GPU tasks get the process defaults (1 cpu, 4 GB, 2 h) on every attempt"
+)
+
+
+@pytest.mark.parametrize(
+    "profiles", ["", pytest.param("test,gpu", marks=pytest.mark.xfail(strict=True, reason=GPU_LABEL_REPLACED))]
+)
+def test_each_task_gets_its_labels_resources_capped_and_more_on_each_retry(attempts, profiles):
+    max_cpus, max_memory, max_time = CAPS[profiles]
+    given = attempts(profiles)
+    for (process, attempt), task in given.items():
+        (label,) = labels_of(MODULES[process])
+        cpus, memory_gb, hours = LABELS[label]
+        expected = {
+            "cpus": min(cpus, max_cpus),
+            "memory": min(memory_gb * attempt * GB, max_memory),
+            "time": min(hours * attempt * HOUR, max_time),
+        }
+        assert {k: task[k] for k in expected} == expected, (process, attempt)
+
+
+@pytest.mark.parametrize(
+    "profiles",
+    [
+        "",
+        "test",
+        *[
+            pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=GPU_LABEL_REPLACED))
+            for p in ("test,docker,gpu", "slurm", "slurm,gpu", "awsbatch,gpu", "googlebatch,gpu")
+        ],
+    ],
+)
+def test_the_gpu_label_keeps_its_resources_in_every_profile(config, profiles):
+    gpu = config(profiles)["process"]["withLabel:process_gpu"]
+    assert (gpu.get("cpus"), gpu.get("memory"), gpu.get("time")) == (
+        8,
+        "{ 32.GB * task.attempt }",
+        "{ 8.h * task.attempt }",
+    )
+
+
+@pytest.mark.parametrize("profiles", ["slurm", "slurm,gpu", "awsbatch,gpu", "googlebatch,gpu"])
+def test_cluster_and_cloud_profiles_cap_at_their_nodes_not_this_machine(config, profiles):
+    resolved = config(profiles)
+    assert resolved["params"]["max_cpus"] is None and resolved["params"]["max_memory"] is None
+    assert resolved["process"]["resourceLimits"] == {"cpus": 16, "memory": "128.GB", "time": "48.h"}
+
+
+# ------------------------------------------------------------------------------------------------
 # point 6: errors, GPU options, environment
 
 
-def _setting(profiles, path):
-    found = [s for s in effective(REPO, profiles) if s.path == path]
-    return found[-1] if found else None
+def test_bad_input_and_a_missing_gpu_are_not_retried(inspected, attempts):
+    from subtomo_embed.core.errors import ResourceError, SubtomoError
 
-
-def test_bad_input_and_a_missing_gpu_are_not_retried():
-    from subtomo_embed.core.errors import DeviceError, ResourceError, SubtomoError
-
-    strategy = _setting([], ("process", "errorStrategy")).value
-    retried = {int(c) for c in re.search(r"in \[([\d, ]+)\]", strategy).group(1).split(",")}
+    strategy = {code: inspected["closures"][f"errorStrategy {code}"] for code in range(256)}
+    retried = {code for code, what in strategy.items() if what == "retry"}
+    assert set(strategy.values()) == {"retry", "terminate"}
     codes = {cls.exit_code for cls in SubtomoError.__subclasses__()}
-    assert DeviceError.exit_code in codes and ResourceError.exit_code in retried
+    assert codes == {3, 4, 5, 6, 7}
     assert codes & retried == {ResourceError.exit_code}  # 3 config, 4 input, 5 model, 7 device: terminate
-    assert {137, 140, 143} <= retried
+    assert set(RETRIED) <= retried
+    # and in a real run: every process failed twice with these and was retried (attempt 3 ran)
+    assert {key[1] for key in attempts("test,gpu")} == {1, 2, 3}
 
 
-def _all_settings(file: Path):
-    return config_settings(file)
+def _settings(node, path=()):
+    """(path, value) of every leaf of a resolved config."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _settings(value, (*path, key))
+    elif isinstance(node, list):
+        for value in node:
+            yield from _settings(value, path)
+    else:
+        yield path, node
 
 
-def test_gpu_options_only_for_gpu_tasks_in_the_gpu_profile():
-    settings = [s for f in [REPO / "nextflow.config", *REPO.glob("conf/*.config")] for s in _all_settings(f)]
-    for s in settings:
-        if "--gpus" in s.value or "--nv" in s.value:
-            assert s.path[:2] == ("profiles", "gpu") and s.path[-2:] == ("withLabel:process_gpu", "containerOptions"), s
-        if s.path[-1] == "runOptions":
-            assert "--gpus" not in s.value and "--nv" not in s.value, s
-        if s.path[-1] == "accelerator":
-            assert s.path[:2] == ("profiles", "gpu") and "withLabel:process_gpu" in s.path, s
+def test_gpu_options_only_for_gpu_tasks_in_the_gpu_profile(config):
+    gpu_option = re.compile(r"--gpus|--nv\b|nvidia\.com/gpu")
+    seen = []
+    for profiles in PROFILES:
+        for path, value in _settings(config(profiles)):
+            if path[-1] == "runOptions":
+                assert not gpu_option.search(str(value)), (profiles, path)
+            if gpu_option.search(str(value)) or path[-1] == "accelerator":
+                assert "gpu" in profiles.split(",") and path[:2] == ("process", "withLabel:process_gpu"), path
+                assert path[-1] in ("containerOptions", "accelerator"), (profiles, path)
+                seen.append(path[-1])
+    assert set(seen) == {"containerOptions", "accelerator"}
     for process, module in MODULES.items():
         assert ("process_gpu" in labels_of(module)) == (process in ("EMBED", "PREDICT_CENTERS", "TRAIN")), process
 
 
-def test_gres_only_for_tasks_given_a_gpu():
-    """--gres (slurm_gpu_options) is added only when the task has an accelerator, which only the gpu profile sets."""
-    options = _setting(["slurm"], ("process", "withLabel:process_gpu", "clusterOptions")).value
-    assert "task.accelerator ? params.slurm_gpu_options : null" in options
-    assert _setting(["slurm"], ("process", "clusterOptions")).value == "params.slurm_options"
-    assert _setting(["slurm", "test"], ("process", "withLabel:process_gpu", "accelerator")) is None
-    assert _setting(["gpu"], ("process", "withLabel:process_gpu", "accelerator")) is not None
+def test_each_engine_gets_its_gpu_option_and_batch_services_none(inspected):
+    expected = {"docker": "--gpus all", "podman": "--device nvidia.com/gpu=all", "apptainer": "--nv"}
+    expected |= {"singularity": "--nv", None: ""}
+    for executor in ("local", "slurm", "awsbatch", "google-batch"):
+        for engine, option in expected.items():
+            batch_service = executor in ("awsbatch", "google-batch")
+            got = inspected["closures"][f"containerOptions {executor} {engine}"]
+            assert got == ("" if batch_service else option), (executor, engine)
 
 
-@pytest.mark.parametrize("engine", ["docker", "apptainer", "singularity"])
-def test_containers_keep_the_assigned_gpu_and_the_batch_size(engine):
-    whitelist = _setting([engine], (engine, "envWhitelist")).value
-    assert {"CUDA_VISIBLE_DEVICES", "SUBTOMO_EMBED_BATCH_SIZE"} <= set(re.findall(r"'(\w+)'", whitelist))
+def test_gres_and_the_gpu_queue_only_for_tasks_given_a_gpu(config, inspected):
+    """--gres (slurm_gpu_options) only when the task has an accelerator, which only the gpu profile sets."""
+    closures = inspected["closures"]
+    assert closures["slurm clusterOptions None None"] == ""
+    assert closures["slurm clusterOptions None --account=lab"] == "--account=lab"
+    assert closures["slurm clusterOptions 1 None"] == "--gres=gpu:1"
+    assert closures["slurm clusterOptions 1 --account=lab"] == "--account=lab --gres=gpu:1"
+    assert [closures[f"slurm queue {a} None"] for a in (None, 1)] == ["cpu", "gpu"]
+    assert "accelerator" not in config("slurm")["process"]["withLabel:process_gpu"]
+    assert "accelerator" not in config("test")["process"].get("withLabel:process_gpu", {})
+    assert config("slurm,gpu")["process"]["withLabel:process_gpu"]["accelerator"] == 1
+    assert config("slurm")["process"]["clusterOptions"] is None  # params.slurm_options, for every task
 
 
-def test_apptainer_pull_timeout_and_cache_dir_are_params():
-    assert _setting(["apptainer"], ("apptainer", "pullTimeout")).value == "params.apptainer_pull_timeout"
-    assert _setting(["apptainer"], ("apptainer", "cacheDir")).value == "params.apptainer_cache_dir"
+def test_gpu_tasks_run_one_at_a_time_only_on_the_local_executor(config):
+    assert config("test,docker,gpu")["process"]["withLabel:process_gpu"]["maxForks"] == 1
+    for profiles in ("slurm,gpu", "awsbatch,gpu", "googlebatch,gpu"):
+        assert config(profiles)["process"]["withLabel:process_gpu"]["maxForks"] == 0, profiles
 
 
-# ------------------------------------------------------------------------------------------
-# point 8: the batch size is not in EMBED's task hash
+@pytest.mark.parametrize("engine", ENGINES)
+def test_containers_keep_the_assigned_gpu_and_the_batch_size(config, engine):
+    resolved = config(engine)
+    assert resolved[engine]["enabled"] is True
+    assert {"CUDA_VISIBLE_DEVICES", "SUBTOMO_EMBED_BATCH_SIZE"} <= set(resolved[engine]["envWhitelist"])
+    assert [e for e in ENGINES if resolved.get(e, {}).get("enabled")] == [engine]
 
 
-def test_the_batch_size_is_outside_the_task_hash():
+def test_apptainer_pull_timeout_and_cache_dir_are_params(config):
+    for engine in ("apptainer", "singularity"):
+        resolved = config(engine)
+        assert resolved[engine]["pullTimeout"] == resolved["params"]["apptainer_pull_timeout"] == "2h"
+        assert "cacheDir" in resolved[engine] and resolved[engine]["cacheDir"] is None  # the param's default
+
+
+# ------------------------------------------------------------------------------------------------
+# point 8: the batch size is not in EMBED's task hash, and halves on each retry
+
+
+def test_the_batch_size_is_outside_the_task_hash(config):
     """Nextflow hashes a task's script source, inputs, container, and the globals and task.ext.* the
-    script references; the batch size must come in through none of them."""
+    script references; the batch size must come in through none of them, only through beforeScript."""
     for process in ("EMBED", "PREDICT_CENTERS"):
         text = MODULES[process].read_text()
         script = text[text.index("script:") : text.index("stub:")]
@@ -156,32 +387,29 @@ def test_the_batch_size_is_outside_the_task_hash():
         assert "batch_size" not in script.replace("hyper_parameters.batch_size=\\$SUBTOMO_EMBED_BATCH_SIZE", "")
         assert "params." not in script
         assert "\\${SUBTOMO_EMBED_BATCH_SIZE:+--set hyper_parameters.batch_size=\\$SUBTOMO_EMBED_BATCH_SIZE}" in script
-    for s in effective(REPO, ["test", "gpu", "slurm", "docker"]):
-        if "ext" in s.path or s.path[-1] in ("ext.args",):
-            assert "batch" not in s.value, s
+    for profiles in PROFILES:
+        for path, value in _settings(config(profiles)["process"]):
+            if re.search(r"batch_size|BATCH_SIZE", str(value)):
+                assert path == ("withName:EMBED|PREDICT_CENTERS", "beforeScript"), (profiles, path)
 
 
-@pytest.mark.parametrize("batch, attempts", [(None, [10, 5, 2]), (4, [4, 2, 1]), (1, [1, 1, 1])])
-def test_before_script_exports_the_batch_size_halved_per_retry(batch, attempts):
-    """conf/modules.config's beforeScript closure, run in Groovy (the language server's jar) for attempts 1-3."""
-    from groovy_eval import groovy
-
-    jar = REPO / ".venv" / "share" / "nf-lang" / "language-server-all.jar"
-    if not jar.is_file():
-        pytest.fail(f"{jar} missing: run `make nf-lang`")
-    closure = _setting([], ("process", "withName:EMBED|PREDICT_CENTERS", "beforeScript")).value
-    params = {"hyper_parameters": {"batch_size": batch}} if batch else {}
-    answers = groovy(
-        jar,
-        REPO / "workflows" / "subtomo_embed.nf",
-        [f"task = [attempt: {a}]; ({closure})().toString()" for a in (1, 2, 3)],
-        params,
-    )
-    assert [a["value"] for a in answers] == [f"export SUBTOMO_EMBED_BATCH_SIZE={n}" for n in attempts]
+@pytest.mark.parametrize("batch, sizes", [(None, [10, 5, 2]), (4, [4, 2, 1]), (1, [1, 1, 1])])
+def test_before_script_exports_the_batch_size_halved_per_retry(inspected, batch, sizes):
+    got = [inspected["closures"][f"beforeScript {batch} {attempt}"] for attempt in (1, 2, 3)]
+    assert got == [f"export SUBTOMO_EMBED_BATCH_SIZE={n}" for n in sizes]
 
 
-# ------------------------------------------------------------------------------------------
-# points 3, 4, 10: the workflow's collects, filters and file handling
+@pytest.mark.parametrize("profiles, sizes", [("", ["10", "5", "2"]), ("test,gpu", ["4", "2", "1"])])
+def test_gpu_tasks_are_given_the_halved_batch_size_and_others_none(attempts, profiles, sizes):
+    """In a real run: what EMBED and PREDICT_CENTERS find in SUBTOMO_EMBED_BATCH_SIZE per attempt."""
+    given = attempts(profiles)
+    for process in MODULES:
+        batches = [given[(process, n)]["batch"] for n in (1, 2, 3)]
+        assert batches == (sizes if process in ("EMBED", "PREDICT_CENTERS") else ["", "", ""]), process
+
+
+# ------------------------------------------------------------------------------------------------
+# points 3, 4, 10: the workflow's collects, filters and file handling (its source)
 
 
 def _workflow() -> str:
@@ -218,59 +446,59 @@ def test_files_are_found_with_nextflows_file_api():
 
 
 @pytest.mark.parametrize(
-    "profile, executor, queue_param",
-    [("awsbatch", "awsbatch", "aws_gpu_queue"), ("googlebatch", "google-batch", "google_gpu_machine")],
+    "profile, executor, key", [("awsbatch", "awsbatch", "queue"), ("googlebatch", "google-batch", "machineType")]
 )
-def test_cloud_profiles(profile, executor, queue_param):
-    settings = effective(REPO, [profile, "gpu"])
-    last = {s.path: s.value for s in settings}
-    assert last[("workDir",)] == "params.work_bucket"
-    assert last[("process", "executor")] == f"'{executor}'"
-    assert any(queue_param in v for p, v in last.items() if "withLabel:process_gpu" in p)
-    # the engine's --gpus/--nv are not for Batch services, which attach the GPU themselves
-    assert (
-        "task.executor in ['awsbatch', 'google-batch'] ? ''"
-        in last[("process", "withLabel:process_gpu", "containerOptions")]
-    )
+def test_cloud_profiles(config, inspected, profile, executor, key):
+    resolved = config(f"{profile},gpu")
+    assert resolved["process"]["executor"] == executor
+    # GPU tasks on the GPU queue / machine, the others not (evaluated with and without a GPU)
+    closures = inspected["closures"]
+    if profile == "awsbatch":
+        assert [closures[f"awsbatch queue {a}"] for a in (None, 1)] == ["cpu", "gpu"]
+    else:
+        assert [closures[f"googlebatch machineType {a}"] for a in (None, 1)] == [None, "g2-standard-12"]
+        assert resolved["google"]["batch"]["installGpuDrivers"] is True
+    assert key in resolved["process"]["withLabel:process_gpu"]
 
 
-# ------------------------------------------------------------------------------------------
+def test_the_work_folder_is_the_work_bucket(inspected):
+    """-profile awsbatch (googlebatch the same line) with --work_bucket: the run's work folder."""
+    assert inspected["workDir"] == inspected["bucket"]
+
+
+# ------------------------------------------------------------------------------------------------
 # point 9: parameters, schema, plugin, versions
 
 
-def _config_params() -> set[str]:
-    return {s.path[1] for s in config_settings(REPO / "nextflow.config") if s.path[0] == "params" and len(s.path) == 2}
+def _schema() -> dict:
+    return json.loads((REPO / "nextflow_schema.json").read_text())
 
 
 def _schema_params() -> set[str]:
-    schema = json.loads((REPO / "nextflow_schema.json").read_text())
-    return {k for group in schema["$defs"].values() for k in group["properties"]}
+    return {k for group in _schema()["$defs"].values() for k in group["properties"]}
 
 
-def test_the_schema_lists_exactly_the_params_of_nextflow_config():
-    assert _config_params() == _schema_params(), (
-        f"in nextflow.config only: {sorted(_config_params() - _schema_params())}; "
-        f"in the schema only: {sorted(_schema_params() - _config_params())}"
+def test_the_schema_lists_exactly_the_params_of_nextflow_config(config):
+    params = set(config("")["params"])
+    assert params == _schema_params(), (
+        f"in nextflow.config only: {sorted(params - _schema_params())}; "
+        f"in the schema only: {sorted(_schema_params() - params)}"
     )
 
 
-def test_every_param_used_is_defined():
+def test_every_param_used_is_defined_and_no_profile_adds_one(config):
     used = set()
     for path in [*NF_FILES, REPO / "nextflow.config", *REPO.glob("conf/*.config")]:
         used |= set(re.findall(r"\bparams\.(\w+)", path.read_text()))
-    assert used <= _config_params(), sorted(used - _config_params())
-    profile_params = {
-        s.path[1]
-        for f in REPO.glob("conf/*.config")
-        for s in config_settings(f)
-        if s.path[0] == "params" and len(s.path) == 2
-    }
-    assert profile_params <= _config_params(), sorted(profile_params - _config_params())
+    defined = set(config("")["params"])
+    assert used <= defined, sorted(used - defined)
+    for profiles in PROFILES:
+        assert set(config(profiles)["params"]) == defined, profiles
 
 
 def test_parameters_are_validated_by_a_pinned_nf_schema():
-    config = (REPO / "nextflow.config").read_text()
-    assert re.search(r"plugins \{\s*id 'nf-schema@\d+\.\d+\.\d+'\s*\}", config)
+    config_text = (REPO / "nextflow.config").read_text()
+    assert re.search(r"plugins \{\s*id 'nf-schema@\d+\.\d+\.\d+'\s*\}", config_text)
     main = (REPO / "main.nf").read_text()
     assert "include { validateParameters } from 'plugin/nf-schema'" in main
     assert main.index("validateParameters()") < main.index("SUBTOMO_EMBED()")
@@ -290,47 +518,26 @@ def test_software_versions_are_collected():
     assert "ch_embed_versions = PREDICT_CENTERS.out.versions" in workflow
 
 
-def test_the_expected_values_come_from_the_test_profiles_settings():
+def test_the_expected_values_come_from_the_test_profiles_settings(config):
     """make_test_data.py --expected runs the one-machine commands with conf/test.config's params."""
     from make_test_data import TEST_CONFIG
-    from nf_config import groovy_literal
 
-    profile = {
-        s.path[1]: groovy_literal(s.value)
-        for s in config_settings(REPO / "conf" / "test.config")
-        if s.path[0] == "params" and len(s.path) == 2 and not s.value.startswith('"')
-    }
+    params = config("test")["params"]
     for key, value in TEST_CONFIG.items():
-        node = profile
+        node = params
         for part in key.split("__"):
             node = node[part]
         assert node == value, key
-    assert groovy_literal("[a: [1, 2], 'b': null, c: [:], d: [x: 'y']]") == {
-        "a": [1, 2],
-        "b": None,
-        "c": {},
-        "d": {"x": "y"},
-    }
 
 
-@pytest.mark.parametrize("profiles", [[], ["test"]])
-def test_the_default_params_pass_the_schema(profiles):
-    """What validateParameters() checks first: the params as nextflow.config (and the test profile)
-    set them, against nextflow_schema.json (trace_report_suffix's date, not a literal, as a string)."""
+def test_the_default_params_pass_the_schema(config):
+    """What validateParameters() checks first: the params as nextflow.config sets them, against
+    nextflow_schema.json (the test profile's: tests/nextflow/test_nextflow.py)."""
     import jsonschema
-    from nf_config import groovy_literal
 
-    params = {}
-    for s in effective(REPO, profiles):
-        if s.path[0] == "params" and len(s.path) == 2:
-            try:
-                params[s.path[1]] = groovy_literal(s.value)
-            except (ValueError, IndexError):
-                params[s.path[1]] = "2026-01-01_00-00-00" if s.path[1] == "trace_report_suffix" else "/x"
-    assert set(params) >= _config_params()
+    params = config("")["params"]
     # nf-schema leaves out params that evaluate to false (null, false, '') before validating
     given = {k: v for k, v in params.items() if v or v == 0 and v is not False}
-    schema = json.loads((REPO / "nextflow_schema.json").read_text())
-    if not profiles:  # without a profile the user gives the required paths (-params-file)
-        given |= {k: "/data" for group in schema["$defs"].values() for k in group.get("required", [])}
-    jsonschema.validate(given, schema)
+    # without a profile the user gives the required paths (-params-file)
+    given |= {k: "/data" for group in _schema()["$defs"].values() for k in group.get("required", [])}
+    jsonschema.validate(given, _schema())
