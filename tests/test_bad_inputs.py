@@ -698,6 +698,16 @@ CASES = [
         r"tomogram name 'T{59}\.\.\. \(201 characters\) is 201 bytes long; at most 120",
     ),
     Case(
+        "training-diverges",
+        lambda c: (
+            _set_config(c, hyper_parameters__learning_rate=1e10, hyper_parameters__max_steps=40)
+            or ["--from-data", "-o", c["root"] / "tuned.ckpt", "--device", "cpu", "--save-every", "1", "-q"]
+        ),
+        3,
+        r"tuned\.ckpt: training diverged at step \d+ \(the loss is .*\): tuned\.ckpt keeps step \d+, the last good one",
+        command="train",
+    ),
+    Case(
         "output-name-is-a-folder",
         _folder_at_an_output,
         6,

@@ -483,3 +483,81 @@ def test_a_run_stopped_while_putting_outputs_in_place_is_said_so(run):
     code, stderr = invoke("kmeans", "-c", config)
     assert code == 0 and "the previous kmeans run was stopped while putting its outputs in place" in stderr
     assert not (root / "out" / ".kmeans_replacing.json").exists()
+
+
+# --- class 8: training that diverges; SIGTERM saves like Ctrl-C ---------------------------------------------------
+
+
+def test_training_that_diverges_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    import torch
+    from synthetic import TINY_POOLED_NETWORK
+
+    from subtomo_embed.core.config import load_config
+    from subtomo_embed.core.errors import ConfigError
+    from subtomo_embed.core.extract import Normalization
+    from subtomo_embed.core.model import read_checkpoint
+    from subtomo_embed.core.train import Sitting, TrainingSettings, ViewSettings, train
+
+    views = ViewSettings((16, 16, 16), 1, 1, Normalization(-2, 3, 0.4, 0.2), size_range=(3.0, 4.0))
+    cfg = load_config(None, ["parameters.data.patch_size=[16,16,16]"]).model_dump(by_alias=True)
+    ckpt = tmp_path / "run.ckpt"
+    settings = TrainingSettings(views, 30, batch_size=4, seed=7, learning_rate=1e10, warmup_steps=0)
+    with pytest.raises(ConfigError, match=r"training diverged at step (\d+) .*run\.ckpt keeps step (\d+)") as err:
+        train(cfg, TINY_POOLED_NETWORK, settings, ckpt, sitting=Sitting(progress=False, save_every=1))
+    kept = read_checkpoint(ckpt)
+    assert all(torch.isfinite(v).all() for v in kept["state_dict"].values() if v.is_floating_point())
+    assert f"keeps step {kept['global_step']}," in str(err.value) and kept["global_step"] < 30
+    assert "lower hyper_parameters.learning_rate (now 1e+10" in str(err.value)
+
+
+def test_train_cli_on_a_diverging_run_is_a_one_line_error(run):
+    root, config, set_config = run
+    set_config(hyper_parameters__learning_rate=1e10, hyper_parameters__max_steps=40)
+    ckpt = root / "tuned.ckpt"
+    code, stderr = invoke(
+        "train", "-c", config, "--from-data", "-o", ckpt, "--device", "cpu", "--save-every", "1", "-q"
+    )
+    assert code == 3, stderr
+    assert re.search(
+        r"^config error: .*tuned\.ckpt: training diverged at step \d+ \(the loss is (nan|inf|finite, but the weights "
+        r"are not)\): tuned\.ckpt keeps step \d+, the last good one .* lower hyper_parameters\.learning_rate",
+        last_line(stderr),
+    ), stderr
+
+
+def test_sigterm_during_training_saves_like_ctrl_c(run, cli_env):
+    import signal
+    import subprocess
+    import time
+
+    from subtomo_embed.core.model import read_checkpoint
+
+    root, config, set_config = run
+    set_config(hyper_parameters__max_steps=100000, hyper_parameters__learning_rate=0.0001)
+    ckpt = root / "long.ckpt"
+    proc = subprocess.Popen(
+        ["subtomo-embed", "train", "-c", str(config), "--from-data", "-o", str(ckpt), "--device", "cpu"]
+        + ["--save-every", "1000", "--workers", "0"],
+        env=cli_env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        seen = ""
+        deadline = time.monotonic() + 240
+        while "step 10:" not in seen and time.monotonic() < deadline:  # training is under way
+            line = proc.stderr.readline()
+            if not line:
+                break
+            seen += line
+        assert "step 10:" in seen, seen
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, seen + rest
+    saved = re.search(r"interrupted: saved step (\d+) to", rest)
+    assert saved and rest.strip().splitlines()[-1] == "terminated (SIGTERM)", rest
+    assert read_checkpoint(ckpt)["global_step"] == int(saved.group(1)) >= 10

@@ -111,7 +111,8 @@ def guarded(debug: bool = False):
         _log_error(f"{oom.kind}: {oom}")
         typer.echo(f"{oom.kind}: {oom}", err=True)
         raise typer.Exit(oom.exit_code) from None
-    except KeyboardInterrupt:
-        _log_error("interrupted")
-        typer.echo("interrupted", err=True)
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as err:  # Ctrl-C (130), or SIGTERM where a command handles it (errors.Terminated: 143)
+        what = getattr(err, "kind", "interrupted")
+        _log_error(what)
+        typer.echo(what, err=True)
+        raise typer.Exit(getattr(err, "exit_code", 130)) from None

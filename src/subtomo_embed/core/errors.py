@@ -54,3 +54,11 @@ class DeviceError(SubtomoError):
 
     exit_code = 7
     kind = "device error"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler stopping the job, ``kill``), raised where a command handles Ctrl-C so it
+    stops the same way (training saves its step); the command exits with 143, as a shell reports it."""
+
+    exit_code = 143
+    kind = "terminated (SIGTERM)"

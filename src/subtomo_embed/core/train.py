@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -40,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .errors import ConfigError, SubtomoError
+from .errors import ConfigError, SubtomoError, Terminated
 from .extract import Normalization, cut_patch, plan_extraction
 from .real_views import random_dilation
 from .simulate import CLASSES as SHAPE_CLASSES
@@ -484,6 +486,8 @@ def train(
         return checkpoint
 
     def save() -> None:
+        if not finite_weights(model, head):  # never NaN weights over the last good checkpoint
+            raise diverged(state.step, "finite, but the weights are not", last_saved, checkpoint, settings)
         save_training(checkpoint, model, opt, config, settings, state, head)
         if sitting.on_save is not None:
             sitting.on_save(state.step)
@@ -497,6 +501,7 @@ def train(
         )
     start, seconds_before = time.perf_counter(), state.seconds
     last_saved = state.step
+    stop_handling = sigterm_as_interrupt()
     recent_loss: list[float] = []
     recent_spread: list[float] = []
     try:
@@ -512,6 +517,8 @@ def train(
             x1, x2 = x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)
             p1, p2, z1, z2 = model(x1, x2)
             loss = training_loss(p1, p2, z1, z2, classes, settings, head)
+            if not torch.isfinite(loss):
+                raise diverged(at + 1, f"{float(loss)}", last_saved, checkpoint, settings)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -545,17 +552,62 @@ def train(
                 last_saved = state.step
             if state.step >= settings.steps or out_of_time:
                 break
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (sigterm_as_interrupt)
         if state.step > last_saved:
             state.seconds = seconds_before + time.perf_counter() - start
             save()
             log.info("interrupted: saved step %d to %s (run train again to resume)", state.step, checkpoint)
         raise
     finally:
+        stop_handling()
         if bar is not None:
             bar.close()
     log.info("trained to step %d in %.0f s in all → %s", state.step, state.seconds, checkpoint)
     return checkpoint
+
+
+def finite_weights(model, head=None) -> bool:
+    """Whether every weight and statistic of the network (and the classifier) is finite."""
+    return all(
+        bool(torch.isfinite(v).all())
+        for m in (model, head)
+        if m is not None
+        for v in m.state_dict().values()
+        if v.is_floating_point()
+    )
+
+
+def diverged(step: int, loss: str, last_saved: int, checkpoint: Path, settings: TrainingSettings) -> ConfigError:
+    """The one-line error of a run whose loss (or weights) stopped being finite: nothing is saved
+    over the last good checkpoint; it says which step that is and what to change."""
+    kept = (
+        f"{checkpoint.name} keeps step {last_saved}, the last good one (run train again to resume from it)"
+        if checkpoint.is_file()
+        else "no checkpoint was written"
+    )
+    return ConfigError(
+        f"training diverged at step {step} (the loss is {loss}): {kept}; lower hyper_parameters.learning_rate "
+        f"(now {settings.learning_rate:g}, e.g. to {settings.learning_rate / 10:g})",
+        checkpoint,
+    )
+
+
+def sigterm_as_interrupt() -> Callable[[], None]:
+    """From now on SIGTERM (a scheduler stopping the job) raises :class:`.errors.Terminated`, a
+    KeyboardInterrupt, so training saves and stops as on Ctrl-C; returns what restores the previous
+    handler. Only the main thread can handle signals: elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def stop(signum, frame) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    return restore
 
 
 def batch_workers(workers: int | None, device: torch.device) -> int:
