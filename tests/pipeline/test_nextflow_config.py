@@ -15,7 +15,8 @@ Three kinds of evidence, all from the real runtime on an offline copy of the pip
   engine and executor), and the workDir a cloud profile sets from --work_bucket.
 
 What the workflow's and modules' source must say (sorted collects, no null channel items, the batch
-size outside the script) is checked on the text: it tests our source, not Nextflow.
+size outside the script) is checked on the text: it tests our source, not Nextflow. The tests that start
+Nextflow are marked slow; without .venv/bin/nextflow (`make nextflow`) they skip, or fail in CI.
 """
 
 from __future__ import annotations
@@ -30,8 +31,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from nf_runtime import nextflow, offline_copy, require_nextflow, resolved_config  # noqa: E402
-
-pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 MODULES = {p.parent.name.upper(): p for p in sorted(REPO.glob("modules/local/*/main.nf"))}
@@ -213,6 +212,7 @@ def inspected(project, config) -> dict:
 # point 1: resources, per attempt, capped
 
 
+@pytest.mark.slow  # starts Nextflow
 def test_the_test_profile_fits_2_cores_and_6_gb_with_labels_and_retries(attempts, config):
     given = attempts("test,gpu")
     for (process, attempt), task in given.items():
@@ -222,6 +222,7 @@ def test_the_test_profile_fits_2_cores_and_6_gb_with_labels_and_retries(attempts
         assert config(profiles)["process"]["resourceLimits"] == {"cpus": 2, "memory": "6.GB", "time": "1.h"}
 
 
+@pytest.mark.slow  # starts Nextflow
 def test_the_local_executor_caps_at_this_machines_cores_and_memory(config):
     """No executor profile and no --max_cpus / --max_memory: the caps are this machine's (base.config)."""
     resolved = config("")
@@ -238,6 +239,7 @@ GPU_LABEL_REPLACED = (
 )
 
 
+@pytest.mark.slow  # starts Nextflow
 @pytest.mark.parametrize(
     "profiles", ["", pytest.param("test,gpu", marks=pytest.mark.xfail(strict=True, reason=GPU_LABEL_REPLACED))]
 )
@@ -255,6 +257,7 @@ def test_each_task_gets_its_labels_resources_capped_and_more_on_each_retry(attem
         assert {k: task[k] for k in expected} == expected, (process, attempt)
 
 
+@pytest.mark.slow  # starts Nextflow
 @pytest.mark.parametrize(
     "profiles",
     [
@@ -275,6 +278,7 @@ def test_the_gpu_label_keeps_its_resources_in_every_profile(config, profiles):
     )
 
 
+@pytest.mark.slow  # starts Nextflow
 @pytest.mark.parametrize("profiles", ["slurm", "slurm,gpu", "awsbatch,gpu", "googlebatch,gpu"])
 def test_cluster_and_cloud_profiles_cap_at_their_nodes_not_this_machine(config, profiles):
     resolved = config(profiles)
@@ -286,6 +290,7 @@ def test_cluster_and_cloud_profiles_cap_at_their_nodes_not_this_machine(config, 
 # point 6: errors, GPU options, environment
 
 
+@pytest.mark.slow  # starts Nextflow
 def test_bad_input_and_a_missing_gpu_are_not_retried(inspected, attempts):
     from subtomo_embed.core.errors import ResourceError, SubtomoError
 
@@ -312,6 +317,7 @@ def _settings(node, path=()):
         yield path, node
 
 
+@pytest.mark.slow  # starts Nextflow
 def test_gpu_options_only_for_gpu_tasks_in_the_gpu_profile(config):
     gpu_option = re.compile(r"--gpus|--nv\b|nvidia\.com/gpu")
     seen = []
@@ -328,6 +334,7 @@ def test_gpu_options_only_for_gpu_tasks_in_the_gpu_profile(config):
         assert ("process_gpu" in labels_of(module)) == (process in ("EMBED", "PREDICT_CENTERS", "TRAIN")), process
 
 
+@pytest.mark.slow  # starts Nextflow
 def test_each_engine_gets_its_gpu_option_and_batch_services_none(inspected):
     expected = {"docker": "--gpus all", "podman": "--device nvidia.com/gpu=all", "apptainer": "--nv"}
     expected |= {"singularity": "--nv", None: ""}
@@ -338,6 +345,7 @@ def test_each_engine_gets_its_gpu_option_and_batch_services_none(inspected):
             assert got == ("" if batch_service else option), (executor, engine)
 
 
+@pytest.mark.slow  # starts Nextflow
 def test_gres_and_the_gpu_queue_only_for_tasks_given_a_gpu(config, inspected):
     """--gres (slurm_gpu_options) only when the task has an accelerator, which only the gpu profile sets."""
     closures = inspected["closures"]
@@ -352,12 +360,14 @@ def test_gres_and_the_gpu_queue_only_for_tasks_given_a_gpu(config, inspected):
     assert config("slurm")["process"]["clusterOptions"] is None  # params.slurm_options, for every task
 
 
+@pytest.mark.slow  # starts Nextflow
 def test_gpu_tasks_run_one_at_a_time_only_on_the_local_executor(config):
     assert config("test,docker,gpu")["process"]["withLabel:process_gpu"]["maxForks"] == 1
     for profiles in ("slurm,gpu", "awsbatch,gpu", "googlebatch,gpu"):
         assert config(profiles)["process"]["withLabel:process_gpu"]["maxForks"] == 0, profiles
 
 
+@pytest.mark.slow  # starts Nextflow
 @pytest.mark.parametrize("engine", ENGINES)
 def test_containers_keep_the_assigned_gpu_and_the_batch_size(config, engine):
     resolved = config(engine)
@@ -366,6 +376,7 @@ def test_containers_keep_the_assigned_gpu_and_the_batch_size(config, engine):
     assert [e for e in ENGINES if resolved.get(e, {}).get("enabled")] == [engine]
 
 
+@pytest.mark.slow  # starts Nextflow
 def test_apptainer_pull_timeout_and_cache_dir_are_params(config):
     for engine in ("apptainer", "singularity"):
         resolved = config(engine)
@@ -377,6 +388,7 @@ def test_apptainer_pull_timeout_and_cache_dir_are_params(config):
 # point 8: the batch size is not in EMBED's task hash, and halves on each retry
 
 
+@pytest.mark.slow  # starts Nextflow
 def test_the_batch_size_is_outside_the_task_hash(config):
     """Nextflow hashes a task's script source, inputs, container, and the globals and task.ext.* the
     script references; the batch size must come in through none of them, only through beforeScript."""
@@ -393,12 +405,14 @@ def test_the_batch_size_is_outside_the_task_hash(config):
                 assert path == ("withName:EMBED|PREDICT_CENTERS", "beforeScript"), (profiles, path)
 
 
+@pytest.mark.slow  # starts Nextflow
 @pytest.mark.parametrize("batch, sizes", [(None, [10, 5, 2]), (4, [4, 2, 1]), (1, [1, 1, 1])])
 def test_before_script_exports_the_batch_size_halved_per_retry(inspected, batch, sizes):
     got = [inspected["closures"][f"beforeScript {batch} {attempt}"] for attempt in (1, 2, 3)]
     assert got == [f"export SUBTOMO_EMBED_BATCH_SIZE={n}" for n in sizes]
 
 
+@pytest.mark.slow  # starts Nextflow
 @pytest.mark.parametrize("profiles, sizes", [("", ["10", "5", "2"]), ("test,gpu", ["4", "2", "1"])])
 def test_gpu_tasks_are_given_the_halved_batch_size_and_others_none(attempts, profiles, sizes):
     """In a real run: what EMBED and PREDICT_CENTERS find in SUBTOMO_EMBED_BATCH_SIZE per attempt."""
@@ -445,6 +459,7 @@ def test_files_are_found_with_nextflows_file_api():
     assert "file(params.trained_model, checkIfExists: true)" in text
 
 
+@pytest.mark.slow  # starts Nextflow
 @pytest.mark.parametrize(
     "profile, executor, key", [("awsbatch", "awsbatch", "queue"), ("googlebatch", "google-batch", "machineType")]
 )
@@ -461,6 +476,7 @@ def test_cloud_profiles(config, inspected, profile, executor, key):
     assert key in resolved["process"]["withLabel:process_gpu"]
 
 
+@pytest.mark.slow  # starts Nextflow
 def test_the_work_folder_is_the_work_bucket(inspected):
     """-profile awsbatch (googlebatch the same line) with --work_bucket: the run's work folder."""
     assert inspected["workDir"] == inspected["bucket"]
@@ -478,6 +494,7 @@ def _schema_params() -> set[str]:
     return {k for group in _schema()["$defs"].values() for k in group["properties"]}
 
 
+@pytest.mark.slow  # starts Nextflow
 def test_the_schema_lists_exactly_the_params_of_nextflow_config(config):
     params = set(config("")["params"])
     assert params == _schema_params(), (
@@ -486,6 +503,7 @@ def test_the_schema_lists_exactly_the_params_of_nextflow_config(config):
     )
 
 
+@pytest.mark.slow  # starts Nextflow
 def test_every_param_used_is_defined_and_no_profile_adds_one(config):
     used = set()
     for path in [*NF_FILES, REPO / "nextflow.config", *REPO.glob("conf/*.config")]:
@@ -518,6 +536,7 @@ def test_software_versions_are_collected():
     assert "ch_embed_versions = PREDICT_CENTERS.out.versions" in workflow
 
 
+@pytest.mark.slow  # starts Nextflow
 def test_the_expected_values_come_from_the_test_profiles_settings(config):
     """make_test_data.py --expected runs the one-machine commands with conf/test.config's params."""
     from make_test_data import TEST_CONFIG
@@ -530,6 +549,7 @@ def test_the_expected_values_come_from_the_test_profiles_settings(config):
         assert node == value, key
 
 
+@pytest.mark.slow  # starts Nextflow
 def test_the_default_params_pass_the_schema(config):
     """What validateParameters() checks first: the params as nextflow.config sets them, against
     nextflow_schema.json (the test profile's: tests/nextflow/test_nextflow.py)."""
