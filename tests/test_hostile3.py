@@ -561,3 +561,20 @@ def test_sigterm_during_training_saves_like_ctrl_c(run, cli_env):
     saved = re.search(r"interrupted: saved step (\d+) to", rest)
     assert saved and rest.strip().splitlines()[-1] == "terminated (SIGTERM)", rest
     assert read_checkpoint(ckpt)["global_step"] == int(saved.group(1)) >= 10
+
+
+# --- class 9: no unbounded work -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_groups", [10_000, 1_500])
+def test_a_distance_map_of_many_tomograms_stays_within_its_bound(n_groups):
+    from subtomo_embed.core import visualize as V
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.array([f"TS_{i:05d}" for i in range(n_groups)], dtype=object), 2)
+    rows = rng.normal(size=(groups.size, 4)).astype(np.float32)
+    dist, picked, ordered = V.distance_map(rows, groups, max_points=V.MAX_DISTANCE_MAP_POINTS)
+    assert dist.shape == (picked.size, picked.size) and picked.size <= V.MAX_DISTANCE_MAP_POINTS  # not 10k × 10k
+    assert len(set(picked.tolist())) == picked.size
+    if n_groups < V.MAX_DISTANCE_MAP_POINTS:
+        assert len(set(ordered.tolist())) == n_groups  # every tomogram keeps a row while they fit

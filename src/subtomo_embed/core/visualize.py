@@ -120,7 +120,9 @@ def plot_subsample(n: int, max_points: int, seed: int = 0) -> np.ndarray:
 
 
 def stratified_subsample(groups: np.ndarray, max_points: int, seed: int = 0) -> np.ndarray:
-    """Sorted row indices, at most ``max_points``, each group kept in proportion (at least one row each)."""
+    """Sorted row indices, at most ``max_points``, each group kept in proportion (at least one row
+    each while there are fewer groups than ``max_points``; with more, a seeded random sample: the
+    bound holds for 10,000 tomograms too)."""
     groups = np.asarray(groups)
     n = groups.size
     if n <= max_points:
@@ -128,7 +130,11 @@ def stratified_subsample(groups: np.ndarray, max_points: int, seed: int = 0) -> 
     rng = np.random.default_rng(seed)
     keep = []
     ids, counts = np.unique(groups, return_counts=True)
+    if ids.size >= max_points:
+        return np.sort(rng.choice(n, size=max_points, replace=False))
     quota = np.maximum(1, np.floor(counts * max_points / n).astype(int))
+    if quota.sum() > max_points:  # one row per group, the rest shared in proportion
+        quota = 1 + np.floor((counts - 1) * (max_points - ids.size) / (n - ids.size)).astype(int)
     for g, q in zip(ids, quota):
         rows = np.flatnonzero(groups == g)
         keep.append(rng.choice(rows, size=min(q, rows.size), replace=False))
