@@ -262,6 +262,20 @@ def _folder_at_an_output(ctx):
     (ctx["out"] / "kmeans_particles.star").mkdir()
 
 
+def _copick_with_a_list(ctx):
+    import json
+
+    picks = ctx["root"] / "picks.json"
+    point = {"location": {"x": 200.0, "y": 240.0, "z": 160.0}, "score": [0.9, 0.1]}
+    picks.write_text(json.dumps({"run_name": "TS_01", "points": [point]}))
+    _set_config(ctx, centers_file=str(picks), centers_patch_size=8, test_files=["TS_01.mrc"])
+
+
+def _hostile_truth(ctx):
+    (ctx["root"] / "truth.csv").write_text("tomogram,label,class\nTS_01,1,ribosome\nTS_02,1,0\n")
+    return ["--data", ctx["root"], "--model", ctx["ckpt"], "--device", "cpu"]
+
+
 def _patches(ctx, stem=None, size=None):
     _cli_ok(ctx, "extract", "--filename", "TS_01.mrc")
     patches = ctx["out"] / "TS_01_patches.h5"
@@ -706,6 +720,20 @@ CASES = [
         3,
         r"tuned\.ckpt: training diverged at step \d+ \(the loss is .*\): tuned\.ckpt keeps step \d+, the last good one",
         command="train",
+    ),
+    Case(
+        "copick-list-values",
+        _copick_with_a_list,
+        4,
+        r"picks\.json: copick point 0: 'score' is a list, not a number or a name",
+        command="predict-centers",
+    ),
+    Case(
+        "truth-csv-not-integer",
+        _hostile_truth,
+        4,
+        r"truth\.csv: column 'class' row 1 is not an integer \('ribosome'\)",
+        command="evaluate",
     ),
     Case(
         "output-name-is-a-folder",

@@ -578,3 +578,108 @@ def test_a_distance_map_of_many_tomograms_stays_within_its_bound(n_groups):
     assert len(set(picked.tolist())) == picked.size
     if n_groups < V.MAX_DISTANCE_MAP_POINTS:
         assert len(set(ordered.tolist())) == n_groups  # every tomogram keeps a row while they fit
+
+
+# --- class 11: raw exceptions -----------------------------------------------------------------------------------------
+
+
+def _copick(path, points, run_name="TS_01"):
+    import json
+
+    path.write_text(json.dumps({"pickable_object_name": "ribo", "run_name": run_name, "points": points}))
+
+
+@pytest.mark.parametrize(
+    "points,run_name,message",
+    [
+        (
+            [{"location": {"x": 200, "y": 240, "z": 160}, "score": [1, 2]}],
+            "TS_01",
+            r"copick point 0: 'score' is a list, not a number or a name",
+        ),
+        (
+            [{"location": {"x": 200, "y": 240, "z": 160}, "instance_id": {"a": 1}}],
+            "TS_01",
+            r"copick point 0: 'instance_id' is a dict, not a number or a name",
+        ),
+        ([{"location": {"x": [1], "y": 240, "z": 160}}], "TS_01", r"copick point 0 has no numeric location x, y, z"),
+        ([{"location": {"x": 200, "y": 240, "z": 160}}], ["TS_01"], r"copick 'run_name' is a list, not a name"),
+    ],
+    ids=["score-list", "instance-id-dict", "location-list", "run-name-list"],
+)
+def test_copick_picks_with_list_or_dict_values_are_a_one_line_error(run, points, run_name, message):
+    root, config, set_config = run
+    _copick(root / "picks.json", points, run_name)
+    set_config(
+        centers_file=str(root / "picks.json"),
+        centers_patch_size=8,
+        test_files=["TS_01.mrc"],
+        prediction_folder=str(root / "pc"),
+    )
+    code, stderr = invoke("predict-centers", "-c", config)
+    assert code == 4 and re.search(r"picks\.json: " + message, last_line(stderr)), stderr
+    assert not (root / "pc").exists() or not any((root / "pc").glob("TS_01*"))
+
+
+def _simulated_truth(root):
+    """``root`` as a folder `simulate` made: data/, masks/ and a truth.csv of its instances."""
+    import pandas as pd
+
+    rows = []
+    for mask in sorted((root / "masks").glob("*_instance_preds.h5")):
+        with h5py.File(mask) as f:
+            labels = np.unique(f["instances"][()])
+        stem = mask.name[: -len("_instance_preds.h5")]
+        rows += [{"tomogram": stem, "label": int(v), "class": int(v) % 2} for v in labels if v]
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (
+            lambda t: t.astype({"class": object}).assign(**{"class": ["a"] + list(t["class"][1:])}),
+            r"column 'class' row 1 is not an integer \('a'\)",
+        ),
+        (
+            lambda t: t.astype({"label": object}).assign(label=[None] + list(t["label"][1:])),
+            r"column 'label' row 1 is not an integer",
+        ),
+        (
+            lambda t: pd_concat(t, t.iloc[:1].assign(**{"class": 1 - t["class"].iloc[0]})),
+            r"tomogram 'TS_01' label \d+ appears twice \(rows 1 and \d+\)",
+        ),
+        (
+            lambda t: t.assign(tomogram=t["tomogram"].str.replace("TS_01", "TS_99")),
+            r"truth table names none of the instances of tomogram 'TS_01'",
+        ),
+        (lambda t: t.assign(**{"class": 0}), r"truth table holds 1 class: at least 2 are needed to score clusters"),
+        (lambda t: t.iloc[:0], r"truth table has no rows"),
+        (lambda t: t.drop(columns=["class"]), r"truth table lacks columns \['class'\]"),
+    ],
+    ids=["class-text", "label-empty", "duplicate", "other-tomograms", "one-class", "empty", "no-class"],
+)
+def test_evaluate_checks_a_hostile_truth_table_before_embedding(run, monkeypatch, change, message):
+    root, config, _ = run
+    change(_simulated_truth(root)).to_csv(root / "truth.csv", index=False)
+    from subtomo_embed.stages import embedding
+
+    def no_predict(*args, **kwargs):
+        raise AssertionError("predict ran before truth.csv was checked")
+
+    monkeypatch.setattr(embedding, "run_predict", no_predict)
+    code, stderr = invoke("evaluate", "--data", root, "--model", root / "model.ckpt", "--device", "cpu")
+    assert code == 4 and re.search(r"truth\.csv: " + message, last_line(stderr)), stderr
+
+
+def test_evaluate_reads_a_truth_table_that_is_not_csv_as_an_input_error(run):
+    root, _, _ = run
+    (root / "truth.csv").write_bytes(b'tomogram,label,class\n"TS_01,1,0\n\x00\xff')
+    code, stderr = invoke("evaluate", "--data", root, "--model", root / "model.ckpt", "--device", "cpu")
+    assert code == 4 and re.search(r"truth\.csv: not a readable table", last_line(stderr)), stderr
+
+
+def pd_concat(*tables):
+    import pandas as pd
+
+    return pd.concat(tables, ignore_index=True)

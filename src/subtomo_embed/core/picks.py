@@ -182,6 +182,8 @@ def _read_copick(path: Path) -> pd.DataFrame:
     points = doc.get("points") if isinstance(doc, dict) else None
     if not isinstance(points, list):
         raise InputDataError("copick JSON has no 'points' list", path)
+    if not isinstance(doc.get("run_name", ""), (str, type(None))):
+        raise InputDataError(f"copick 'run_name' is a {type(doc['run_name']).__name__}, not a name", path)
     rows = []
     for i, point in enumerate(points):
         try:
@@ -191,6 +193,10 @@ def _read_copick(path: Path) -> pd.DataFrame:
             raise InputDataError(f"copick point {i} has no numeric location x, y, z", path) from None
         for key in ("instance_id", "score"):
             if key in point:
+                if not isinstance(point[key], (int, float, str, type(None))):  # a list or dict: no table cell
+                    raise InputDataError(
+                        f"copick point {i}: '{key}' is a {type(point[key]).__name__}, not a number or a name", path
+                    )
                 row[key] = point[key]
         if doc.get("run_name"):
             row["run_name"] = doc["run_name"]

@@ -49,7 +49,7 @@ def read_regions_csv(path: str | Path) -> pd.DataFrame:
     if missing:
         raise InputDataError(f"regions CSV lacks columns {missing}", path)
     for c in needed:
-        df[c] = _integer_column(df[c], c, path)
+        df[c] = integer_column(df[c], c, path)
     bounds = df[[f"bbox-{i}" for i in range(6)]].to_numpy()
     bad = np.flatnonzero((bounds[:, :3] >= bounds[:, 3:]).any(axis=1))  # (picks' boxes may start below 0)
     if bad.size:
@@ -70,7 +70,7 @@ def read_regions_csv(path: str | Path) -> pd.DataFrame:
     return df
 
 
-def _integer_column(values: pd.Series, column: str, path: Path) -> np.ndarray:
+def integer_column(values: pd.Series, column: str, path: Path) -> np.ndarray:
     """A table column as int64, or an InputDataError naming the first row that is not an integer."""
     import pandas as pd
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..core import io
+from ..core import io, tables
 from ..core.config import Config, load_config
 from ..core.errors import ConfigError, InputDataError, ResourceError
 from ..core.simulate import DEFAULT_SIZE_RANGE, simulate_tomogram
@@ -244,14 +244,36 @@ def write_json(path: Path, value: dict) -> None:
         tmp.write_text(json.dumps(value, indent=1) + "\n")
 
 
-def read_truth(root: Path) -> pd.DataFrame:
+def read_truth(root: Path, stems: list[str] | None = None) -> pd.DataFrame:
+    """``truth.csv``, checked before anything is embedded: the columns, integer labels and classes,
+    each (tomogram, label) once, at least 2 classes, and (``stems``) rows for every tomogram."""
     path = Path(root) / "truth.csv"
     if not path.is_file():
         raise InputDataError("no truth.csv: not a folder made by `subtomo-embed simulate`", path.parent)
-    truth = pd.read_csv(path)
+    truth = tables.read_names_table(path, "tomogram")
     missing = [c for c in ("tomogram", "label", "class") if c not in truth.columns]
     if missing:
         raise InputDataError(f"truth table lacks columns {missing}", path)
+    if truth.empty:
+        raise InputDataError("truth table has no rows", path)
+    for column in ("label", "class"):
+        truth[column] = tables.integer_column(truth[column], column, path)
+    twice = np.flatnonzero(truth.duplicated(["tomogram", "label"], keep=False).to_numpy())
+    if twice.size:
+        first = truth.iloc[twice[0]]
+        same = twice[((truth["tomogram"] == first["tomogram"]) & (truth["label"] == first["label"])).to_numpy()[twice]]
+        raise InputDataError(
+            f"tomogram {first['tomogram']!r} label {first['label']} appears twice "
+            f"(rows {same[0] + 1} and {same[1] + 1})",
+            path,
+        )
+    if truth["class"].nunique() < 2:
+        raise InputDataError(
+            f"truth table holds {truth['class'].nunique()} class: at least 2 are needed to score clusters", path
+        )
+    absent = [s for s in stems or [] if s not in set(truth["tomogram"])]
+    if absent:
+        raise InputDataError(f"truth table names none of the instances of tomogram {absent[0]!r}", path)
     return truth
 
 
@@ -377,9 +399,10 @@ def run_evaluate(
 ) -> dict[str, tuple[float, float]]:
     """Embed a simulated dataset with ``predict`` and score it against its truth table."""
     from .embedding import run_predict
+    from .tomograms import list_tomograms
 
-    truth = read_truth(data_root)
     cfg = dataset_config(data_root, model, config)
+    truth = read_truth(data_root, [cfg.stem(t.name) for t in list_tomograms(cfg)])  # before the whole predict
     run_predict(cfg, device=device)
     return score_dataset(cfg, truth)
 
