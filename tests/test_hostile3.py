@@ -683,3 +683,14 @@ def pd_concat(*tables):
     import pandas as pd
 
     return pd.concat(tables, ignore_index=True)
+
+
+def test_picks_name_numeric_tomograms_as_text(run):
+    root, config, set_config = run
+    (root / "data" / "TS_01.mrc").rename(root / "data" / "007.mrc")
+    (root / "masks" / "TS_01_instance_preds.h5").rename(root / "masks" / "007_instance_preds.h5")
+    _picks_csv(root / "picks.csv", "007")
+    _picks_config(root, set_config, root / "picks.csv", test_files=["007.mrc"])
+    code, stderr = invoke("predict-centers", "-c", config)
+    assert code == 0, stderr
+    assert (root / "pc" / "007_embeds.h5").is_file()

@@ -144,7 +144,7 @@ def read_picks(path: Path) -> pd.DataFrame:
         table = _read_star_particles(path)
     elif suffix == ".csv":
         try:
-            table = pd.read_csv(path)
+            table = pd.read_csv(path, dtype=dict.fromkeys(TOMOGRAM_COLUMNS, str))  # names as text: 007 stays 007
         except (OSError, ValueError, pd.errors.ParserError) as err:
             raise InputDataError(f"not a readable CSV file ({str(err).splitlines()[0][:120]})", path) from None
     elif suffix == ".json":
