@@ -6,14 +6,25 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.subtomo-installed
 NF_LANG_JAR := $(VENV)/share/nf-lang/language-server-all.jar
+NEXTFLOW := $(BIN)/nextflow
+# torch 2.13.0 and its dependencies, downloaded once and kept: the venv and the image builds
+# (containers/build_test_image.sh) install from here. From PyPI on Linux that is the CUDA build with its
+# nvidia-* wheels (~2.6 GB); it runs on the CPU too.
+WHEELS := .wheels
+WHEELS_STAMP := $(WHEELS)/.torch-2.13.0
 
-.PHONY: install bytecode demo lint test test-fast nf-lang bench clean
+.PHONY: install wheels bytecode demo lint test test-fast test-nextflow nextflow nf-lang bench clean
 
-$(STAMP): pyproject.toml requirements.lock
+$(WHEELS_STAMP):
+	python3 -m pip download -q --dest $(WHEELS) torch==2.13.0
+	touch $(WHEELS_STAMP)
+
+wheels: $(WHEELS_STAMP)
+
+$(STAMP): pyproject.toml requirements.lock | $(WHEELS_STAMP)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# the CPU build of torch; a looser pin would pull a multi-GB CUDA build
-	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q --no-index --find-links $(WHEELS) torch==2.13.0
 	$(BIN)/python -m pip install -q -c requirements.lock -e ".[test]"
 	touch $(STAMP)
 
@@ -29,6 +40,16 @@ $(NF_LANG_JAR): | $(STAMP)
 
 nf-lang: $(NF_LANG_JAR)
 
+# the real Nextflow runtime (24.10.0, by Maven coordinates, every jar checked against tests/nextflow/nextflow.sha256)
+$(NEXTFLOW): tests/nextflow/pom.xml tests/nextflow/nextflow.sha256 | $(STAMP)
+	bash tests/nextflow/get_nextflow.sh $(VENV)
+
+nextflow: $(NEXTFLOW)
+
+# the pipeline run by that runtime: podman, -resume, SIGKILL, retries, stub runs, profiles (tests/nextflow)
+test-nextflow: $(STAMP) $(NEXTFLOW) bytecode
+	$(BIN)/python -m pytest -q tests/nextflow
+
 demo: $(STAMP) bytecode
 	$(BIN)/subtomo-embed demo --output demo_output
 
@@ -38,7 +59,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bin benchmarks
 	$(BIN)/mypy src
 
-test: lint $(STAMP) $(NF_LANG_JAR) bytecode
+test: lint $(STAMP) $(NF_LANG_JAR) $(NEXTFLOW) bytecode
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP) bytecode

@@ -32,9 +32,13 @@ workflow {
         .collectFile(name: 'software_versions.yml', storeDir: "${params.prediction_folder}/pipeline_info",
                      sort: true, newLine: true)
 
+    // what the handler reports, captured here: inside it `workflow` and `params` are null (a real run
+    // of Nextflow 24.10 failed there)
+    def metadata = workflow
+    def results = params.prediction_folder
     workflow.onComplete {
-        log.info(workflow.success
-            ? "subtomo-embed: done; results in ${params.prediction_folder}"
-            : "subtomo-embed: failed; see ${params.prediction_folder}/pipeline_info and .nextflow.log")
+        log.info(metadata.success
+            ? "subtomo-embed: done; results in ${results}"
+            : "subtomo-embed: failed; see ${results}/pipeline_info and .nextflow.log")
     }
 }

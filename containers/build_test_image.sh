@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Build containers/Dockerfile.cpu here with podman, as the in-image tests use it (`make test-containers`).
-#   containers/build_test_image.sh [TAG]        (default localhost/subtomo-embed:test-cpu)
+# Build containers/Dockerfile.cpu (or .cuda) here with podman, as the in-image tests use it (`make test-containers`).
+#   containers/build_test_image.sh [TAG [cpu|cuda]]   (default localhost/subtomo-embed:test-cpu, cpu)
 # The production file, built with two arguments changed:
 #   BASE_IMAGE    a Debian bookworm base made with mmdebstrap and imported into podman
 #                 (localhost/subtomo-embed-base:bookworm; made once, when missing) - no registry needed
-#   TORCH_SOURCE  --find-links to a local folder holding the torch 2.13.0 CPU wheel when there is one
-#                 ($SUBTOMO_TORCH_WHEELS, $PIP_FIND_LINKS or pip's find-links setting), else PyTorch's CPU index
+#   TORCH_SOURCE  --find-links to a local folder holding a torch 2.13.0 wheel when there is one
+#                 ($SUBTOMO_TORCH_WHEELS, the repository's .wheels/ that `make wheels` fills, $PIP_FIND_LINKS or
+#                 pip's find-links setting), else PyTorch's index. Where only PyPI is reachable (our CI) that
+#                 wheel is PyPI's CUDA build with its nvidia-* wheels: the test "CPU" image then carries CUDA
+#                 torch too (it runs on the CPU), and the CUDA image is the same venv under another label.
 # The host's CA bundle is mounted for pip (PIP_CERT) in case the package index is reached through a
 # TLS-inspecting proxy. Mounts are build-time only: nothing of the host is copied into the image.
 # Layer caching makes a rebuild after a source change take seconds.
@@ -13,6 +16,8 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tag=${1:-localhost/subtomo-embed:test-cpu}
+flavour=${2:-cpu}
+[[ $flavour == cpu || $flavour == cuda ]] || { echo "build_test_image: flavour $flavour is not cpu or cuda" >&2; exit 2; }
 base=${SUBTOMO_BASE_IMAGE:-localhost/subtomo-embed-base:bookworm}
 podman=(podman --runtime runc --cgroup-manager cgroupfs)
 work=$(mktemp -d)
@@ -31,9 +36,9 @@ fi
 
 torch_wheels() {
     local dir
-    for dir in ${SUBTOMO_TORCH_WHEELS:-} ${PIP_FIND_LINKS:-} \
+    for dir in ${SUBTOMO_TORCH_WHEELS:-} "$repo/.wheels" ${PIP_FIND_LINKS:-} \
         $(python3 -m pip config list 2>/dev/null | sed -n "s/^[a-z:.]*find-links='\(.*\)'$/\1/p"); do
-        if compgen -G "$dir/torch-2.13.0+cpu-*.whl" >/dev/null; then
+        if compgen -G "$dir/torch-2.13.0[-+]*.whl" >/dev/null; then
             echo "$dir"
             return
         fi
@@ -64,7 +69,7 @@ previous=$(image_id)
 start=$SECONDS
 "${podman[@]}" build --quiet --layers --pull=never --network host \
     --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 "${build_args[@]}" "${mounts[@]}" \
-    -f "$work/context/containers/Dockerfile.cpu" -t "$tag" "$work/context" >/dev/null
+    -f "$work/context/containers/Dockerfile.$flavour" -t "$tag" "$work/context" >/dev/null
 echo "build_test_image: $tag built in $(seconds "$start") s" \
     "($("${podman[@]}" image inspect --format '{{.Size}}' "$tag") bytes)" >&2
 # the image this one replaces, so that rebuilds do not pile up (cached layers stay)

@@ -31,9 +31,23 @@ def setting(String dotted, fallback) {
     return (value.is(missing) || value == null) ? fallback : value
 }
 
-// `--set key=value` flags for the CLI, values written as YAML (JSON is YAML).
+// `--set key=value` flags for the CLI, values written as YAML (JSON is YAML), each one shell word: a
+// quote inside a value (a file name with ') is closed, escaped and reopened
 def flags(Map settings) {
-    return settings.collect { key, value -> "--set '${key}=${groovy.json.JsonOutput.toJson(value)}'" }.join(' ')
+    return settings.collect { key, value -> shellWord("${key}=${groovy.json.JsonOutput.toJson(value)}") }
+        .collect { word -> "--set ${word}" }
+        .join(' ')
+}
+
+def shellWord(String text) {
+    return "'" + text.replace("'", "'\\''") + "'"
+}
+
+// A whole number given on the command line: from Nextflow 26.04 (strict parser) a `--key 12` whose
+// default is null stays the string '12'; the schema takes digits as a string too, and the CLI gets a number.
+def wholeNumber(String key) {
+    def value = setting(key, null)
+    return (value instanceof CharSequence && value.toString().isInteger()) ? value.toString().toInteger() : value
 }
 
 def stemOf(String name, String extension) {
@@ -55,21 +69,40 @@ def existingFolder(String key, String location) {
     return folder
 }
 
-// The tomograms to process: <data_folder>/*<file_extension>, by name, narrowed to test_files.
-def tomogramsIn(String location, String extension, wanted) {
-    existingFolder('data_folder', location)
-    def found = files("${location}/*${extension}").findAll { f -> !f.isDirectory() }.sort { f -> f.name }
-    if (!found) {
-        error("data_folder ${location}: no '*${extension}' tomograms found (file_extension)")
+// The tomograms to process, by the one-machine run's rule (stages/tomograms.py list_tomograms): test_files
+// (+ train_files), else every <data_folder>/*<file_extension> by name (+ train_files); a listed name is a
+// plain file name in data_folder (core/config.py refuses a folder part), and a listed tomogram that does
+// not exist is an error naming it, not a silent skip.
+def tomogramsIn(String location, String extension, testFiles, trainFiles) {
+    def folder = existingFolder('data_folder', location)
+    def found
+    if (testFiles != null) {
+        found = listedIn(folder, testFiles as List, 'test_files')
+    } else {
+        found = files("${location}/*${extension}").findAll { f -> !f.isDirectory() && !f.name.startsWith('.') }
+            .sort { f -> f.name }
+        if (!found) {
+            error("data_folder ${location}: no '*${extension}' tomograms found (file_extension)")
+        }
     }
-    if (!wanted) {
-        return found
+    found = (found + listedIn(folder, (trainFiles ?: []) as List, 'train_files')).unique { f -> f.toString() }
+    def missing = found.find { f -> !f.exists() || f.isDirectory() }
+    if (missing) {
+        error("${missing}: tomogram listed for processing does not exist")
     }
-    def selected = found.findAll { f -> f.name in wanted }
-    if (!selected) {
-        error("data_folder ${location}: none of test_files ${wanted} is there")
+    return found
+}
+
+// Names listed in the config (`key`), in the folder: a folder part, '.', '..' or an empty name is refused
+// as the one-machine config refuses it.
+def listedIn(folder, List names, String key) {
+    return names.collect { name ->
+        def text = name as String
+        if (!text || text in ['.', '..'] || text.contains('/') || text.contains('\\')) {
+            error("${key}: '${text}' must be a tomogram file name without a folder part")
+        }
+        folder.resolve(text)
     }
-    return selected
 }
 
 // A tomogram's instance mask, where the one-machine run looks for it (core/io.py mask_candidates).
@@ -80,9 +113,13 @@ def maskOf(folder, String stem, String extension, String suffix) {
 }
 
 // In a folder of per-tomogram picks, the tomogram's own file as the one-machine run finds it
-// (core/picks.py picks_file_for): <stem>.star|csv|json, else <stem>_*.star|csv|json; null if none.
-def picksFileFor(List candidates, String stem, String location) {
-    def found = candidates.findAll { f -> withoutExtension(f.name) == stem || f.name.startsWith("${stem}_") }
+// (core/picks.py picks_file_for): <stem>.star|csv|json, else <stem>_*.star|csv|json but never the exact
+// file of another tomogram (`others`: TS_1_b.star is TS_1_b's, not TS_1's); null if none.
+def picksFileFor(List candidates, String stem, String location, List others) {
+    def found = candidates.findAll { f ->
+        def name = withoutExtension(f.name)
+        name == stem || (f.name.startsWith("${stem}_") && !(name in others))
+    }
     def exact = found.findAll { f -> withoutExtension(f.name) == stem }
     if (exact) {
         found = exact
@@ -144,7 +181,7 @@ workflow SUBTOMO_EMBED {
     // how picks become boxes (predict-centers, and TRAIN on picks)
     def boxes = [
         file_extension                 : extension,
-        centers_patch_size             : setting('centers_patch_size', null),
+        centers_patch_size             : wholeNumber('centers_patch_size'),
         'centers.units'                : setting('centers.units', 'auto'),
         'centers.origin'               : setting('centers.origin', 'auto'),
         'centers.voxel_size'           : setting('centers.voxel_size', null),
@@ -156,8 +193,8 @@ workflow SUBTOMO_EMBED {
     // how instance masks become patches (extract, and TRAIN on masks)
     def masking = [
         file_extension                 : extension,
-        min_particle_size              : setting('min_particle_size', null),
-        max_particle_size              : setting('max_particle_size', null),
+        min_particle_size              : wholeNumber('min_particle_size'),
+        max_particle_size              : wholeNumber('max_particle_size'),
         masking_type                   : setting('masking_type', 1),
         expand_labels                  : setting('expand_labels', 0),
     ]
@@ -182,10 +219,13 @@ workflow SUBTOMO_EMBED {
         'hyper_parameters.batch_size'    : setting('hyper_parameters.batch_size', 10),
         'hyper_parameters.learning_rate' : setting('hyper_parameters.learning_rate', 0.001),
         'hyper_parameters.max_steps'     : setting('hyper_parameters.max_steps', 1000),
+        'hyper_parameters.contrast_weight'      : setting('hyper_parameters.contrast_weight', 0.0),
+        'hyper_parameters.contrast_temperature' : setting('hyper_parameters.contrast_temperature', 0.2),
     ] + normalization
 
     def startingCheckpoint = file(params.trained_model, checkIfExists: true)
-    def tomograms = tomogramsIn(params.data_folder, extension, setting('test_files', null))
+    def tomograms = tomogramsIn(params.data_folder, extension, setting('test_files', null),
+                                setting('train_files', null))
     def maskFolder = params.instances_mask_folder
         ? existingFolder('instances_mask_folder', params.instances_mask_folder) : null
     // [stem, tomogram, mask or null] per tomogram, found on the head node
@@ -205,8 +245,10 @@ workflow SUBTOMO_EMBED {
         if (picksFile.isDirectory() && !candidates) {
             error("picks ${params.picks}: no .star, .csv or .json picks files in the folder")
         }
+        def stems = masked.collect { item -> item[0] }
         picked = masked.collect { item ->
-            [item[0], item[1], picksFile.isDirectory() ? picksFileFor(candidates, item[0], params.picks) : picksFile]
+            def others = stems.findAll { other -> other != item[0] }
+            [item[0], item[1], picksFile.isDirectory() ? picksFileFor(candidates, item[0], params.picks, others) : picksFile]
         }
         picked.findAll { item -> item[2] == null }.each { item ->
             log.warn("${item[0]}: no picks file in ${params.picks}; skipped")
@@ -289,6 +331,7 @@ workflow SUBTOMO_EMBED {
         .mix(ch_embedded.labels, ch_embedded.regions)
         .map { _meta, f -> f }
         .collect(sort: { a, b -> byName(a, b) })
+        .ifEmpty { error("no tomogram yielded embeddings (no instances or picks passed the filters); nothing to merge") }
     // each tomogram's regions STAR: the clustered STAR files are its rows plus rlnClass
     ch_stars = ch_embedded.star.map { _meta, f -> f }.collect(sort: { a, b -> byName(a, b) })
     // the tomograms (cluster galleries) and masks (cluster label volumes) of the embedded instances,

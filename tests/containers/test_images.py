@@ -41,6 +41,7 @@ from tools import require_executable  # noqa: E402
 pytestmark = pytest.mark.slow
 
 IMAGE = "localhost/subtomo-embed:test-cpu"
+CUDA_IMAGE = "localhost/subtomo-embed:test-cuda"
 BASE_IMAGE = "localhost/subtomo-embed-base:bookworm"  # build_test_image.sh's default
 PODMAN = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs"]
 RUN = [*PODMAN, "run", "--rm", "--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
@@ -48,17 +49,27 @@ TASK_UID = 1000  # when the tests run as root; otherwise the user's own uid (roo
 Runner = Callable[[str, Path, dict, dict], None]
 
 
-@pytest.fixture(scope="session")
-def image() -> str:
+def build_image(tag: str, flavour: str) -> str:
+    """containers/build_test_image.sh TAG FLAVOUR (cpu: Dockerfile.cpu, cuda: Dockerfile.cuda); prints the size."""
     require_executable("podman")
     if subprocess.run([*PODMAN, "image", "exists", BASE_IMAGE]).returncode != 0:
         require_executable("mmdebstrap")  # the script makes the Debian base with it
     proc = subprocess.run(
-        ["bash", str(REPO / "containers" / "build_test_image.sh"), IMAGE], capture_output=True, text=True
+        ["bash", str(REPO / "containers" / "build_test_image.sh"), tag, flavour], capture_output=True, text=True
     )
-    assert proc.returncode == 0, f"building {IMAGE} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, f"building {tag} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     print(proc.stderr.strip(), file=sys.stderr)
-    return IMAGE
+    return tag
+
+
+@pytest.fixture(scope="session")
+def image() -> str:
+    return build_image(IMAGE, "cpu")
+
+
+@pytest.fixture(scope="session")
+def cuda_image() -> str:
+    return build_image(CUDA_IMAGE, "cuda")
 
 
 @pytest.fixture(scope="module")
@@ -334,7 +345,18 @@ def test_the_image_has_ps_no_compiler_and_nothing_of_its_build(image):
 
 
 def test_the_demo_runs_in_the_image_as_another_user_on_a_read_only_root(image, top):
-    out = top / "demo"
+    run_demo(image, top / "demo")
+
+
+def test_the_cuda_image_runs_the_demo_on_the_cpu_as_another_user_on_a_read_only_root(cuda_image, top):
+    """Dockerfile.cuda, built here (PyPI's torch is the CUDA build): its CPU path, as a node without a GPU runs it."""
+    check = "python -c 'import torch; assert torch.version.cuda, torch.__version__; print(torch.__version__)'"
+    proc = subprocess.run([*RUN, cuda_image, "bash", "-c", check], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_demo(cuda_image, top / "demo_cuda")
+
+
+def run_demo(image: str, out: Path) -> None:
     out.mkdir()
     give_to_task_user(out)
     command = [

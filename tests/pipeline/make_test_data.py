@@ -39,10 +39,14 @@ def md5(path: Path) -> str:
 
 
 def published(folder: Path) -> list[str]:
+    """The results, less hidden files and the resolved ``<step>_config.yaml`` a one-machine step keeps beside
+    its outputs (a pipeline task's would name its own staging folders; the pipeline does not publish them)."""
     return sorted(
         p.relative_to(folder).as_posix()
         for p in folder.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        if p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and not p.name.endswith("_config.yaml")
     )
 
 

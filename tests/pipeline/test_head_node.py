@@ -110,10 +110,10 @@ def tomogram_calls(f: dict[str, Path]) -> dict[str, tuple]:
         "a missing test file": (["TS_02.mrc", "TS_99.mrc"], None),
         "a missing train file": (None, ["TS_98.mrc"]),
         "a listed folder": (["sub.mrc"], None),
-        # absolute names (issue 26, 6): the one-machine config refuses a folder part (core/config.py)
+        # names with a folder part: refused, as the one-machine config (core/config.py) refuses them
         "all and an absolute train file": (None, [outside]),
         "an absolute test file": ([outside, "TS_10.mrc"], None),
-        "a missing absolute file": (["TS_01.mrc"], [str(f["elsewhere"] / "TS_97.mrc")]),
+        "a relative folder part": (["../data/TS_01.mrc"], None),
     }
 
 
@@ -140,11 +140,14 @@ def answers(folders, pipeline) -> dict[str, dict]:
         calls[f"tomograms: {name}"] = f"tomogramsIn({data_}, '.mrc', {groovy(test_files)}, {groovy(train_files)})"
     calls["tomograms: empty"] = f"tomogramsIn({groovy(str(folders['empty']))}, '.mrc', null, null)"
     calls["tomograms: nowhere"] = f"tomogramsIn({groovy(str(root / 'nowhere'))}, '.mrc', null, null)"
-    calls["listed"] = f"listedIn(file({data_}), ['TS_01.mrc', {groovy(str(folders['elsewhere']))}])"
+    calls["listed"] = f"listedIn(file({data_}), ['TS_01.mrc', 'TS_02.mrc'], 'test_files')"
     for stem, extension, suffix in MASK_CASES:
         calls[f"mask: {stem}{extension}{suffix}"] = f"maskOf(file({masks_}), '{stem}', '{extension}', '{suffix}')"
     for stem in PICK_STEMS:
-        calls[f"picks: {stem}"] = f"picksFileFor(picksFilesIn({picks_}), '{stem}', {picks_})"
+        # the other tomograms, as the workflow pairs them (TS_08 and TS_08_b together, apart from the rest)
+        group = [s for s in PICK_STEMS if s.startswith("TS_08") == stem.startswith("TS_08")]
+        others = groovy([s for s in group if s != stem])
+        calls[f"picks: {stem}"] = f"picksFileFor(picksFilesIn({picks_}), '{stem}', {picks_}, {others})"
     for name, settings in flag_settings().items():
         calls[f"flags: {name}"] = f"flags(new groovy.json.JsonSlurper().parseText({groovy(json.dumps(settings))}))"
     calls["settings"] = (
@@ -199,15 +202,22 @@ def test_tomograms_are_listed_as_the_one_machine_run_lists_them(answers, folders
     }
 
 
-def test_listed_tomograms_may_be_absolute_paths(answers, folders):
-    data, outside = folders["data"], str(folders["elsewhere"] / "TS_50.mrc")
-    everything = [str(data / n) for n in ("TS_01.mrc", "TS_02.mrc", "TS_10.mrc")]
-    assert answers["tomograms: all and an absolute train file"] == {"value": [*everything, outside]}
-    assert answers["tomograms: an absolute test file"] == {"value": [outside, str(data / "TS_10.mrc")]}
-    missing = folders["elsewhere"] / "TS_97.mrc"
-    assert answers["tomograms: a missing absolute file"] == {
-        "error": f"{missing}: tomogram listed for processing does not exist"
+def test_listed_tomograms_with_a_folder_part_are_refused_as_the_one_machine_config_refuses_them(answers, folders):
+    from subtomo_embed.core.config import config_from_dict
+    from subtomo_embed.core.errors import ConfigError
+
+    outside = str(folders["elsewhere"] / "TS_50.mrc")
+    cases = {
+        "all and an absolute train file": ("train_files", outside),
+        "an absolute test file": ("test_files", outside),
+        "a relative folder part": ("test_files", "../data/TS_01.mrc"),
     }
+    for name, (key, listed) in cases.items():
+        assert answers[f"tomograms: {name}"] == {
+            "error": f"{key}: '{listed}' must be a tomogram file name without a folder part"
+        }, name
+        with pytest.raises(ConfigError, match="without a folder part"):
+            config_from_dict({"data_folder": str(folders["data"]), key: [listed]})
 
 
 def test_an_empty_or_missing_data_folder_is_an_error(answers, folders):
@@ -223,8 +233,8 @@ def test_an_empty_or_missing_data_folder_is_an_error(answers, folders):
             list_tomograms(config_from_dict({"data_folder": str(folder)}))
 
 
-def test_listed_names_are_in_the_folder_unless_absolute(answers, folders):
-    assert answers["listed"] == {"value": [str(folders["data"] / "TS_01.mrc"), str(folders["elsewhere"])]}
+def test_listed_names_are_in_the_data_folder(answers, folders):
+    assert answers["listed"] == {"value": [str(folders["data"] / "TS_01.mrc"), str(folders["data"] / "TS_02.mrc")]}
 
 
 def test_a_missing_listed_tomogram_ends_the_run_naming_it(folders, pipeline):
@@ -276,10 +286,6 @@ def test_picks_files_are_paired_as_the_one_machine_run_pairs_them(answers, folde
     assert str(picks) in answers["picks: TS_04"]["error"]  # two files: the folder named
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="workflows/subtomo_embed.nf picksFileFor has no `others` rule: TS_08 takes TS_08_b's own file",
-)
 def test_a_tomograms_own_picks_file_is_not_given_to_a_tomogram_whose_name_it_starts_with(answers, folders):
     """stages/centers.py pairs with the other tomograms' stems (``others``): TS_08_b.star is TS_08_b's."""
     from subtomo_embed.core.picks import picks_file_for

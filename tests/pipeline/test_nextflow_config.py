@@ -36,6 +36,9 @@ REPO = Path(__file__).resolve().parents[2]
 MODULES = {p.parent.name.upper(): p for p in sorted(REPO.glob("modules/local/*/main.nf"))}
 NF_FILES = sorted([*REPO.glob("*.nf"), *REPO.glob("workflows/*.nf"), *REPO.glob("modules/local/*/main.nf")])
 GB = 2**30
+# The profiles select GPU tasks with a regular expression for the label: a selector with base.config's text
+# ('process_gpu') replaced base.config's block in a real run, and GPU tasks got 1 CPU and 4 GB on every attempt.
+GPU_SELECTOR = "withLabel:^process_gpu$"
 HOUR = 3_600_000  # ms
 MACHINE_MEMORY_MB = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
 # the exit statuses a scheduler or the tool gives for a lack of resources (retried)
@@ -165,7 +168,7 @@ def closure_cases(config) -> list[tuple[str, str, dict]]:
         for attempt in (1, 2, 3):
             values = {"task": {"attempt": attempt}, "params": params}
             cases.append((f"beforeScript {batch} {attempt}", before, values))
-    gpu_options = config("test,docker,gpu")["process"]["withLabel:process_gpu"]["containerOptions"]
+    gpu_options = config("test,docker,gpu")["process"][GPU_SELECTOR]["containerOptions"]
     for executor in ("local", "slurm", "awsbatch", "google-batch"):
         for engine in (*ENGINES, None):
             values = {"task": {"executor": executor}, "workflow": {"containerEngine": engine}}
@@ -175,14 +178,14 @@ def closure_cases(config) -> list[tuple[str, str, dict]]:
             params = {**slurm["params"], "slurm_options": options, "slurm_queue": "cpu", "slurm_gpu_queue": "gpu"}
             values = {"task": {"accelerator": accelerator}, "params": params}
             for key in ("clusterOptions", "queue"):
-                source = slurm["process"]["withLabel:process_gpu"][key]
+                source = slurm["process"][GPU_SELECTOR][key]
                 cases.append((f"slurm {key} {accelerator} {options}", source, values))
         params = {**aws["params"], "aws_cpu_queue": "cpu", "aws_gpu_queue": "gpu"}
-        source = aws["process"]["withLabel:process_gpu"]["queue"]
+        source = aws["process"][GPU_SELECTOR]["queue"]
         cases.append(
             (f"awsbatch queue {accelerator}", source, {"task": {"accelerator": accelerator}, "params": params})
         )
-        source = google["process"]["withLabel:process_gpu"]["machineType"]
+        source = google["process"][GPU_SELECTOR]["machineType"]
         values = {"task": {"accelerator": accelerator}, "params": google["params"]}
         cases.append((f"googlebatch machineType {accelerator}", source, values))
     return cases
@@ -233,16 +236,10 @@ def test_the_local_executor_caps_at_this_machines_cores_and_memory(config):
 
 # cpus, memory, time caps of the probe runs
 CAPS = {"": (os.cpu_count(), MACHINE_MEMORY_MB * 2**20, 48 * HOUR), "test,gpu": (2, 6 * GB, HOUR)}
-GPU_LABEL_REPLACED = (
-    "a profile's own withLabel:'process_gpu' block (gpu, slurm, awsbatch, googlebatch) replaces base.config's "
-    "instead of adding to it: GPU tasks get the process defaults (1 cpu, 4 GB, 2 h) on every attempt"
-)
 
 
 @pytest.mark.slow  # starts Nextflow
-@pytest.mark.parametrize(
-    "profiles", ["", pytest.param("test,gpu", marks=pytest.mark.xfail(strict=True, reason=GPU_LABEL_REPLACED))]
-)
+@pytest.mark.parametrize("profiles", ["", "test,gpu"])
 def test_each_task_gets_its_labels_resources_capped_and_more_on_each_retry(attempts, profiles):
     max_cpus, max_memory, max_time = CAPS[profiles]
     given = attempts(profiles)
@@ -263,13 +260,15 @@ def test_each_task_gets_its_labels_resources_capped_and_more_on_each_retry(attem
     [
         "",
         "test",
-        *[
-            pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=GPU_LABEL_REPLACED))
-            for p in ("test,docker,gpu", "slurm", "slurm,gpu", "awsbatch,gpu", "googlebatch,gpu")
-        ],
+        "test,docker,gpu",
+        "slurm",
+        "slurm,gpu",
+        "awsbatch,gpu",
+        "googlebatch,gpu",
     ],
 )
 def test_the_gpu_label_keeps_its_resources_in_every_profile(config, profiles):
+    """base.config's resources for GPU tasks, whatever the profiles add (see GPU_SELECTOR)."""
     gpu = config(profiles)["process"]["withLabel:process_gpu"]
     assert (gpu.get("cpus"), gpu.get("memory"), gpu.get("time")) == (
         8,
@@ -326,7 +325,7 @@ def test_gpu_options_only_for_gpu_tasks_in_the_gpu_profile(config):
             if path[-1] == "runOptions":
                 assert not gpu_option.search(str(value)), (profiles, path)
             if gpu_option.search(str(value)) or path[-1] == "accelerator":
-                assert "gpu" in profiles.split(",") and path[:2] == ("process", "withLabel:process_gpu"), path
+                assert "gpu" in profiles.split(",") and path[:2] == ("process", GPU_SELECTOR), path
                 assert path[-1] in ("containerOptions", "accelerator"), (profiles, path)
                 seen.append(path[-1])
     assert set(seen) == {"containerOptions", "accelerator"}
@@ -354,17 +353,17 @@ def test_gres_and_the_gpu_queue_only_for_tasks_given_a_gpu(config, inspected):
     assert closures["slurm clusterOptions 1 None"] == "--gres=gpu:1"
     assert closures["slurm clusterOptions 1 --account=lab"] == "--account=lab --gres=gpu:1"
     assert [closures[f"slurm queue {a} None"] for a in (None, 1)] == ["cpu", "gpu"]
-    assert "accelerator" not in config("slurm")["process"]["withLabel:process_gpu"]
-    assert "accelerator" not in config("test")["process"].get("withLabel:process_gpu", {})
-    assert config("slurm,gpu")["process"]["withLabel:process_gpu"]["accelerator"] == 1
+    assert "accelerator" not in config("slurm")["process"][GPU_SELECTOR]
+    assert "accelerator" not in config("test")["process"].get(GPU_SELECTOR, {})
+    assert config("slurm,gpu")["process"][GPU_SELECTOR]["accelerator"] == 1
     assert config("slurm")["process"]["clusterOptions"] is None  # params.slurm_options, for every task
 
 
 @pytest.mark.slow  # starts Nextflow
 def test_gpu_tasks_run_one_at_a_time_only_on_the_local_executor(config):
-    assert config("test,docker,gpu")["process"]["withLabel:process_gpu"]["maxForks"] == 1
+    assert config("test,docker,gpu")["process"][GPU_SELECTOR]["maxForks"] == 1
     for profiles in ("slurm,gpu", "awsbatch,gpu", "googlebatch,gpu"):
-        assert config(profiles)["process"]["withLabel:process_gpu"]["maxForks"] == 0, profiles
+        assert config(profiles)["process"][GPU_SELECTOR]["maxForks"] == 0, profiles
 
 
 @pytest.mark.slow  # starts Nextflow
@@ -473,7 +472,7 @@ def test_cloud_profiles(config, inspected, profile, executor, key):
     else:
         assert [closures[f"googlebatch machineType {a}"] for a in (None, 1)] == [None, "g2-standard-12"]
         assert resolved["google"]["batch"]["installGpuDrivers"] is True
-    assert key in resolved["process"]["withLabel:process_gpu"]
+    assert key in resolved["process"][GPU_SELECTOR]
 
 
 @pytest.mark.slow  # starts Nextflow
