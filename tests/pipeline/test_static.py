@@ -139,8 +139,8 @@ def test_a_misspelled_directive_is_caught(copy, jar, old, new, expected):
         ("        queueSize       = 100", "        queueSise       = 100", "'queueSise' is not a setting of executor"),
         ("timeline {", "timelines {", "'timelines' is not a setting of the top level"),
         (
-            "            withLabel: 'process_gpu' {\n                accelerator",
-            "            withLabel: 'process_gpu' {\n                acelerator",
+            "            withLabel: '^process_gpu$' {\n                accelerator",
+            "            withLabel: '^process_gpu$' {\n                acelerator",
             "'acelerator' is not a process directive",
         ),
     ],
