@@ -124,6 +124,51 @@ def test_a_small_mask_declaring_a_huge_volume_is_refused_before_reading(run, mon
     ), stderr
 
 
+def _huge(f, name: str) -> None:
+    del f[name]
+    f.create_dataset(name, shape=(2**30,), dtype=np.int64, chunks=(2**16,), compression=1)  # 8 GiB, a few kB
+
+
+def _no_huge_reads(monkeypatch) -> list:
+    reads: list = []
+    real = h5py.Dataset.__getitem__
+
+    def spy(self, key):
+        if self.size * self.dtype.itemsize > 2**28:
+            reads.append(self.name)
+            raise AssertionError(f"read {self.name} of {self.shape} whole")
+        return real(self, key)
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", spy)
+    return reads
+
+
+@pytest.mark.parametrize("target", ["labels", "merged labels", "merged tomograms", "patches regions"])
+def test_small_files_declaring_huge_datasets_are_refused_before_reading(run, monkeypatch, target):
+    root, config, _ = run
+    if target == "labels":
+        with h5py.File(root / "out" / "TS_01_instance_labels.h5", "r+") as f:
+            _huge(f, "labels")
+        args = ["merge", "-c", config, "--output-dir", root / "m"]
+        message = r"TS_01_instance_labels\.h5: dataset 'labels' has 1073741824 entries but there are \d+ embeddings"
+    elif target.startswith("merged"):
+        shared = _shared_merge(root)
+        name = target.split()[1]
+        with h5py.File(shared / "embeddings.h5", "r+") as f:
+            _huge(f, name)
+        args = ["kmeans", "-c", config, "--input-dir", shared, "--output-dir", root / "k"]
+        message = rf"embeddings\.h5: dataset '{name}' has 1073741824 entries but there are \d+ "
+    else:
+        assert invoke("extract", "-c", config, "--filename", "TS_01.mrc", "--output-dir", root / "p")[0] == 0
+        with h5py.File(root / "p" / "TS_01_patches.h5", "r+") as f:
+            _huge(f, "regions/label")
+        args = ["embed", "-c", config, "--patches", root / "p" / "TS_01_patches.h5", "--output-dir", root / "e"]
+        message = r"TS_01_patches\.h5: regions column 'label' does not have one value per patch"
+    reads = _no_huge_reads(monkeypatch)
+    code, stderr = invoke(*args)
+    assert reads == [] and code == 4 and re.search(message, last_line(stderr)), stderr
+
+
 # --- class 10: MRC files whose header disagrees with their bytes ---------------------------------------------
 
 

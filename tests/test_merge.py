@@ -190,7 +190,7 @@ def test_load_merged_from_staged_files_only(tmp_path):
         ("dim", "TS_01_embeds.h5", "dimension"),
         ("nan", "TS_01_embeds.h5", "NaN"),
         ("rows", "TS_01_instance_regions.csv", "rows"),
-        ("labels", "TS_01_instance_labels.h5", "instance labels"),
+        ("labels", "TS_01_instance_labels.h5", "entries but there are"),
     ],
 )
 def test_bad_input_names_the_file_and_writes_nothing(tmp_path, damage, culprit, message):

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import layout
 from .errors import InputDataError
-from .io import FINGERPRINT_ATTR, atomic_output, dataset, open_h5, open_h5_file
+from .io import FINGERPRINT_ATTR, atomic_output, dataset, open_h5, open_h5_file, read_sized
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -101,11 +101,12 @@ def read_patches_file(path: Path) -> PatchesFile:
             raise InputDataError("not a patches file (needs datasets 'patches' and group 'regions')", path)
         if not isinstance(f["regions"], h5py.Group):
             raise InputDataError("'regions' is an HDF5 dataset, not a group", path)
-        columns = {c: dataset(f["regions"], c)[()] for c in json.loads(f.attrs["columns"])}
         count = dataset(f, "patches").shape[0]
-        short = [c for c, v in columns.items() if np.ndim(v) != 1 or len(v) != count]
-        if short:
+        names = json.loads(f.attrs["columns"])
+        short = [c for c in names if len(dataset(f["regions"], c).shape) != 1 or dataset(f["regions"], c).size != count]
+        if short:  # checked before anything is read
             raise InputDataError(f"regions column '{short[0]}' does not have one value per patch ({count})", path)
+        columns = {c: dataset(f["regions"], c)[()] for c in names}
         table = pd.DataFrame(columns)
         stem = layout.safe_stem(f.attrs.get("stem", ""), path)
         shape = tuple(int(n) for n in f.attrs["tomogram_shape"]) if "tomogram_shape" in f.attrs else None
@@ -135,6 +136,8 @@ def iter_patches_file(path: Path, chunk: int = 32) -> Iterator[np.ndarray]:
 
 # --------------------------------------------------------------------------------------------
 # merged embeddings (CryoSiam's embeddings.h5, rows instead of columns, + names and labels)
+
+MAX_TOMOGRAMS = 10**6  # entries of number_of_samples a merged file may hold
 
 
 class MergedRows:
@@ -205,7 +208,13 @@ def read_merged_embeddings(path: Path, max_bytes: float = float("inf")) -> Merge
         counts = dataset(f, "number_of_samples")
         if emb.ndim != 2:
             raise InputDataError(f"dataset 'embeddings' must be 2D [N, dim], got shape {emb.shape}", path)
-        names = dataset(f, "tomograms")[()] if "tomograms" in f else None
+        if counts.ndim != 1 or counts.size > MAX_TOMOGRAMS:  # checked before anything is read
+            raise InputDataError(
+                f"dataset 'number_of_samples' has shape {counts.shape}: one count per tomogram, at most "
+                f"{MAX_TOMOGRAMS:,}",
+                path,
+            )
+        names = read_sized(f, "tomograms", counts.size, "counts in number_of_samples") if "tomograms" in f else None
         stems = None if names is None else [layout.safe_stem(s, path) for s in np.ravel(names)]
         key = f.attrs.get(FINGERPRINT_ATTR)
         in_memory = 4.0 * emb.shape[0] * emb.shape[1] <= max_bytes
@@ -213,6 +222,6 @@ def read_merged_embeddings(path: Path, max_bytes: float = float("inf")) -> Merge
             np.asarray(emb[()], dtype=np.float32) if in_memory else MergedRows(path),
             np.asarray(counts[()], dtype=np.int64).ravel(),
             stems,
-            np.asarray(dataset(f, "labels")[()], dtype=np.int64) if "labels" in f else None,
+            np.asarray(read_sized(f, "labels", emb.shape[0]), dtype=np.int64) if "labels" in f else None,
             None if key is None else (key.decode() if isinstance(key, bytes) else str(key)),
         )

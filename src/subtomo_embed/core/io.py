@@ -529,9 +529,21 @@ def dataset(f: h5py.File | h5py.Group, name: str) -> h5py.Dataset:
     return found
 
 
-def read_h5_dataset(path: str | Path, name: str) -> np.ndarray:
+def read_sized(f: h5py.File | h5py.Group, name: str, size: int | None = None, what: str = "embeddings") -> np.ndarray:
+    """``f[name]`` read whole; with ``size``, its declared number of entries is checked first (one
+    per ``what``): a small file that declares a huge dataset is refused without allocating it."""
+    found = dataset(f, name)
+    if size is not None and found.size != size:
+        raise InputDataError(
+            f"dataset '{name}' has {found.size} entries but there are {size} {what}", Path(f.file.filename)
+        )
+    return found[()]
+
+
+def read_h5_dataset(path: str | Path, name: str, size: int | None = None, what: str = "embeddings") -> np.ndarray:
+    """One dataset of an HDF5 file (:func:`read_sized`)."""
     with open_h5(path) as f:
-        return dataset(f, name)[()]
+        return read_sized(f, name, size, what)
 
 
 def h5_shape(path: str | Path, name: str) -> tuple[int, ...]:

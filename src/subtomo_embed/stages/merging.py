@@ -185,7 +185,7 @@ def plan_merge(cfg: Config, input_dir: Path, output_dir: Path, force: bool = Fal
                 tomogram.embeds,
             )
         n = shape[1]
-        lab = io.read_h5_dataset(tomogram.labels, "labels") if tomogram.labels is not None else None
+        lab = io.read_h5_dataset(tomogram.labels, "labels", n) if tomogram.labels is not None else None
         try:
             regions_list.append(M.align_regions(tables.read_regions_csv(tomogram.regions), lab, n))
         except M.MergeInputError as err:
