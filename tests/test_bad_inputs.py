@@ -313,6 +313,15 @@ def _log_dir_file(ctx):
     _set_config(ctx, log_dir=str(blocker))
 
 
+def _log_file_link(ctx):
+    target = ctx["root"] / "precious.txt"
+    target.write_text("not a log\n")
+    logs = ctx["root"] / "logs"
+    logs.mkdir()
+    (logs / "subtomo-embed.log").symlink_to(target)
+    _set_config(ctx, log_dir=str(logs))
+
+
 def _mode(ctx, data):
     with mrcfile.new(_tomo(ctx), overwrite=True) as m:
         m.set_data(data)
@@ -516,6 +525,12 @@ CASES = [
         r"model\.ckpt: is a folder, not a checkpoint file",
     ),
     Case("log-dir-is-a-file", _log_dir_file, 3, r"a_file: log_dir is a file, not a folder"),
+    Case(
+        "log-file-is-a-link",
+        _log_file_link,
+        6,
+        r"logs/subtomo-embed\.log: the log file is a symbolic link; remove it \(the log is not written through links\)",
+    ),
     # class 1: names that become paths
     Case(
         "config-gpu-negative",

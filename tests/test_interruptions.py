@@ -16,11 +16,12 @@ from synthetic import make_checkpoint, make_dataset, write_config
 
 
 def outputs(folder: Path) -> dict[str, str]:
-    """Every output file's SHA-256 (the log and temporaries excluded)."""
+    """Every output file's SHA-256 (the log, the kept config, which names its own folder, and
+    temporaries excluded)."""
     return {
         p.name: hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(folder.glob("*"))
-        if p.is_file() and not p.name.endswith(".log")
+        if p.is_file() and not p.name.endswith((".log", "_config.yaml"))
     }
 
 
