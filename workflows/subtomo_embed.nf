@@ -169,6 +169,7 @@ workflow SUBTOMO_EMBED {
         'visualization.3d_umap'                  : setting('visualization.3d_umap', false),
         'visualization.max_plot_points'          : setting('visualization.max_plot_points', 20000),
         'visualization.explorer_thumbnails'      : setting('visualization.explorer_thumbnails', 20000),
+        'visualization.explorer_max_points'      : setting('visualization.explorer_max_points', 200000),
         'visualization.visualization_suffix'     : setting('visualization.visualization_suffix', suffixDefault),
         visualization_files                      : setting('visualization_files', null),
         instances                                : setting('instances', null),

@@ -218,6 +218,7 @@ VISUALIZATION = {
     "visualization.3d_umap": False,
     "visualization.max_plot_points": 20000,
     "visualization.explorer_thumbnails": 20000,
+    "visualization.explorer_max_points": 200000,
     "visualization.visualization_suffix": "instance_regions.csv",
     "visualization_files": None,
     "instances": None,
@@ -247,6 +248,8 @@ TRAINING = {
     "hyper_parameters.batch_size": 4,
     "hyper_parameters.learning_rate": 0.001,
     "hyper_parameters.max_steps": 3,
+    "hyper_parameters.contrast_weight": 0.0,
+    "hyper_parameters.contrast_temperature": 0.2,
     **NORMALIZATION,
 }
 SETTINGS = {
