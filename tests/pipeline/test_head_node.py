@@ -182,8 +182,8 @@ def test_tomograms_are_listed_as_the_one_machine_run_lists_them(answers, folders
 
     data = folders["data"]
     for name, (test_files, train_files) in tomogram_calls(folders).items():
-        if "absolute" in name:
-            continue  # below
+        if "absolute" in name or "folder part" in name:
+            continue  # refused: below
         got = answers[f"tomograms: {name}"]
         cfg = config_from_dict({"data_folder": str(data), "test_files": test_files, "train_files": train_files})
         try:
