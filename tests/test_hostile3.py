@@ -739,3 +739,14 @@ def test_picks_name_numeric_tomograms_as_text(run):
     code, stderr = invoke("predict-centers", "-c", config)
     assert code == 0, stderr
     assert (root / "pc" / "007_embeds.h5").is_file()
+
+
+def test_files_staged_by_a_killed_clustering_run_are_removed_by_the_next(run):
+    import socket
+
+    root, config, _ = run
+    left = root / "out" / f".subtomo-tmp-4194303@{socket.gethostname()}~0badf00d-kmeans_clusters.h5"
+    left.write_bytes(b"half")  # pid 4194303 is above Linux's pid_max: that run has ended
+    code, stderr = invoke("kmeans", "-c", config)
+    assert code == 0, stderr
+    assert not left.exists()

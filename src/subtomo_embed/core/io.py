@@ -106,6 +106,7 @@ def outputs_together(journal: Path, what: str, finish: Callable[[], object] | No
             journal,
             what,
         )
+    remove_stale_temporaries(journal.parent)  # a killed run's staged files
     staged: list[tuple[Path, Path]] = []
     token = _TOGETHER.set(staged)
     try:
@@ -130,7 +131,7 @@ def outputs_together(journal: Path, what: str, finish: Callable[[], object] | No
         _put_in_place(tmp, path)
     if finish is not None:
         finish()
-    journal.unlink()
+    journal.unlink(missing_ok=True)  # (another run on the folder may have finished first)
 
 
 def _create_private(tmp: Path) -> None:
