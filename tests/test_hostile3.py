@@ -750,3 +750,18 @@ def test_files_staged_by_a_killed_clustering_run_are_removed_by_the_next(run):
     code, stderr = invoke("kmeans", "-c", config)
     assert code == 0, stderr
     assert not left.exists()
+
+
+def test_a_run_pinned_to_one_tomogram_skips_it_when_the_picks_name_others(run):
+    """``--filename``: a task of a larger run (the pipeline's), given the picks of all tomograms."""
+    root, config, set_config = run
+    _picks_csv(root / "picks.csv", "TS_01")
+    _picks_config(root, set_config, root / "picks.csv")
+    code, stderr = invoke("predict-centers", "-c", config, "--filename", "TS_02.mrc")
+    assert code == 0 and "TS_02: no picks, skipped" in stderr, stderr
+    assert not (root / "pc").exists() or not any((root / "pc").glob("TS_02*"))
+    (root / "picks.csv").write_text("x,y,z,rlnTomoName\n")
+    code, stderr = invoke("predict-centers", "-c", config, "--filename", "TS_02.mrc")
+    assert code == 0 and "picks.csv: picks file holds no picks (a header only)" in stderr, stderr
+    code, stderr = invoke("predict-centers", "-c", config)  # the whole run: an error
+    assert code == 4 and "picks file holds no picks (a header only): nothing to embed" in last_line(stderr)

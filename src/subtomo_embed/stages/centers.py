@@ -64,18 +64,25 @@ def pick_ids(table: pd.DataFrame, first: int) -> np.ndarray:
 
 
 class PicksSource:
-    """Where each tomogram's picks come from: one file (split by its tomogram column) or a folder."""
+    """Where each tomogram's picks come from: one file (split by its tomogram column) or a folder.
 
-    def __init__(self, cfg: Config, stems: list[str]):
+    Picks that give the run nothing at all to embed (a header only, names of none of the selected
+    tomograms) are an error before any work, unless the run is ``pinned`` to one tomogram
+    (``--filename``: a task of a larger run, as the pipeline's are, given the picks of all): then
+    it is a warning and the tomogram is skipped ("no picks, skipped", no outputs, exit 0).
+    """
+
+    def __init__(self, cfg: Config, stems: list[str], pinned: bool = False):
         self.cfg = cfg
         self.path = cfg.path("centers_file")
         self.folder = self.path.is_dir()
         self.stems = stems
+        self.pinned = pinned
         self.single: pd.DataFrame | None = None
         if not self.folder:
             table = P.read_picks(self.path)
             if len(table) == 0:
-                raise InputDataError("picks file holds no picks (a header only): nothing to embed", self.path)
+                self._nothing("picks file holds no picks (a header only)")
             self.labels = pick_ids(table, 1)
             self.convention = P.detect_convention(table, cfg.centers.units, cfg.centers.origin, self.path)
             column = P.tomogram_column(table, cfg.centers.tomogram_column, self.path)
@@ -91,16 +98,21 @@ class PicksSource:
                 self.names = np.array([P.tomogram_name(v, cfg.file_extension) for v in table[column]], dtype=object)
             self.single = table
             unknown = sorted(set(self.names) - set(stems))
-            if len(unknown) == len(set(self.names)):
-                raise InputDataError(
+            if unknown and len(unknown) == len(set(self.names)):
+                self._nothing(
                     f"picks name none of the {len(stems)} selected tomogram(s) ({_some(stems)}) in column "
-                    f"'{column}': they name {_some(unknown)}",
-                    self.path,
+                    f"'{column}': they name {_some(unknown)}"
                 )
-            if unknown:
+            elif unknown:
                 log.info("picks for %d tomogram(s) not selected here (e.g. %s)", len(unknown), unknown[0])
         elif not any(self.path.iterdir()):
             raise InputDataError("centers_file is an empty folder", self.path)
+
+    def _nothing(self, why: str) -> None:
+        """Nothing to embed: an error, or (pinned to one tomogram) a warning."""
+        if not self.pinned:
+            raise InputDataError(f"{why}: nothing to embed", self.path)
+        log.warning("%s: %s", self.path, why)
 
     def of(self, stem: str) -> TomogramPicks | None:
         if self.single is not None:
@@ -287,7 +299,7 @@ def run_predict_centers(
     """Embed a box around every pick of every selected tomogram."""
     size = centers_box_size(cfg)
     tomograms = list_tomograms(cfg, filename)
-    source = PicksSource(cfg, [cfg.stem(t.name) for t in tomograms])
+    source = PicksSource(cfg, [cfg.stem(t.name) for t in tomograms], pinned=filename is not None)
     out = prepare_output_folder(cfg.path("prediction_folder"), cfg)
     run = start_run("predict-centers", cfg, out, None, device, overwrite, keep_going)
     log.info(
@@ -300,7 +312,7 @@ def run_predict_centers(
         run.device,
     )
     summary = embed_tomograms(run, [(cfg.stem(t.name), partial(centers_job, run, source, t, size)) for t in tomograms])
-    if summary.nothing and not (summary.done or summary.skipped or summary.failed):
+    if not source.pinned and summary.nothing and not (summary.done or summary.skipped or summary.failed):
         raise InputDataError(
             f"no picks for any of the {len(tomograms)} selected tomogram(s): nothing embedded", source.path
         )

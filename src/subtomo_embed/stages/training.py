@@ -64,7 +64,7 @@ def collect_picks(cfg: Config, filename: str | None = None) -> list[PickSource]:
 
     size = centers_box_size(cfg)
     tomograms = list_tomograms(cfg, filename)
-    source = PicksSource(cfg, [cfg.stem(t.name) for t in tomograms])
+    source = PicksSource(cfg, [cfg.stem(t.name) for t in tomograms], pinned=filename is not None)
     sources: list[PickSource] = []
     for tomogram in tomograms:
         stem = cfg.stem(tomogram.name)
