@@ -359,7 +359,7 @@ def test_a_corrupt_tomogram_ends_the_run_at_once_with_the_tools_message(project,
     error_lines = [
         line
         for line in proc.stdout.splitlines() + proc.stderr.splitlines()
-        if line.strip().startswith("error:") and "TS_09.mrc" in line
+        if "error: TS_09.mrc: " in line  # "input error: <file>: <problem>"
     ]
     assert error_lines, proc.stdout[-4000:]
     rows = [r for r in trace(results, "bad") if r["name"].endswith("(TS_09)")]
