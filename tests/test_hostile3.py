@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 import test_hostile
-from test_hostile import invoke, last_line, snapshot  # noqa: F401  (used below)
+from test_hostile import invoke, last_line, snapshot
 
 predicted, run = test_hostile.predicted, test_hostile.run  # the same fixtures: a predicted dataset, a copy per test
 
