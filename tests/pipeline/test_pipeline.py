@@ -555,7 +555,7 @@ def published(process: str, task: Path, rules: dict) -> dict[str, Path]:
     names = {}
     for pattern, strip, where in rules.get(process, []):
         for output in outputs:
-            if re.fullmatch(_glob_to_regex(pattern), output):
+            if re.fullmatch(_glob_to_regex(pattern), output) and not output.endswith("_config.yaml"):  # saveAs: null
                 name = output[len(strip) :] if strip and output.startswith(strip) else output
                 names[f"vis/{name}" if where == "vis" else name] = task / output
     return names
@@ -588,10 +588,13 @@ def test_pipeline_publishes_the_same_files_as_the_one_machine_run(chain, cli_env
             ["subtomo-embed", command, "-c", str(config)], env=cli_env, capture_output=True, text=True
         )
         assert proc.returncode == 0, f"{command}: {proc.stderr[-2000:]}"
+    # the resolved <step>_config.yaml a one-machine step keeps is not published by the pipeline
     one_machine = {
         p.relative_to(out).as_posix()
         for p in out.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(out).parts)
+        if p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(out).parts)
+        and not p.name.endswith("_config.yaml")
     }
 
     rules = publish_rules()

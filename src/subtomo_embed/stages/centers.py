@@ -316,5 +316,6 @@ def run_predict_centers(
         raise InputDataError(
             f"no picks for any of the {len(tomograms)} selected tomogram(s): nothing embedded", source.path
         )
-    keep_config(cfg, out, "predict-centers")
+    if summary.done or summary.skipped or summary.failed:  # a run that made nothing leaves nothing
+        keep_config(cfg, out, "predict-centers")
     return summary
