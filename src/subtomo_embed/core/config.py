@@ -204,7 +204,7 @@ class InstancesConfig(_Section):
 
 
 class CentersConfig(_Section):
-    """Extension: how ``predict-centers`` reads picks (docs/centers.md)."""
+    """Extension: how ``predict-centers`` reads picks (docs/picks.md)."""
 
     units: Literal["auto", "voxels", "angstrom"] = "auto"
     origin: Literal["auto", "corner", "centered"] = "auto"
