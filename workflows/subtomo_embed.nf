@@ -105,7 +105,7 @@ def listedIn(folder, List names, String key) {
     }
 }
 
-// A tomogram's instance mask, where the one-machine run looks for it (core/io.py mask_candidates).
+// A tomogram's instance mask, where the one-machine run looks for it (core/layout.py mask_candidates, through core/io.py find_mask).
 def maskOf(folder, String stem, String extension, String suffix) {
     return ["${stem}_instance_preds${suffix}.h5", "${stem}${extension}", "${stem}.mrc", "${stem}.rec"]
         .collect { name -> folder.resolve(name) }
