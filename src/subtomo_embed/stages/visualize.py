@@ -65,12 +65,12 @@ def existing_clusterings(folders: Folders, merged: Merged, cfg: Config | None = 
         for folder in (folders.output_dir, folders.input_dir):
             path = layout.clusters(folder, method)
             if path.is_file():
-                try:
-                    clusters = io.read_h5_dataset(path, "clusters").ravel()
+                try:  # its declared size first: a small file declaring a huge dataset is not read (issue 31, 4)
+                    clusters = io.read_h5_dataset(path, "clusters", merged.n).ravel()
                 except InputDataError:
                     stale = stale or path
                     continue
-                if clusters.size == merged.n and io.read_h5_attr(path, "embeddings_key") in (None, merged.key):
+                if io.read_h5_attr(path, "embeddings_key") in (None, merged.key):
                     found[method] = clusters.astype(np.int64)
                     break
                 stale = stale or path
