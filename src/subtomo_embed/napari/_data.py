@@ -109,19 +109,37 @@ def instance_features(sources: Sources, stem: str) -> pd.DataFrame:
     for method in CLUSTER_METHODS:
         path = pred / f"{stem}_clusters_{method}.h5"
         if path.is_file():
-            clusters = io.read_h5_dataset(path, "predictions").ravel()
-            if clusters.size == len(table):  # categories, not numbers: plots colour them as groups
-                table[f"{method}_cluster"] = pd.Categorical(clusters.astype(np.int64))
-            else:
-                log.warning("%s has %d clusters for %d instances: ignored", path, clusters.size, len(table))
+            try:  # its declared size first (issue 31, 4): another count is a stale or foreign file
+                clusters = io.read_h5_dataset(path, "predictions", len(table), what="instances").ravel()
+                if not np.issubdtype(clusters.dtype, np.integer):
+                    raise InputDataError("cluster ids that are not integers", path)
+            except InputDataError as err:
+                log.warning("%s: ignored", err)
+                continue
+            # categories, not numbers: plots colour them as groups
+            table[f"{method}_cluster"] = pd.Categorical(clusters.astype(np.int64))
     for csv in sources.projections():
         name = csv.stem[len("all_tomograms_") :]  # umap, umap_3d, pca, pca_3d
-        coords = pd.read_csv(csv, dtype={"tomogram": str})
-        axes = [a for a in "xyz" if a in coords.columns]
-        mine = coords[coords["tomogram"] == stem].drop_duplicates("label").set_index("label")
-        for a in axes:
+        mine = projection_of(csv, stem)
+        for a in mine.columns:
             table[f"{name}_{a}"] = mine[a].reindex(table["label"]).to_numpy(np.float64)
     return table
+
+
+def projection_of(csv: Path, stem: str) -> pd.DataFrame:
+    """The tomogram's rows of a projection table (``tomogram``, ``label``, ``x``, ``y``[, ``z``]), by
+    label; a table that is not one is a one-line input error naming it, not a traceback in napari."""
+    coords = tables.read_names_table(csv, "tomogram")
+    axes = [a for a in "xyz" if a in coords.columns]
+    if "tomogram" not in coords.columns or "label" not in coords.columns or axes[:2] != ["x", "y"]:
+        raise InputDataError("not a projection table (columns tomogram, label, x, y expected)", csv)
+    mine = coords[coords["tomogram"] == stem]
+    try:
+        labels = pd.to_numeric(mine["label"], errors="raise").astype(np.int64)
+        values = mine[axes].apply(pd.to_numeric, errors="raise").astype(np.float64)
+    except (ValueError, TypeError, OverflowError):
+        raise InputDataError("a projection table with labels or coordinates that are not numbers", csv) from None
+    return values.set_index(labels.to_numpy()).loc[lambda v: ~v.index.duplicated()]
 
 
 def from_picks(sources: Sources, stem: str) -> bool:
