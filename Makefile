@@ -15,8 +15,13 @@ WHEELS_STAMP := $(WHEELS)/.torch-2.13.0
 
 .PHONY: install wheels bytecode demo lint test test-fast test-nextflow nextflow nf-lang bench clean
 
-$(WHEELS_STAMP):
-	python3 -m pip download -q --dest $(WHEELS) torch==2.13.0
+# the venv's own pip downloads them (a system python3 may have no pip)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(WHEELS_STAMP): | $(BIN)/python
+	$(BIN)/python -m pip download -q --dest $(WHEELS) torch==2.13.0
 	touch $(WHEELS_STAMP)
 
 wheels: $(WHEELS_STAMP)
