@@ -576,8 +576,9 @@ def test_explorer_thumbnail_limit_and_missing_tomograms(real, tmp_path):
 
 def test_explorer_bounds_the_points_by_a_stratified_sample(real, tmp_path, monkeypatch):
     from subtomo_embed.core.config import load_config
+    from subtomo_embed.stages.context import resolve_folders
     from subtomo_embed.stages.explorer import write_explorer
-    from subtomo_embed.stages.merging import load_merged, resolve_folders
+    from subtomo_embed.stages.merging import load_merged
     from subtomo_embed.stages.visualize import existing_clusterings
 
     cfg = load_config(real["config"])

@@ -16,7 +16,8 @@ from subtomo_embed.core import merge as M
 from subtomo_embed.core.config import config_from_dict
 from subtomo_embed.core.errors import InputDataError
 from subtomo_embed.core.io import write_h5
-from subtomo_embed.stages.merging import Folders, load_merged, merge_embeddings
+from subtomo_embed.stages.context import Folders
+from subtomo_embed.stages.merging import load_merged, merge_embeddings
 
 
 def _cfg(**raw):

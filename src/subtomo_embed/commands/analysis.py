@@ -37,7 +37,7 @@ VisDir = Annotated[
 
 def _setup(config_file, overrides, input_dir, output_dir, vis_dir, quiet):
     from ..core.config import load_config
-    from ..stages.merging import resolve_folders
+    from ..stages.context import resolve_folders
 
     cfg = load_config(config_file, overrides)
     log_dir = cfg.optional_path("log_dir")

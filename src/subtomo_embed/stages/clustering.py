@@ -19,8 +19,9 @@ from ..core import io, layout, records, tables
 from ..core.config import Config
 from ..core.errors import ConfigError, InputDataError
 from ..core.picks import PICK_PREFIX
+from .context import Folders
 from .figures import cluster_figures
-from .merging import Folders, Merged, load_merged, plan_merged
+from .merging import Merged, load_merged, plan_merged
 from .provenance import keep_config
 
 log = logging.getLogger(__name__)

@@ -428,8 +428,8 @@ def run_demo(
     sets are scored for the trained model, an untrained twin and the two classical descriptors.
     """
     from .clustering import run_kmeans, run_spectral
+    from .context import resolve_folders
     from .embedding import run_predict
-    from .merging import resolve_folders
     from .visualize import run_visualize
 
     start = time.perf_counter()

@@ -19,7 +19,8 @@ from ..core import io, layout
 from ..core.config import Config
 from ..core.errors import InputDataError
 from ..core.progress import logged
-from .merging import Folders, Merged
+from .context import Folders
+from .merging import Merged
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ from ..core import io, layout, tables
 from ..core.config import Config
 from ..core.errors import InputDataError, SubtomoError
 from ..core.progress import logged
-from .merging import Folders, Merged
+from .context import Folders
+from .merging import Merged
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ Every file goes through ``atomic_output``, so bad input leaves nothing behind.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,35 +24,11 @@ from ..core import chunked, digests, h5files, io, layout, tables
 from ..core import merge as M
 from ..core.config import Config
 from ..core.errors import InputDataError
+from .context import Folders
 
 log = logging.getLogger(__name__)
 
 MERGE_LAYOUT_VERSION = 1  # part of the fingerprint: a new layout rebuilds every merge
-
-
-@dataclass
-class Folders:
-    input_dir: Path
-    output_dir: Path
-    vis_dir: Path
-
-
-def resolve_folders(cfg: Config, input_dir: Path | None, output_dir: Path | None, vis_dir: Path | None) -> Folders:
-    """``--input-dir`` (default ``prediction_folder``), ``--output-dir`` (default ``prediction_folder``),
-    ``--vis-dir`` (default ``visualization.prediction_folder``, else ``<output-dir>/vis``)."""
-    inp = Path(input_dir).absolute() if input_dir else cfg.path("prediction_folder")
-    out = Path(output_dir).absolute() if output_dir else (cfg.optional_path("prediction_folder") or inp)
-    if vis_dir:
-        vis = Path(vis_dir).absolute()
-    elif cfg.visualization.prediction_folder:
-        vis = Path(os.path.expanduser(cfg.visualization.prediction_folder)).absolute()
-    else:
-        vis = out / "vis"
-    if not inp.is_dir():
-        raise InputDataError("input folder does not exist", inp)
-    cfg.check_output_folder(out, "--output-dir" if output_dir else "prediction_folder")
-    cfg.check_output_folder(vis, "--vis-dir" if vis_dir else "the visualization folder")
-    return Folders(inp, out, vis)
 
 
 @dataclass

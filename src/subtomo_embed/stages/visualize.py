@@ -15,9 +15,10 @@ from ..core import io, layout, records, tables
 from ..core.config import Config
 from ..core.errors import InputDataError
 from ..core.progress import logged
+from .context import Folders
 from .explorer import write_explorer
 from .figures import axis_name, global_projection, log_area, projection_name, save_figure, shown
-from .merging import Folders, Merged, load_merged
+from .merging import Merged, load_merged
 from .provenance import keep_config
 
 log = logging.getLogger(__name__)
