@@ -508,6 +508,7 @@ def test_visualize_writes_the_explorer(real, tmp_path):
     from PIL import Image
 
     from subtomo_embed.core import io as sio
+    from subtomo_embed.core import volumes
     from subtomo_embed.core.extract import Normalization, iter_patches, plan_extraction
 
     path = real["out"] / "vis" / E.EXPLORER_NAME
@@ -539,8 +540,8 @@ def test_visualize_writes_the_explorer(real, tmp_path):
 
     # every instance has a thumbnail (fewer than the limit): the masked patch predict cut, as PNG
     assert len(data["thumbnails"]) == n
-    mask = sio.read_instance_mask(real["masks"] / "TS_02_instance_preds.h5")
-    volume, _ = sio.open_mrc_volume(real["data"] / "TS_02.mrc")
+    mask = volumes.read_instance_mask(real["masks"] / "TS_02_instance_preds.h5")
+    volume, _ = volumes.open_mrc_volume(real["data"] / "TS_02.mrc")
     plan = plan_extraction(mask, expand_labels=2, min_size=10)
     patches = {
         int(plan.columns["label"][i]): p.copy()
@@ -609,7 +610,7 @@ def test_thumbnails_of_picks_are_the_boxes_predict_centers_cut(tmp_path):
     from real_run import inner_picks, run_cli
     from synthetic import make_checkpoint, make_dataset, write_config
 
-    from subtomo_embed.core import io as sio
+    from subtomo_embed.core import volumes
     from subtomo_embed.core.extract import Normalization, cut_centered_patch
 
     data, masks = make_dataset(tmp_path, n_instances=9)
@@ -630,7 +631,7 @@ def test_thumbnails_of_picks_are_the_boxes_predict_centers_cut(tmp_path):
     data_page = page_data_of((out / "vis" / E.EXPLORER_NAME).read_text(encoding="utf-8"))
     table = pd.read_csv(out / "embeddings_table.csv")
     assert len(data_page["thumbnails"]) == len(table) > 0
-    volume, _ = sio.open_mrc_volume(data / "TS_01.mrc")
+    volume, _ = volumes.open_mrc_volume(data / "TS_01.mrc")
     for row in np.flatnonzero(table["tomogram"] == "TS_01")[:3]:
         r = table.iloc[row]
         patch = cut_centered_patch(

@@ -200,14 +200,14 @@ def test_an_mrc_whose_header_disagrees_with_its_bytes_is_refused(run, offset, va
 def test_an_mrc_with_another_valid_axis_order_and_an_extended_header_still_reads(tmp_path):
     import mrcfile
 
-    from subtomo_embed.core import io
+    from subtomo_embed.core import volumes
 
     path = tmp_path / "v.mrc"
     with mrcfile.new(path) as m:
         m.set_data(np.zeros((4, 5, 6), np.float32))
         m.set_extended_header(np.zeros(16, dtype="V8"))
         m.header.mapc, m.header.mapr, m.header.maps = 3, 2, 1
-    data, _ = io.open_mrc_volume(path)
+    data, _ = volumes.open_mrc_volume(path)
     assert data.shape == (4, 5, 6)
 
 
@@ -449,7 +449,7 @@ def test_a_link_planted_at_the_temporary_name_is_never_written_through(tmp_path,
 
     import pandas as pd
 
-    from subtomo_embed.core import errors, io, star, tables
+    from subtomo_embed.core import errors, io, star, tables, volumes
 
     class Fixed:
         hex = "0123456789abcdef"
@@ -465,7 +465,7 @@ def test_a_link_planted_at_the_temporary_name_is_never_written_through(tmp_path,
     write = {
         "h5": lambda: io.write_h5(path, {"x": np.arange(3)}),
         "star": lambda: star.write_star(path, table),
-        "mrc": lambda: io.write_mrc(path, np.zeros((2, 2, 2), np.float32)),
+        "mrc": lambda: volumes.write_mrc(path, np.zeros((2, 2, 2), np.float32)),
         "csv": lambda: tables.write_regions_csv(path, table),
     }[writer]
     with pytest.raises(errors.ResourceError, match="the temporary name is taken"):

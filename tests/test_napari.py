@@ -78,11 +78,11 @@ def test_reader_opens_one_tomogram_of_a_prediction_folder(run, viewer):
 
 
 def check_tomogram_layers(run, stem, image, labels, points) -> None:
-    from subtomo_embed.core import io
+    from subtomo_embed.core import io, volumes
 
-    volume, _ = io.open_mrc_volume(run["data"] / f"{stem}.mrc")
+    volume, _ = volumes.open_mrc_volume(run["data"] / f"{stem}.mrc")
     np.testing.assert_array_equal(np.asarray(image.data), volume)
-    mask = io.read_instance_mask(run["masks"] / f"{stem}_instance_preds.h5")
+    mask = volumes.read_instance_mask(run["masks"] / f"{stem}_instance_preds.h5")
     np.testing.assert_array_equal(np.asarray(labels.data), mask)
 
     regions = pd.read_csv(run["out"] / f"{stem}_instance_regions.csv")

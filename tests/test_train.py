@@ -39,13 +39,13 @@ CRYOSIAM_TOP_KEYS = {"epoch", "global_step", "pytorch-lightning_version", "state
 
 def test_a_view_is_the_patch_predict_cuts(tmp_path):
     """Write one view as a tomogram + CryoSiam mask, run the pipeline's extract: same patch."""
-    from subtomo_embed.core import h5files, io
+    from subtomo_embed.core import h5files, io, volumes
     from subtomo_embed.stages.extraction import run_extract
 
     rng = np.random.default_rng(0)
     volume, mask = view_volume(random_particle(rng, size_range=(3, 4)), rng, SETTINGS)
     patch = extract_view(volume, mask, SETTINGS)
-    io.write_mrc(tmp_path / "data" / "v.mrc", volume)
+    volumes.write_mrc(tmp_path / "data" / "v.mrc", volume)
     io.write_h5(tmp_path / "masks" / "v_instance_preds.h5", {"instances": mask})
     cfg = load_config(
         None,

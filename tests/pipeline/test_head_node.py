@@ -1,6 +1,6 @@
 """The workflow's head-node functions, run by the real Nextflow runtime, agree with the one-machine
 run's Python on real folders: which tomograms (stages/tomograms.py list_tomograms), which mask
-(core/io.py find_mask), which picks file (core/picks.py picks_file_for), the errors for an empty or
+(core/volumes.py find_mask), which picks file (core/picks.py picks_file_for), the errors for an empty or
 missing folder or a missing listed tomogram, and the ``--set`` flags the tasks get.
 
 A small script written here includes the functions from the offline copy's workflows/subtomo_embed.nf
@@ -258,7 +258,7 @@ def test_a_missing_listed_tomogram_ends_the_run_naming_it(folders, pipeline):
 
 
 def test_masks_are_found_as_the_one_machine_run_finds_them(answers, folders):
-    from subtomo_embed.core.io import find_mask
+    from subtomo_embed.core.volumes import find_mask
 
     for stem, extension, suffix in MASK_CASES:
         expected = find_mask(folders["masks"], stem, extension, suffix)

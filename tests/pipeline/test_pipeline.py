@@ -493,7 +493,7 @@ def test_clusterings_make_galleries_and_label_volumes_from_the_staged_data_and_m
     """data/ and masks/ staged into the task: what the pipeline used to skip silently (issue 11, point 8)."""
     import mrcfile
 
-    from subtomo_embed.core.io import read_instance_mask
+    from subtomo_embed.core.volumes import read_instance_mask
 
     for process, method in (("CLUSTER_KMEANS", "kmeans"), ("CLUSTER_SPECTRAL", "spectral")):
         task = chain[process]

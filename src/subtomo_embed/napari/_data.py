@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core import io, tables
+from ..core import io, tables, volumes
 from ..core.errors import InputDataError
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class Sources:
         pred = self.prediction_folder
         for folder in (self.mask_folder, pred.parent / "masks", pred.parent, pred):
             if folder is not None and folder.is_dir():
-                found = io.find_mask(folder, stem, self.file_extension, self.instances_suffix)
+                found = volumes.find_mask(folder, stem, self.file_extension, self.instances_suffix)
                 if found is not None:
                     return found
         return None

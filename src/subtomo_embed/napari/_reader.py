@@ -14,7 +14,7 @@ import logging
 
 import numpy as np
 
-from ..core import io
+from ..core import volumes
 from ..core.errors import SubtomoError
 from . import _data
 
@@ -52,7 +52,7 @@ def tomogram_layers(sources: _data.Sources, stem: str, opened: str) -> list[tupl
     layers: list[tuple] = []
     tomogram = sources.tomogram(stem)
     if tomogram is not None:
-        volume, _ = io.open_mrc_volume(tomogram)
+        volume, _ = volumes.open_mrc_volume(tomogram)
         sample = np.asarray(volume[:: max(1, volume.shape[0] // 16)], dtype=np.float32)
         lo, hi = np.percentile(sample, [1, 99])
         layers.append(
@@ -66,7 +66,7 @@ def tomogram_layers(sources: _data.Sources, stem: str, opened: str) -> list[tupl
         log.info("napari: tomogram %s not found (set data_folder in a config YAML and open that)", stem)
     mask_path = None if _data.from_picks(sources, stem) else sources.mask(stem)
     if mask_path is not None:
-        layers.append((io.read_instance_mask(mask_path), _labels_kwargs(stem, features, column, meta), "labels"))
+        layers.append((volumes.read_instance_mask(mask_path), _labels_kwargs(stem, features, column, meta), "labels"))
     else:
         log.info("napari: no instance mask layer for %s (not found, or the instances are picks)", stem)
     centres = features[["centroid-0", "centroid-1", "centroid-2"]].to_numpy(np.float64)

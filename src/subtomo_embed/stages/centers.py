@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core import io
+from ..core import io, volumes
 from ..core import picks as P
 from ..core.config import Config
 from ..core.errors import ConfigError, InputDataError
@@ -155,7 +155,7 @@ def _some(names) -> str:
 
 def tomogram_geometry(cfg: Config, tomogram: Path, shape: tuple[int, ...], units: str = "angstrom") -> P.Geometry:
     c = cfg.centers
-    voxel = P.as_triple(c.voxel_size, "centers.voxel_size", cfg.source) or io.mrc_voxel_size(tomogram)
+    voxel = P.as_triple(c.voxel_size, "centers.voxel_size", cfg.source) or volumes.mrc_voxel_size(tomogram)
     picks_voxel = P.as_triple(c.picks_voxel_size, "centers.picks_voxel_size", cfg.source)
     if voxel is None:  # issue 13: never 1 Å made up for Å picks or another binning
         if units == "angstrom" or picks_voxel is not None:
@@ -217,7 +217,7 @@ def load_picked_tomogram(
     """The tomogram (memory-mapped) and the regions table of its picks whose boxes can be cut; the
     picks' conventions logged; a box larger than the tomogram, or no pick left, is an error."""
     stem = cfg.stem(tomogram.name)
-    volume, _ = io.open_mrc_volume(tomogram)
+    volume, _ = volumes.open_mrc_volume(tomogram)
     if size > min(volume.shape):  # as predict's patch_size: a box beyond the tomogram is a mistake
         raise ConfigError(
             f"centers_patch_size {size} is larger than the tomogram {tomogram.name} {list(volume.shape)}",

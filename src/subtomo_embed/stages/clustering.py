@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core import io, layout, records, tables
+from ..core import io, layout, records, tables, volumes
 from ..core.config import Config
 from ..core.errors import ConfigError, InputDataError
 from ..core.picks import PICK_PREFIX
@@ -254,14 +254,14 @@ def write_label_volumes(cfg: Config, merged: Merged, volume_ids: np.ndarray, out
     done: list[Path] = []
     all_labels = merged.table["label"].to_numpy(np.int64)
     for i, stem in enumerate(io.progress(merged.stems, f"{method} label volumes")):
-        mask_path = io.find_mask(mask_folder, stem, cfg.file_extension, cfg.instances_suffix)
+        mask_path = volumes.find_mask(mask_folder, stem, cfg.file_extension, cfg.instances_suffix)
         if mask_path is None:
             log.info("no mask for %s in %s: label volume skipped", stem, mask_folder)
             continue
-        mask = io.read_instance_mask(mask_path)
+        mask = volumes.read_instance_mask(mask_path)
         lab, cls = all_labels[merged.rows(i)], volume_ids[merged.rows(i)]
         tomogram = data_folder / f"{stem}{cfg.file_extension}" if data_folder else None
-        io.write_mrc(
+        volumes.write_mrc(
             layout.label_volume(out, stem, method), paint_labels(mask, lab, cls), _voxel_size([mask_path, tomogram])
         )
         done.append(layout.label_volume(out, stem, method))
@@ -312,7 +312,7 @@ def _voxel_size(candidates: list[Path | None]) -> float:
     for p in candidates:
         if p is not None and p.suffix.lower() in (".mrc", ".rec", ".map") and p.is_file():
             try:
-                return io.open_mrc_volume(p)[1]
+                return volumes.open_mrc_volume(p)[1]
             except InputDataError:
                 pass
     return 1.0

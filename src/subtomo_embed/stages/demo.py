@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..core import io, tables
+from ..core import io, tables, volumes
 from ..core.config import Config, load_config
 from ..core.errors import ConfigError, InputDataError, ResourceError
 from ..core.simulate import DEFAULT_SIZE_RANGE, simulate_tomogram
@@ -138,7 +138,7 @@ def run_simulate(
             tomo = simulate_tomogram(shape, n_particles, rng, snr=snr, wedge=wedge, size_range=size_range)
         else:
             tomo = simulate_assembly_tomogram(shape, n_particles, rng, classes, snr=snr, wedge=wedge)
-        io.write_mrc(root / "data" / f"{stem}.mrc", tomo.volume, voxel_size=voxel_size)
+        volumes.write_mrc(root / "data" / f"{stem}.mrc", tomo.volume, voxel_size=voxel_size)
         io.write_h5(root / "masks" / f"{stem}_instance_preds.h5", {"instances": tomo.mask})
         rows += [{"tomogram": stem, **r, "snr": float(snr), "wedge": float(wedge or 0.0)} for r in tomo.truth]
     columns = TRUTH_COLUMNS

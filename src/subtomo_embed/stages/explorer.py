@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..core import explorer as E
-from ..core import io, layout
+from ..core import io, layout, volumes
 from ..core.config import Config
 from ..core.errors import InputDataError
 from ..core.progress import logged
@@ -95,7 +95,7 @@ def voxel_sizes(cfg: Config, stems: list[str]) -> dict[str, tuple[float, float, 
     for stem in stems:
         path = data_folder / f"{stem}{cfg.file_extension}" if data_folder else None
         try:
-            out[stem] = io.mrc_voxel_size(path) if path is not None and path.is_file() else None
+            out[stem] = volumes.mrc_voxel_size(path) if path is not None and path.is_file() else None
         except InputDataError:
             out[stem] = None
     return out
@@ -149,7 +149,7 @@ def particle_thumbnails(cfg: Config, merged: Merged, rows: np.ndarray):
         mask_path = (
             None
             if picks or mask_folder is None
-            else io.find_mask(mask_folder, stem, cfg.file_extension, cfg.instances_suffix)
+            else volumes.find_mask(mask_folder, stem, cfg.file_extension, cfg.instances_suffix)
         )
         if not tomogram.is_file() or (not picks and mask_path is None):
             missing = "tomogram" if not tomogram.is_file() else "mask"
@@ -167,12 +167,12 @@ def _patches(cfg: Config, tomogram: Path, mask_path: Path | None, regions: pd.Da
     """The patches of ``regions`` in ``tomogram``: masked regions (with ``mask_path``) or picked boxes."""
     from .tomograms import normalization, patch_size
 
-    volume, _ = io.open_mrc_volume(tomogram)
+    volume, _ = volumes.open_mrc_volume(tomogram)
     if mask_path is None:
         return E.picked_patches(
             volume, regions, patch_size(cfg), normalization(cfg), cfg.centers.mask_radius, str(tomogram)
         )
-    mask = io.read_instance_mask(mask_path)
+    mask = volumes.read_instance_mask(mask_path)
     if mask.shape != volume.shape:
         raise InputDataError(f"mask shape {mask.shape} differs from the tomogram's {volume.shape}", mask_path)
     return E.masked_patches(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core import h5files, io, layout
+from ..core import h5files, io, layout, volumes
 from ..core.config import Config
 from ..core.errors import ConfigError
 from ..core.extract import Extraction, cut_patches_into_file, import_modules
@@ -91,7 +91,7 @@ def write_patches(
         "tomogram_shape": list(volume.shape),
         io.FINGERPRINT_ATTR: stamp,
     }
-    voxel = io.mrc_voxel_size(source)
+    voxel = volumes.mrc_voxel_size(source)
     if voxel is not None:  # else embed's STAR gets no Å coordinates, as predict's
         attrs["voxel_size"] = list(voxel)
     h5files.write_patches_file(path, (len(plan), *size), plan.columns, attrs, cut_into)

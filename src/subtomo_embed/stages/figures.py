@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..core import io, layout, tables
+from ..core import io, layout, tables, volumes
 from ..core.config import Config
 from ..core.errors import InputDataError, SubtomoError
 from ..core.progress import logged
@@ -202,16 +202,16 @@ def cluster_galleries(
         return {}
     nearest = C.nearest_to_centres(merged.embeddings, labels, ids, centers, AVERAGE_SIZE)
     size = tuple(int(s) for s in cfg.parameters.data.patch_size)
-    volumes: dict[str, tuple[np.ndarray, float | None] | None] = {}
+    loaded: dict[str, tuple[np.ndarray, float | None] | None] = {}
     written = {}
     for c in logged(ids, f"{layout.CLUSTER_METHODS[method]} cluster galleries", log):
         boxes, titles, spacings = [], [], set()
         for r in nearest[int(c)]:
             row = merged.table.iloc[int(r)]
             stem = str(row["tomogram"])
-            if stem not in volumes:
-                volumes[stem] = _gallery_volume(data_folder / f"{stem}{cfg.file_extension}")
-            found = volumes[stem]
+            if stem not in loaded:
+                loaded[stem] = _gallery_volume(data_folder / f"{stem}{cfg.file_extension}")
+            found = loaded[stem]
             if found is None:
                 continue
             centroid = [row["centroid-0"], row["centroid-1"], row["centroid-2"]]
@@ -238,8 +238,8 @@ def cluster_galleries(
 def _gallery_volume(path: Path) -> tuple[np.ndarray, float | None] | None:
     """A tomogram (memory-mapped) and its x voxel size in Å (None if unknown); None, logged, if unreadable."""
     try:
-        volume = io.open_mrc_volume(path)[0]
-        spacing = io.mrc_voxel_size(path)
+        volume = volumes.open_mrc_volume(path)[0]
+        spacing = volumes.mrc_voxel_size(path)
     except InputDataError as err:
         log.info("gallery skips tomogram %s: %s", path.name, err)
         return None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core import io, layout, tables
+from ..core import io, layout, tables, volumes
 from ..core.config import Config, plain_name
 from ..core.errors import ConfigError, InputDataError
 from ..core.extract import Extraction, Normalization, plan_extraction
@@ -41,7 +41,7 @@ class TomogramGeometry:
     def of(cls, tomogram: Path, shape: tuple[int, ...]) -> TomogramGeometry | None:
         """None when the header has no valid voxel size (the STAR then has no Å coordinates)."""
         z, y, x = (int(n) for n in shape)
-        voxel = io.mrc_voxel_size(tomogram)
+        voxel = volumes.mrc_voxel_size(tomogram)
         return None if voxel is None else cls((z, y, x), voxel)
 
 
@@ -92,7 +92,7 @@ def locate_inputs(cfg: Config, tomogram: Path) -> TomogramInputs | None:
     mask_folder = cfg.path("instances_mask_folder")
     if not mask_folder.is_dir():
         raise InputDataError("instances_mask_folder does not exist or is not a folder", mask_folder)
-    mask = io.find_mask(mask_folder, stem, cfg.file_extension, cfg.instances_suffix)
+    mask = volumes.find_mask(mask_folder, stem, cfg.file_extension, cfg.instances_suffix)
     if mask is None:
         message = f"no instance mask for {tomogram.name} in instances_mask_folder"
         if not cfg.skip_missing_masks:
@@ -110,8 +110,8 @@ def locate_inputs(cfg: Config, tomogram: Path) -> TomogramInputs | None:
 
 def load_tomogram_and_mask(inputs: TomogramInputs) -> tuple[np.ndarray, np.ndarray]:
     assert inputs.mask is not None
-    volume, _ = io.open_mrc_volume(inputs.tomogram)
-    mask = io.read_instance_mask(inputs.mask, (volume.shape, inputs.tomogram))
+    volume, _ = volumes.open_mrc_volume(inputs.tomogram)
+    mask = volumes.read_instance_mask(inputs.mask, (volume.shape, inputs.tomogram))
     if not mask.any():
         raise InputDataError("mask has no instances (all voxels are 0)", inputs.mask)
     return volume, mask
