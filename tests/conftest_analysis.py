@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from subtomo_embed.core.io import write_h5
-from subtomo_embed.core.volumes import write_mrc
 from subtomo_embed.core.tables import regions_to_star_table, write_regions_csv, write_star
+from subtomo_embed.core.volumes import write_mrc
 
 
 def grouped_embeddings(
