@@ -17,6 +17,7 @@ from synthetic import blob_mask
 from tools import require_executable, require_module
 
 from subtomo_embed.core import explorer as E
+from subtomo_embed.core import layout
 
 N_GROUPS = 5
 PER_GROUP = 60
@@ -80,7 +81,7 @@ def example():
     patches = [rng.normal(size=(16, 16, 16)).astype(np.float32) for _ in range(40)]
     thumb_rows = [LONE, *range(10, 49)]
     thumbnails = E.encode_thumbnails(thumb_rows, (E.thumbnail_png(p) for p in patches))
-    html = E.explorer_html(instances, projections, colourings, star, thumbnails, title="test explorer")
+    html = E.explorer_html(E.page_data(instances, projections, colourings, star, thumbnails, title="test explorer"))
     return {
         "html": html,
         "xy": xy,
@@ -150,9 +151,9 @@ def test_page_has_no_control_that_sends_data_anywhere(example):
 def test_inconsistent_inputs_are_refused():
     inst = E.Instances(np.array(["a", "a"]), np.array([1, 2]), np.array([5, 6]), np.zeros((2, 3)))
     with pytest.raises(ValueError, match="projection"):
-        E.explorer_html(inst, [E.Projection("P", np.zeros((3, 2)), "PC")], [])
+        E.page_data(inst, [E.Projection("P", np.zeros((3, 2)), "PC")], [])
     with pytest.raises(ValueError, match="colouring"):
-        E.explorer_html(inst, [E.Projection("P", np.zeros((2, 2)), "PC")], [E.Colouring("c", np.array([1]))])
+        E.page_data(inst, [E.Projection("P", np.zeros((2, 2)), "PC")], [E.Colouring("c", np.array([1]))])
 
 
 def test_stratified_order_keeps_groups_in_proportion():
@@ -303,7 +304,7 @@ def wait_for_file(folder: Path, pattern: str, timeout: float = 20.0) -> Path:
 
 @pytest.fixture(scope="module")
 def page(example, browser, tmp_path_factory):
-    path = tmp_path_factory.mktemp("explorer") / E.EXPLORER_NAME
+    path = tmp_path_factory.mktemp("explorer") / layout.EXPLORER_NAME
     path.write_text(example["html"], encoding="utf-8")
     open_page(browser, path)
     return path
@@ -511,7 +512,7 @@ def test_visualize_writes_the_explorer(real, tmp_path):
     from subtomo_embed.core import volumes
     from subtomo_embed.core.extract import Normalization, iter_patches, plan_extraction
 
-    path = real["out"] / "vis" / E.EXPLORER_NAME
+    path = real["out"] / "vis" / layout.EXPLORER_NAME
     html = path.read_text(encoding="utf-8")
     assert not re.search(r"<script[^>]*\ssrc=", html)
     data = page_data_of(html)
@@ -560,7 +561,7 @@ def test_explorer_thumbnail_limit_and_missing_tomograms(real, tmp_path):
     run_cli(
         "visualize", "--config_file", real["config"], "--vis-dir", vis, "--set", "visualization.explorer_thumbnails=5"
     )
-    data = page_data_of((vis / E.EXPLORER_NAME).read_text(encoding="utf-8"))
+    data = page_data_of((vis / layout.EXPLORER_NAME).read_text(encoding="utf-8"))
     assert len(data["thumbnails"]) == 5
     groups = {data["tomograms"][t] for t in decode(data["tomogram"], "<i4")[[int(r) for r in data["thumbnails"]]]}
     assert groups == {"TS_01", "TS_02"}  # stratified: both tomograms
@@ -569,7 +570,7 @@ def test_explorer_thumbnail_limit_and_missing_tomograms(real, tmp_path):
     output = run_cli(
         "visualize", "--config_file", real["config"], "--vis-dir", vis, "--set", f"data_folder={tmp_path / 'nowhere'}"
     )
-    data = page_data_of((vis / E.EXPLORER_NAME).read_text(encoding="utf-8"))
+    data = page_data_of((vis / layout.EXPLORER_NAME).read_text(encoding="utf-8"))
     assert data["thumbnails"] == {} and data["n"] > 0
     assert "explorer without thumbnails" in output  # the log says why
     assert all(v is None for v in data["voxel_size"].values())
@@ -601,7 +602,7 @@ def test_explorer_bounds_the_points_by_a_stratified_sample(real, tmp_path, monke
     coords = [decode(c, "<f4") for c in data["projections"][0]["coords"]]
     np.testing.assert_allclose(np.c_[coords[0], coords[1]], umap[["x", "y"]].to_numpy()[rows], rtol=1e-6)
     assert set(data["thumbnails"]) == {str(i) for i in range(7)}  # positions in the page
-    full = page_data_of((real["out"] / "vis" / E.EXPLORER_NAME).read_text(encoding="utf-8"))
+    full = page_data_of((real["out"] / "vis" / layout.EXPLORER_NAME).read_text(encoding="utf-8"))
     assert all(data["thumbnails"][str(i)] == full["thumbnails"][str(r)] for i, r in enumerate(rows))
 
 
@@ -628,7 +629,7 @@ def test_thumbnails_of_picks_are_the_boxes_predict_centers_cut(tmp_path):
         run_cli(command, "--config_file", config)
     for kept in ("predict-centers_config.yaml", "kmeans_config.yaml", "vis/visualize_config.yaml"):
         assert (out / kept).is_file()  # every output folder keeps the config it was made with
-    data_page = page_data_of((out / "vis" / E.EXPLORER_NAME).read_text(encoding="utf-8"))
+    data_page = page_data_of((out / "vis" / layout.EXPLORER_NAME).read_text(encoding="utf-8"))
     table = pd.read_csv(out / "embeddings_table.csv")
     assert len(data_page["thumbnails"]) == len(table) > 0
     volume, _ = volumes.open_mrc_volume(data / "TS_01.mrc")

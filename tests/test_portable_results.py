@@ -17,7 +17,7 @@ import pytest
 from real_run import run_cli
 from test_explorer import decode, page_data_of
 
-from subtomo_embed.core import explorer as E
+from subtomo_embed.core import layout
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def copy_results(run: dict, where: Path, new_times: bool = True) -> dict:
 
 
 def colourings(out: Path) -> list[str]:
-    data = page_data_of((out / "vis" / E.EXPLORER_NAME).read_text(encoding="utf-8"))
+    data = page_data_of((out / "vis" / layout.EXPLORER_NAME).read_text(encoding="utf-8"))
     return [c["name"] for c in data["colourings"]]
 
 
@@ -108,7 +108,7 @@ def test_the_same_particle_has_the_same_coordinates_in_every_figure_and_the_expl
         figure = pd.read_csv(vis / f"{method}_clusters_umap.csv").set_index("row")[["x", "y"]]
         assert len(figure) == n
         np.testing.assert_array_equal(figure.loc[everything.index].to_numpy(), everything.to_numpy())
-    data = page_data_of((vis / E.EXPLORER_NAME).read_text(encoding="utf-8"))
+    data = page_data_of((vis / layout.EXPLORER_NAME).read_text(encoding="utf-8"))
     page = np.c_[[decode(c, "<f4") for c in data["projections"][0]["coords"]]].T
     np.testing.assert_array_equal(page, everything.loc[data["row"]].to_numpy(np.float32))
 
@@ -140,7 +140,7 @@ def test_the_explorer_can_be_thinned(run, tmp_path):
     run_cli(
         "visualize", "--config_file", run["config"], "--vis-dir", vis, "--set", "visualization.explorer_max_points=100"
     )
-    data = page_data_of((vis / E.EXPLORER_NAME).read_text(encoding="utf-8"))
+    data = page_data_of((vis / layout.EXPLORER_NAME).read_text(encoding="utf-8"))
     rows = np.array(data["row"])
     assert 90 <= data["n"] <= 110 and rows.tolist() == sorted(set(rows.tolist()))
     assert data["tomograms"] == ["TS_00", "TS_01", "TS_02"]

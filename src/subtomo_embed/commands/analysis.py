@@ -7,13 +7,14 @@ CryoSiam's names (``simsiam_visualize_embeddings``, ``simsiam_embeddings_kmeans_
 
 from __future__ import annotations
 
+import contextlib
 from importlib import import_module
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from .common import ConfigFile, Debug, Overrides, Quiet, guarded, setup_logging
+from .common import ConfigFile, Debug, Overrides, Quiet, configured
 
 InputDir = Annotated[
     Optional[Path],
@@ -35,14 +36,13 @@ VisDir = Annotated[
 ]
 
 
-def _setup(config_file, overrides, input_dir, output_dir, vis_dir, quiet):
-    from ..core.config import load_config
-    from ..stages.context import resolve_folders
+@contextlib.contextmanager
+def _with_folders(config_file, overrides, folders: tuple[Path | None, Path | None, Path | None], debug, quiet):
+    """A command's body with its config and its folders (input, output, vis; see :func:`configured`)."""
+    with configured(config_file, overrides, debug, quiet) as cfg:
+        from ..stages.context import resolve_folders
 
-    cfg = load_config(config_file, overrides)
-    log_dir = cfg.optional_path("log_dir")
-    setup_logging(quiet, log_dir / "subtomo-embed.log" if log_dir else None)
-    return cfg, resolve_folders(cfg, input_dir, output_dir, vis_dir)
+        yield cfg, resolve_folders(cfg, *folders)
 
 
 def merge(
@@ -55,9 +55,7 @@ def merge(
     quiet: Quiet = False,
 ) -> None:
     """Merge every tomogram's embeddings into embeddings.h5 and the table embeddings_table.csv."""
-    setup_logging(quiet)
-    with guarded(debug):
-        cfg, folders = _setup(config_file, overrides, input_dir, output_dir, None, quiet)
+    with _with_folders(config_file, overrides, (input_dir, output_dir, None), debug, quiet) as (cfg, folders):
         from ..stages.merging import run_merge
 
         run_merge(cfg, folders, force=force)
@@ -75,9 +73,7 @@ def _step(stage: str, function: str, doc: str):
         debug: Debug = False,
         quiet: Quiet = False,
     ) -> None:
-        setup_logging(quiet)
-        with guarded(debug):
-            cfg, folders = _setup(config_file, overrides, input_dir, output_dir, vis_dir, quiet)
+        with _with_folders(config_file, overrides, (input_dir, output_dir, vis_dir), debug, quiet) as (cfg, folders):
             run = getattr(import_module(f"subtomo_embed.stages.{stage}"), function)
             run(cfg, folders)
 

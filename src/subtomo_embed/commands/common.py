@@ -12,12 +12,17 @@ import logging
 import os
 import stat
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from ..core import layout
 from ..core.errors import ConfigError, ResourceError, SubtomoError
+
+if TYPE_CHECKING:
+    from ..core.config import Config
 
 log = logging.getLogger("subtomo_embed")
 
@@ -50,6 +55,30 @@ def setup_logging(quiet: bool = False, log_file: Path | None = None) -> None:
     root.propagate = False
     if log_file is not None:
         root.addHandler(_log_file_handler(log_file))
+
+
+def log_into(quiet: bool, log_dir: Path | None) -> None:
+    """Log to the terminal and, with ``log_dir``, into its log file (``subtomo-embed.log``)."""
+    setup_logging(quiet, layout.log_file(log_dir) if log_dir else None)
+
+
+@contextlib.contextmanager
+def configured(config_file: Path | None, overrides: list[str] | None, debug: bool, quiet: bool) -> Iterator[Config]:
+    """A command's body with its config: logging set up (into ``log_dir`` once the config names it),
+    the config loaded, and errors turned into exit codes (:func:`guarded`)."""
+    setup_logging(quiet)
+    with guarded(debug):
+        from ..core.config import load_config
+
+        cfg = load_config(config_file, overrides)
+        log_into(quiet, cfg.optional_path("log_dir"))
+        yield cfg
+
+
+def exit_if_failed(summary) -> None:
+    """Exit code 4 when some tomograms failed (``--keep-going`` went on without them)."""
+    if summary.failed:
+        raise typer.Exit(4)
 
 
 def _log_file_handler(log_file: Path) -> logging.Handler:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import ConfigFile, Debug, Filename, Overrides, Quiet, guarded, setup_logging
+from .common import ConfigFile, Debug, Filename, Overrides, Quiet, configured, exit_if_failed
 
 Device = Annotated[
     str,
@@ -16,14 +16,6 @@ Device = Annotated[
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Redo tomograms whose outputs are already complete.")]
 KeepGoing = Annotated[bool, typer.Option("--keep-going", help="Report a failing tomogram and go on with the others.")]
 OutputDir = Annotated[Optional[Path], typer.Option("--output-dir", help="Where to write (default: prediction_folder).")]
-
-
-def _config(config_file, overrides):
-    from ..core.config import load_config
-
-    cfg = load_config(config_file, overrides)
-    log_dir = cfg.optional_path("log_dir")
-    return cfg, (log_dir / "subtomo-embed.log" if log_dir else None)
 
 
 def predict(
@@ -40,17 +32,12 @@ def predict(
     quiet: Quiet = False,
 ) -> None:
     """Embed every instance of every tomogram (CryoSiam's simsiam_embeddings_predict)."""
-    setup_logging(quiet)
-    with guarded(debug):
-        cfg, log_file = _config(
-            config_file, (overrides or []) + (["skip_missing_masks=true"] if skip_missing_masks else [])
-        )
-        setup_logging(quiet, log_file)
+    skip = ["skip_missing_masks=true"] if skip_missing_masks else []
+    with configured(config_file, (overrides or []) + skip, debug, quiet) as cfg:
         from ..stages.embedding import run_predict
 
         summary = run_predict(cfg, filename, device, overwrite, keep_going)
-    if summary.failed:
-        raise typer.Exit(4)
+    exit_if_failed(summary)
 
 
 def predict_centers(
@@ -65,15 +52,11 @@ def predict_centers(
 ) -> None:
     """Embed a box of centers_patch_size around every pick in centers_file (STAR, CSV or copick JSON;
     CryoSiam's simsiam_embeddings_from_centers_predict)."""
-    setup_logging(quiet)
-    with guarded(debug):
-        cfg, log_file = _config(config_file, overrides)
-        setup_logging(quiet, log_file)
+    with configured(config_file, overrides, debug, quiet) as cfg:
         from ..stages.centers import run_predict_centers
 
         summary = run_predict_centers(cfg, filename, device, overwrite, keep_going)
-    if summary.failed:
-        raise typer.Exit(4)
+    exit_if_failed(summary)
 
 
 def extract(
@@ -93,10 +76,7 @@ def extract(
     quiet: Quiet = False,
 ) -> None:
     """Cut the masked, normalized patch of every instance into <stem>_patches.h5 (CPU step)."""
-    setup_logging(quiet)
-    with guarded(debug):
-        cfg, log_file = _config(config_file, overrides)
-        setup_logging(quiet, log_file)
+    with configured(config_file, overrides, debug, quiet) as cfg:
         from ..stages.extraction import run_extract
 
         run_extract(cfg, tomogram, mask, regions, output_dir, filename, overwrite)
@@ -120,15 +100,11 @@ def embed(
     quiet: Quiet = False,
 ) -> None:
     """Embed <stem>_patches.h5 files with the checkpoint; write CryoSiam's per-tomogram outputs (GPU step)."""
-    setup_logging(quiet)
-    with guarded(debug):
-        cfg, log_file = _config(config_file, overrides)
-        setup_logging(quiet, log_file)
+    with configured(config_file, overrides, debug, quiet) as cfg:
         from ..stages.embedding import run_embed
 
         summary = run_embed(cfg, patches, checkpoint, output_dir, device, filename, overwrite, keep_going)
-    if summary.failed:
-        raise typer.Exit(4)
+    exit_if_failed(summary)
 
 
 def register(app: typer.Typer) -> None:

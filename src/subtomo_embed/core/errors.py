@@ -10,10 +10,18 @@ from pathlib import Path
 
 
 class SubtomoError(Exception):
-    """Base class for expected failures that the user can fix."""
+    """Base class for expected failures that the user can fix; a subclass names its exit code and
+    kind in its class line (``class ConfigError(SubtomoError, exit_code=3, kind="config error")``)."""
 
     exit_code = 1
     kind = "error"
+
+    def __init_subclass__(cls, exit_code: int | None = None, kind: str | None = None, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if exit_code is not None:
+            cls.exit_code = exit_code
+        if kind is not None:
+            cls.kind = kind
 
     def __init__(self, message: str, path: str | Path | None = None):
         self.path = str(path) if path is not None else None
@@ -21,39 +29,24 @@ class SubtomoError(Exception):
         super().__init__(" ".join(text.split()))  # always one line
 
 
-class ConfigError(SubtomoError):
+class ConfigError(SubtomoError, exit_code=3, kind="config error"):
     """The YAML config or a command-line option is wrong."""
 
-    exit_code = 3
-    kind = "config error"
 
-
-class InputDataError(SubtomoError):
+class InputDataError(SubtomoError, exit_code=4, kind="input error"):
     """A tomogram, mask, table or embeddings file is missing, unreadable or inconsistent."""
 
-    exit_code = 4
-    kind = "input error"
 
-
-class ModelError(SubtomoError):
+class ModelError(SubtomoError, exit_code=5, kind="model error"):
     """A checkpoint is missing, unsafe, or does not fit the network it describes."""
 
-    exit_code = 5
-    kind = "model error"
 
-
-class ResourceError(SubtomoError):
+class ResourceError(SubtomoError, exit_code=6, kind="resource error"):
     """The machine cannot do what was asked: no space, not writable, out of memory."""
 
-    exit_code = 6
-    kind = "resource error"
 
-
-class DeviceError(SubtomoError):
+class DeviceError(SubtomoError, exit_code=7, kind="device error"):
     """A GPU was asked for (``--device cuda``) but CUDA sees none, or not the one asked for."""
-
-    exit_code = 7
-    kind = "device error"
 
 
 class Terminated(KeyboardInterrupt):

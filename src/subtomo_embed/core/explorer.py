@@ -27,7 +27,6 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-EXPLORER_NAME = "embeddings_explorer.html"
 PLOT_DIV = "explorer-plot"
 THUMBNAIL_SIDE = 64  # pixels: a slice larger than this is shrunk by an integer factor
 MAX_THUMBNAIL_BYTES = 64 * 2**20  # bound on the inlined thumbnails (base64 text), whatever the count
@@ -277,10 +276,12 @@ def page_data(
     colourings: Sequence[Colouring],
     star=None,
     thumbnails: dict[int, str] | None = None,
-    title: str = "",
+    title: str = "Embeddings explorer",
     seed: int = 0,
 ) -> dict:
-    """Everything the page's script needs, JSON-ready."""
+    """Everything the page's script needs, JSON-ready (what :func:`explorer_html` puts in the page)."""
+    if not projections:
+        raise ValueError("the explorer needs at least one projection")
     n = len(instances)
     for p in projections:
         if p.coords.shape[0] != n or p.dims not in (2, 3):
@@ -366,22 +367,12 @@ def _json_for_script(data: dict) -> str:
     return json.dumps(data, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
 
 
-def explorer_html(
-    instances: Instances,
-    projections: Sequence[Projection],
-    colourings: Sequence[Colouring],
-    star=None,
-    thumbnails: dict[int, str] | None = None,
-    title: str = "Embeddings explorer",
-    seed: int = 0,
-) -> str:
-    """The whole page: one file, plotly.js inline, opens offline in any browser; no control of it
-    sends data anywhere (:data:`PLOT_CONFIG`)."""
+def explorer_html(data: dict) -> str:
+    """The whole page of :func:`page_data`'s ``data``: one file, plotly.js inline, opens offline in any
+    browser; no control of it sends data anywhere (:data:`PLOT_CONFIG`)."""
     import plotly.graph_objects as go
 
-    if not projections:
-        raise ValueError("the explorer needs at least one projection")
-    data = page_data(instances, projections, colourings, star, thumbnails, title, seed)
+    title, n = data["title"], data["n"]
     figure = go.Figure(layout={"template": "plotly_white", "margin": {"l": 50, "r": 10, "t": 30, "b": 45}})
     plot = figure.to_html(
         include_plotlyjs=True,
@@ -393,8 +384,8 @@ def explorer_html(
         post_script=_page_script(),
     )
     thumbs = len(data["thumbnails"])
-    sample = " (a stratified sample)" if thumbs < len(instances) else ""
-    note = f"{len(instances)} instances; " + (f"thumbnails for {thumbs}{sample}" if thumbs else "no thumbnails")
+    sample = " (a stratified sample)" if thumbs < n else ""
+    note = f"{n} instances; " + (f"thumbnails for {thumbs}{sample}" if thumbs else "no thumbnails")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <link rel="icon" href="data:,">

@@ -8,6 +8,7 @@ A name is built here and nowhere else: a stage asks this module for a path, neve
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,9 @@ PATCHES_SUFFIX = "_patches.h5"
 
 MERGED_NAME = "embeddings.h5"
 MERGED_TABLE_NAME = "embeddings_table.csv"
+EXPLORER_NAME = "embeddings_explorer.html"
+LOG_NAME = "subtomo-embed.log"  # every command's log in log_dir
+ALL_TOMOGRAMS = "all_tomograms"  # the projections of every tomogram: all_tomograms_<umap|pca>[_3d].<csv|png>
 
 CLUSTER_METHODS = {"kmeans": "KMeans", "spectral": "Spectral"}  # file name -> display name
 
@@ -81,10 +85,16 @@ def cryosiam_regions(mask_folder: Path, stem: str, instances_suffix: str) -> Pat
     return mask_folder / f"{stem}_instance_regions{instances_suffix}.csv"
 
 
+def instance_mask(mask_folder: Path, stem: str, instances_suffix: str = "") -> Path:
+    """CryoSiam's instance mask, ``<stem>_instance_preds<instances_suffix>.h5``."""
+    return mask_folder / f"{stem}_instance_preds{instances_suffix}.h5"
+
+
 def mask_candidates(mask_folder: Path, stem: str, file_extension: str, instances_suffix: str = "") -> list[Path]:
-    """Where a tomogram's instance mask may be, in order of preference."""
+    """Where a tomogram's instance mask may be, in order of preference (the workflow's ``maskOf``
+    follows the same order; tests/pipeline/test_head_node.py compares the two)."""
     return [
-        mask_folder / f"{stem}_instance_preds{instances_suffix}.h5",
+        instance_mask(mask_folder, stem, instances_suffix),
         mask_folder / f"{stem}{file_extension}",
         mask_folder / f"{stem}.mrc",
         mask_folder / f"{stem}.rec",
@@ -95,6 +105,15 @@ def stem_of(path: Path, suffix: str) -> str | None:
     """``path``'s stem if its name ends with ``suffix`` (``TS_01`` of ``TS_01_embeds.h5``), else None."""
     name = path.name
     return name[: -len(suffix)] if name.endswith(suffix) and len(name) > len(suffix) else None
+
+
+def log_file(log_dir: Path) -> Path:
+    return log_dir / LOG_NAME
+
+
+def config_record(folder: Path, step: str) -> Path:
+    """``<step>_config.yaml``: the config a step made the folder's outputs with."""
+    return Path(folder) / f"{step}_config.yaml"
 
 
 # --------------------------------------------------------------------------------------------
@@ -109,50 +128,45 @@ def merged_table(folder: Path) -> Path:
     return folder / MERGED_TABLE_NAME
 
 
-def clusters(folder: Path, method: str) -> Path:
-    """``<method>_clusters.h5``: every instance's cluster, the centres (and spectral's eigenvalues)."""
-    return folder / f"{method}_clusters.h5"
+def _of_method(pattern: str) -> Callable[[Path, str], Path]:
+    """The path ``pattern`` names (``{method}`` filled in) in a folder, for a clustering method."""
+
+    def path(folder: Path, method: str) -> Path:
+        return folder / pattern.format(method=method)
+
+    return path
 
 
-def tomogram_clusters(folder: Path, stem: str, method: str) -> Path:
-    return folder / f"{safe_stem(stem, folder)}_clusters_{method}.h5"
+def _of_tomogram(pattern: str) -> Callable[[Path, str, str], Path]:
+    """The path ``pattern`` names (``{stem}``, checked, and ``{method}``) in a folder."""
+
+    def path(folder: Path, stem: str, method: str) -> Path:
+        return folder / pattern.format(stem=safe_stem(stem, folder), method=method)
+
+    return path
 
 
-def clustered_regions_csv(folder: Path, stem: str, method: str) -> Path:
-    return folder / f"{safe_stem(stem, folder)}_instance_regions_{method}_clustered.csv"
+# every instance's cluster, the centres (and spectral's eigenvalues)
+clusters = _of_method("{method}_clusters.h5")
+particles_star = _of_method("{method}_particles.star")
+# the files the last <method> run wrote (the next run removes those it no longer writes)
+outputs_record = _of_method(".{method}_outputs.json")
+# there only while a <method> run puts its outputs in place
+replacing_journal = _of_method(".{method}_replacing.json")
 
-
-def clustered_regions_star(folder: Path, stem: str, method: str) -> Path:
-    return folder / f"{safe_stem(stem, folder)}_instance_regions_{method}_clustered.star"
-
-
-def particles_star(folder: Path, method: str) -> Path:
-    return folder / f"{method}_particles.star"
+tomogram_clusters = _of_tomogram("{stem}_clusters_{method}.h5")
+clustered_regions_csv = _of_tomogram("{stem}_instance_regions_{method}_clustered.csv")
+clustered_regions_star = _of_tomogram("{stem}_instance_regions_{method}_clustered.star")
+label_volume = _of_tomogram("{stem}_clusters_{method}.mrc")  # the instances painted with their cluster ids
 
 
 def cluster_particles_star(folder: Path, method: str, cluster: int) -> Path:
     return folder / f"{method}_cluster_{cluster}_particles.star"
 
 
-def label_volume(folder: Path, stem: str, method: str) -> Path:
-    """A tomogram's instances painted with their cluster ids."""
-    return folder / f"{safe_stem(stem, folder)}_clusters_{method}.mrc"
-
-
-def outputs_record(folder: Path, method: str) -> Path:
-    """``.<method>_outputs.json``: the files the last ``<method>`` run wrote (the next run removes
-    those it no longer writes)."""
-    return folder / f".{method}_outputs.json"
-
-
-def replacing_journal(folder: Path, method: str) -> Path:
-    """``.<method>_replacing.json``: there only while a ``<method>`` run puts its outputs in place."""
-    return folder / f".{method}_replacing.json"
-
-
 def is_visualize_output(name: str) -> bool:
     """Whether ``name`` is a file name ``visualize`` writes into the visualization folder."""
-    patterns = (r".+_(umap|pca)(_3d)?\.(csv|png)", r"distance_map_by_\w+\.png", r"embeddings_explorer\.html")
+    patterns = (r".+_(umap|pca)(_3d)?\.(csv|png)", r"distance_map_by_\w+\.png", re.escape(EXPLORER_NAME))
     return any(re.fullmatch(p, name) for p in patterns)
 
 
@@ -185,11 +199,24 @@ def _dims_tag(dims: int) -> str:
 
 def all_tomograms(vis: Path, projection: str, dims: int, extension: str) -> Path:
     """``all_tomograms_<umap|pca>[_3d].<csv|png>``."""
-    return vis / f"all_tomograms_{projection}{_dims_tag(dims)}.{extension}"
+    return vis / f"{ALL_TOMOGRAMS}_{projection}{_dims_tag(dims)}.{extension}"
+
+
+def all_tomograms_tables(vis: Path) -> dict[str, Path]:
+    """The coordinates tables :func:`all_tomograms` names in ``vis``, by projection and dimensions
+    (``umap``, ``umap_3d``, ``pca``, ``pca_3d``), in the order of their names."""
+    prefix = f"{ALL_TOMOGRAMS}_"
+    found = sorted(vis.glob(f"{prefix}*.csv")) if vis.is_dir() else []
+    return {p.stem[len(prefix) :]: p for p in found}
 
 
 def tomogram_projection(vis: Path, stem: str, projection: str, dims: int, extension: str) -> Path:
     return vis / f"{safe_stem(stem, vis)}_{projection}{_dims_tag(dims)}.{extension}"
+
+
+def explorer(vis: Path) -> Path:
+    """The interactive page of the embeddings (``visualize``)."""
+    return vis / EXPLORER_NAME
 
 
 def distance_map(vis: Path, ordered_by: str) -> Path:

@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core import io, tables, volumes
+from ..core import io, layout, tables, volumes
 from ..core.errors import InputDataError
 
 log = logging.getLogger(__name__)
 
-EMBEDS_SUFFIX = "_embeds.h5"
-CLUSTER_METHODS = ("kmeans", "spectral")
+CLUSTER_METHODS = tuple(layout.CLUSTER_METHODS)
 TOMOGRAM_EXTENSIONS = (".mrc", ".rec", ".map")
 
 
@@ -52,10 +51,10 @@ class Sources:
                     return found
         return None
 
-    def projections(self) -> list[Path]:
-        """``all_tomograms_<umap|pca>[_3d].csv`` of the vis folder (``<predictions>/vis`` unless configured)."""
-        vis = self.vis_folder or self.prediction_folder / "vis"
-        return sorted(vis.glob("all_tomograms_*.csv")) if vis.is_dir() else []
+    def projections(self) -> dict[str, Path]:
+        """``all_tomograms_<umap|pca>[_3d].csv`` of the vis folder (``<predictions>/vis`` unless configured),
+        by projection (``umap``, ``umap_3d``, ``pca``, ``pca_3d``)."""
+        return layout.all_tomograms_tables(self.vis_folder or self.prediction_folder / "vis")
 
 
 def sources_of(path: str | Path) -> tuple[Sources, list[str]]:
@@ -78,19 +77,19 @@ def sources_of(path: str | Path) -> tuple[Sources, list[str]]:
         return sources, stems_in(sources.prediction_folder)
     if path.is_dir():
         return Sources(path), stems_in(path)
-    if path.name.endswith(EMBEDS_SUFFIX) and path.is_file():
-        return Sources(path.parent), [path.name[: -len(EMBEDS_SUFFIX)]]
+    if path.name.endswith(layout.EMBEDS_SUFFIX) and path.is_file():
+        return Sources(path.parent), [path.name[: -len(layout.EMBEDS_SUFFIX)]]
     raise InputDataError("not a prediction folder, a <stem>_embeds.h5 or a config YAML", path)
 
 
 def stems_in(folder: Path) -> list[str]:
     stems = sorted(
-        p.name[: -len(EMBEDS_SUFFIX)]
-        for p in folder.glob(f"*{EMBEDS_SUFFIX}")
+        p.name[: -len(layout.EMBEDS_SUFFIX)]
+        for p in folder.glob(f"*{layout.EMBEDS_SUFFIX}")
         if p.is_file() and not p.name.startswith(".")
     )
     if not stems:
-        raise InputDataError(f"no *{EMBEDS_SUFFIX} in the folder", folder)
+        raise InputDataError(f"no *{layout.EMBEDS_SUFFIX} in the folder", folder)
     return stems
 
 
@@ -100,14 +99,14 @@ def instance_features(sources: Sources, stem: str) -> pd.DataFrame:
     and napari's own colour cycles treat them as groups, not a continuous scale), and the projection
     coordinates (``umap_x``, ``umap_y``, ... ; NaN for instances the projection CSV lacks)."""
     pred = sources.prediction_folder
-    regions = tables.read_regions_csv(pred / f"{stem}_instance_regions.csv")
+    regions = tables.read_regions_csv(layout.TomogramOutputs(pred, stem).regions_csv)
     table = pd.DataFrame({"tomogram": stem, "label": regions["label"].to_numpy(np.int64)})
     for axis in range(3):
         table[f"centroid-{axis}"] = regions[f"centroid-{axis}"].to_numpy(np.float64)
     table["area"] = regions["area"].to_numpy()
     table["log_area"] = np.log2(np.clip(table["area"].to_numpy(np.float64), 1, None))
     for method in CLUSTER_METHODS:
-        path = pred / f"{stem}_clusters_{method}.h5"
+        path = layout.tomogram_clusters(pred, stem, method)
         if path.is_file():
             try:  # its declared size first (issue 31, 4): another count is a stale or foreign file
                 clusters = io.read_h5_dataset(path, "predictions", len(table), what="instances").ravel()
@@ -118,8 +117,7 @@ def instance_features(sources: Sources, stem: str) -> pd.DataFrame:
                 continue
             # categories, not numbers: plots colour them as groups
             table[f"{method}_cluster"] = pd.Categorical(clusters.astype(np.int64))
-    for csv in sources.projections():
-        name = csv.stem[len("all_tomograms_") :]  # umap, umap_3d, pca, pca_3d
+    for name, csv in sources.projections().items():
         mine = projection_of(csv, stem)
         for a in mine.columns:
             table[f"{name}_{a}"] = mine[a].reindex(table["label"]).to_numpy(np.float64)
@@ -145,7 +143,7 @@ def projection_of(csv: Path, stem: str) -> pd.DataFrame:
 def from_picks(sources: Sources, stem: str) -> bool:
     """Embeddings of picks (``predict-centers``: regions columns ``pick:...``), whose labels are pick
     ids, not mask labels."""
-    header = pd.read_csv(sources.prediction_folder / f"{stem}_instance_regions.csv", nrows=0).columns
+    header = pd.read_csv(layout.TomogramOutputs(sources.prediction_folder, stem).regions_csv, nrows=0).columns
     return any(str(c).startswith("pick:") for c in header)
 
 
@@ -212,15 +210,15 @@ def chosen_labels(features: pd.DataFrame, which: str, method: str, cluster: int,
 def selection_star(prediction_folder: Path, stem: str, labels: np.ndarray, method: str) -> pd.DataFrame:
     """The rows of ``labels`` from the tomogram's clustered STAR (``<stem>_instance_regions_<method>_clustered.star``,
     the per-cluster files' columns), else its ``predict`` STAR; in the file's order."""
-    for name in (f"{stem}_instance_regions_{method}_clustered.star", f"{stem}_instance_regions.star"):
-        path = prediction_folder / name
+    predicted = layout.TomogramOutputs(prediction_folder, stem).regions_star
+    for path in (layout.clustered_regions_star(prediction_folder, stem, method), predicted):
         if path.is_file():
             star = tables.read_star(path)
             if isinstance(star, dict):
                 star = star.get("particles", next(iter(star.values())))
             if "rlnLabel" in star.columns:
                 return star[star["rlnLabel"].isin(labels)].reset_index(drop=True)
-    raise InputDataError(f"no STAR file of {stem} (predict's {stem}_instance_regions.star)", prediction_folder)
+    raise InputDataError(f"no STAR file of {stem} (predict's {predicted.name})", prediction_folder)
 
 
 def write_selection_star(prediction_folder: Path, stem: str, labels: np.ndarray, method: str, path: Path) -> int:

@@ -78,8 +78,8 @@ def write_explorer(
     title = f"Embeddings explorer: {merged.n} instances of {len(merged.stems)} tomograms"
     title += f" ({shown.size} shown)" if shown.size < merged.n else ""
     log.info("explorer: writing the page (%d points, %d thumbnails)", shown.size, len(thumbnails))
-    html = E.explorer_html(instances, projections, colourings, star, thumbnails, title=title, seed=cfg.seed)
-    path = folders.vis_dir / E.EXPLORER_NAME
+    html = E.explorer_html(E.page_data(instances, projections, colourings, star, thumbnails, title, cfg.seed))
+    path = layout.explorer(folders.vis_dir)
     with io.atomic_output(path) as tmp:
         tmp.write_text(html, encoding="utf-8")
     log.info(
@@ -111,7 +111,7 @@ def selection_star(cfg: Config, folders: Folders, merged: Merged, clusterings: d
     stars = []
     for i, stem in enumerate(merged.stems):
         rows = merged.rows(i)
-        source = folders.input_dir / f"{stem}_instance_regions.star"
+        source = layout.TomogramOutputs(folders.input_dir, stem).regions_star
         stars.append(clustered_star(source, merged.regions(i), classes[rows]))
     if stars and all("rlnTomoName" in s.columns for s in stars):
         star = pd.concat(stars, ignore_index=True)

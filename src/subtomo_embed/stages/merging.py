@@ -321,24 +321,18 @@ def _check_table_matches(
     """The merged table says, row by row, the tomogram and label that ``embeddings.h5`` says (else a
     table from another merge would name the wrong tomograms, or pair classes with the wrong labels)."""
     names = table["tomogram"].astype(str).to_numpy(dtype=object)
-    wrong = np.flatnonzero(names != tomograms)
-    if wrong.size:
-        row = int(wrong[0])
-        raise InputDataError(
-            f"row {row + 1} names tomogram {names[row]!r} but {path.name} has {tomograms[row]!r} there "
-            f"({wrong.size} rows differ): the table is not this merge's",
-            table_path,
-        )
-    if labels is None:
-        return
-    wrong = np.flatnonzero(table["label"].astype(str).to_numpy() != labels.astype(str))  # exact beyond 2^53
-    if wrong.size:
-        row = int(wrong[0])
-        raise InputDataError(
-            f"row {row + 1} has label {str(table['label'].iloc[row])!r} but {path.name} has {int(labels[row])} there "
-            f"({wrong.size} rows differ): the table is not this merge's",
-            table_path,
-        )
+    checks = [("names tomogram", names, tomograms, repr)]
+    if labels is not None:  # labels compared as text: exact beyond 2^53
+        checks.append(("has label", table["label"].astype(str).to_numpy(dtype=object), labels.astype(str), str))
+    for says, listed, merged, shown in checks:
+        wrong = np.flatnonzero(listed != merged)
+        if wrong.size:
+            row = int(wrong[0])
+            raise InputDataError(
+                f"row {row + 1} {says} {listed[row]!r} but {path.name} has {shown(merged[row])} there "
+                f"({wrong.size} rows differ): the table is not this merge's",
+                table_path,
+            )
 
 
 def _merged_table(

@@ -12,16 +12,12 @@ from pathlib import Path
 
 import yaml
 
-from ..core import io
+from ..core import io, layout
 from ..core.config import Config
 
 log = logging.getLogger(__name__)
 
 PATH_KEYS = ("data_folder", "instances_mask_folder", "log_dir", "prediction_folder", "trained_model", "centers_file")
-
-
-def config_record(folder: Path, step: str) -> Path:
-    return Path(folder) / f"{step}_config.yaml"
 
 
 def resolved_config(cfg: Config) -> dict:
@@ -35,7 +31,7 @@ def resolved_config(cfg: Config) -> dict:
 
 def keep_config(cfg: Config, folder: Path, step: str) -> Path:
     """Write ``<folder>/<step>_config.yaml`` (atomically): the config this step ran with."""
-    path = config_record(folder, step)
+    path = layout.config_record(folder, step)
     header = (
         f"# the config `subtomo-embed {step}` made this folder's outputs with: {cfg.source},\n"
         "# any --set overrides applied and defaults filled in.\n"
