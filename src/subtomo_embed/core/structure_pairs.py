@@ -156,3 +156,19 @@ def batch_embeddings(model, batch: np.ndarray, contrastive: bool = True) -> np.n
         out = model.embed(torch.from_numpy(batch), contrastive)
     model.train(was_training)
     return out.numpy()
+
+
+STRUCTURE_LIST = Path(__file__).resolve().parent.parent / "data" / "structures.json"
+
+
+def listed_structures(role: str, sdists: Path, listing: Path = STRUCTURE_LIST) -> list[Path]:
+    """The files of ``listing``'s structures of ``role`` ('train' or 'heldout') under ``sdists``, the
+    folder where the packages' source distributions were unpacked (``<sdist_folder>/<path>``)."""
+    import json
+
+    entries = [e for e in json.loads(Path(listing).read_text())["structures"] if e["role"] == role]
+    paths = [Path(sdists) / e["sdist_folder"] / e["path"] for e in entries]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} listed structures are not under {sdists}, e.g. {missing[0]}")
+    return paths

