@@ -66,6 +66,16 @@ PICK_STEMS = ["TS_01", "TS_02", "TS_03", "TS_04", "TS_05", "TS_06", "TS_07", "TS
 MASKS = ["A_instance_preds.h5", "A.mrc", "B.mrc", "C.rec", "D_instance_preds_min-1_max-9.h5", "E.map"]
 MASK_CASES = [("A", ".mrc", ""), ("B", ".mrc", ""), ("C", ".mrc", ""), ("D", ".mrc", "_min-1_max-9")]
 MASK_CASES += [("D", ".mrc", ""), ("E", ".map", ""), ("F", ".mrc", "")]
+# the workflow's maskOf against core/layout.py mask_candidates: stems (one the start of another, one with a
+# dot), file extensions (.mrc: a candidate twice) and instances suffixes
+MASK_ORDER_CASES = [
+    (stem, extension, suffix)
+    for stem in ("TS_01", "TS_01_a", "emd.v2")
+    for extension in (".mrc", ".rec", ".map")
+    for suffix in ("", "_min-1_max-9")
+]
+# names that are no candidate of TS_01 (whatever the extension and suffix): maskOf finds nothing either
+NOT_MASKS = ["TS_01_instance_preds.mrc", "TS_01.h5", "TS_01_instance_preds_other.h5", "TS_011.mrc", "TS_01.MRC"]
 
 
 def groovy(value) -> str:
@@ -75,6 +85,21 @@ def groovy(value) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(groovy(v) for v in value) + "]"
     return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def mask_order_cases(root: Path) -> dict[str, tuple[Path, tuple[str, str, str], int | None]]:
+    """name -> (folder, (stem, extension, suffix), i): for each case and each i, a folder holding
+    mask_candidates[i:] (the first of them that is not also an earlier candidate is the one to take:
+    the order alone decides), and one holding only names that are no candidate (i None)."""
+    from subtomo_embed.core import layout
+
+    cases = {}
+    for n, case in enumerate(MASK_ORDER_CASES):
+        candidates = layout.mask_candidates(root / f"case_{n}", *case)
+        for i in range(len(candidates)):
+            cases[f"mask order: {''.join(case)} from {i}"] = (root / f"case_{n}" / str(i), case, i)
+        cases[f"mask order: {''.join(case)} none"] = (root / f"case_{n}" / "none", case, None)
+    return cases
 
 
 def _touch(folder: Path, *names: str) -> Path:
@@ -91,6 +116,11 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     (data / "sub.mrc").mkdir()  # a folder is not a tomogram
     picks = _touch(root / "picks", *PICKS)
     (picks / "TS_05.star").mkdir()  # nor a picks file
+    from subtomo_embed.core import layout
+
+    for folder, case, i in mask_order_cases(root / "mask_order").values():
+        names = [p.name for p in layout.mask_candidates(folder, *case)[i:]] if i is not None else NOT_MASKS
+        _touch(folder, *names)
     return {
         "root": root,
         "data": data,
@@ -143,6 +173,8 @@ def answers(folders, pipeline) -> dict[str, dict]:
     calls["listed"] = f"listedIn(file({data_}), ['TS_01.mrc', 'TS_02.mrc'], 'test_files')"
     for stem, extension, suffix in MASK_CASES:
         calls[f"mask: {stem}{extension}{suffix}"] = f"maskOf(file({masks_}), '{stem}', '{extension}', '{suffix}')"
+    for name, (folder, case, _) in mask_order_cases(root / "mask_order").items():
+        calls[name] = f"maskOf(file({groovy(str(folder))}), {', '.join(groovy(v) for v in case)})"
     for stem in PICK_STEMS:
         # the other tomograms, as the workflow pairs them (TS_08 and TS_08_b together, apart from the rest)
         group = [s for s in PICK_STEMS if s.startswith("TS_08") == stem.startswith("TS_08")]
@@ -265,6 +297,22 @@ def test_masks_are_found_as_the_one_machine_run_finds_them(answers, folders):
         assert answers[f"mask: {stem}{extension}{suffix}"] == {"value": str(expected) if expected else None}, stem
     assert answers["mask: A.mrc"] == {"value": str(folders["masks"] / "A_instance_preds.h5")}
     assert answers["mask: F.mrc"] == {"value": None}
+
+
+def test_the_workflows_mask_rule_is_layouts_mask_candidates(answers, folders):
+    """maskOf keeps a Groovy copy of core/layout.py mask_candidates: the same names, in the same order of
+    preference, for every stem, file extension and instances suffix; nothing where no candidate is."""
+    from subtomo_embed.core import layout
+    from subtomo_embed.core.volumes import find_mask
+
+    cases = mask_order_cases(folders["root"] / "mask_order")
+    assert len(cases) == len(MASK_ORDER_CASES) * 5
+    for name, (folder, case, i) in cases.items():
+        candidates = layout.mask_candidates(folder, *case)
+        present = {p.name for p in candidates[i:]} if i is not None else set()
+        expected = next((p for p in candidates if p.name in present), None)
+        assert answers[name] == {"value": None if expected is None else str(expected)}, name
+        assert find_mask(folder, *case) == expected, name
 
 
 def test_picks_files_are_paired_as_the_one_machine_run_pairs_them(answers, folders):
