@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -48,6 +49,8 @@ LABELS = {"process_single": (1, 8, 4), "process_medium": (4, 16, 8), "process_gp
 # the profile combinations the tests read (docs/usage.md gives these to users)
 ENGINES = ("docker", "podman", "apptainer", "singularity")
 PROFILES = ("", "test", "test,docker,gpu", *ENGINES, "slurm", "slurm,gpu", "awsbatch,gpu", "googlebatch,gpu")
+# the combinations whose GPU tasks' resources are read (test_the_gpu_label_keeps_its_resources_in_every_profile)
+GPU_LABEL_PROFILES = ("", "test", "test,docker,gpu", "slurm", "slurm,gpu", "awsbatch,gpu", "googlebatch,gpu")
 
 
 def labels_of(module: Path) -> list[str]:
@@ -188,6 +191,12 @@ def closure_cases(config) -> list[tuple[str, str, dict]]:
         source = google["process"][GPU_SELECTOR]["machineType"]
         values = {"task": {"accelerator": accelerator}, "params": google["params"]}
         cases.append((f"googlebatch machineType {accelerator}", source, values))
+    for profiles in GPU_LABEL_PROFILES:
+        gpu = config(profiles)["process"]["withLabel:process_gpu"]
+        for key, unit in (("memory", "toBytes"), ("time", "toMillis")):
+            source = f"{{ -> ({gpu[key]}).call().{unit}() }}"  # bytes, milliseconds
+            for attempt in (1, 2, 3):
+                cases.append((f"gpu {key} {profiles} {attempt}", source, {"task": {"attempt": attempt}}))
     return cases
 
 
@@ -255,26 +264,15 @@ def test_each_task_gets_its_labels_resources_capped_and_more_on_each_retry(attem
 
 
 @pytest.mark.slow  # starts Nextflow
-@pytest.mark.parametrize(
-    "profiles",
-    [
-        "",
-        "test",
-        "test,docker,gpu",
-        "slurm",
-        "slurm,gpu",
-        "awsbatch,gpu",
-        "googlebatch,gpu",
-    ],
-)
-def test_the_gpu_label_keeps_its_resources_in_every_profile(config, profiles):
-    """base.config's resources for GPU tasks, whatever the profiles add (see GPU_SELECTOR)."""
-    gpu = config(profiles)["process"]["withLabel:process_gpu"]
-    assert (gpu.get("cpus"), gpu.get("memory"), gpu.get("time")) == (
-        8,
-        "{ 32.GB * task.attempt }",
-        "{ 8.h * task.attempt }",
-    )
+@pytest.mark.parametrize("profiles", GPU_LABEL_PROFILES)
+def test_the_gpu_label_keeps_its_resources_in_every_profile(config, inspected, profiles):
+    """base.config's resources for GPU tasks, whatever the profiles add (see GPU_SELECTOR): the
+    values Nextflow gives attempts 1 to 3, in bytes and milliseconds (before resourceLimits caps them)."""
+    cpus, memory_gb, hours = LABELS["process_gpu"]
+    assert config(profiles)["process"]["withLabel:process_gpu"]["cpus"] == cpus
+    closures = inspected["closures"]
+    got = [(closures[f"gpu memory {profiles} {a}"], closures[f"gpu time {profiles} {a}"]) for a in (1, 2, 3)]
+    assert got == [(str(memory_gb * a * GB), str(hours * a * HOUR)) for a in (1, 2, 3)], profiles
 
 
 @pytest.mark.slow  # starts Nextflow
@@ -513,9 +511,15 @@ def test_every_param_used_is_defined_and_no_profile_adds_one(config):
         assert set(config(profiles)["params"]) == defined, profiles
 
 
-def test_parameters_are_validated_by_a_pinned_nf_schema():
-    config_text = (REPO / "nextflow.config").read_text()
-    assert re.search(r"plugins \{\s*id 'nf-schema@\d+\.\d+\.\d+'\s*\}", config_text)
+@pytest.mark.slow  # starts Nextflow
+def test_parameters_are_validated_by_a_pinned_nf_schema(project):
+    """The shipped config (not the offline copy, which has no plugins block) as Nextflow resolves it:
+    nf-schema, at an exact version, is its one plugin; main.nf validates before the workflow runs."""
+    shipped = project["root"] / "shipped"
+    shutil.copytree(project["pipeline"], shipped)
+    shutil.copy(REPO / "nextflow.config", shipped / "nextflow.config")
+    plugins = resolved_config(shipped, "", project["home"])["plugins"]
+    assert len(plugins) == 1 and re.fullmatch(r"nf-schema@\d+\.\d+\.\d+", plugins[0]), plugins
     main = (REPO / "main.nf").read_text()
     assert "include { validateParameters } from 'plugin/nf-schema'" in main
     assert main.index("validateParameters()") < main.index("SUBTOMO_EMBED()")
