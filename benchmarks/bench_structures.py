@@ -48,6 +48,8 @@ from subtomo_embed.core.structure_pairs import (
     read_molecules,
 )
 from subtomo_embed.stages import demo as D
+from subtomo_embed.stages import evaluation as E
+from subtomo_embed.stages import training as T
 
 HELD_OUT_SETS = {  # name: (snr, wedge, seed), as docs/model.md measured the default
     "held-out molecules, SNR 3": (3.0, None, 11),
@@ -97,16 +99,25 @@ def size_alone(root: Path, truth) -> tuple[float, float]:
             classes.append(int(c))
     x = np.log(np.asarray(counts, np.float64))[:, None]
     x = (x - x.mean()) / (x.std() or 1.0)
-    return D.ari_scores(x, np.asarray(classes), len(set(classes)), 0)
+    return E.ari_scores(x, np.asarray(classes), len(set(classes)), 0)
 
 
-def score(root: Path, model: Path) -> dict:
+def score(root: Path, model: Path, rotations: int = 1) -> dict:
     from subtomo_embed.stages.embedding import run_predict
 
     cfg = D.dataset_config(root, model)
-    truth = D.read_truth(root)
+    truth = E.read_truth(root)
     run_predict(cfg, device="cpu", overwrite=True)
-    scores = D.score_dataset(cfg, truth)
+    scores = E.score_dataset(cfg, truth)
+    if rotations > 1:  # the same patches, the embedding averaged over the cube's rotations
+        from subtomo_embed.core.model import load_model
+
+        patches, keys = D.dataset_patches(cfg)
+        net, _ = load_model(Path(model), True)
+        emb = D.network_embeddings(net, patches, True, rotations)
+        scores[f"model, {rotations} rotations"] = E.ari_scores(
+            emb, D.classes_of(keys, truth), int(truth["class"].nunique()), cfg.seed
+        )
     scores["size alone"] = size_alone(root, truth)
     return scores
 
@@ -117,7 +128,7 @@ def train_on_structures(args, out: Path) -> Path:
 
     torch.set_num_threads(args.threads)
     cfg = load_config(D.DEMO_CONFIG)
-    views = D.training_settings(cfg)
+    views = T.training_settings(cfg)
     molecules = read_molecules(copy_named(listed_structures("train", args.sdists), out / "structures" / "train"))
     print(f"training molecules: {', '.join(m.name for m in molecules)}", flush=True)
     pairs = StructurePairs(molecules, views, StructureViewSettings(structure_fraction=args.structure_fraction))
@@ -160,7 +171,7 @@ def train_on_structures(args, out: Path) -> Path:
     )
     print(f"trained in {time.perf_counter() - t0:.0f} s this sitting", flush=True)
     exported = out / "structures_model.ckpt"
-    D.export_model(checkpoint, exported)
+    T.export_model(checkpoint, exported)
     return exported
 
 
@@ -178,6 +189,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-train", action="store_true", help="score --model instead of training one")
     ap.add_argument("--model", type=Path, default=None)
+    ap.add_argument("--rotations", type=int, default=1, help="also: the model averaged over N rotations")
     ap.add_argument("--only-new", action="store_true", help="score the new model only (not the committed one)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -201,9 +213,11 @@ def main() -> None:
     for set_name, root in sets.items():
         for model_name, model in models.items():
             t = time.perf_counter()
-            results[(set_name, model_name)] = score(root, Path(model))
+            results[(set_name, model_name)] = score(root, Path(model), args.rotations)
             print(f"{set_name} / {model_name}: scored in {time.perf_counter() - t:.0f} s", flush=True)
     methods = ["trained model", "untrained network", "radial descriptor", "spherical-harmonic descriptor", "size alone"]
+    if args.rotations > 1:
+        methods.insert(1, f"model, {args.rotations} rotations")
     print()
     print("| set | model | " + " | ".join(methods) + " |")
     print("|---|---|" + "---|" * len(methods))
