@@ -171,20 +171,31 @@ def test_filename_and_test_files_select_tomograms(dataset, cli_env):
     assert sorted(p.name for p in dataset["out"].glob("*_embeds.h5")) == ["TS_01_embeds.h5", "TS_02_embeds.h5"]
 
 
-def test_mrc_label_volume_mask(tmp_path, cli_env):
+def test_an_mrc_label_volume_mask_gives_what_the_same_hdf5_mask_gives(tmp_path, cli_env):
+    """The mask's format changes nothing: the same labels as an MRC label volume (<stem>.mrc) or as
+    CryoSiam's HDF5 (<stem>_instance_preds.h5) give the same instances, regions and embeddings."""
     from synthetic import make_dataset
 
-    data, masks = make_dataset(tmp_path, n_tomograms=1, mask_format="mrc")
     ckpt = make_checkpoint(tmp_path / "m.ckpt")
-    cfg = write_config(
-        tmp_path / "c.yaml",
-        data_folder=data,
-        instances_mask_folder=masks,
-        prediction_folder=tmp_path / "out",
-        trained_model=ckpt,
-    )
-    run(["subtomo-embed", "predict", "-c", str(cfg)], cli_env)
-    assert (tmp_path / "out" / "TS_01_embeds.h5").is_file()
+    outputs = {}
+    for mask_format in ("h5", "mrc"):
+        root = tmp_path / mask_format
+        data, masks = make_dataset(root, n_tomograms=1, mask_format=mask_format)  # the same seed: the same data
+        assert [p.name for p in masks.iterdir()] == [{"h5": "TS_01_instance_preds.h5", "mrc": "TS_01.mrc"}[mask_format]]
+        cfg = write_config(
+            root / "c.yaml",
+            data_folder=data,
+            instances_mask_folder=masks,
+            prediction_folder=root / "out",
+            trained_model=ckpt,
+        )
+        run(["subtomo-embed", "predict", "-c", str(cfg)], cli_env)
+        outputs[mask_format] = read_outputs(root / "out", "TS_01")
+    (emb, labels, regions), (emb_mrc, labels_mrc, regions_mrc) = outputs["h5"], outputs["mrc"]
+    assert emb.shape[1] == labels.size > 1
+    np.testing.assert_array_equal(labels_mrc, labels)
+    pd.testing.assert_frame_equal(regions_mrc, regions)
+    np.testing.assert_allclose(emb_mrc, emb, rtol=1e-6, atol=1e-7)
 
 
 def _bad(dataset, cli_env, *extra):
