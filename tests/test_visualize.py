@@ -13,6 +13,20 @@ from conftest_analysis import grouped_embeddings
 from subtomo_embed.core import visualize as V
 
 
+def drawn(fig, path) -> np.ndarray:
+    """The figure as its PNG holds it (RGB, 0..1), once it shows something: ink away from the white
+    background on more than 2 % of the pixels, in more than 20 colours (a blank or single-colour image
+    is not a figure)."""
+    import matplotlib.image as mpimg
+
+    fig.savefig(path)
+    rgb = mpimg.imread(path)[..., :3]
+    ink = np.any(rgb < 0.9, axis=-1)
+    assert ink.mean() > 0.02, f"{path.name}: {ink.mean():.1%} of the pixels drawn"
+    assert len(np.unique(np.round(rgb[ink] * 255).astype(np.uint8), axis=0)) > 20, path.name
+    return rgb
+
+
 @pytest.fixture(scope="module")
 def data():
     return grouped_embeddings(240, 12, 3, seed=5, spread=0.2)
@@ -97,13 +111,36 @@ def test_projection_figure_has_labels_and_legends(tmp_path, data):
     # continuous panel and > 20 categories get colour bars instead of legends
     assert any(ax.get_ylabel() == "log2 area (voxels)" for ax in axes)
     assert any("tomogram index" in ax.get_ylabel() for ax in axes)
-    fig.savefig(tmp_path / "p.png")
-    assert (tmp_path / "p.png").stat().st_size > 1000
+    # every panel draws every instance where the projection puts it
+    for ax in axes[: len(panels)]:
+        np.testing.assert_array_equal(ax.collections[0].get_offsets(), xy)
+    assert [ax.get_title() for ax in axes[: len(panels)]] == ["clusters", "size", "tomogram"]
+    assert fig._suptitle.get_text() == "title"
+    drawn(fig, tmp_path / "p.png")
 
 
-def test_other_figures(tmp_path, data):
+def test_distance_map_figure_shows_the_distances_ordered_by_group(tmp_path, data):
     x, truth = data
     dist, _, groups = V.distance_map(x, truth)
-    V.distance_map_figure(dist, groups, "d", "euclidean", "cluster").savefig(tmp_path / "d.png")
-    V.projection3d_figure(x[:, :3], truth, "t", "UMAP", "cluster", True).savefig(tmp_path / "3d.png")
-    assert all((tmp_path / n).stat().st_size > 1000 for n in ("d.png", "3d.png"))
+    fig = V.distance_map_figure(dist, groups, "d", "euclidean", "cluster")
+    ax, colour_bar = fig.axes
+    np.testing.assert_array_equal(ax.images[0].get_array(), dist)
+    assert ax.get_xlabel() == ax.get_ylabel() == "instances, ordered by cluster"
+    assert ax.get_title() == f"d\n{dist.shape[0]} instances"
+    names = [str(g) for g in dict.fromkeys(groups.tolist())]
+    assert [t.get_text() for t in ax.get_xticklabels()] == names == [t.get_text() for t in ax.get_yticklabels()]
+    assert colour_bar.get_ylabel() == "euclidean distance"
+    drawn(fig, tmp_path / "d.png")
+
+
+def test_3d_figure_has_its_axes_legend_and_points(tmp_path, data):
+    x, truth = data
+    fig = V.projection3d_figure(x[:, :3], truth, "t", "UMAP", "cluster", True)
+    (ax,) = fig.axes
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_zlabel(), ax.get_title()) == ("UMAP 1", "UMAP 2", "UMAP 3", "t")
+    legend = ax.get_legend()
+    assert legend.get_title().get_text() == "cluster"
+    assert [t.get_text() for t in legend.get_texts()] == [str(c) for c in sorted(set(truth.tolist()))]
+    colours = np.unique(np.round(ax.collections[0].get_facecolors()[:, :3], 3), axis=0)
+    assert len(colours) == len(set(truth.tolist()))  # a colour a cluster
+    drawn(fig, tmp_path / "3d.png")
