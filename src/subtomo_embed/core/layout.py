@@ -189,6 +189,11 @@ def is_cluster_output(name: str, method: str) -> bool:
 # figures and coordinates (the visualization folder)
 
 
+def default_vis(output_dir: Path) -> Path:
+    """The visualization folder when none is configured: ``<output-dir>/vis``."""
+    return output_dir / "vis"
+
+
 def projection_cache(vis: Path, projection: str, dims: int) -> Path:
     return vis / f".projection_{projection}_{dims}d.h5"
 

@@ -54,7 +54,7 @@ class Sources:
     def projections(self) -> dict[str, Path]:
         """``all_tomograms_<umap|pca>[_3d].csv`` of the vis folder (``<predictions>/vis`` unless configured),
         by projection (``umap``, ``umap_3d``, ``pca``, ``pca_3d``)."""
-        return layout.all_tomograms_tables(self.vis_folder or self.prediction_folder / "vis")
+        return layout.all_tomograms_tables(self.vis_folder or layout.default_vis(self.prediction_folder))
 
 
 def sources_of(path: str | Path) -> tuple[Sources, list[str]]:

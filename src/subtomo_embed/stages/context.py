@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core import layout
 from ..core.config import Config
 from ..core.errors import InputDataError
 
@@ -29,7 +30,7 @@ def resolve_folders(cfg: Config, input_dir: Path | None, output_dir: Path | None
     elif cfg.visualization.prediction_folder:
         vis = Path(os.path.expanduser(cfg.visualization.prediction_folder)).absolute()
     else:
-        vis = out / "vis"
+        vis = layout.default_vis(out)
     if not inp.is_dir():
         raise InputDataError("input folder does not exist", inp)
     cfg.check_output_folder(out, "--output-dir" if output_dir else "prediction_folder")
