@@ -112,14 +112,40 @@ def score(root: Path, model: Path, rotations: int = 1) -> dict:
     if rotations > 1:  # the same patches, the embedding averaged over the cube's rotations
         from subtomo_embed.core.model import load_model
 
-        patches, keys = D.dataset_patches(cfg)
+        patches, keys = E.dataset_patches(cfg)
         net, _ = load_model(Path(model), True)
-        emb = D.network_embeddings(net, patches, True, rotations)
+        emb = E.network_embeddings(net, patches, True, rotations)
         scores[f"model, {rotations} rotations"] = E.ari_scores(
-            emb, D.classes_of(keys, truth), int(truth["class"].nunique()), cfg.seed
+            emb, E.classes_of(keys, truth), int(truth["class"].nunique()), cfg.seed
         )
     scores["size alone"] = size_alone(root, truth)
     return scores
+
+
+# tests/test_demo.py's held-out assembly class sets and the floors the committed model must keep
+ASSEMBLY_FLOORS = [(1, 3.0, None, 0.9), (1, 1.0, 60.0, 0.8), (3, 3.0, None, 0.85), (3, 1.0, 60.0, 0.55)]
+
+
+def assembly_checks(model: Path) -> list[tuple[str, float, float]]:
+    """(set, KMeans ARI, floor) of tests/test_demo.py's check on 80 particles of held-out assembly class sets."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score
+
+    from subtomo_embed.core.assemblies import random_class_set, simulate_set
+    from subtomo_embed.core.config import load_config
+    from subtomo_embed.core.model import load_model
+    from subtomo_embed.core.structure_pairs import extract_view
+
+    settings = T.training_settings(load_config(D.DEMO_CONFIG))
+    net, _ = load_model(Path(model), True)
+    out = []
+    for class_seed, snr, wedge, floor in ASSEMBLY_FLOORS:
+        volumes, masks, truth = simulate_set(random_class_set(class_seed, 5), 16, seed=5, box=40, snr=snr, wedge=wedge)
+        patches = [extract_view(v, m, settings) for v, m in zip(volumes, masks)]
+        emb = E.network_embeddings(net, patches)
+        ari = adjusted_rand_score(truth, KMeans(5, n_init=10, random_state=0).fit_predict(emb))
+        out.append((f"class set {class_seed}, SNR {snr:g}" + (f" + {wedge:g}° wedge" if wedge else ""), ari, floor))
+    return out
 
 
 def train_on_structures(args, out: Path) -> Path:
@@ -224,7 +250,12 @@ def main() -> None:
     for (set_name, model_name), s in results.items():
         cells = [f"{s[m][0]:.2f} / {s[m][1]:.2f}" for m in methods]
         print(f"| {set_name} | {model_name} | " + " | ".join(cells) + " |")
-    print(f"\n(ARI, KMeans / spectral; {time.perf_counter() - t0:.0f} s in all)")
+    print("\n(ARI, KMeans / spectral)\n")
+    print("tests/test_demo.py's assembly check (80 particles, KMeans ARI, floor):")
+    for model_name, model in models.items():
+        cells = [f"{name} {ari:.2f} (>= {floor})" for name, ari, floor in assembly_checks(Path(model))]
+        print(f"  {model_name}: " + "; ".join(cells))
+    print(f"{time.perf_counter() - t0:.0f} s in all")
 
 
 if __name__ == "__main__":
