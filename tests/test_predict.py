@@ -182,13 +182,8 @@ def test_an_mrc_label_volume_mask_gives_what_the_same_hdf5_mask_gives(tmp_path, 
         root = tmp_path / mask_format
         data, masks = make_dataset(root, n_tomograms=1, mask_format=mask_format)  # the same seed: the same data
         assert [p.name for p in masks.iterdir()] == [{"h5": "TS_01_instance_preds.h5", "mrc": "TS_01.mrc"}[mask_format]]
-        cfg = write_config(
-            root / "c.yaml",
-            data_folder=data,
-            instances_mask_folder=masks,
-            prediction_folder=root / "out",
-            trained_model=ckpt,
-        )
+        inputs = {"data_folder": data, "instances_mask_folder": masks, "trained_model": ckpt}
+        cfg = write_config(root / "c.yaml", prediction_folder=root / "out", **inputs)
         run(["subtomo-embed", "predict", "-c", str(cfg)], cli_env)
         outputs[mask_format] = read_outputs(root / "out", "TS_01")
     (emb, labels, regions), (emb_mrc, labels_mrc, regions_mrc) = outputs["h5"], outputs["mrc"]
