@@ -91,7 +91,7 @@ def test_kmeans_outputs(project):
         csv = pd.read_csv(pred / f"{stem}_instance_regions_kmeans_clustered.csv")
         assert list(csv.columns) == [*REGION_COLS, "semantic_class"]
         assert np.array_equal(csv["semantic_class"], clusters[start : start + n])
-        star = starfile.read(pred / f"{stem}_instance_regions_kmeans_clustered.star")
+        star = starfile.read(pred / f"{stem}_instance_regions_kmeans_clustered.star")["particles"]
         assert {"rlnLabel", "rlnCoordinateZ", "rlnCoordinateY", "rlnCoordinateX", "rlnClass"} <= set(star.columns)
         assert np.array_equal(star["rlnClass"], clusters[start : start + n])
         start += n
@@ -108,9 +108,9 @@ def test_spectral_outputs_are_one_based_and_separate(project):
     assert set(np.unique(clusters)) == {1, 2, 3, 4}
     assert adjusted_rand_score(truth, clusters) >= 0.95
     stem = project["stems"][1]
-    star = starfile.read(pred / f"{stem}_instance_regions_spectral_clustered.star")
+    star = starfile.read(pred / f"{stem}_instance_regions_spectral_clustered.star")["particles"]
     assert star["rlnClass"].min() >= 1
-    kmeans_star = starfile.read(pred / f"{stem}_instance_regions_kmeans_clustered.star")
+    kmeans_star = starfile.read(pred / f"{stem}_instance_regions_kmeans_clustered.star")["particles"]
     assert kmeans_star["rlnClass"].min() == 0  # not overwritten by spectral (CryoSiam did)
     csv = pd.read_csv(pred / f"{stem}_instance_regions_spectral_clustered.csv")
     assert csv["semantic_class"].min() >= 1
@@ -124,7 +124,7 @@ def test_per_cluster_particle_stars(project):
     for method, ids in (("kmeans", range(4)), ("spectral", range(1, 5))):
         total = 0
         for c in ids:
-            star = starfile.read(pred / f"{method}_cluster_{c}_particles.star")
+            star = starfile.read(pred / f"{method}_cluster_{c}_particles.star")["particles"]
             assert {"rlnTomoName", "rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"} <= set(
                 star.columns
             )

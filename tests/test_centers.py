@@ -221,7 +221,7 @@ def test_embeddings_from_centres_equal_those_from_masks(picks_setup, cli_env):
         assert (regions["area"] == 7**3).all()
         assert "pick:rlnAngleRot" in regions.columns
     # predict's own STAR names the tomogram and gives RELION 5 coordinates (Å from the centre)
-    star = starfile.read(s["root"] / "from_masks" / "TS_02_instance_regions.star")
+    star = starfile.read(s["root"] / "from_masks" / "TS_02_instance_regions.star")["particles"]
     assert (star["rlnTomoName"] == "TS_02").all()
     for axis, name in enumerate("ZYX"):
         np.testing.assert_allclose(
@@ -249,15 +249,15 @@ def test_relion5_picks_come_back_from_clustering_with_every_column(picks_setup, 
     text = s["star"].read_text()
     per_tomogram = []
     for stem in ["TS_01", "TS_02"]:
-        clustered = starfile.read(s["root"] / "pred" / f"{stem}_instance_regions_kmeans_clustered.star")
-        assert list(clustered.columns) == [*original.columns, "rlnLabel", "rlnClass"]
+        clustered = starfile.read(s["root"] / "pred" / f"{stem}_instance_regions_kmeans_clustered.star")["particles"]
+        assert list(clustered.columns) == [*original.columns, "rlnLabel", "rlnClass", "rlnClassNumber"]
         per_tomogram.append(clustered)
     both = pd.concat(per_tomogram, ignore_index=True)
     pd.testing.assert_frame_equal(both[list(original.columns)], original, check_exact=True)
     assert both["rlnClass"].between(0, 2).all()
     # every value is written back with the text it came with (RELION reads the numbers it wrote)
     assert "-33.123456" in text and "-33.123456" in (s["root"] / "pred" / "kmeans_particles.star").read_text()
-    particles = starfile.read(s["root"] / "pred" / "kmeans_particles.star")
+    particles = starfile.read(s["root"] / "pred" / "kmeans_particles.star")["particles"]
     pd.testing.assert_frame_equal(particles[list(original.columns)], original, check_exact=True)
 
 

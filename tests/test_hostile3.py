@@ -375,11 +375,11 @@ def test_names_that_are_hostile_to_formats_round_trip_through_every_writer(run):
         assert code == 0, (command, stderr)
     out = root / "o2"
     for new in names.values():
-        star = starfile.read(out / f"{new}_instance_regions.star")
+        star = starfile.read(out / f"{new}_instance_regions.star")["particles"]
         assert set(star["rlnTomoName"]) == {new}
-        clustered = starfile.read(out / f"{new}_instance_regions_kmeans_clustered.star")
+        clustered = starfile.read(out / f"{new}_instance_regions_kmeans_clustered.star")["particles"]
         assert set(clustered["rlnTomoName"]) == {new}
-    particles = starfile.read(out / "kmeans_particles.star")
+    particles = starfile.read(out / "kmeans_particles.star")["particles"]
     assert set(particles["rlnTomoName"]) == set(names.values())
     table = pd.read_csv(out / "embeddings_table.csv", keep_default_na=False)
     assert set(table["tomogram"]) == set(names.values())
@@ -411,10 +411,10 @@ def test_the_star_writer_round_trips_every_accepted_name_and_numbers_exactly(tmp
     )
     assert back["particles"]["rlnLabel"].tolist() == particles["rlnLabel"].tolist()
     assert star.read_star(tmp_path / "p.star")["particles"]["rlnTomoName"].tolist() == ACCEPTED  # '007' stays text
-    star.write_star(tmp_path / "one.star", particles)  # no optics: one data_particles block (6 decimals)
+    star.write_star(tmp_path / "one.star", particles)  # no optics given: one optics group (RELION 5), 6 decimals
     text = (tmp_path / "one.star").read_text()
-    assert "data_particles" in text and "data_optics" not in text and "-33.123457" in text
-    assert isinstance(starfile.read(tmp_path / "one.star"), pd.DataFrame)
+    assert "data_optics" in text and "data_particles" in text and "-33.123457" in text
+    assert list(starfile.read(tmp_path / "one.star")) == ["optics", "particles"]
     assert star.star_text(particles) == text  # the text the explorer and napari exports can offer
     with pytest.raises(ValueError, match="cannot hold a TAB"):
         star.star_text(pd.DataFrame({"rlnTomoName": ["a\tb"]}))

@@ -162,18 +162,19 @@ def test_widget_saves_selected_points_and_clusters_as_star(run, viewer, tmp_path
     viewer.open(str(run["out"] / "TS_01_embeds.h5"), plugin="subtomo-embed")
     points = viewer.layers["TS_01 instances"]
     widget = save_selection()
-    clustered = starfile.read(run["out"] / "TS_01_instance_regions_kmeans_clustered.star")
+    clustered = starfile.read(run["out"] / "TS_01_instance_regions_kmeans_clustered.star")["particles"]
 
     points.selected_data = {0, 2, 3}
     widget(points=points, which="selected points", method="kmeans", cluster=0, path=tmp_path / "picked.star")
-    picked = starfile.read(tmp_path / "picked.star")
+    picked = starfile.read(tmp_path / "picked.star")["particles"]
     assert picked["rlnLabel"].tolist() == points.features["label"].to_numpy()[[0, 2, 3]].tolist()
-    assert list(picked.columns) == list(starfile.read(run["out"] / "kmeans_cluster_0_particles.star").columns)
+    cluster_0 = starfile.read(run["out"] / "kmeans_cluster_0_particles.star")["particles"]
+    assert list(picked.columns) == list(cluster_0.columns)
     pd.testing.assert_frame_equal(picked, clustered.iloc[[0, 2, 3]].reset_index(drop=True))
 
     c = int(points.features["kmeans_cluster"].iloc[0])
     widget(points=points, which="cluster", method="kmeans", cluster=c, path=tmp_path / "cluster.star")
-    cluster = starfile.read(tmp_path / "cluster.star")
+    cluster = starfile.read(tmp_path / "cluster.star")["particles"]
     pd.testing.assert_frame_equal(cluster, clustered[clustered["rlnClass"] == c].reset_index(drop=True))
 
     points.selected_data = set()

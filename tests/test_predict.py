@@ -74,7 +74,7 @@ def test_predict_matches_cryosiam(dataset, cli_env, contrastive, masking):
             "hull_area",
         ]
         assert np.all(cosine(emb.T, ref) >= 0.999)
-        star = starfile.read(dataset["out"] / f"{stem}_instance_regions.star")
+        star = starfile.read(dataset["out"] / f"{stem}_instance_regions.star")["particles"]
         assert star["rlnLabel"].tolist() == labels.tolist()
         np.testing.assert_allclose(star["rlnCoordinateZ"], regions["centroid-0"], atol=1e-5)
         assert "rlnBbox-5" in star.columns and "hull_area" not in star.columns

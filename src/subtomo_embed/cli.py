@@ -36,9 +36,9 @@ def _root(
 
 
 def _register_all() -> None:
-    from .commands import analysis, demo, embedding
+    from .commands import analysis, demo, embedding, export
 
-    for module in (embedding, analysis, demo):
+    for module in (embedding, analysis, export, demo):
         module.register(app)
 
 

@@ -408,9 +408,9 @@ def test_predict_centers_script_embeds_the_picks_of_its_tomogram(tmp_path):
     import pandas as pd
     import starfile
 
-    star = starfile.read(w / "out" / "TS_02_instance_regions.star")
+    star = starfile.read(w / "out" / "TS_02_instance_regions.star")["particles"]
     original = starfile.read(picks)
-    assert list(star.columns) == [*original.columns, "rlnLabel"]
+    assert list(star.columns) == [*original.columns, "rlnLabel", "rlnOpticsGroup"]  # RELION 5: with data_optics
     rows = len(pd.read_csv(w / "out" / "TS_02_instance_regions.csv"))
     assert len(star) == (original["rlnTomoName"] == "TS_02").sum() == rows
     assert not list(w.glob("out/TS_01*"))
@@ -482,7 +482,7 @@ def test_merge_and_analysis_scripts_make_their_outputs(chain):
     assert len(clustered) == 2
     import starfile
 
-    star = starfile.read(clustered[0])  # the tomogram's predict STAR rows (RELION 5 columns too) + rlnClass
+    star = starfile.read(clustered[0])["particles"]  # the tomogram's predict STAR rows (RELION 5 columns) + rlnClass
     assert {"rlnTomoName", "rlnCenteredCoordinateXAngst", "rlnLabel", "rlnClass"} <= set(star.columns)
     assert (chain["CLUSTER_SPECTRAL"] / "out" / "spectral_clusters.h5").is_file()
     assert list((chain["VISUALIZE"] / "vis").glob("*.png"))

@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import InputDataError
 from .io import _short, atomic_output
-from .star import read_star, shortest_text, write_star  # noqa: F401  (tables.read_star, tables.write_star: the one STAR reader and writer, core/star.py)
+from .star import read_particles, read_star, shortest_text, write_star  # noqa: F401  (the one STAR reader and writer, core/star.py)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -99,7 +99,8 @@ def regions_to_star_table(
 
     With the tomogram's name, size and voxel size (z, y, x, Å) it also gets ``rlnTomoName`` and
     RELION 5's ``rlnCenteredCoordinateX/Y/ZAngst`` (Å from the tomogram's centre, ``n/2``
-    voxels), so it can go straight to subtomogram averaging.
+    voxels), so it can go straight to subtomogram averaging, and the voxel size (x) as
+    ``rlnImagePixelSize`` (an optics column: the STAR writer moves it to ``data_optics``).
     """
     star = regions.drop(columns=[c for c in regions.columns if c == "hull_area" or c.startswith("pick:")])
     star = star.rename(columns=STAR_RENAMES)
@@ -109,6 +110,7 @@ def regions_to_star_table(
         for axis, name in enumerate("ZYX"):
             centroid = regions[f"centroid-{axis}"].to_numpy(np.float64)
             star[f"rlnCenteredCoordinate{name}Angst"] = (centroid - shape[axis] / 2.0) * voxel_size[axis]
+        star["rlnImagePixelSize"] = float(voxel_size[2])
     return star
 
 

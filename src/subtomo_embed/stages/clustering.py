@@ -10,6 +10,7 @@ found), and RELION particles STAR files (all, and one per cluster). With
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,18 @@ from .provenance import keep_config
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Clustering:
+    """One clustering run's result, as its outputs are written from it."""
+
+    method: str  # "kmeans" or "spectral"
+    labels: np.ndarray  # every merged row's cluster id
+    ids: np.ndarray  # the cluster ids, ascending (spectral's are 1-based)
+    centers: np.ndarray  # each cluster's centre in the embeddings' space
+    datasets: dict  # what <method>_clusters.h5 holds
+    attrs: dict = field(default_factory=dict)  # and its attributes besides the common ones
+
+
 def run_kmeans(cfg: Config, folders: Folders) -> dict[str, Path]:
     from ..core import cluster as C
 
@@ -41,7 +54,7 @@ def run_kmeans(cfg: Config, folders: Folders) -> dict[str, Path]:
         centers = C.cluster_means(merged.embeddings, labels, ids)
     log_peak_memory("KMeans")
     datasets = {"clusters": labels, "centers": centers}
-    return write_cluster_outputs(cfg, folders, merged, "kmeans", labels, ids, centers, datasets, {})
+    return write_cluster_outputs(cfg, folders, merged, Clustering("kmeans", labels, ids, centers, datasets))
 
 
 def run_spectral(cfg: Config, folders: Folders) -> dict[str, Path]:
@@ -65,7 +78,7 @@ def run_spectral(cfg: Config, folders: Folders) -> dict[str, Path]:
     datasets = {"clusters": labels, "centers": centers, "eigenvalues": result.eigenvalues}
     attrs = {"estimated": bool(sc.estimate_num_clusters), "graph_components": int(result.n_components)}
     log.info("spectral: %d clusters", result.num_clusters)
-    return write_cluster_outputs(cfg, folders, merged, "spectral", labels, ids, centers, datasets, attrs)
+    return write_cluster_outputs(cfg, folders, merged, Clustering("spectral", labels, ids, centers, datasets, attrs))
 
 
 def log_peak_memory(what: str) -> None:
@@ -93,45 +106,25 @@ def _load_checked(cfg: Config, folders: Folders, section: str, k: int, n_neighbo
     return load_merged(cfg, folders, source)
 
 
-def write_cluster_outputs(
-    cfg: Config,
-    folders: Folders,
-    merged: Merged,
-    method: str,
-    labels: np.ndarray,
-    ids: np.ndarray,
-    centers: np.ndarray,
-    datasets: dict,
-    attrs: dict,
-) -> dict[str, Path]:
+def write_cluster_outputs(cfg: Config, folders: Folders, merged: Merged, result: Clustering) -> dict[str, Path]:
     """Every output of a clustering run, replaced together (:func:`io.outputs_together`): a run that
     fails midway (a full disk) leaves the previous run's outputs as they were, all of them."""
-    out = folders.output_dir
+    out, method = folders.output_dir, result.method
     everything: list[Path] = []
     with io.outputs_together(
         layout.replacing_journal(out, method),
         method,
         finish=lambda: remove_previous_outputs(folders, method, everything),
     ):
-        written, also_written = _write_cluster_files(
-            cfg, folders, merged, method, labels, ids, centers, datasets, attrs
-        )
+        written, also_written = _write_cluster_files(cfg, folders, merged, result)
         everything += [layout.particles_star(out, method), *written.values(), *also_written]
     return written
 
 
 def _write_cluster_files(
-    cfg: Config,
-    folders: Folders,
-    merged: Merged,
-    method: str,
-    labels: np.ndarray,
-    ids: np.ndarray,
-    centers: np.ndarray,
-    datasets: dict,
-    attrs: dict,
+    cfg: Config, folders: Folders, merged: Merged, result: Clustering
 ) -> tuple[dict[str, Path], list[Path]]:
-    out = folders.output_dir
+    out, method, labels, ids = folders.output_dir, result.method, result.labels, result.ids
     written: dict[str, Path] = {}
     also_written: list[Path] = []  # the per-tomogram and per-cluster files (issue 13: the next run's record)
     sizes = {int(c): int((labels == c).sum()) for c in ids}
@@ -139,8 +132,8 @@ def _write_cluster_files(
     path = layout.clusters(out, method)
     io.write_h5(
         path,
-        {k: np.asarray(v) for k, v in datasets.items()},
-        {"num_clusters": int(len(ids)), "seed": int(cfg.seed), "embeddings_key": merged.key, **attrs},
+        {k: np.asarray(v) for k, v in result.datasets.items()},
+        {"num_clusters": int(len(ids)), "seed": int(cfg.seed), "embeddings_key": merged.key, **result.attrs},
     )
     written["clusters"] = path
     stars = []
@@ -176,7 +169,7 @@ def _write_cluster_files(
     also_written += write_label_volumes(cfg, merged, volume_ids, out, method)
     section = getattr(cfg, f"clustering_{method}")
     if section.visualization:
-        written.update(cluster_figures(cfg, folders, merged, method, labels, ids, centers))
+        written.update(cluster_figures(cfg, folders, merged, method, labels, ids, result.centers))
     for folder in [out, folders.vis_dir] if section.visualization else [out]:
         keep_config(cfg, folder, method)
     return written, also_written
@@ -199,13 +192,11 @@ def remove_previous_outputs(folders: Folders, method: str, written: list[Path]) 
 
 def clustered_star(source: Path, regions: pd.DataFrame, classes: np.ndarray) -> pd.DataFrame:
     """A tomogram's clustered STAR: the rows of its ``predict`` STAR (``source``: every column, in
-    its convention; for picks, the picks' own rows) with ``rlnClass``; without that file,
-    CryoSiam's columns from the regions table."""
+    its convention, and its optics group's columns; for picks, the picks' own rows) with ``rlnClass``;
+    without that file, CryoSiam's columns from the regions table."""
     labels = regions["label"].to_numpy(np.int64)
     if source.is_file():
-        star = tables.read_star(source)
-        if isinstance(star, dict):
-            star = star.get("particles", next(iter(star.values())))
+        star = tables.read_particles(source)  # with its optics group's columns (the pixel size), kept
         if isinstance(star, pd.DataFrame) and "rlnLabel" in star.columns and not star["rlnLabel"].duplicated().any():
             indexed = star.set_index(star["rlnLabel"].to_numpy(np.int64))
             if np.isin(labels, indexed.index.to_numpy()).all():
@@ -217,11 +208,13 @@ def clustered_star(source: Path, regions: pd.DataFrame, classes: np.ndarray) -> 
 
 
 def particles_table(cfg: Config, table: pd.DataFrame, labels: np.ndarray) -> pd.DataFrame:
-    """RELION-style particles: tomogram name, coordinates (x, y, z in voxels), label, class."""
-    return pd.DataFrame(
+    """RELION-style particles: tomogram name, coordinates (x, y, z in voxels), label, class, and the
+    voxel size of each tomogram (``rlnImagePixelSize``, an optics column) where its MRC header has one."""
+    tomograms = table["tomogram"].astype(str)
+    particles = pd.DataFrame(
         {
-            "rlnTomoName": table["tomogram"].astype(str).to_numpy(),
-            "rlnMicrographName": (table["tomogram"].astype(str) + cfg.file_extension).to_numpy(),
+            "rlnTomoName": tomograms.to_numpy(),
+            "rlnMicrographName": (tomograms + cfg.file_extension).to_numpy(),
             "rlnCoordinateX": table["centroid-2"].to_numpy(np.float64),
             "rlnCoordinateY": table["centroid-1"].to_numpy(np.float64),
             "rlnCoordinateZ": table["centroid-0"].to_numpy(np.float64),
@@ -230,6 +223,23 @@ def particles_table(cfg: Config, table: pd.DataFrame, labels: np.ndarray) -> pd.
             "rlnClass": np.asarray(labels, dtype=np.int64),
         }
     )
+    sizes = {t: _header_voxel_size(cfg, t) for t in tomograms.unique()}
+    if any(v is not None for v in sizes.values()):
+        particles["rlnImagePixelSize"] = tomograms.map(sizes).to_numpy(np.float64)
+    return particles
+
+
+def _header_voxel_size(cfg: Config, stem: str) -> float | None:
+    """The voxel size (x, Å) in the MRC header of tomogram ``stem`` in ``data_folder``, or None."""
+    data_folder = cfg.optional_path("data_folder")
+    path = data_folder / f"{stem}{cfg.file_extension}" if data_folder else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        size = volumes.mrc_voxel_size(path)
+    except InputDataError:
+        return None
+    return None if size is None else float(size[-1])
 
 
 def write_label_volumes(cfg: Config, merged: Merged, volume_ids: np.ndarray, out: Path, method: str) -> list[Path]:
