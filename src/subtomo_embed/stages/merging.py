@@ -181,7 +181,8 @@ def write_merge(cfg: Config, plan: MergePlan) -> Path:
         if plan.digests is not None:
             plan.digests.save()
         return plan.merged_path
-    assert plan.table is not None
+    table = plan.table
+    assert table is not None
     io.check_writable_folder(plan.merged_path.parent)
     log.info("merging %d embeddings (dim %d) of %d tomograms", plan.total, plan.dim, len(plan.stems))
 
@@ -198,9 +199,9 @@ def write_merge(cfg: Config, plan: MergePlan) -> Path:
         plan.counts,
         plan.dim,
         plan.stems,
-        plan.table["label"].to_numpy(np.int64),
+        table["label"].to_numpy(np.int64),
         {io.FINGERPRINT_ATTR: plan.key, "file_extension": cfg.file_extension},
-        then=lambda: tables.write_regions_csv(plan.table_path, plan.table),
+        then=lambda: tables.write_regions_csv(plan.table_path, table),
     )
     if plan.digests is not None:
         plan.digests.save()
