@@ -28,8 +28,10 @@ import pandas as pd
 
 from subtomo_embed.core import io
 from subtomo_embed.core.assemblies import random_class_set, simulate_particle
-from subtomo_embed.stages.demo import DEMO_MODEL, dataset_config, score_dataset
+from subtomo_embed.core.train import Sitting
+from subtomo_embed.stages.demo import DEMO_MODEL, dataset_config
 from subtomo_embed.stages.embedding import run_predict
+from subtomo_embed.stages.evaluation import score_dataset
 from subtomo_embed.stages.training import fine_tune_from_config
 
 BOX = 40  # each particle's tile (voxels); diameters are 12-24
@@ -104,10 +106,7 @@ def main() -> None:
         start_from=args.model,
         steps=args.steps,
         device="cpu",
-        resume=False,
-        progress=False,
-        time_limit=args.minutes * 60,
-        save_every=50,
+        sitting=Sitting(resume=False, save_every=50, time_limit=args.minutes * 60, progress=False),
     )
     seconds = time.perf_counter() - start
     from subtomo_embed.core.model import read_checkpoint

@@ -22,18 +22,9 @@ import logging
 import time
 from pathlib import Path
 
-from subtomo_embed.stages.demo import (
-    DEMO_MODEL,
-    METHODS,
-    Structure,
-    ari_scores,
-    classes_of,
-    dataset_config,
-    predicted_embeddings,
-    run_simulate,
-    score_dataset,
-)
+from subtomo_embed.stages.demo import DEMO_MODEL, Structure, dataset_config, run_simulate
 from subtomo_embed.stages.embedding import run_predict
+from subtomo_embed.stages.evaluation import METHODS, ari_scores, classes_of, predicted_embeddings, score_dataset
 
 
 def main() -> None:

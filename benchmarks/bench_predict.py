@@ -233,8 +233,9 @@ def one_tomogram(args, device: torch.device) -> None:
 
     from subtomo_embed.core import io
     from subtomo_embed.core.embed import embed_patches
-    from subtomo_embed.core.extract import Normalization, iter_patches, plan_extraction
+    from subtomo_embed.core.extract import iter_patches, plan_extraction
     from subtomo_embed.core.model import build_simsiam
+    from subtomo_embed.core.patch_contract import Normalization, PatchContract
 
     size = (args.patch,) * 3
     with tempfile.TemporaryDirectory() as tmp:
@@ -243,7 +244,7 @@ def one_tomogram(args, device: torch.device) -> None:
         mask = io.read_instance_mask(mask_path)
         model = build_simsiam(NETWORKS[args.network]).eval().to(device)
         dim = NETWORKS[args.network]["dim"]
-        norm = Normalization(-3, 3, 0.5, 0.2)
+        contract = PatchContract(size, 1, norm=Normalization(-3, 3, 0.5, 0.2))
 
         def plan():
             return plan_extraction(mask, 3, 10, None)
@@ -267,18 +268,18 @@ def one_tomogram(args, device: torch.device) -> None:
         run(iter(warm), len(warm))
 
         p = plan()
-        patches = [x for _, x in iter_patches(volume, p, size, 1, norm)]
+        patches = [x for _, x in iter_patches(volume, p, contract)]
         model_only = len(patches) / timed(lambda: run(iter(patches), len(patches)))
 
         def cut_then_embed():
-            cut = [x for _, x in iter_patches(volume, plan(), size, 1, norm, workers=1)]
+            cut = [x for _, x in iter_patches(volume, plan(), contract, workers=1)]
             run(iter(cut), len(cut))
 
         sequential = len(patches) / timed(cut_then_embed)
 
         def overlapped():
             p = plan()
-            run((x for _, x in iter_patches(volume, p, size, 1, norm)), len(p))
+            run((x for _, x in iter_patches(volume, p, contract)), len(p))
 
         ours = len(patches) / timed(overlapped)
 

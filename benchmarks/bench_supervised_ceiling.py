@@ -32,24 +32,16 @@ import torch
 
 from subtomo_embed.core.assemblies import simulate_particle
 from subtomo_embed.core.model import build_simsiam, load_model
-from subtomo_embed.core.train import extract_view
-from subtomo_embed.stages.demo import (
-    DEMO_MODEL,
-    Structure,
-    ari_scores,
-    classes_of,
-    dataset_config,
-    dataset_patches,
-    network_embeddings,
-    run_simulate,
-    training_settings,
-)
+from subtomo_embed.core.simulated_views import extract_view
+from subtomo_embed.stages.demo import DEMO_MODEL, Structure, dataset_config, run_simulate
+from subtomo_embed.stages.evaluation import ari_scores, classes_of, dataset_patches, network_embeddings
+from subtomo_embed.stages.training import training_settings
 
 
 def training_patches(classes, settings, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``n`` labelled patches (classes cycled), each particle simulated and cut as ``train`` cuts a view."""
     rng = np.random.default_rng(seed)
-    patches = np.zeros((n, *settings.patch_size), np.float32)
+    patches = np.zeros((n, *settings.contract.patch_size), np.float32)
     labels = np.arange(n) % len(classes)
     for i, c in enumerate(labels):
         shifted = dataclasses.replace(classes[c], centres=classes[c].centres + rng.uniform(-0.5, 0.5, 3))

@@ -20,8 +20,11 @@ import torch
 
 from subtomo_embed.core.config import load_config
 from subtomo_embed.core.model import build_simsiam
-from subtomo_embed.core.train import make_pair, simsiam_loss, simulated_pairs, training_batches
-from subtomo_embed.stages.demo import DEMO_CONFIG, training_settings
+from subtomo_embed.core.pair_stream import simulated_pairs, training_batches
+from subtomo_embed.core.simulated_views import make_pair
+from subtomo_embed.core.train import simsiam_loss
+from subtomo_embed.stages.demo import DEMO_CONFIG
+from subtomo_embed.stages.training import training_settings
 
 
 def main() -> None:
@@ -62,7 +65,7 @@ def main() -> None:
     device = torch.device(args.device)
     model = build_simsiam(cfg.parameters.network.model_dump()).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x1 = torch.randn(args.batch, 1, *settings.patch_size, device=device)
+    x1 = torch.randn(args.batch, 1, *settings.contract.patch_size, device=device)
     x2 = torch.randn_like(x1)
     times = []
     for i in range(args.steps + 1):
@@ -80,7 +83,7 @@ def main() -> None:
     step = float(np.median(times))
     print(
         f"SimSiam step on {device} ({torch.get_num_threads()} threads), batch {args.batch}, patch "
-        f"{settings.patch_size}: {step:.3f} s/step, {2 * args.batch / step:.0f} views/s"
+        f"{settings.contract.patch_size}: {step:.3f} s/step, {2 * args.batch / step:.0f} views/s"
     )
     print(f"the simulator keeps up while it makes >= {args.batch / step:.1f} pairs/s")
 

@@ -24,8 +24,10 @@ from subtomo_embed.core.assemblies import common_mass, make_assembly, simulate_s
 from subtomo_embed.core.config import load_config
 from subtomo_embed.core.descriptors import describe_sh_all
 from subtomo_embed.core.model import load_model
-from subtomo_embed.core.train import extract_view
-from subtomo_embed.stages.demo import DEMO_CONFIG, DEMO_MODEL, ari_scores, network_embeddings, training_settings
+from subtomo_embed.core.simulated_views import extract_view
+from subtomo_embed.stages.demo import DEMO_CONFIG, DEMO_MODEL
+from subtomo_embed.stages.evaluation import ari_scores, network_embeddings
+from subtomo_embed.stages.training import training_settings
 
 # (family, n, double-ring height, twist in degrees) per class
 CLASS_SETS: dict[str, list[tuple[str, int, float, float]]] = {

@@ -14,6 +14,7 @@ from synthetic import make_checkpoint, write_config, write_h5_mask
 
 from subtomo_embed.core import picks as P
 from subtomo_embed.core.extract import Normalization, cut_centered_patch, cut_patch, plan_extraction
+from subtomo_embed.core.patch_contract import PatchContract
 
 SHAPE = (37, 50, 43)  # odd, all different
 VOXEL = (4.2, 3.1, 2.7)  # z, y, x Å: anisotropic
@@ -113,7 +114,7 @@ def test_centred_box_inside_equals_masking_type_0_and_pads_with_zero_outside():
     plan = plan_extraction(mask)
     norm = Normalization(-2, 2, 0.5, 0.25)
     for region, start in zip(plan.regions, starts):
-        expected, _ = cut_patch(volume, region, (12, 12, 12), 0, norm)
+        expected, _ = cut_patch(volume, region, PatchContract((12, 12, 12), 0, norm=norm))
         got = cut_centered_patch(volume, start, 7, (12, 12, 12), norm)
         np.testing.assert_array_equal(got, expected)
     # a box hanging 3 voxels off the corner: those voxels are 0, the rest the normalized tomogram

@@ -12,17 +12,22 @@ from synthetic import TINY_POOLED_NETWORK
 
 from subtomo_embed.core.config import load_config
 from subtomo_embed.core.descriptors import describe_all
-from subtomo_embed.core.extract import Normalization
 from subtomo_embed.core.model import load_model, read_checkpoint
+from subtomo_embed.core.patch_contract import Normalization, PatchContract
 from subtomo_embed.core.simulate import random_particle
-from subtomo_embed.core.train import ViewSettings, make_view
+from subtomo_embed.core.simulated_views import ViewSettings, make_view
+from subtomo_embed.core.train import TRAIN_STATE_KEY, Sitting
 from subtomo_embed.stages import demo as D
+from subtomo_embed.stages import evaluation as E
+from subtomo_embed.stages.training import train_from_config, training_settings
 
 TINY = TINY_POOLED_NETWORK
+QUIET = Sitting(progress=False)
 
 
 def test_descriptor_separates_spheres_from_rods():
-    settings = ViewSettings((32, 32, 32), 1, 2, Normalization(-2, 3, 0.4, 0.2), snr_range=(3, 3), wedge_probability=0)
+    contract = PatchContract((32, 32, 32), 1, 2, Normalization(-2, 3, 0.4, 0.2))
+    settings = ViewSettings(contract, snr_range=(3, 3), wedge_probability=0)
     rng = np.random.default_rng(0)
     classes = np.array([0, 2] * 15)  # sphere, rod
     patches = [make_view(random_particle(rng, int(c)), rng, settings) for c in classes]
@@ -42,11 +47,11 @@ def tiny_config(tmp_path):
 def test_evaluate_scores_model_untrained_twin_and_descriptor(tmp_path):
     config = tiny_config(tmp_path)
     cfg = load_config(config)
-    ckpt = D.train_from_config(cfg, tmp_path / "model.ckpt", steps=1, device="cpu", progress=False)
+    ckpt = train_from_config(cfg, tmp_path / "model.ckpt", steps=1, device="cpu", sitting=QUIET)
     truth = D.run_simulate(tmp_path / "sim", 1, (40, 80, 80), 10, snr=3.0, wedge=None, seed=2, size_range=(3, 5))
     assert len(truth) == 10
     scores = D.run_evaluate(tmp_path / "sim", ckpt, config, device="cpu")
-    assert list(scores) == list(D.METHODS)  # what a one-step model scores says nothing: the demo test checks that
+    assert list(scores) == list(E.METHODS)  # what a one-step model scores says nothing: the demo test checks that
     # predict's own outputs were written next to the data, in CryoSiam's names
     assert (tmp_path / "sim" / "predictions" / "TS_01_embeds.h5").is_file()
 
@@ -55,12 +60,12 @@ def test_evaluate_reports_the_spherical_harmonic_baseline_on_assemblies(tmp_path
     """On assemblies that share one envelope and one mass, the rotation-invariant spherical-harmonic
     descriptor tells the arrangements apart; evaluate reports it as its own row."""
     config = tiny_config(tmp_path)
-    ckpt = D.train_from_config(load_config(config), tmp_path / "model.ckpt", steps=1, device="cpu", progress=False)
+    ckpt = train_from_config(load_config(config), tmp_path / "model.ckpt", steps=1, device="cpu", sitting=QUIET)
     structure = D.Structure(n_classes=3, class_seed=4, diameter_range=(14.0, 14.0))
     truth = D.run_simulate(tmp_path / "sim", 2, (48, 112, 112), 12, snr=10.0, seed=3, structure=structure)
     assert truth["class"].value_counts().tolist() == [8, 8, 8]
     scores = D.run_evaluate(tmp_path / "sim", ckpt, config, device="cpu")
-    assert list(scores) == list(D.METHODS)
+    assert list(scores) == list(E.METHODS)
     # seen: spherical harmonics 0.54 / 1.00 (KMeans / spectral), the untrained network 0.09 / 0.10
     sh_kmeans, sh_spectral = scores["spherical-harmonic descriptor"]
     assert sh_spectral >= 0.8, scores
@@ -68,7 +73,7 @@ def test_evaluate_reports_the_spherical_harmonic_baseline_on_assemblies(tmp_path
     # the ARI csv and the printed table carry it too
     D.write_scores({"assemblies": scores}, tmp_path / "ari.csv")
     rows = pd.read_csv(tmp_path / "ari.csv")
-    assert rows["method"].tolist() == list(D.METHODS)
+    assert rows["method"].tolist() == list(E.METHODS)
     table = D.format_table({"assemblies": scores})
     assert any(line.split()[:2] == ["spherical-harmonic", "descriptor"] for line in table)
 
@@ -94,6 +99,19 @@ def test_committed_model_is_small_cryosiam_shaped_and_described():
     assert "subtomo-embed train" in card and "ARI" in card
 
 
+def test_committed_model_records_the_views_the_demo_config_makes():
+    """The committed model's training state records its views in the flat layout the views are still
+    recorded in (the patch contract's keys beside the ranges): the demo config makes the same ones; the
+    record now also holds the normalization, which the model's stored config already did."""
+    from subtomo_embed.core.patch_contract import views_record
+
+    recorded = read_checkpoint(D.DEMO_MODEL)[TRAIN_STATE_KEY]["pairs"]
+    now = views_record(training_settings(load_config(D.DEMO_CONFIG)))
+    assert set(now) == set(recorded) | {"normalization"}
+    assert {k: now[k] for k in recorded} == recorded
+    assert now["normalization"] == [-2.0, 3.0, 0.4, 0.2]
+
+
 # on this test's 80 particles the committed model scored class set 1 1.00 (SNR 3) and 0.97 (SNR 1 + wedge),
 # class set 3 (13-voxel particles) 0.97 and 0.69; the previous default (SimSiam alone) 0.44 on set 3 at SNR 3
 FLOOR_SET3 = 0.85
@@ -111,15 +129,15 @@ def test_committed_model_tells_held_out_assemblies_apart(class_seed, snr, wedge,
     dihedral5, cubic; 13 voxels) 1.00 at SNR 3 and 0.80 at SNR 1 + wedge, where the previous default
     (SimSiam alone) and the classical descriptors scored 0.50-0.59 and 0.37-0.48; an untrained twin 0.05."""
     from subtomo_embed.core.assemblies import random_class_set, simulate_set
-    from subtomo_embed.core.train import extract_view
+    from subtomo_embed.core.simulated_views import extract_view
 
     cfg = load_config(D.DEMO_CONFIG)
-    settings = D.training_settings(cfg)
+    settings = training_settings(cfg)
     classes = random_class_set(class_seed, 5)
     volumes, masks, truth = simulate_set(classes, 16, seed=5, box=40, snr=snr, wedge=wedge)  # 80 particles
     patches = [extract_view(v, m, settings) for v, m in zip(volumes, masks)]
     model, _ = load_model(D.DEMO_MODEL)
-    embeddings = D.network_embeddings(model, patches)
+    embeddings = E.network_embeddings(model, patches)
     ari = adjusted_rand_score(truth, KMeans(5, n_init=10, random_state=0).fit_predict(embeddings))
     assert ari >= floor
 
@@ -135,7 +153,7 @@ def test_demo_end_to_end(tmp_path, cli_env):
     assert proc.returncode == 0, proc.stderr
     assert "Adjusted Rand index" in proc.stdout
     scores = pd.read_csv(tmp_path / "demo" / "ari.csv")
-    assert set(scores["method"]) == set(D.METHODS) and len(scores) == 8
+    assert set(scores["method"]) == set(E.METHODS) and len(scores) == 8
     # The committed model must beat the untrained network and the descriptor on both sets. `make demo`
     # printed (KMeans / spectral ARI): model 1.00 / 1.00 (SNR 3) and 0.98 / 0.98 (SNR 1 + wedge);
     # untrained 0.11 / 0.09 and 0.04 / 0.05; descriptor 0.55 / 0.96 and 0.45 / 0.96 (models/MODEL_CARD.md).
@@ -146,12 +164,12 @@ def test_demo_end_to_end(tmp_path, cli_env):
     # shapes whose sizes overlap: 0.12 / 0.40 (SNR 3) and 0.10 / 0.28 (SNR 1 + wedge); 0.3 asked on both.
     for dataset, rows in scores.groupby("dataset"):
         ari = rows.set_index("method")
-        model, untrained, descriptor, harmonics = (ari.loc[m] for m in D.METHODS)
-        mean = {m: (ari.loc[m, "kmeans_ari"] + ari.loc[m, "spectral_ari"]) / 2 for m in D.METHODS}
+        model, untrained, descriptor, harmonics = (ari.loc[m] for m in E.METHODS)
+        mean = {m: (ari.loc[m, "kmeans_ari"] + ari.loc[m, "spectral_ari"]) / 2 for m in E.METHODS}
         assert model["kmeans_ari"] >= untrained["kmeans_ari"] + 0.5, dataset
         assert model["spectral_ari"] >= untrained["spectral_ari"] + 0.5, dataset
         assert model["kmeans_ari"] >= descriptor["kmeans_ari"] + 0.2, dataset
-        assert mean[D.METHODS[0]] >= mean[D.METHODS[2]] + 0.1, dataset
+        assert mean[E.METHODS[0]] >= mean[E.METHODS[2]] + 0.1, dataset
         assert model["kmeans_ari"] >= harmonics["kmeans_ari"] + 0.3, dataset
         assert model["spectral_ari"] >= harmonics["spectral_ari"] + 0.3, dataset
     assert list((tmp_path / "demo" / "easy" / "predictions" / "vis").rglob("*.png"))

@@ -196,15 +196,16 @@ def test_thumbnail_shows_central_orthogonal_slices():
 
 def test_thumbnail_patches_are_the_patches_predict_cuts():
     """The explorer cuts each particle with extract's own functions: the same masked patch as predict."""
-    from subtomo_embed.core.extract import Normalization, iter_patches, plan_extraction
+    from subtomo_embed.core.extract import iter_patches, plan_extraction
+    from subtomo_embed.core.patch_contract import Normalization, PatchContract
 
     mask = blob_mask((32, 40, 40), 6, seed=4)
     volume = np.random.default_rng(1).normal(0.5, 0.2, mask.shape).astype(np.float32)
-    norm = Normalization(0.0, 1.0, 0.5, 0.2)
+    contract = PatchContract((12, 12, 12), 1, 2, Normalization(0.0, 1.0, 0.5, 0.2))
     plan = plan_extraction(mask, expand_labels=2)
-    expected = [p.copy() for _, p in iter_patches(volume, plan, (12, 12, 12), 1, norm)]
+    expected = [p.copy() for _, p in iter_patches(volume, plan, contract)]
     table = plan.table.iloc[[4, 1, 3]]  # any subset, any order
-    got = list(E.masked_patches(volume, mask, table, (12, 12, 12), 1, 2, norm))
+    got = list(E.masked_patches(volume, mask, table, contract))
     assert len(got) == 3
     for patch, i in zip(got, [4, 1, 3]):
         np.testing.assert_array_equal(patch, expected[i])
@@ -510,7 +511,8 @@ def test_visualize_writes_the_explorer(real, tmp_path):
 
     from subtomo_embed.core import io as sio
     from subtomo_embed.core import volumes
-    from subtomo_embed.core.extract import Normalization, iter_patches, plan_extraction
+    from subtomo_embed.core.extract import iter_patches, plan_extraction
+    from subtomo_embed.core.patch_contract import PatchContract
 
     path = real["out"] / "vis" / layout.EXPLORER_NAME
     html = path.read_text(encoding="utf-8")
@@ -546,7 +548,7 @@ def test_visualize_writes_the_explorer(real, tmp_path):
     plan = plan_extraction(mask, expand_labels=2, min_size=10)
     patches = {
         int(plan.columns["label"][i]): p.copy()
-        for i, p in iter_patches(volume, plan, (12, 12, 12), 1, Normalization(0, 1, 0, 1))
+        for i, p in iter_patches(volume, plan, PatchContract((12, 12, 12), 1, 2))
     }
     row = int(np.flatnonzero(table["tomogram"] == "TS_02")[0])
     png = base64.b64decode(data["thumbnails"][str(row)])

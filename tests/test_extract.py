@@ -7,7 +7,6 @@ from reference import reference_patches
 from synthetic import blob_mask
 
 from subtomo_embed.core.extract import (
-    Normalization,
     ball_dilation,
     cut_patches_into_file,
     fit_window,
@@ -16,6 +15,7 @@ from subtomo_embed.core.extract import (
     size_filter,
 )
 from subtomo_embed.core.h5files import create_contiguous_dataset
+from subtomo_embed.core.patch_contract import Normalization, PatchContract
 
 SHAPE = (30, 41, 37)
 
@@ -35,7 +35,7 @@ def test_patches_equal_cryosiam(volume_and_mask, masking, expand, patch_size):
     norm = (0.1, 0.9, 0.2, 0.7)
     ref, ref_rows = reference_patches(image, mask, patch_size, masking, expand, norm, min_size=4)
     plan = plan_extraction(mask, expand, 4, None)
-    ours = [p for _, p in iter_patches(image, plan, patch_size, masking, Normalization(*norm))]
+    ours = [p for _, p in iter_patches(image, plan, PatchContract(patch_size, masking, norm=Normalization(*norm)))]
     assert plan.table["label"].tolist() == [int(r["label"]) for r in ref_rows]
     assert len(ours) == len(ref) > 10
     for a, b in zip(ours, ref):
@@ -87,7 +87,7 @@ def test_large_particle_is_cropped_not_resized():
     mask[2:37, 5:30, 10:13] = 1  # 35 x 25 x 3 box
     image = np.arange(mask.size, dtype=np.float32).reshape(mask.shape) / mask.size
     plan = plan_extraction(mask, 0)
-    ((_, patch),) = list(iter_patches(image, plan, (16, 16, 16), 0, Normalization()))
+    ((_, patch),) = list(iter_patches(image, plan, PatchContract((16, 16, 16), 0)))
     # z: box 35 > 16 -> keep from 35//2 - 8 = 9, i.e. tomogram z 11..27; x: box 3 < 16 -> 6 zeros before
     np.testing.assert_array_equal(patch[:, :, 6:9], image[11:27, 5 + 12 - 8 : 5 + 12 + 8, 10:13])
     assert not patch[:, :, :6].any() and not patch[:, :, 9:].any()
@@ -136,7 +136,7 @@ def test_regions_table_beside_mask_gives_boxes(volume_and_mask):
     table = pd.DataFrame(regionprops_table(mask, properties=["label", "area", "bbox", "centroid"]))
     ref, ref_rows = reference_patches(image, mask, (10, 10, 10), 1, 2, regions={k: table[k].to_numpy() for k in table})
     plan = plan_extraction(mask, 2, None, None, regions_table=table)
-    ours = [p for _, p in iter_patches(image, plan, (10, 10, 10), 1, Normalization())]
+    ours = [p for _, p in iter_patches(image, plan, PatchContract((10, 10, 10), 1))]
     assert plan.table["area"].tolist() == table["area"].tolist()  # areas from the table, as CryoSiam
     for a, b in zip(ours, ref):
         np.testing.assert_allclose(a, b, atol=1e-6)
@@ -151,7 +151,7 @@ def test_nan_in_a_box_is_an_input_error():
     image[3, 3, 3] = np.nan
     plan = plan_extraction(mask, 0)
     with pytest.raises(InputDataError, match="NaN"):
-        list(iter_patches(image, plan, (8, 8, 8), 0, Normalization(), "t.mrc"))
+        list(iter_patches(image, plan, PatchContract((8, 8, 8), 0), "t.mrc"))
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -168,7 +168,9 @@ def test_patches_cut_straight_into_the_file_equal_cryosiam(volume_and_mask, tmp_
     with h5py.File(path, "w") as f:
         offset = create_contiguous_dataset(f, "patches", (len(plan), *patch_size), np.float32)
         f.flush()
-        cut_patches_into_file(image, plan, patch_size, 1, Normalization(*norm), path, offset, workers=workers)
+        cut_patches_into_file(
+            image, plan, PatchContract(patch_size, 1, norm=Normalization(*norm)), path, offset, workers=workers
+        )
     with h5py.File(path, "r") as f:
         ours = f["patches"][()]
     assert plan.table["label"].tolist() == [int(r["label"]) for r in ref_rows]

@@ -539,11 +539,12 @@ def test_training_that_diverges_stops_and_keeps_the_last_good_checkpoint(tmp_pat
 
     from subtomo_embed.core.config import load_config
     from subtomo_embed.core.errors import ConfigError
-    from subtomo_embed.core.extract import Normalization
     from subtomo_embed.core.model import read_checkpoint
-    from subtomo_embed.core.train import Sitting, TrainingSettings, ViewSettings, train
+    from subtomo_embed.core.patch_contract import Normalization, PatchContract
+    from subtomo_embed.core.simulated_views import ViewSettings
+    from subtomo_embed.core.train import Sitting, TrainingSettings, train
 
-    views = ViewSettings((16, 16, 16), 1, 1, Normalization(-2, 3, 0.4, 0.2), size_range=(3.0, 4.0))
+    views = ViewSettings(PatchContract((16, 16, 16), 1, 1, Normalization(-2, 3, 0.4, 0.2)), size_range=(3.0, 4.0))
     cfg = load_config(None, ["parameters.data.patch_size=[16,16,16]"]).model_dump(by_alias=True)
     ckpt = tmp_path / "run.ckpt"
     settings = TrainingSettings(views, 30, batch_size=4, seed=7, learning_rate=1e10, warmup_steps=0)

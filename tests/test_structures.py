@@ -412,14 +412,18 @@ def test_evaluate_scores_a_set_of_structures(tmp_path, chain):
     from test_demo import tiny_config
 
     from subtomo_embed.core.config import load_config
+    from subtomo_embed.core.train import Sitting
     from subtomo_embed.stages import demo as D
+    from subtomo_embed.stages.evaluation import METHODS
+    from subtomo_embed.stages.training import train_from_config
 
     config = tiny_config(tmp_path)
-    ckpt = D.train_from_config(load_config(config), tmp_path / "model.ckpt", steps=1, device="cpu", progress=False)
+    quiet = Sitting(progress=False)
+    ckpt = train_from_config(load_config(config), tmp_path / "model.ckpt", steps=1, device="cpu", sitting=quiet)
     folder = write_structure_set(tmp_path / "structures", chain)
     molecules = D.Molecules((folder,), voxel_size=5.0, resolution=16.0)
     truth = D.run_simulate(tmp_path / "sim", 2, (40, 96, 96), 8, snr=5.0, seed=4, molecules=molecules)
     assert truth["class_name"].value_counts().to_dict() == {"monomer": 8, "trimer": 8}
     scores = D.run_evaluate(tmp_path / "sim", ckpt, config, device="cpu")
-    assert list(scores) == list(D.METHODS)
+    assert list(scores) == list(METHODS)
     assert scores["radial descriptor"][0] >= 0.9, scores

@@ -8,32 +8,35 @@ from synthetic import TINY_POOLED_NETWORK
 
 from subtomo_embed.core.config import load_config
 from subtomo_embed.core.errors import ConfigError
-from subtomo_embed.core.extract import Normalization
 from subtomo_embed.core.model import load_model, read_checkpoint
+from subtomo_embed.core.patch_contract import Normalization, PatchContract
 from subtomo_embed.core.simulate import random_particle
+from subtomo_embed.core.simulated_views import (
+    ViewSettings,
+    class_targets,
+    extract_view,
+    make_pair,
+    simulated_class_count,
+    view_volume,
+)
 from subtomo_embed.core.train import (
     CLASS_HEAD_KEY,
     OPTIMIZER_KEY,
     TRAIN_STATE_KEY,
     Sitting,
     TrainingSettings,
-    ViewSettings,
     class_contrastive_loss,
-    class_targets,
     embedding_spread,
-    extract_view,
-    make_pair,
-    simulated_class_count,
     train,
-    view_volume,
 )
-from subtomo_embed.stages.demo import export_model
+from subtomo_embed.stages.training import export_model
 
 NET = TINY_POOLED_NETWORK
 NORM = Normalization(-2, 3, 0.4, 0.2)
-SETTINGS = ViewSettings((16, 16, 16), 1, 1, NORM, size_range=(3.0, 4.0))
+CONTRACT_16 = PatchContract((16, 16, 16), 1, 1, NORM)
+SETTINGS = ViewSettings(CONTRACT_16, size_range=(3.0, 4.0))
 QUIET = Sitting(progress=False)
-ASSEMBLY_16 = ViewSettings((16, 16, 16), 1, 1, NORM, size_range=(3.0, 4.0), assembly_fraction=0.5)
+ASSEMBLY_16 = ViewSettings(CONTRACT_16, size_range=(3.0, 4.0), assembly_fraction=0.5)
 CRYOSIAM_TOP_KEYS = {"epoch", "global_step", "pytorch-lightning_version", "state_dict", "hyper_parameters"}
 
 
@@ -75,14 +78,14 @@ def test_pairs_share_the_particle_not_the_noise():
     assert not np.array_equal(a != 0, b != 0)  # not even the same mask outline
 
 
-ASSEMBLY_SETTINGS = ViewSettings((32, 32, 32), 1, 2, NORM, assembly_fraction=1.0)
+ASSEMBLY_SETTINGS = ViewSettings(PatchContract((32, 32, 32), 1, 2, NORM), assembly_fraction=1.0)
 
 
 def test_assembly_pairs_are_two_simulations_of_one_arrangement():
     """Each view its own orientation, noise and mask; both centred in predict's patch; the class
     drawn from the training class seeds (never the small seeds the docs evaluate on)."""
     from subtomo_embed.core.assemblies import ARRANGEMENTS
-    from subtomo_embed.core.train import ASSEMBLY_CLASS_OFFSET, TRAINING_CLASS_SEEDS
+    from subtomo_embed.core.simulated_views import ASSEMBLY_CLASS_OFFSET, TRAINING_CLASS_SEEDS
 
     rng = np.random.default_rng(2)
     for _ in range(3):
@@ -99,7 +102,7 @@ def test_assembly_pairs_are_two_simulations_of_one_arrangement():
 def test_assembly_fraction_mixes_the_two_kinds_of_pairs():
     from dataclasses import replace
 
-    from subtomo_embed.core.train import ASSEMBLY_CLASS_OFFSET
+    from subtomo_embed.core.simulated_views import ASSEMBLY_CLASS_OFFSET
 
     rng = np.random.default_rng(3)
     half = replace(ASSEMBLY_SETTINGS, assembly_fraction=0.5)
@@ -164,7 +167,7 @@ def test_contrast_weight_changes_the_run_and_is_recorded(tmp_path):
 def test_class_targets_number_shapes_then_arrangements():
     from subtomo_embed.core.assemblies import ARRANGEMENTS
     from subtomo_embed.core.simulate import CLASSES
-    from subtomo_embed.core.train import ASSEMBLY_CLASS_OFFSET
+    from subtomo_embed.core.simulated_views import ASSEMBLY_CLASS_OFFSET
 
     ids = [0, 4, ASSEMBLY_CLASS_OFFSET, ASSEMBLY_CLASS_OFFSET + len(ARRANGEMENTS) - 1]
     assert class_targets(ids).tolist() == [0, 4, 5, 4 + len(ARRANGEMENTS)]
@@ -304,8 +307,8 @@ def test_an_error_in_a_batch_worker_reaches_the_run(tmp_path):
 
 
 def test_batch_workers_default_to_none_on_a_cpu():
+    from subtomo_embed.core.pair_stream import batch_workers
     from subtomo_embed.core.parallel import default_workers
-    from subtomo_embed.core.train import batch_workers
 
     assert batch_workers(None, torch.device("cpu")) == 0
     assert batch_workers(None, torch.device("cuda")) == default_workers()

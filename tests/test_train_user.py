@@ -14,8 +14,8 @@ from subtomo_embed.core import io
 from subtomo_embed.core.config import load_config
 from subtomo_embed.core.model import load_model, read_checkpoint
 from subtomo_embed.core.real_views import make_real_pair, make_real_view
-from subtomo_embed.core.train import TRAIN_STATE_KEY, simsiam_loss
-from subtomo_embed.stages.demo import dataset_patches
+from subtomo_embed.core.train import TRAIN_STATE_KEY, Sitting, simsiam_loss
+from subtomo_embed.stages.evaluation import dataset_patches
 from subtomo_embed.stages.training import collect_particles, fine_tune_from_config, real_view_settings
 
 # rotation by 90° about x in (z, y, x): z' = -y, y' = z
@@ -99,14 +99,14 @@ def fixed_batch_loss(checkpoint, sources, settings) -> float:
 def test_fine_tuning_changes_the_weights_lowers_the_loss_and_resumes(user_data):
     cfg = load_config(user_data["config"])
     out = user_data["root"] / "tuned" / "last.ckpt"
-    fine_tune_from_config(cfg, out, steps=2, device="cpu", progress=False, save_every=1)
+    fine_tune_from_config(cfg, out, steps=2, device="cpu", sitting=Sitting(save_every=1, progress=False))
     first = read_checkpoint(out)
     assert first["global_step"] == 2
     start = read_checkpoint(user_data["start"])["state_dict"]
     assert any(not torch.equal(start[k], first["state_dict"][k]) for k in start)
     assert set(first["state_dict"]) == set(start)
     # a second sitting goes on from step 2 to 12, not from 0
-    fine_tune_from_config(cfg, out, steps=12, device="cpu", progress=False, save_every=5)
+    fine_tune_from_config(cfg, out, steps=12, device="cpu", sitting=Sitting(save_every=5, progress=False))
     second = read_checkpoint(out)
     assert second["global_step"] == 12
     # history: every 10 steps and at the end of each sitting
@@ -116,7 +116,7 @@ def test_fine_tuning_changes_the_weights_lowers_the_loss_and_resumes(user_data):
 def test_fine_tuning_lowers_the_loss_on_fixed_pairs(user_data):
     cfg = load_config(user_data["config"], ["hyper_parameters.learning_rate=0.02"])
     out = user_data["root"] / "tuned.ckpt"
-    fine_tune_from_config(cfg, out, steps=30, device="cpu", progress=False, save_every=30)
+    fine_tune_from_config(cfg, out, steps=30, device="cpu", sitting=Sitting(save_every=30, progress=False))
     sources, settings = collect_particles(cfg), real_view_settings(cfg)
     before = fixed_batch_loss(user_data["start"], sources, settings)
     after = fixed_batch_loss(out, sources, settings)
@@ -172,7 +172,7 @@ def test_from_checkpoint_option_overrides_trained_model(user_data):
     other = make_checkpoint(user_data["root"] / "other.ckpt", TINY_POOLED_NETWORK, seed=9)
     out = user_data["root"] / "from_other.ckpt"
     cfg = load_config(user_data["config"], ["trained_model=/nonexistent.ckpt"])
-    fine_tune_from_config(cfg, out, start_from=other, steps=1, device="cpu", progress=False)
+    fine_tune_from_config(cfg, out, start_from=other, steps=1, device="cpu", sitting=Sitting(progress=False))
     assert read_checkpoint(out)["global_step"] == 1
 
 

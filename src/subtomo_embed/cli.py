@@ -36,9 +36,9 @@ def _root(
 
 
 def _register_all() -> None:
-    from .commands import analysis, demo, embedding, export
+    from .commands import analysis, demo, embedding, export, training
 
-    for module in (embedding, analysis, export, demo):
+    for module in (embedding, analysis, export, demo, training):
         module.register(app)
 
 

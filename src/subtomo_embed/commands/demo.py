@@ -1,4 +1,4 @@
-"""Commands of the embedded default: ``simulate``, ``train``, ``evaluate``, ``demo``."""
+"""Commands of the embedded default: ``simulate``, ``evaluate``, ``demo`` (``train``: :mod:`.training`)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import ConfigFile, Debug, Overrides, Quiet, guarded, log_into, setup_logging
-
-Device = Annotated[str, typer.Option("--device", help="auto (GPU if there is one), cpu, cuda or cuda:N.")]
+from .common import ConfigFile, Debug, Quiet, guarded, log_into, setup_logging
+from .training import Device
 
 
 class Kind(str, Enum):
@@ -95,96 +94,6 @@ def simulate(
         )
 
 
-def train(
-    config_file: ConfigFile = None,
-    overrides: Overrides = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (resumed if it exists).")] = Path(
-        "training/last.ckpt"
-    ),
-    steps: Annotated[Optional[int], typer.Option(help="Total steps (default hyper_parameters.max_steps).")] = None,
-    device: Device = "auto",
-    restart: Annotated[
-        bool, typer.Option("--restart", help="Start from scratch even if the checkpoint exists.")
-    ] = False,
-    time_limit: Annotated[
-        Optional[float], typer.Option("--time-limit", help="Stop after this many minutes (saved; run again to go on).")
-    ] = None,
-    save_every: Annotated[int, typer.Option(min=1, help="Write the checkpoint every this many steps.")] = 25,
-    workers: Annotated[
-        Optional[int],
-        typer.Option(
-            min=0,
-            help="Processes that make the training pairs (0: one background thread). Default: up to 4 on a GPU, "
-            "0 on a CPU. The weights do not depend on it.",
-        ),
-    ] = None,
-    export: Annotated[Optional[Path], typer.Option(help="Also write a copy without optimizer state here.")] = None,
-    from_data: Annotated[
-        bool,
-        typer.Option(
-            "--from-data",
-            help="Fine-tune on the config's own tomograms + instance masks (data_folder, instances_mask_folder), "
-            "or, without masks, their picks (centers_file, centers_patch_size).",
-        ),
-    ] = False,
-    start_from: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--from",
-            help="Start from this checkpoint's weights and network (with --from-data the default is trained_model; "
-            "without it, a fresh network).",
-        ),
-    ] = None,
-    debug: Debug = False,
-    quiet: Quiet = False,
-) -> None:
-    """SimSiam training, patches cut exactly as predict cuts them (resumable).
-
-    By default on simulated particles (envelope shapes; sub-unit assemblies for a share
-    hyper_parameters.assembly_fraction of the pairs), from a fresh network or --from's. With --from-data:
-    self-supervised fine-tuning of a checkpoint (--from, else the config's trained_model; ours or
-    CryoSiam's) on the config's own tomograms and instance masks, two augmented views (rotation,
-    noise, wedge, mask dilation, intensity) per real particle.
-    Without --config_file the demo's config (package data: subtomo_embed/data/configs/demo.yaml) is used
-    for simulated training. The checkpoint is in CryoSiam's layout: `predict` (and CryoSiam) load it as `trained_model`.
-    """
-    setup_logging(quiet)
-    with guarded(debug):
-        from ..core.config import load_config
-        from ..stages.demo import DEMO_CONFIG, export_model, train_from_config
-
-        # simulated training defaults to the demo's config; fine-tuning to the package defaults + --set
-        cfg = load_config(config_file if config_file or from_data else DEMO_CONFIG, overrides)
-        if restart and output.exists():
-            output.unlink()
-        limit = time_limit * 60 if time_limit else None
-        if from_data:
-            from ..stages.training import fine_tune_from_config
-
-            ckpt = fine_tune_from_config(
-                cfg, output, start_from, steps, device, True, not quiet, limit, save_every=save_every, workers=workers
-            )
-        else:
-            from ..core.train import StartingPoint
-
-            start = StartingPoint(start_from, cfg.contrastive) if start_from is not None else None
-            ckpt = train_from_config(
-                cfg,
-                output,
-                steps,
-                device,
-                True,
-                not quiet,
-                limit,
-                save_every=save_every,
-                starting_point=start,
-                workers=workers,
-            )
-        if export:
-            export_model(ckpt, export)
-        typer.echo(f"checkpoint: {ckpt}")
-
-
 def evaluate(
     data: Annotated[Path, typer.Option("--data", help="A folder made by `subtomo-embed simulate`.")],
     model: Annotated[
@@ -238,6 +147,5 @@ def demo(
 
 def register(app: typer.Typer) -> None:
     app.command("simulate")(simulate)
-    app.command("train")(train)
     app.command("evaluate")(evaluate)
     app.command("demo")(demo)

@@ -53,9 +53,9 @@ def predict_centers(
     """Embed a box of centers_patch_size around every pick in centers_file (STAR, CSV or copick JSON;
     CryoSiam's simsiam_embeddings_from_centers_predict)."""
     with configured(config_file, overrides, debug, quiet) as cfg:
-        from ..stages.centers import run_predict_centers
+        from ..stages.embedding import run_predict
 
-        summary = run_predict_centers(cfg, filename, device, overwrite, keep_going)
+        summary = run_predict(cfg, filename, device, overwrite, keep_going, centers=True)
     exit_if_failed(summary)
 
 

@@ -22,8 +22,12 @@ import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .patch_contract import PatchContract
 
 log = logging.getLogger(__name__)
 
@@ -149,29 +153,22 @@ def thumbnail_png(patch: np.ndarray, side: int = THUMBNAIL_SIDE) -> bytes:
     return buf.getvalue()
 
 
-def masked_patches(
-    volume, mask: np.ndarray, regions, patch_size: Sequence[int], masking_type: int, expand_labels: int, norm
-) -> Iterator[np.ndarray]:
+def masked_patches(volume, mask: np.ndarray, regions, contract: PatchContract) -> Iterator[np.ndarray]:
     """Each region's masked patch exactly as ``predict`` cuts it (``core.extract``), in table order.
 
-    ``regions``: a regions table (label, bbox-0..5) of the instances to cut; ``norm``: the
-    :class:`~subtomo_embed.core.extract.Normalization` of the config.
+    ``regions``: a regions table (label, bbox-0..5) of the instances to cut; ``contract``: the
+    config's :class:`~subtomo_embed.core.patch_contract.PatchContract`.
     """
     from .extract import Extraction, iter_patches, regions_from_table
 
-    found = regions_from_table(mask, regions, expand_labels)
+    found = regions_from_table(mask, regions, contract.expand_labels)
     extraction = Extraction({"hull_area": np.zeros(len(found), np.int64)}, found)
-    for _, patch in iter_patches(volume, extraction, _box(patch_size), masking_type, norm):
+    for _, patch in iter_patches(volume, extraction, contract):
         yield patch
 
 
-def _box(patch_size: Sequence[int]) -> tuple[int, int, int]:
-    z, y, x = (int(s) for s in patch_size)
-    return z, y, x
-
-
 def picked_patches(
-    volume, regions, patch_size: Sequence[int], norm, mask_radius: float | None = None, source: str = "tomogram"
+    volume, regions, contract: PatchContract, mask_radius: float | None = None, source: str = "tomogram"
 ) -> Iterator[np.ndarray]:
     """Each pick's patch exactly as ``predict-centers`` cuts it (``core.extract.cut_centered_patch``):
     the cubic box ``bbox`` of the regions table, sphere-masked with ``mask_radius`` around the centroid."""
@@ -181,7 +178,9 @@ def picked_patches(
     sizes = regions["bbox-3"].to_numpy(np.int64) - starts[:, 0]
     centres = regions[[f"centroid-{i}" for i in range(3)]].to_numpy(np.float64)
     for start, size, centre in zip(starts, sizes, centres):
-        yield cut_centered_patch(volume, start, int(size), _box(patch_size), norm, centre, mask_radius, source)
+        yield cut_centered_patch(
+            volume, start, int(size), contract.patch_size, contract.norm, centre, mask_radius, source
+        )
 
 
 # --------------------------------------------------------------------------------------------

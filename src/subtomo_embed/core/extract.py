@@ -8,8 +8,8 @@ the tomogram; the cost is the mask once plus the sum of the boxes. Why the resul
 CryoSiam's is written out in docs/embedding.md ("Why the fast extraction is exact"); the hull
 mask is in :mod:`.hull`, the workers in :mod:`.parallel`.
 
-Patch contract (what the network was trained on, see ``docs/model.md``):
-``clip((x - min) / (max - min), 0, 1)``, then ``(x - mean) / std``, then voxels outside the
+A patch is cut by its :class:`~.patch_contract.PatchContract` (what the network was trained on,
+see ``docs/model.md``): ``clip((x - min) / (max - min), 0, 1)``, then ``(x - mean) / std``, then voxels outside the
 region (``masking_type`` 2) or its convex hull (1) are set to 0, then the box is fitted to
 ``patch_size`` by MONAI's constant-0 ``SpatialPad`` followed by ``CenterSpatialCrop``.
 """
@@ -29,6 +29,7 @@ from .errors import InputDataError
 from .h5files import write_into_file
 from .hull import convex_hull, zero_padded
 from .parallel import default_workers, fork_map, thread_map
+from .patch_contract import Normalization, PatchContract
 from .tables import REGION_COLUMNS
 
 if TYPE_CHECKING:
@@ -49,21 +50,6 @@ def import_modules(masking_type: int) -> None:
 
     if masking_type == 1:
         import scipy.spatial  # noqa: F401
-
-
-@dataclass(frozen=True)
-class Normalization:
-    min: float = 0.0
-    max: float = 1.0
-    mean: float = 0.0
-    std: float = 1.0
-
-    def apply(self, x: np.ndarray) -> np.ndarray:
-        """CryoSiam's ``ScaleIntensityRanged(clip=True)`` then ``NormalizeIntensityd``, in float32."""
-        x = np.asarray(x, dtype=np.float32)
-        scaled = (x - np.float32(self.min)) / np.float32(self.max - self.min)
-        np.clip(scaled, 0.0, 1.0, out=scaled)
-        return (scaled - np.float32(self.mean)) / np.float32(self.std)
 
 
 @dataclass
@@ -287,43 +273,34 @@ def fit_window(box_size: int, roi: int) -> tuple[int, int, int]:
 
 
 def _masked_box(
-    volume: np.ndarray,
-    region: Region,
-    patch_size: tuple[int, int, int],
-    masking_type: int,
-    norm: Normalization,
-    source: str,
+    volume: np.ndarray, region: Region, contract: PatchContract, source: str
 ) -> tuple[np.ndarray, Box, int]:
     """The part of a region's box that survives the fit to ``patch_size``, normalized and
     masked (float32); where it goes in the patch; the hull area (0 unless masking_type 1)."""
-    windows = [fit_window(s.stop - s.start, roi) for s, roi in zip(region.box, patch_size)]
+    windows = [fit_window(s.stop - s.start, roi) for s, roi in zip(region.box, contract.patch_size)]
     read = tuple(slice(s.start + src, s.start + src + n) for s, (src, _, n) in zip(region.box, windows))
     local = tuple(slice(src, src + n) for src, _, n in windows)
     raw = np.asarray(volume[read])
     if raw.dtype.kind == "f" and not np.all(np.isfinite(raw)):  # before clipping would hide an Inf
         raise InputDataError(f"tomogram has NaN or Inf voxels in the box of instance {region.label}", source)
-    data = norm.apply(raw)
+    data = contract.norm.apply(raw)
     hull_area = 0
-    if masking_type == 1:
+    if contract.masking_type == 1:
         keep = convex_hull(region.voxels)
         hull_area = int(keep.sum())
         data[~keep[local]] = 0.0
-    elif masking_type == 2:
+    elif contract.masking_type == 2:
         data[~region.voxels[local]] = 0.0
     return data, tuple(slice(dst, dst + n) for _, dst, n in windows), hull_area
 
 
 def cut_patch(
-    volume: np.ndarray,
-    region: Region,
-    patch_size: tuple[int, int, int],
-    masking_type: int,
-    norm: Normalization,
-    source: str = "tomogram",
+    volume: np.ndarray, region: Region, contract: PatchContract, source: str = "tomogram"
 ) -> tuple[np.ndarray, int]:
-    """One region's patch of ``patch_size`` (float32) and its hull area (0 unless masking_type 1)."""
-    data, place, hull_area = _masked_box(volume, region, patch_size, masking_type, norm, source)
-    patch = np.zeros(patch_size, dtype=np.float32)
+    """One region's patch of the contract's ``patch_size`` (float32) and its hull area (0 unless
+    ``masking_type`` 1); the region was grown by ``expand_labels`` when it was planned."""
+    data, place, hull_area = _masked_box(volume, region, contract, source)
+    patch = np.zeros(contract.patch_size, dtype=np.float32)
     patch[place] = data
     return patch, hull_area
 
@@ -373,9 +350,7 @@ def plan_extraction(
 def iter_patches(
     volume: np.ndarray,
     extraction: Extraction,
-    patch_size: tuple[int, int, int],
-    masking_type: int,
-    norm: Normalization,
+    contract: PatchContract,
     source: str = "tomogram",
     workers: int | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
@@ -386,7 +361,7 @@ def iter_patches(
     hull_areas = extraction.columns["hull_area"]
 
     def cut(region: Region):
-        return cut_patch(volume, region, patch_size, masking_type, norm, source)
+        return cut_patch(volume, region, contract, source)
 
     for i, (patch, hull_area) in enumerate(thread_map(cut, extraction.regions, workers)):
         hull_areas[i] = hull_area
@@ -396,9 +371,7 @@ def iter_patches(
 def cut_patches_into_file(
     volume: np.ndarray,
     extraction: Extraction,
-    patch_size: tuple[int, int, int],
-    masking_type: int,
-    norm: Normalization,
+    contract: PatchContract,
     path: str | os.PathLike,
     offset: int,
     source: str = "tomogram",
@@ -414,10 +387,11 @@ def cut_patches_into_file(
     The regions are cut on forked workers (:func:`~.parallel.fork_map`), each writing its own patches
     straight into the file, so no patch crosses a pipe.
     """
+    patch_size = contract.patch_size
     plane = patch_size[1] * patch_size[2] * 4  # bytes of one z slice of a patch
 
     def cut_into_file(row: int) -> int:
-        data, place, hull_area = _masked_box(volume, extraction.regions[row], patch_size, masking_type, norm, source)
+        data, place, hull_area = _masked_box(volume, extraction.regions[row], contract, source)
         # only the z slices that hold the box: the rest of the patch is the file's unwritten
         # space, which reads as zeros (the dataset is allocated, never filled)
         slab = np.zeros((place[0].stop - place[0].start, *patch_size[1:]), dtype="<f4")

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from .config import ROTATION_GROUP_ORDERS, Config, NetworkConfig
 from .errors import ConfigError, ModelError
+from .patch_contract import patch_contract
 
 log = logging.getLogger(__name__)
 
@@ -403,18 +404,9 @@ def _check_dim(cfg: Config, dim: int, path: Path) -> None:
 
 
 def run_input_contract(cfg: Config, masking: bool = True, given_only: bool = False) -> dict[str, Any]:
-    """What this run feeds the network, keyed as in the checkpoint's stored config (``given_only``:
-    only the keys its config sets)."""
-    data = cfg.parameters.data
-    contract: dict[str, Any] = {
-        "parameters.data.patch_size": [int(s) for s in data.patch_size],
-        "parameters.data.min": float(data.min),
-        "parameters.data.max": float(data.max),
-        "parameters.data.mean": float(data.mean),
-        "parameters.data.std": float(data.std),
-    }
-    if masking:
-        contract["masking_type"] = cfg.masking_type
+    """What this run feeds the network (its :func:`~.patch_contract.patch_contract`), keyed as in the
+    checkpoint's stored config (``given_only``: only the keys its config sets)."""
+    contract = patch_contract(cfg).input_values(masking)
     if given_only:
         return {k: v for k, v in contract.items() if cfg.is_set(k)}
     return contract

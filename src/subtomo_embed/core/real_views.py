@@ -11,8 +11,9 @@ cube around the region's box centre, big enough for the region under any rotatio
    (``±wedge`` degrees about the view's y axis) with probability ``wedge_probability``;
 4. an intensity gain about the cube's mean and an offset in units of its standard deviation;
 5. the patch cut by :func:`~.extract.plan_extraction` and :func:`~.extract.cut_patch` with the
-   config's ``patch_size``, ``masking_type`` and normalization: the function calls of ``predict``
-   (``expand_labels`` was applied when the region was planned, as in ``predict``).
+   config's patch contract (:class:`~.patch_contract.PatchContract`: ``patch_size``, ``masking_type``
+   and normalization): the function calls of ``predict`` (``expand_labels`` was applied when the
+   region was planned, as in ``predict``).
 
 A :class:`PickSource` is one particle pick (``predict-centers``' box around it): its view is the
 same steps on a cube around the box, the sphere of ``centers.mask_radius`` (grown by 0..
@@ -32,17 +33,17 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .extract import Normalization, Region, ball_dilation, cut_centered_patch, cut_patch, plan_extraction
+from .extract import Region, ball_dilation, cut_centered_patch, cut_patch, plan_extraction
+from .patch_contract import PatchContract
 from .simulate import wedge_filter
 
 
 @dataclass(frozen=True)
 class RealViewSettings:
-    """How the views of a real particle are made (each range drawn independently per view)."""
+    """How the views of a real particle are made: the config's patch contract, and the augmentation
+    ranges, each drawn independently per view."""
 
-    patch_size: tuple[int, int, int] = (32, 32, 32)
-    masking_type: int = 1
-    norm: Normalization = field(default_factory=Normalization)
+    contract: PatchContract = field(default_factory=PatchContract)
     rotate: bool = True  # a uniformly random rotation per view
     noise_range: tuple[float, float] = (0.0, 0.5)  # added noise std / the cube's std, uniform
     wedge_probability: float = 0.5
@@ -175,15 +176,15 @@ def cut_view(cube: np.ndarray, mask: np.ndarray, s: RealViewSettings, name: str)
     """The patch ``predict`` cuts for the one instance of ``mask`` in ``cube`` (its function calls)."""
     plan = plan_extraction(mask.astype(np.uint8))
     if len(plan) == 0:  # a region cannot vanish under rotation, but keep the stream going
-        return np.zeros(s.patch_size, np.float32)
-    patch, _ = cut_patch(cube, plan.regions[0], s.patch_size, s.masking_type, s.norm, name)
+        return np.zeros(s.contract.patch_size, np.float32)
+    patch, _ = cut_patch(cube, plan.regions[0], s.contract, name)
     return patch
 
 
 def make_real_view(
     source: ParticleSource, rng: np.random.Generator, s: RealViewSettings, rotation: np.ndarray | None = None
 ) -> np.ndarray:
-    """One augmented view of a real particle as a patch of ``s.patch_size`` (see the module doc).
+    """One augmented view of a real particle as a patch of the contract's ``patch_size`` (see the module doc).
 
     ``rotation`` (3×3) replaces the random one (``s.rotate`` false and no ``rotation``: none). A
     rotated view of an instance larger than the patch is made in a cube of the patch's diagonal
@@ -193,7 +194,7 @@ def make_real_view(
         rotation = random_rotation(rng)
     limit = None
     if rotation is not None:
-        limit = int(math.ceil(math.sqrt(sum(p * p for p in s.patch_size)))) + 2 * s.mask_dilation + 2
+        limit = int(math.ceil(math.sqrt(sum(p * p for p in s.contract.patch_size)))) + 2 * s.mask_dilation + 2
     cube, mask, _ = view_cube(source, s.mask_dilation, limit)
     if rotation is not None:
         cube, mask = rotate_cube(cube, mask, np.asarray(rotation, dtype=np.float64))
@@ -223,8 +224,9 @@ def make_pick_view(
         radius += dilate
     cube = augment_intensity(cube, rng, s)
     start = np.asarray(source.start) - origin
+    contract = s.contract
     return cut_centered_patch(
-        cube, start, size, s.patch_size, s.norm, np.asarray(source.position) - origin, radius, source.name
+        cube, start, size, contract.patch_size, contract.norm, np.asarray(source.position) - origin, radius, source.name
     )
 
 

@@ -1,23 +1,14 @@
-"""SimSiam self-supervised training on simulated particles, patches cut exactly as ``predict`` cuts them.
+"""SimSiam self-supervised training: the loop, its losses, and its resumable checkpoints.
 
-Positive pairs: the same particle (class, size, aspect) simulated twice, independently: each
-view has its own random orientation (any angle), its own noise at its own SNR, its own
-missing wedge (or none), its own slight rescaling and mask dilation, and its own intensity
-gain. The two views share the particle's shape and nothing else, so the network cannot match
-them by their noise or their mask outline (views of one noisy copy are matched that way: the
-loss falls to -0.98 while the embedding learns nothing about shape). A share ``assembly_fraction``
-of the pairs are sub-unit assemblies (:mod:`.assemblies`) instead of envelope shapes: one class of a
-fresh random class set, simulated twice the same way, so the network learns how sub-units are
-arranged, not only the outline. With ``TrainingSettings.contrast_weight`` > 0 a supervised-contrastive
-term joins SimSiam's loss (:func:`class_contrastive_loss`): the batch's views of one class (the simulator's
-envelope shape or assembly arrangement) are each other's positives, all other views negatives. With
-``class_weight`` > 0 a linear classifier of those classes on the projector output does (:func:`class_loss`):
-what made the embedded model see arrangements of 13-voxel particles (docs/model.md).
-
-Each view is a small volume holding the particle plus its instance mask (label 1); its patch is
-cut by :func:`~subtomo_embed.core.extract.plan_extraction` and
-:func:`~subtomo_embed.core.extract.cut_patch` with the config's ``expand_labels``,
-``masking_type``, ``patch_size`` and normalization: the same function calls as ``predict``.
+Positive pairs come from a pair maker: simulated particles (:mod:`.simulated_views`, by default) or
+augmented views of the user's own (:mod:`.real_views`), as batches of :mod:`.pair_stream`. Both kinds
+of views hold the config's patch contract (:class:`~.patch_contract.PatchContract`), so a view is
+cut exactly as ``predict`` cuts a patch. With ``TrainingSettings.contrast_weight`` > 0 a
+supervised-contrastive term joins SimSiam's loss (:func:`class_contrastive_loss`): the batch's views
+of one class (the simulator's envelope shape or assembly arrangement) are each other's positives, all
+other views negatives. With ``class_weight`` > 0 a linear classifier of those classes on the projector
+output does (:func:`class_loss`): what made the embedded model see arrangements of 13-voxel particles
+(docs/model.md).
 
 Particles are made on the fly (no dataset on disk) by a background thread while the network
 trains. The checkpoint (``<log_dir>/model/last.ckpt``, CryoSiam's Lightning layout) carries the
@@ -32,200 +23,26 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
-from .errors import ConfigError, SubtomoError, Terminated
-from .extract import Normalization, cut_patch, plan_extraction
-from .real_views import random_dilation
-from .simulate import CLASSES as SHAPE_CLASSES
-from .simulate import DEFAULT_SIZE_RANGE, another_view, particle_volume, random_particle
+from .errors import ConfigError, Terminated
+from .pair_stream import PairMaker, batch_workers, simulated_pairs, training_batches
+from .patch_contract import views_record
+from .real_views import RealViewSettings
+from .simulated_views import ViewSettings, class_targets, simulated_class_count
 
 log = logging.getLogger(__name__)
 
 TRAIN_STATE_KEY = "subtomo_train_state"
 OPTIMIZER_KEY = "optimizer_states"
 CLASS_HEAD_KEY = "subtomo_class_head"  # the classifier of class_weight (not part of CryoSiam's network)
-
-
-@dataclass
-class ViewSettings:
-    """How the two views of a particle are made (recorded in the checkpoint's training state).
-
-    The first four fields are the patch contract and come from the config (``patch_size``,
-    ``masking_type``, ``expand_labels``, ``parameters.data``); the rest are the simulation and
-    augmentation ranges, each drawn independently for each view.
-    """
-
-    patch_size: tuple[int, int, int] = (32, 32, 32)
-    masking_type: int = 1
-    expand_labels: int = 0
-    norm: Normalization = field(default_factory=Normalization)
-    snr_range: tuple[float, float] = (0.7, 6.0)  # log-uniform per view
-    wedge_probability: float = 0.5  # per view
-    wedge_range: tuple[float, float] = (45.0, 70.0)  # degrees, uniform per view
-    size_range: tuple[float, float] = DEFAULT_SIZE_RANGE
-    scale_jitter: float = 0.35  # each view's size times a factor in [1/1.35, 1.35] (a random-resized-crop)
-    aspect_jitter: float = 0.1  # each view's aspect times a factor in [1/1.1, 1.1]
-    mask_dilation: int = 1  # each view's mask dilated by 0..this voxels
-    gain_range: tuple[float, float] = (0.75, 1.33)  # intensity gain per view, log-uniform
-    offset_range: tuple[float, float] = (-0.15, 0.15)  # intensity offset per view
-    # the share of pairs that are sub-unit assemblies (core.assemblies) instead of envelope shapes
-    assembly_fraction: float = 0.0
-    assembly_scale_jitter: float = 0.1  # each assembly view's size times a factor in [1/1.1, 1.1]
-
-    @property
-    def box(self) -> int:
-        """The edge of the small volume a view is simulated in (the patch's, plus a margin)."""
-        return max(self.patch_size) + 8
-
-
-def draw_degradation(rng: np.random.Generator, s: ViewSettings) -> tuple[float, float | None, int]:
-    """One view's (SNR, missing-wedge half-angle or None, mask dilation in voxels)."""
-    snr = float(np.exp(rng.uniform(np.log(s.snr_range[0]), np.log(s.snr_range[1]))))
-    wedge = float(rng.uniform(*s.wedge_range)) if rng.random() < s.wedge_probability else None
-    return snr, wedge, random_dilation(rng, s.mask_dilation)
-
-
-def jitter_intensity(volume: np.ndarray, rng: np.random.Generator, s: ViewSettings) -> np.ndarray:
-    """The view's intensity gain (log-uniform) and offset."""
-    gain = float(np.exp(rng.uniform(np.log(s.gain_range[0]), np.log(s.gain_range[1]))))
-    return (volume * np.float32(gain) + np.float32(rng.uniform(*s.offset_range))).astype(np.float32)
-
-
-def view_volume(p, rng: np.random.Generator, s: ViewSettings) -> tuple[np.ndarray, np.ndarray]:
-    """One view of a particle as a small tomogram and its instance mask (label 1): simulated,
-    degraded at a random SNR, with or without a missing wedge, mask dilated, gain and offset."""
-    snr, wedge, dilate = draw_degradation(rng, s)
-    volume, mask = particle_volume(p, rng, snr, wedge, s.box, dilate)
-    return jitter_intensity(volume, rng, s), mask
-
-
-def assembly_view_volume(assembly, rng: np.random.Generator, s: ViewSettings) -> tuple[np.ndarray, np.ndarray]:
-    """One view of a sub-unit assembly, like :func:`view_volume`: its own orientation (uniform over
-    SO(3)), size jitter, SNR, wedge, CTF-like band-pass, mask dilation, gain and offset."""
-    from .assemblies import scaled, simulate_particle
-
-    snr, wedge, dilate = draw_degradation(rng, s)
-    factor = float(np.exp(rng.uniform(-np.log1p(s.assembly_scale_jitter), np.log1p(s.assembly_scale_jitter))))
-    volume, mask = simulate_particle(scaled(assembly, factor), rng, s.box, snr, wedge)
-    if dilate > 0:
-        mask = ndimage.binary_dilation(mask, iterations=dilate).astype(np.int32)
-    return jitter_intensity(volume, rng, s), mask
-
-
-def extract_view(volume: np.ndarray, mask: np.ndarray, s: ViewSettings) -> np.ndarray:
-    """The patch ``predict`` would cut for the instance of ``mask``: the same function calls."""
-    plan = plan_extraction(mask, s.expand_labels)
-    if len(plan) == 0:  # cannot happen for the simulator's shapes; keep the stream going
-        return np.zeros(s.patch_size, np.float32)
-    patch, _ = cut_patch(volume, plan.regions[0], s.patch_size, s.masking_type, s.norm, "simulated particle")
-    return patch
-
-
-def make_view(p, rng: np.random.Generator, s: ViewSettings) -> np.ndarray:
-    return extract_view(*view_volume(p, rng, s), s)
-
-
-# Training draws its assembly classes from class seeds at or above this; evaluation sets and the docs
-# use small class seeds, so the classes a model is scored on are not the ones it was trained on.
-TRAINING_CLASS_SEEDS = (1_000_000, 2**31 - 1)
-ASSEMBLY_CLASS_OFFSET = 100  # pair class ids: shapes 0.., assemblies 100 + index in assemblies.ARRANGEMENTS
-
-
-def make_assembly_pair(rng: np.random.Generator, s: ViewSettings) -> tuple[np.ndarray, np.ndarray, int]:
-    """Two independent simulations of one assembly: a class drawn from a fresh class set (3-7
-    classes of one diameter and mass, :func:`~.assemblies.random_class_set`), each view its own
-    rotation and degradation. The pair's class id is the arrangement's (ring4, octahedral, ...: the
-    same for that arrangement at any size, in any class set)."""
-    from .assemblies import ARRANGEMENTS, random_class_set
-
-    classes = random_class_set(int(rng.integers(*TRAINING_CLASS_SEEDS)), int(rng.integers(3, 8)))
-    assembly = classes[int(rng.integers(len(classes)))]
-    views = [extract_view(*assembly_view_volume(assembly, rng, s), s) for _ in range(2)]
-    return views[0], views[1], ASSEMBLY_CLASS_OFFSET + ARRANGEMENTS.index(assembly.arrangement)
-
-
-def make_pair(rng: np.random.Generator, s: ViewSettings) -> tuple[np.ndarray, np.ndarray, int]:
-    """A positive pair: an envelope shape (:mod:`.simulate`) or, with probability
-    ``s.assembly_fraction``, a sub-unit assembly (:func:`make_assembly_pair`)."""
-    if s.assembly_fraction > 0 and rng.random() < s.assembly_fraction:
-        return make_assembly_pair(rng, s)
-    base = random_particle(rng, None, s.size_range)
-    a = another_view(base, rng, s.scale_jitter, s.aspect_jitter)
-    b = another_view(base, rng, s.scale_jitter, s.aspect_jitter)
-    return make_view(a, rng, s), make_view(b, rng, s), base.cls
-
-
-PairMaker = Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray, int]]
-
-
-def simulated_pairs(settings: ViewSettings) -> PairMaker:
-    """Pairs of simulated particles (:func:`make_pair`) with these settings."""
-
-    def make(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
-        return make_pair(rng, settings)
-
-    return make
-
-
-def pair_batch(make: PairMaker, batch_size: int, seed: int, step: int) -> tuple:
-    """Batch ``step``: (step, x1, x2, classes) of ``make``'s pairs, drawn from a generator seeded by (seed, step)."""
-    rng = np.random.default_rng([seed, step])
-    views1, views2, classes = [], [], []
-    for _ in range(batch_size):
-        a, b, c = make(rng)
-        views1.append(a)
-        views2.append(b)
-        classes.append(c)
-    x1 = torch.from_numpy(np.stack(views1)[:, None])
-    x2 = torch.from_numpy(np.stack(views2)[:, None])
-    return step, x1, x2, np.asarray(classes)
-
-
-class _StepBatches(torch.utils.data.Dataset):
-    """Batch ``step`` of :func:`pair_batch` as item ``step``, for worker processes."""
-
-    def __init__(self, make: PairMaker, batch_size: int, seed: int):
-        self.make, self.batch_size, self.seed = make, batch_size, seed
-
-    def __getitem__(self, step: int) -> tuple | SubtomoError:
-        try:
-            return pair_batch(self.make, self.batch_size, self.seed, step)
-        except SubtomoError as err:  # raised by the run as it is (DataLoader would fold its traceback into the text)
-            return err
-
-
-def _raise_handed_errors(batches: Iterator) -> Iterator[tuple]:
-    for batch in batches:
-        if isinstance(batch, SubtomoError):
-            raise batch
-        yield batch
-
-
-def training_batches(make: PairMaker, batch_size: int, seed: int, steps: range, workers: int) -> Iterator[tuple]:
-    """The batches of ``steps``, in order: made by ``workers`` forked processes (a DataLoader, two batches
-    ahead each), or with ``workers`` 0 by one background thread (:func:`batch_workers` says how many).
-    Either way batch ``step`` is the same, so a run's weights do not depend on ``workers``. Simulating a
-    batch takes ~0.4-0.8 s of one core: on a GPU the network is faster than that, and workers keep it fed."""
-    if workers <= 0:
-        return prefetch_batches(pair_batch(make, batch_size, seed, step) for step in steps)
-    loader = torch.utils.data.DataLoader(
-        _StepBatches(make, batch_size, seed),
-        batch_size=None,
-        sampler=steps,
-        num_workers=workers,
-        prefetch_factor=2,
-        multiprocessing_context="fork",
-    )
-    return _raise_handed_errors(iter(loader))
 
 
 # --------------------------------------------------------------------------------------------
@@ -254,19 +71,6 @@ def class_contrastive_loss(p1, p2, classes, temperature: float) -> torch.Tensor:
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
     positive = (ids[:, None] == ids[None, :]) & ~self_pair
     return -(log_prob.masked_fill(~positive, 0.0).sum(1) / positive.sum(1)).mean()
-
-
-def simulated_class_count() -> int:
-    """How many classes simulated pairs carry: the envelope shapes, then every assembly arrangement."""
-    from .assemblies import ARRANGEMENTS
-
-    return len(SHAPE_CLASSES) + len(ARRANGEMENTS)
-
-
-def class_targets(classes) -> torch.Tensor:
-    """Simulated pairs' class ids (shapes 0.., assemblies ``ASSEMBLY_CLASS_OFFSET`` + arrangement) as 0..K-1."""
-    c = np.asarray(classes, dtype=np.int64)
-    return torch.as_tensor(np.where(c >= ASSEMBLY_CLASS_OFFSET, c - ASSEMBLY_CLASS_OFFSET + len(SHAPE_CLASSES), c))
 
 
 def class_loss(head: torch.nn.Module, z1, z2, classes) -> torch.Tensor:
@@ -331,9 +135,9 @@ def check_cryosiam_network(network: dict) -> None:
 @dataclass(frozen=True)
 class TrainingSettings:
     """What a training run learns with (recorded in the checkpoint's training state); ``views``:
-    simulated particles' (:class:`ViewSettings`) or real particles' (``RealViewSettings``)."""
+    simulated particles' or real particles', each a patch contract plus its augmentation ranges."""
 
-    views: Any
+    views: ViewSettings | RealViewSettings
     steps: int  # train to this step (a resumed run goes on to it)
     batch_size: int = 32
     learning_rate: float = 1e-3
@@ -409,9 +213,7 @@ def save_training(
         TRAIN_STATE_KEY: {
             "seconds": state.seconds,
             "history": state.history,
-            "pairs": {
-                k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings.views).items() if k != "norm"
-            },
+            "pairs": views_record(settings.views),
             "batch_size": settings.batch_size,
             "learning_rate": settings.learning_rate,
             "optimizer": settings.optimizer,
@@ -505,7 +307,10 @@ def train(
     recent_loss: list[float] = []
     recent_spread: list[float] = []
     try:
-        make = pairs if pairs is not None else simulated_pairs(settings.views)
+        make = pairs
+        if make is None:
+            assert isinstance(settings.views, ViewSettings), "simulated pairs are made with simulated views"
+            make = simulated_pairs(settings.views)
         workers = batch_workers(sitting.workers, device)
         if workers:
             log.info("simulating batches on %d worker processes", workers)
@@ -608,23 +413,3 @@ def sigterm_as_interrupt() -> Callable[[], None]:
         signal.signal(signal.SIGTERM, previous)
 
     return restore
-
-
-def batch_workers(workers: int | None, device: torch.device) -> int:
-    """How many processes make batches: ``workers`` as given; by default some on a GPU (where the network
-    waits for the simulator) and none on a CPU (where they would take the network's cores); none where
-    processes cannot be forked."""
-    from .parallel import can_fork, default_workers
-
-    if not can_fork():
-        return 0
-    if workers is not None:
-        return max(0, workers)
-    return default_workers() if device.type != "cpu" else 0
-
-
-def prefetch_batches(batches: Iterator[tuple]) -> Iterator[tuple]:
-    """The next batches made by a background thread while the network trains."""
-    from .embed import prefetch
-
-    return prefetch(batches, depth=2)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -30,9 +31,10 @@ from ..core import picks as P
 from ..core.config import Config
 from ..core.errors import ConfigError, InputDataError
 from ..core.extract import cut_centered_patch
-from .embedding import Instances, Job, Run, RunSummary, embed_tomograms, embedding_settings, start_run
+from ..core.patch_contract import patch_contract
+from .embedding import Instances, Job, Run, RunSummary, embed_tomograms, embedding_settings
 from .provenance import keep_config
-from .tomograms import extraction_settings, list_tomograms, normalization, patch_size, prepare_output_folder
+from .tomograms import extraction_settings, list_tomograms, prepare_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -259,9 +261,10 @@ def centers_job(run: Run, source: PicksSource, tomogram: Path, size: int) -> Job
     def load() -> Instances:
         volume, table = load_picked_tomogram(cfg, tomogram, picks, size)
         starts, positions = pick_boxes(table)
+        contract = patch_contract(cfg)
         patches = (
             cut_centered_patch(
-                volume, s, size, patch_size(cfg), normalization(cfg), p, cfg.centers.mask_radius, str(tomogram)
+                volume, s, size, contract.patch_size, contract.norm, p, cfg.centers.mask_radius, str(tomogram)
             )
             for s, p in zip(starts, positions)
         )
@@ -289,25 +292,20 @@ def _log_picks(cfg: Config, stem: str, picks: TomogramPicks, geometry: P.Geometr
     )
 
 
-def run_predict_centers(
-    cfg: Config,
-    filename: str | None = None,
-    device: str = "auto",
-    overwrite: bool = False,
-    keep_going: bool = False,
-) -> RunSummary:
-    """Embed a box around every pick of every selected tomogram."""
+def predict_centers(cfg: Config, filename: str | None, start: Callable[[Path], Run]) -> RunSummary:
+    """Embed a box around every pick of every selected tomogram (``predict-centers``:
+    :func:`.embedding.run_predict` with ``centers``, whose ``start`` loads the model for the output folder)."""
     size = centers_box_size(cfg)
     tomograms = list_tomograms(cfg, filename)
     source = PicksSource(cfg, [cfg.stem(t.name) for t in tomograms], pinned=filename is not None)
     out = prepare_output_folder(cfg.path("prediction_folder"), cfg)
-    run = start_run("predict-centers", cfg, out, None, device, overwrite, keep_going)
+    run = start(out)
     log.info(
         "embedding the picks of %d tomogram(s) from %s: boxes of %d³ voxels → patches %s, %s, on %s",
         len(tomograms),
         source.path,
         size,
-        "×".join(map(str, patch_size(cfg))),
+        "×".join(map(str, patch_contract(cfg).patch_size)),
         f"sphere mask radius {cfg.centers.mask_radius:g}" if cfg.centers.mask_radius else "no mask",
         run.device,
     )

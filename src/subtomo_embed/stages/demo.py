@@ -9,7 +9,7 @@ spherical-harmonic power on radial shells, the strong rotation-invariant baselin
 
 A simulated dataset folder (``subtomo-embed simulate``) holds ``data/<TS>.mrc``,
 ``masks/<TS>_instance_preds.h5`` (CryoSiam's layout) and ``truth.csv``; ``evaluate`` scores a
-model on any such folder.
+model on any such folder (:mod:`.evaluation`). Training the demo's model: :mod:`.training`.
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ..core import io, tables, volumes
+from ..core import io, volumes
 from ..core.config import Config, load_config
-from ..core.errors import ConfigError, InputDataError, ResourceError
+from ..core.errors import ConfigError, ResourceError
 from ..core.simulate import DEFAULT_SIZE_RANGE, simulate_tomogram
+from .evaluation import read_truth, score_dataset
 from .structures import Molecules
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,6 @@ DATA = Path(str(resources.files("subtomo_embed") / "data"))
 DEMO_CONFIG = DATA / "configs" / "demo.yaml"
 DEMO_MODEL = DATA / "models" / "demo_simsiam.ckpt"
 TRUTH_COLUMNS = ["tomogram", "label", "class", "class_name", "size", "aspect", "z", "y", "x", "snr", "wedge"]
-METHODS = ("trained model", "untrained network", "radial descriptor", "spherical-harmonic descriptor")
 
 
 @dataclass(frozen=True)
@@ -244,39 +243,6 @@ def write_json(path: Path, value: dict) -> None:
         tmp.write_text(json.dumps(value, indent=1) + "\n")
 
 
-def read_truth(root: Path, stems: list[str] | None = None) -> pd.DataFrame:
-    """``truth.csv``, checked before anything is embedded: the columns, integer labels and classes,
-    each (tomogram, label) once, at least 2 classes, and (``stems``) rows for every tomogram."""
-    path = Path(root) / "truth.csv"
-    if not path.is_file():
-        raise InputDataError("no truth.csv: not a folder made by `subtomo-embed simulate`", path.parent)
-    truth = tables.read_names_table(path, "tomogram")
-    missing = [c for c in ("tomogram", "label", "class") if c not in truth.columns]
-    if missing:
-        raise InputDataError(f"truth table lacks columns {missing}", path)
-    if truth.empty:
-        raise InputDataError("truth table has no rows", path)
-    for column in ("label", "class"):
-        truth[column] = tables.integer_column(truth[column], column, path)
-    twice = np.flatnonzero(truth.duplicated(["tomogram", "label"], keep=False).to_numpy())
-    if twice.size:
-        first = truth.iloc[twice[0]]
-        same = twice[((truth["tomogram"] == first["tomogram"]) & (truth["label"] == first["label"])).to_numpy()[twice]]
-        raise InputDataError(
-            f"tomogram {first['tomogram']!r} label {first['label']} appears twice "
-            f"(rows {same[0] + 1} and {same[1] + 1})",
-            path,
-        )
-    if truth["class"].nunique() < 2:
-        raise InputDataError(
-            f"truth table holds {truth['class'].nunique()} class: at least 2 are needed to score clusters", path
-        )
-    absent = [s for s in stems or [] if s not in set(truth["tomogram"])]
-    if absent:
-        raise InputDataError(f"truth table names none of the instances of tomogram {absent[0]!r}", path)
-    return truth
-
-
 def dataset_config(
     data_root: Path, model: Path | None = None, config: Path | None = None, log_dir: Path | None = None
 ) -> Config:
@@ -295,103 +261,6 @@ def dataset_config(
     if cfg.trained_model and not Path(cfg.trained_model).is_absolute():
         cfg.trained_model = str((DATA / cfg.trained_model) if config is None else Path(cfg.trained_model).absolute())
     return cfg
-
-
-# --------------------------------------------------------------------------------------------
-# scores
-
-
-def dataset_patches(cfg: Config) -> tuple[list[np.ndarray], pd.DataFrame]:
-    """Every kept instance's patch exactly as predict cuts it, with (tomogram, label)."""
-    from ..core.extract import iter_patches
-    from .tomograms import (
-        list_tomograms,
-        load_tomogram_and_mask,
-        locate_inputs,
-        normalization,
-        patch_size,
-        plan_tomogram,
-    )
-
-    patches, keys = [], []
-    for tomogram in list_tomograms(cfg):
-        inputs = locate_inputs(cfg, tomogram)
-        if inputs is None:  # no mask, skip_missing_masks
-            continue
-        volume, mask = load_tomogram_and_mask(inputs)
-        plan = plan_tomogram(cfg, inputs, mask)
-        for i, p in iter_patches(volume, plan, patch_size(cfg), cfg.masking_type, normalization(cfg)):
-            patches.append(p)
-            keys.append((inputs.stem, int(plan.columns["label"][i])))
-    return patches, pd.DataFrame(keys, columns=["tomogram", "label"])
-
-
-def predicted_embeddings(cfg: Config) -> tuple[np.ndarray, pd.DataFrame]:
-    """The embeddings ``predict`` wrote (``<stem>_embeds.h5``, [dim, N]) with (tomogram, label)."""
-    from ..core.layout import TomogramOutputs
-    from .tomograms import list_tomograms
-
-    folder = cfg.path("prediction_folder")
-    parts, keys = [], []
-    for tomogram in list_tomograms(cfg):
-        stem = cfg.stem(tomogram.name)
-        outputs = TomogramOutputs(folder, stem)
-        emb = io.read_h5_dataset(outputs.embeds, "embeddings").T
-        labels = io.read_h5_dataset(outputs.labels, "labels")
-        parts.append(emb)
-        keys += [(stem, int(v)) for v in labels]
-    return np.concatenate(parts), pd.DataFrame(keys, columns=["tomogram", "label"])
-
-
-def network_embeddings(model, patches: list[np.ndarray], contrastive: bool = True, rotations: int = 1) -> np.ndarray:
-    import torch
-
-    from ..core.embed import embed_patches
-
-    device = torch.device("cpu")
-    return embed_patches(model, iter(patches), len(patches), model.dim, device, 64, contrastive, rotations=rotations)
-
-
-def ari_scores(embeddings: np.ndarray, classes: np.ndarray, k: int, seed: int) -> tuple[float, float]:
-    """ARI against ``classes`` of KMeans and of spectral clusters (the pipeline's own functions)."""
-    from sklearn.metrics import adjusted_rand_score
-
-    from ..core import cluster
-
-    km, _ = cluster.kmeans(np.array(embeddings, dtype=np.float32), k, seed=seed)
-    sp = cluster.spectral(np.array(embeddings, dtype=np.float32), k, n_neighbors=10, seed=seed).labels
-    return float(adjusted_rand_score(classes, km)), float(adjusted_rand_score(classes, sp))
-
-
-def classes_of(keys: pd.DataFrame, truth: pd.DataFrame) -> np.ndarray:
-    merged = keys.merge(truth[["tomogram", "label", "class"]], on=["tomogram", "label"], how="left")
-    if merged["class"].isna().any():
-        raise InputDataError(f"{int(merged['class'].isna().sum())} instances are not in truth.csv")
-    return merged["class"].to_numpy(dtype=np.int64)
-
-
-def score_dataset(cfg: Config, truth: pd.DataFrame) -> dict[str, tuple[float, float]]:
-    """ARI (KMeans, spectral) of: the model as ``predict`` ran it (its output files), an untrained
-    network of the same shape, and the two classical descriptors of the same patches (radial profile
-    + inertia; spherical-harmonic power per degree on radial shells)."""
-    import torch
-
-    from ..core.descriptors import describe_all, describe_sh_all
-    from ..core.model import build_simsiam, load_model
-
-    k = int(truth["class"].nunique())
-    embeddings, keys = predicted_embeddings(cfg)
-    scores = {METHODS[0]: ari_scores(embeddings, classes_of(keys, truth), k, cfg.seed)}
-    patches, keys = dataset_patches(cfg)
-    classes = classes_of(keys, truth)
-    _, network = load_model(cfg.path("trained_model"), cfg.contrastive)
-    torch.manual_seed(cfg.seed)
-    untrained = build_simsiam(network).eval()
-    untrained_embeddings = network_embeddings(untrained, patches, cfg.contrastive, cfg.embedding_rotations)
-    scores[METHODS[1]] = ari_scores(untrained_embeddings, classes, k, cfg.seed)
-    scores[METHODS[2]] = ari_scores(describe_all(patches), classes, k, cfg.seed)
-    scores[METHODS[3]] = ari_scores(describe_sh_all(patches), classes, k, cfg.seed)
-    return scores
 
 
 def run_evaluate(
@@ -430,6 +299,7 @@ def run_demo(
     from .clustering import run_kmeans, run_spectral
     from .context import resolve_folders
     from .embedding import run_predict
+    from .training import retrain_demo_model
     from .visualize import run_visualize
 
     start = time.perf_counter()
@@ -501,92 +371,3 @@ def print_report(results: dict, output: Path, seconds: float, model: Path) -> No
     if explorer.is_file():
         lines += ["", f"Explore the embeddings (open in a browser): {explorer}"]
     print("\n".join(lines), flush=True)
-
-
-# --------------------------------------------------------------------------------------------
-# training the demo model
-
-
-def training_settings(cfg: Config):
-    from ..core.train import ViewSettings
-    from .tomograms import normalization, patch_size
-
-    return ViewSettings(
-        patch_size(cfg),
-        cfg.masking_type,
-        cfg.expand_labels,
-        normalization(cfg),
-        assembly_fraction=cfg.hyper_parameters.assembly_fraction,
-    )
-
-
-def train_from_config(
-    cfg: Config,
-    checkpoint: Path,
-    steps: int | None = None,
-    device: str = "auto",
-    resume: bool = True,
-    progress: bool = True,
-    time_limit: float | None = None,
-    save_every: int = 25,
-    views: Any = None,  # ViewSettings (simulated) or RealViewSettings (fine-tuning); None: the config's
-    pairs: Any = None,  # core.train's PairMaker; None: simulated particles
-    starting_point: Any = None,  # core.train.StartingPoint; None: fresh weights
-    workers: int | None = None,  # processes making batches; None: some on a GPU, none on a CPU
-) -> Path:
-    """SimSiam training with a config's patch contract and ``hyper_parameters`` (resumable).
-
-    By default on simulated particles; fine-tuning (:mod:`.training`) passes its own ``views``,
-    ``pairs`` and ``starting_point``."""
-    from ..core.embed import pick_device
-    from ..core.train import Sitting, StartingPoint, TrainingSettings, train
-
-    hp = cfg.hyper_parameters
-    if hp.class_weight > 0 and pairs is not None:
-        raise ConfigError(
-            "hyper_parameters.class_weight needs simulated training: set it to 0 to fine-tune on real particles, "
-            "which have no classes (hyper_parameters.contrast_weight makes each particle its own class)",
-            cfg.source,
-        )
-    torch_device = pick_device(device, cfg.parameters.gpu_devices)
-    settings = TrainingSettings(
-        views or training_settings(cfg),
-        steps or hp.max_steps,
-        hp.batch_size,
-        hp.learning_rate,
-        seed=cfg.seed,
-        contrast_weight=hp.contrast_weight,
-        contrast_temperature=hp.contrast_temperature,
-        class_weight=hp.class_weight,
-    )
-    sitting = Sitting(resume=resume, save_every=save_every, time_limit=time_limit, progress=progress, workers=workers)
-    return train(
-        cfg.model_dump(by_alias=True),
-        cfg.parameters.network.model_dump(),
-        settings,
-        Path(checkpoint),
-        torch_device,
-        sitting,
-        pairs=pairs,
-        starting_point=starting_point or StartingPoint(),
-    )
-
-
-def retrain_demo_model(checkpoint: Path, steps: int | None = None, device: str = "auto") -> Path:
-    """Train the demo network from the demo config (resumable); returns the checkpoint."""
-    return train_from_config(load_config(DEMO_CONFIG), checkpoint, steps, device)
-
-
-def export_model(checkpoint: Path, dest: Path) -> Path:
-    """Copy a training checkpoint without the optimizer state and class_weight's classifier (what gets committed)."""
-    import torch
-
-    from ..core.model import read_checkpoint
-    from ..core.train import CLASS_HEAD_KEY, OPTIMIZER_KEY
-
-    ckpt = read_checkpoint(checkpoint)
-    ckpt.pop(OPTIMIZER_KEY, None)
-    ckpt.pop(CLASS_HEAD_KEY, None)
-    with io.atomic_output(dest) as tmp:
-        torch.save(ckpt, tmp)
-    return dest

@@ -3,7 +3,7 @@
 * :func:`run_predict` — CryoSiam's ``simsiam_embeddings_predict``: for each tomogram, cut the
   patches in a background thread while the model embeds the previous batch; no intermediate file.
 * :func:`run_embed` — the pipeline's GPU step: ``<stem>_patches.h5`` (from ``extract``) → outputs.
-* ``predict-centers`` (:mod:`.centers`): boxes around particle picks.
+* ``predict-centers`` (:func:`run_predict` with ``centers``, :mod:`.centers`): boxes around particle picks.
 
 Each builds one :class:`Job` per tomogram (what it reads, the fingerprint of that, its table rows
 and patches); :func:`embed_tomograms` skips the complete ones, embeds the rest, writes the outputs
@@ -33,6 +33,7 @@ from ..core import h5files, io, layout, tables
 from ..core.config import Config
 from ..core.errors import ConfigError, InputDataError, SubtomoError
 from ..core.extract import iter_patches
+from ..core.patch_contract import patch_contract
 from .provenance import keep_config
 from .tomograms import (
     TomogramGeometry,
@@ -40,8 +41,6 @@ from .tomograms import (
     list_tomograms,
     load_tomogram_and_mask,
     locate_inputs,
-    normalization,
-    patch_size,
     plan_tomogram,
     prepare_output_folder,
 )
@@ -102,16 +101,18 @@ def embed_with_config(
         cfg.contrastive,
         cfg.mixed_precision,
         progress,
-        rotations=cfg.embedding_rotations,
+        rotations=patch_contract(cfg).embedding_rotations,
     )
 
 
 def embedding_settings(cfg: Config) -> dict:
-    """What, besides the checkpoint, decides the embedding of a patch (for fingerprints):
-    ``contrastive``, and ``embedding_rotations`` where it is set (so earlier outputs stay valid)."""
+    """What, besides the checkpoint and the patches, decides the embedding of a patch (for fingerprints):
+    ``contrastive``, and the patch contract's ``embedding_rotations`` where it is set (so earlier
+    outputs stay valid)."""
     settings: dict = {"contrastive": cfg.contrastive}
-    if cfg.embedding_rotations > 1:
-        settings["rotations"] = cfg.embedding_rotations
+    rotations = patch_contract(cfg).embedding_rotations
+    if rotations > 1:
+        settings["rotations"] = rotations
     return settings
 
 
@@ -366,12 +367,7 @@ def predict_job(run: Run, tomogram: Path) -> Job | None:
         volume, mask = load_tomogram_and_mask(inputs)
         plan = plan_tomogram(cfg, inputs, mask)
         del mask
-        patches = (
-            p
-            for _, p in iter_patches(
-                volume, plan, patch_size(cfg), cfg.masking_type, normalization(cfg), str(inputs.tomogram)
-            )
-        )
+        patches = (p for _, p in iter_patches(volume, plan, patch_contract(cfg), str(inputs.tomogram)))
         geometry = TomogramGeometry.of(inputs.tomogram, volume.shape)
         return Instances(
             len(plan), patches, lambda: plan.table, lambda table: regions_star(inputs.stem, table, geometry)
@@ -386,11 +382,22 @@ def run_predict(
     device: str = "auto",
     overwrite: bool = False,
     keep_going: bool = False,
+    centers: bool = False,
 ) -> RunSummary:
-    """Embed every selected tomogram (CryoSiam's ``simsiam_embeddings_predict``)."""
+    """Embed every instance of every selected tomogram (CryoSiam's ``simsiam_embeddings_predict``) or,
+    with ``centers``, a box around each of its picks (``simsiam_embeddings_from_centers_predict``:
+    :func:`.centers.predict_centers`)."""
+
+    def start(out: Path) -> Run:
+        return start_run("predict-centers" if centers else "predict", cfg, out, None, device, overwrite, keep_going)
+
+    if centers:
+        from .centers import predict_centers
+
+        return predict_centers(cfg, filename, start)
     out = prepare_output_folder(cfg.path("prediction_folder"), cfg)
     tomograms = list_tomograms(cfg, filename)
-    run = start_run("predict", cfg, out, None, device, overwrite, keep_going)
+    run = start(out)
     log.info(
         "embedding %d tomogram(s) on %s, batch size %d", len(tomograms), run.device, cfg.hyper_parameters.batch_size
     )
@@ -408,7 +415,7 @@ def read_patches_header(cfg: Config, path: Path) -> h5files.PatchesFile:
     :func:`h5files.read_patches_file`) and, when the config sets a patch size, its patches have
     that size (never embed 8³ patches under a 32³ config)."""
     patches = h5files.read_patches_file(path)
-    size = patch_size(cfg)
+    size = patch_contract(cfg).patch_size
     if cfg.is_set("parameters.data.patch_size") and patches.patch_shape != size:
         raise InputDataError(
             f"patches of {'×'.join(map(str, patches.patch_shape))} voxels, but parameters.data.patch_size is "

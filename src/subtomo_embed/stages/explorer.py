@@ -165,16 +165,13 @@ def particle_thumbnails(cfg: Config, merged: Merged, rows: np.ndarray):
 
 def _patches(cfg: Config, tomogram: Path, mask_path: Path | None, regions: pd.DataFrame):
     """The patches of ``regions`` in ``tomogram``: masked regions (with ``mask_path``) or picked boxes."""
-    from .tomograms import normalization, patch_size
+    from ..core.patch_contract import patch_contract
 
+    contract = patch_contract(cfg)
     volume, _ = volumes.open_mrc_volume(tomogram)
     if mask_path is None:
-        return E.picked_patches(
-            volume, regions, patch_size(cfg), normalization(cfg), cfg.centers.mask_radius, str(tomogram)
-        )
+        return E.picked_patches(volume, regions, contract, cfg.centers.mask_radius, str(tomogram))
     mask = volumes.read_instance_mask(mask_path)
     if mask.shape != volume.shape:
         raise InputDataError(f"mask shape {mask.shape} differs from the tomogram's {volume.shape}", mask_path)
-    return E.masked_patches(
-        volume, mask, regions, patch_size(cfg), cfg.masking_type, cfg.expand_labels, normalization(cfg)
-    )
+    return E.masked_patches(volume, mask, regions, contract)

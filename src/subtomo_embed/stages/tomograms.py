@@ -13,7 +13,8 @@ import numpy as np
 from ..core import io, layout, tables, volumes
 from ..core.config import Config, plain_name
 from ..core.errors import ConfigError, InputDataError
-from ..core.extract import Extraction, Normalization, plan_extraction
+from ..core.extract import Extraction, plan_extraction
+from ..core.patch_contract import patch_contract
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def load_tomogram_and_mask(inputs: TomogramInputs) -> tuple[np.ndarray, np.ndarr
 
 def check_patch_fits(cfg: Config, shape: tuple[int, ...], tomogram: Path) -> None:
     """A patch larger than the tomogram itself is a mistake in the config, not something to pad."""
-    size = patch_size(cfg)
+    size = patch_contract(cfg).patch_size
     if any(p > s for p, s in zip(size, shape)):
         raise ConfigError(
             f"parameters.data.patch_size {list(size)} is larger than the tomogram {tomogram.name} {list(shape)}",
@@ -137,24 +138,11 @@ def plan_tomogram(cfg: Config, inputs: TomogramInputs, mask: np.ndarray, process
     )
 
 
-def normalization(cfg: Config) -> Normalization:
-    d = cfg.parameters.data
-    return Normalization(d.min, d.max, d.mean, d.std)
-
-
-def patch_size(cfg: Config) -> tuple[int, int, int]:
-    z, y, x = (int(s) for s in cfg.parameters.data.patch_size)
-    return z, y, x
-
-
 def extraction_settings(cfg: Config) -> dict:
-    """The settings that shape a tomogram's patches (part of every output's fingerprint)."""
-    d = cfg.parameters.data
+    """The settings that shape a tomogram's patches (part of every output's fingerprint): the size
+    filter and the patch contract's :meth:`~..core.patch_contract.PatchContract.patch_record`."""
     return {
         "min_particle_size": cfg.min_particle_bound,
         "max_particle_size": cfg.max_particle_bound,
-        "masking_type": cfg.masking_type,
-        "expand_labels": cfg.expand_labels,
-        "patch_size": list(patch_size(cfg)),
-        "normalization": [d.min, d.max, d.mean, d.std],
+        **patch_contract(cfg).patch_record(),
     }

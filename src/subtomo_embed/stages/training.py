@@ -1,6 +1,11 @@
-"""Fine-tuning on the user's own tomograms: ``subtomo-embed train --from-data``.
+"""Training orchestration: ``subtomo-embed train``, from a config to a checkpoint.
 
-The particles are the instances ``predict`` would embed: the same tomograms (``data_folder``,
+:func:`train_from_config` trains with the config's patch contract and ``hyper_parameters``: on
+simulated particles (:mod:`..core.simulated_views`; the demo's model: :func:`retrain_demo_model`) or,
+given real particles' pairs, on the user's own. :func:`export_model` writes the copy that gets committed.
+
+Fine-tuning on the user's own tomograms (``train --from-data``, :func:`fine_tune_from_config`): the
+particles are the instances ``predict`` would embed: the same tomograms (``data_folder``,
 ``test_files``/``train_files``), masks (``instances_mask_folder``), growth (``expand_labels``),
 size filter (``min/max_particle_size``) and CryoSiam regions tables, found and planned by the
 functions ``predict`` calls (:mod:`.tomograms`). Without masks (no ``instances_mask_folder``) and
@@ -16,19 +21,96 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..core.config import Config
+from ..core import io
+from ..core.config import Config, load_config
 from ..core.errors import ConfigError, InputDataError
+from ..core.patch_contract import patch_contract
 from ..core.real_views import ParticleSource, PickSource, RealViewSettings, make_real_pair
+from ..core.simulated_views import ViewSettings
+from ..core.train import PairMaker, Sitting, StartingPoint
 
 log = logging.getLogger(__name__)
 
 
-def real_view_settings(cfg: Config) -> RealViewSettings:
-    """The config's patch contract (``patch_size``, ``masking_type``, ``parameters.data``) and the
-    default augmentation ranges."""
-    from .tomograms import normalization, patch_size
+def training_settings(cfg: Config) -> ViewSettings:
+    """Simulated particles' views: the config's patch contract, its ``hyper_parameters.assembly_fraction``
+    and the default ranges."""
+    return ViewSettings(patch_contract(cfg), assembly_fraction=cfg.hyper_parameters.assembly_fraction)
 
-    return RealViewSettings(patch_size(cfg), cfg.masking_type, normalization(cfg))
+
+def real_view_settings(cfg: Config) -> RealViewSettings:
+    """Real particles' views: the config's patch contract and the default augmentation ranges."""
+    return RealViewSettings(patch_contract(cfg))
+
+
+def train_from_config(
+    cfg: Config,
+    checkpoint: Path,
+    steps: int | None = None,
+    device: str = "auto",
+    sitting: Sitting = Sitting(),
+    views: ViewSettings | RealViewSettings | None = None,  # None: the config's simulated views
+    pairs: PairMaker | None = None,  # None: simulated particles
+    starting_point: StartingPoint | None = None,  # None: fresh weights
+) -> Path:
+    """SimSiam training with a config's patch contract and ``hyper_parameters`` to ``steps`` (else
+    ``hyper_parameters.max_steps``), resumable (``sitting``: resume, saving, time limit, workers).
+
+    By default on simulated particles; fine-tuning (:func:`fine_tune_from_config`) passes its own
+    ``views``, ``pairs`` and ``starting_point``."""
+    from ..core.embed import pick_device
+    from ..core.train import TrainingSettings, train
+
+    hp = cfg.hyper_parameters
+    if hp.class_weight > 0 and pairs is not None:
+        raise ConfigError(
+            "hyper_parameters.class_weight needs simulated training: set it to 0 to fine-tune on real particles, "
+            "which have no classes (hyper_parameters.contrast_weight makes each particle its own class)",
+            cfg.source,
+        )
+    torch_device = pick_device(device, cfg.parameters.gpu_devices)
+    settings = TrainingSettings(
+        views or training_settings(cfg),
+        steps or hp.max_steps,
+        hp.batch_size,
+        hp.learning_rate,
+        seed=cfg.seed,
+        contrast_weight=hp.contrast_weight,
+        contrast_temperature=hp.contrast_temperature,
+        class_weight=hp.class_weight,
+    )
+    return train(
+        cfg.model_dump(by_alias=True),
+        cfg.parameters.network.model_dump(),
+        settings,
+        Path(checkpoint),
+        torch_device,
+        sitting,
+        pairs=pairs,
+        starting_point=starting_point or StartingPoint(),
+    )
+
+
+def retrain_demo_model(checkpoint: Path, steps: int | None = None, device: str = "auto") -> Path:
+    """Train the demo network from the demo config (resumable); returns the checkpoint."""
+    from .demo import DEMO_CONFIG
+
+    return train_from_config(load_config(DEMO_CONFIG), checkpoint, steps, device)
+
+
+def export_model(checkpoint: Path, dest: Path) -> Path:
+    """Copy a training checkpoint without the optimizer state and class_weight's classifier (what gets committed)."""
+    import torch
+
+    from ..core.model import read_checkpoint
+    from ..core.train import CLASS_HEAD_KEY, OPTIMIZER_KEY
+
+    ckpt = read_checkpoint(checkpoint)
+    ckpt.pop(OPTIMIZER_KEY, None)
+    ckpt.pop(CLASS_HEAD_KEY, None)
+    with io.atomic_output(dest) as tmp:
+        torch.save(ckpt, tmp)
+    return dest
 
 
 def collect_particles(cfg: Config, filename: str | None = None) -> list[ParticleSource]:
@@ -106,18 +188,11 @@ def fine_tune_from_config(
     start_from: Path | None = None,
     steps: int | None = None,
     device: str = "auto",
-    resume: bool = True,
-    progress: bool = True,
-    time_limit: float | None = None,
-    save_every: int = 25,
+    sitting: Sitting = Sitting(),
     views: RealViewSettings | None = None,
-    workers: int | None = None,
 ) -> Path:
     """SimSiam fine-tuning on the config's tomograms + instance masks (or picks: :func:`training_particles`)
     from ``start_from`` (else ``trained_model``), to ``steps`` (else ``hyper_parameters.max_steps``); resumable."""
-    from ..core.train import StartingPoint
-    from .demo import train_from_config
-
     start = StartingPoint(starting_checkpoint(cfg, start_from), cfg.contrastive)
     sources = training_particles(cfg)
     settings_views = views or real_view_settings(cfg)
@@ -126,6 +201,4 @@ def fine_tune_from_config(
     def pairs(rng):
         return make_real_pair(sources, rng, settings_views)
 
-    return train_from_config(
-        cfg, checkpoint, steps, device, resume, progress, time_limit, save_every, settings_views, pairs, start, workers
-    )
+    return train_from_config(cfg, checkpoint, steps, device, sitting, settings_views, pairs, start)
