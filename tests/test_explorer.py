@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from relion_labels import check_relion_star
 from synthetic import blob_mask
 from tools import require_executable, require_module
 
@@ -34,13 +35,11 @@ def decode(b64: str, dtype: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(b64), dtype=dtype)
 
 
-def page_star(data: dict, tmp_path: Path) -> pd.DataFrame:
-    """Every STAR row of the page, as the download of a selection of all would write them, read back."""
-    from subtomo_embed.core.star import read_star
-
+def page_star(data: dict, tmp_path: Path) -> Path:
+    """A STAR file of every row of the page, as the download of a selection of all would write it."""
     path = tmp_path / "page.star"
     path.write_text(data["star"]["head"] + "\n".join(data["star"]["rows"]) + "\n", encoding="utf-8")
-    return read_star(path)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +74,7 @@ def example():
             "rlnCenteredCoordinateXAngst": np.round(centroid[:, 2] * 10.0 - 300.0, 2),
             "rlnAngleRot": np.where(label % 7 == 0, np.nan, label * 0.25),  # missing values stay missing
             "rlnClass": groups,
+            "rlnImagePixelSize": np.where(tomogram == "TS_01", 10.0, 5.0),  # two optics groups
         }
     )
     star.loc[1, "rlnCoordinateX"] = 7.0  # an integral float must stay a float
@@ -348,7 +348,6 @@ def test_browser_hover_shows_label_and_thumbnail(example, browser, page):
 
 @pytest.mark.slow  # a real browser
 def test_browser_selection_downloads_star_and_csv(example, browser, page):
-    import starfile
     from selenium.webdriver.common.by import By
 
     browser.find_element(By.CSS_SELECTOR, '[data-title="Box Select"]').click()
@@ -364,11 +363,13 @@ def test_browser_selection_downloads_star_and_csv(example, browser, page):
 
     browser.find_element(By.ID, "download-star").click()
     star_path = wait_for_file(browser.downloads, "*.star")
-    got = starfile.read(star_path)
-    want = example["star"].iloc[expected].reset_index(drop=True)
+    want_optics, want = selection_blocks(example["star"], expected)
     from subtomo_embed.core.star import star_text
 
-    assert star_path.read_text(encoding="utf-8") == star_text(want, exact=True)  # the one writer's bytes
+    # the one writer's bytes: the page's optics block (every group), then the selected rows
+    assert star_path.read_text(encoding="utf-8") == star_text(want, exact=True, optics=want_optics)
+    optics, got = check_relion_star(star_path, clustered=True)  # RELION 5's blocks and names
+    assert optics["rlnImagePixelSize"].tolist() == [10.0, 5.0]
     assert list(got.columns) == list(want.columns)
     pd.testing.assert_frame_equal(got, want, check_dtype=False)
     assert got["rlnCoordinateX"].dtype.kind == "f"
@@ -378,6 +379,15 @@ def test_browser_selection_downloads_star_and_csv(example, browser, page):
     assert csv["row"].tolist() == expected.tolist()
     assert (csv["KMeans cluster"] == 2).all()
     np.testing.assert_allclose(csv[["x", "y"]].to_numpy(), example["xy"][expected], atol=1e-5)
+
+
+def selection_blocks(star: pd.DataFrame, rows) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """What a download of ``rows`` holds: the whole page's optics block, and those rows (as
+    :func:`core.star.relion_blocks` makes them, their optics group numbered in the whole table)."""
+    from subtomo_embed.core.star import relion_blocks
+
+    optics, particles = relion_blocks(star)
+    return optics, particles.iloc[rows].reset_index(drop=True)
 
 
 def drag_through(browser, points: list[tuple[float, float]]) -> None:
@@ -394,7 +404,6 @@ def drag_through(browser, points: list[tuple[float, float]]) -> None:
 
 @pytest.mark.slow  # a real browser
 def test_browser_lasso_downloads_exactly_the_lassoed_particles(example, browser, page):
-    import starfile
     from selenium.webdriver.common.by import By
 
     for old in browser.downloads.iterdir():
@@ -410,8 +419,8 @@ def test_browser_lasso_downloads_exactly_the_lassoed_particles(example, browser,
         time.sleep(0.1)
     assert browser.execute_script("return explorer.selected()") == expected.tolist()
     browser.find_element(By.ID, "download-star").click()
-    got = starfile.read(wait_for_file(browser.downloads, "*.star"))
-    pd.testing.assert_frame_equal(got, example["star"].iloc[expected].reset_index(drop=True), check_dtype=False)
+    _, got = check_relion_star(wait_for_file(browser.downloads, "*.star"), clustered=True)
+    pd.testing.assert_frame_equal(got, selection_blocks(example["star"], expected)[1], check_dtype=False)
 
 
 @pytest.mark.slow  # a real browser
@@ -535,8 +544,8 @@ def test_visualize_writes_the_explorer(real, tmp_path):
     # the STAR rows are those of the per-cluster STAR files, in merged order
     import starfile
 
-    particles = starfile.read(real["out"] / "kmeans_particles.star")
-    star = page_star(data, tmp_path)
+    particles = starfile.read(real["out"] / "kmeans_particles.star")["particles"]
+    _, star = check_relion_star(page_star(data, tmp_path), clustered=True, pixel_size=10.0)  # 10 Å voxels
     assert list(star.columns) == list(particles.columns)
     assert star["rlnLabel"].tolist() == particles["rlnLabel"].tolist()
     assert star["rlnClass"].tolist() == particles["rlnClass"].tolist()
@@ -599,7 +608,8 @@ def test_explorer_bounds_the_points_by_a_stratified_sample(real, tmp_path, monke
     assert {data["tomograms"][t] for t in decode(data["tomogram"], "<i4")} == {"TS_01", "TS_02"}
     table = merged.table
     assert data["label"] == table["label"].to_numpy()[rows].tolist()
-    assert page_star(data, tmp_path)["rlnLabel"].tolist() == table["label"].to_numpy()[rows].tolist()
+    _, shown = check_relion_star(page_star(data, tmp_path), clustered=True)
+    assert shown["rlnLabel"].tolist() == table["label"].to_numpy()[rows].tolist()
     umap = pd.read_csv(real["out"] / "vis" / "all_tomograms_umap.csv")
     coords = [decode(c, "<f4") for c in data["projections"][0]["coords"]]
     np.testing.assert_allclose(np.c_[coords[0], coords[1]], umap[["x", "y"]].to_numpy()[rows], rtol=1e-6)

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import starfile
 from real_run import small_run
+from relion_labels import check_relion_star
 from tools import require_executable, require_module
 
 pytestmark = pytest.mark.slow  # napari and Qt on a virtual display
@@ -171,6 +172,7 @@ def test_widget_saves_selected_points_and_clusters_as_star(run, viewer, tmp_path
     cluster_0 = starfile.read(run["out"] / "kmeans_cluster_0_particles.star")["particles"]
     assert list(picked.columns) == list(cluster_0.columns)
     pd.testing.assert_frame_equal(picked, clustered.iloc[[0, 2, 3]].reset_index(drop=True))
+    check_relion_star(tmp_path / "picked.star", clustered=True, pixel_size=10.0)  # RELION 5's blocks, 10 Å voxels
 
     c = int(points.features["kmeans_cluster"].iloc[0])
     widget(points=points, which="cluster", method="kmeans", cluster=c, path=tmp_path / "cluster.star")
@@ -206,3 +208,63 @@ def test_reader_on_picks_has_no_mask_layer(viewer, tmp_path):
     np.testing.assert_allclose(
         viewer.layers["TS_01 instances"].data, regions[["centroid-0", "centroid-1", "centroid-2"]].to_numpy()
     )
+
+
+def test_clusters_plotter_offers_and_colours_the_cluster_categories(run, viewer):
+    """napari-clusters-plotter on the reader's instances layer: the cluster columns are categories it
+    offers as colourings; colouring by one paints each cluster's points its own colour, and a
+    rectangle drawn in its plot around one cluster's points picks out exactly those particles."""
+    require_module("napari_clusters_plotter")
+    from types import SimpleNamespace
+
+    from napari_clusters_plotter import PlotterWidget
+
+    viewer.open(str(run["out"] / "TS_01_embeds.h5"), plugin="subtomo-embed")
+    points = viewer.layers["TS_01 instances"]
+    viewer.layers.selection.active = points
+    plotter = PlotterWidget(viewer)
+    viewer.window.add_dock_widget(plotter, area="right")
+    assert plotter.layers == [points]
+    categorical = list(plotter.categorical_columns)
+    assert {"kmeans_cluster", "spectral_cluster"} <= set(categorical)  # groups, not numbers
+    assert "log_area" not in categorical and "umap_x" not in categorical
+    hue = plotter._selectors["hue"]
+    offered = [hue.itemText(i) for i in range(hue.count())]
+    for column in ("kmeans_cluster", "spectral_cluster"):
+        assert column in offered
+        assert hue.itemData(offered.index(column), 3) == "Categorical Column"  # Qt.ToolTipRole: marked as one
+    x_axes = [plotter._selectors["x"].itemText(i) for i in range(plotter._selectors["x"].count())]
+    assert "umap_x" in x_axes and "kmeans_cluster" not in x_axes  # categories are not axes
+
+    plotter.x_axis, plotter.y_axis, plotter.hue_axis = "umap_x", "umap_y", "kmeans_cluster"
+    plotter.plotting_widget.show_color_overlay = True  # the plot's "show overlay" button: the layer takes the hue
+    clusters = points.features["kmeans_cluster"].to_numpy(np.int64)
+    colours = np.round(np.asarray(points.face_color), 4)
+    colour_of = {c: {tuple(colours[i]) for i in np.flatnonzero(clusters == c)} for c in set(clusters.tolist())}
+    assert all(len(found) == 1 for found in colour_of.values()), colour_of  # one colour per cluster
+    assert len({next(iter(found)) for found in colour_of.values()}) == len(colour_of)  # a colour each
+
+    # a selection in the plot: the rectangle around one cluster's UMAP points (the one whose box
+    # holds no other point), applied as the plotter applies a drawn one (its right click)
+    xy = points.features[["umap_x", "umap_y"]].to_numpy(np.float64)
+    inside = {}
+    for c in sorted(set(clusters.tolist())):
+        low, high = xy[clusters == c].min(axis=0) - 1e-6, xy[clusters == c].max(axis=0) + 1e-6
+        inside[c] = (low, high, np.flatnonzero(((xy >= low) & (xy <= high)).all(axis=1)))
+    pure = [
+        c for c, (_, _, rows) in inside.items() if set(rows.tolist()) == set(np.flatnonzero(clusters == c).tolist())
+    ]
+    assert pure, "no cluster is alone in its box in this UMAP"
+    low, high, rows = inside[pure[0]]
+    plotter.control_widget.reset_button.click()  # the plotter's Reset: a fresh manual selection over the same plot
+    selector = plotter.plotting_widget.selectors["RECTANGLE"]
+    selector.create_selector()
+    selector.on_select(SimpleNamespace(xdata=low[0], ydata=low[1]), SimpleNamespace(xdata=high[0], ydata=high[1]))
+    selector.apply_selection()
+    assert plotter.hue_axis == "MANUAL_CLUSTER_ID"
+    manual = points.features["MANUAL_CLUSTER_ID"].to_numpy(np.int64)
+    assert np.flatnonzero(manual).tolist() == rows.tolist()  # exactly the cluster's particles
+    colours = np.round(np.asarray(points.face_color), 4)
+    assert len({tuple(colours[i]) for i in rows}) == 1
+    others = np.setdiff1d(np.arange(len(points.data)), rows)
+    assert not {tuple(colours[i]) for i in rows} & {tuple(colours[i]) for i in others}  # highlighted

@@ -213,9 +213,7 @@ def selection_star(prediction_folder: Path, stem: str, labels: np.ndarray, metho
     predicted = layout.TomogramOutputs(prediction_folder, stem).regions_star
     for path in (layout.clustered_regions_star(prediction_folder, stem, method), predicted):
         if path.is_file():
-            star = tables.read_star(path)
-            if isinstance(star, dict):
-                star = star.get("particles", next(iter(star.values())))
+            star = tables.read_particles(path)  # with its optics group's columns: written back as data_optics
             if "rlnLabel" in star.columns:
                 return star[star["rlnLabel"].isin(labels)].reset_index(drop=True)
     raise InputDataError(f"no STAR file of {stem} (predict's {predicted.name})", prediction_folder)
