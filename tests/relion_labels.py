@@ -14,36 +14,14 @@ from __future__ import annotations
 from pathlib import Path
 
 RELION_LABELS = frozenset(
-    {
-        # optics groups (data_optics)
-        "rlnOpticsGroup",
-        "rlnOpticsGroupName",
-        "rlnImagePixelSize",
-        "rlnTomoTiltSeriesPixelSize",
-        "rlnMicrographOriginalPixelSize",
-        "rlnVoltage",
-        "rlnSphericalAberration",
-        "rlnAmplitudeContrast",
-        "rlnImageSize",
-        "rlnImageDimensionality",
-        "rlnTomoSubtomogramBinning",
-        "rlnCtfDataAreCtfPremultiplied",
-        # particles (data_particles)
-        "rlnTomoName",
-        "rlnTomoParticleName",
-        "rlnMicrographName",
-        "rlnCoordinateX",
-        "rlnCoordinateY",
-        "rlnCoordinateZ",
-        "rlnCenteredCoordinateXAngst",
-        "rlnCenteredCoordinateYAngst",
-        "rlnCenteredCoordinateZAngst",
-        "rlnAngleRot",
-        "rlnAngleTilt",
-        "rlnAnglePsi",
-        "rlnClassNumber",
-        "rlnAutopickFigureOfMerit",
-    }
+    # optics groups (data_optics)
+    """rlnOpticsGroup rlnOpticsGroupName rlnImagePixelSize rlnTomoTiltSeriesPixelSize rlnMicrographOriginalPixelSize
+    rlnVoltage rlnSphericalAberration rlnAmplitudeContrast rlnImageSize rlnImageDimensionality
+    rlnTomoSubtomogramBinning rlnCtfDataAreCtfPremultiplied"""
+    # particles (data_particles)
+    """ rlnTomoName rlnTomoParticleName rlnMicrographName rlnCoordinateX rlnCoordinateY rlnCoordinateZ
+    rlnCenteredCoordinateXAngst rlnCenteredCoordinateYAngst rlnCenteredCoordinateZAngst
+    rlnAngleRot rlnAngleTilt rlnAnglePsi rlnClassNumber rlnAutopickFigureOfMerit""".split()
 )
 CRYOSIAM_LABELS = frozenset({"rlnLabel", "rlnArea", "rlnClass", *(f"rlnBbox-{i}" for i in range(6))})
 OPTICS = ["rlnOpticsGroup", "rlnOpticsGroupName"]  # every optics block starts with these

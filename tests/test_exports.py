@@ -16,7 +16,7 @@ import pytest
 import starfile
 from inprocess import run_cli
 from real_run import small_run
-from relion_labels import check_relion_star
+from relion_labels import RELION_LABELS, check_relion_star
 from tools import require_module
 
 from subtomo_embed.core import star
@@ -51,6 +51,11 @@ def test_relion_blocks_one_optics_group_per_pixel_size_and_the_class_for_relion(
     assert rows["rlnOpticsGroup"].tolist() == [1, 1, 1]
     optics, rows = star.relion_blocks(particles.iloc[:0][["rlnTomoName"]])
     assert optics["rlnOpticsGroup"].tolist() == [1] and list(rows.columns) == ["rlnTomoName", "rlnOpticsGroup"]
+
+
+def test_the_writers_optics_labels_are_relions():
+    assert set(star.OPTICS_LABELS) <= RELION_LABELS
+    assert "rlnClass" not in RELION_LABELS and "rlnClassNumber" in RELION_LABELS  # hence both columns
 
 
 def test_read_particles_gives_back_what_write_star_moved(tmp_path):
