@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core import io, volumes
+from ..core import io, layout, volumes
 from ..core.config import Config, load_config
 from ..core.errors import ConfigError, ResourceError
 from ..core.simulate import DEFAULT_SIZE_RANGE, simulate_tomogram
@@ -138,7 +138,7 @@ def run_simulate(
         else:
             tomo = simulate_assembly_tomogram(shape, n_particles, rng, classes, snr=snr, wedge=wedge)
         volumes.write_mrc(root / "data" / f"{stem}.mrc", tomo.volume, voxel_size=voxel_size)
-        io.write_h5(root / "masks" / f"{stem}_instance_preds.h5", {"instances": tomo.mask})
+        io.write_h5(layout.instance_mask(root / "masks", stem), {"instances": tomo.mask})
         rows += [{"tomogram": stem, **r, "snr": float(snr), "wedge": float(wedge or 0.0)} for r in tomo.truth]
     columns = TRUTH_COLUMNS
     if molecules is not None:
@@ -367,7 +367,7 @@ def print_report(results: dict, output: Path, seconds: float, model: Path) -> No
         lines.append(f"  {p.relative_to(output)}")
     if len(pngs) > 10:
         lines.append(f"  ... and {len(pngs) - 10} more")
-    explorer = vis / "embeddings_explorer.html"
+    explorer = layout.explorer(vis)
     if explorer.is_file():
         lines += ["", f"Explore the embeddings (open in a browser): {explorer}"]
     print("\n".join(lines), flush=True)
