@@ -197,8 +197,24 @@ def train_on_structures(args, out: Path) -> Path:
     )
     print(f"trained in {time.perf_counter() - t0:.0f} s this sitting", flush=True)
     exported = out / "structures_model.ckpt"
-    T.export_model(checkpoint, exported)
+    export_with_structures(checkpoint, exported, pairs.settings, [m.name for m in molecules])
     return exported
+
+
+def export_with_structures(checkpoint: Path, dest: Path, settings: StructureViewSettings, names: list[str]) -> Path:
+    """:func:`~subtomo_embed.stages.training.export_model`, the training state also recording the
+    structure views and the training molecules (plain data, as the weights-only loader wants)."""
+    from dataclasses import asdict
+
+    from subtomo_embed.core.model import read_checkpoint
+    from subtomo_embed.core.train import TRAIN_STATE_KEY
+
+    T.export_model(checkpoint, dest)
+    ckpt = read_checkpoint(dest)
+    record = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}
+    ckpt[TRAIN_STATE_KEY] = {**ckpt[TRAIN_STATE_KEY], "structure_pairs": {**record, "molecules": names}}
+    torch.save(ckpt, dest)
+    return dest
 
 
 def main() -> None:
