@@ -182,3 +182,28 @@ def test_export_copick_command_errors_are_one_line(tmp_path):
     assert "no rlnCoordinateY, rlnCoordinateZ" in result.stderr
     result = run_cli(["export-copick", tmp_path / "p.star", "--output", tmp_path / "c", "--user", "a b"])
     assert result.returncode == 3 and "not a copick name" in result.stderr
+
+
+def test_a_clustered_star_class_is_this_clusterings_for_relion_too(tmp_path):
+    """Picks from an earlier RELION classification carry their rlnClassNumber: the clustered STAR's
+    rlnClassNumber is this clustering's (as its rlnClass), not theirs; their pixel size is kept."""
+    from subtomo_embed.stages.clustering import clustered_star
+
+    picks = pd.DataFrame(
+        {
+            "rlnTomoName": ["TS_01"] * 3,
+            "rlnCoordinateX": [1.0, 2.0, 3.0],
+            "rlnCoordinateY": [1.0, 2.0, 3.0],
+            "rlnCoordinateZ": [1.0, 2.0, 3.0],
+            "rlnClassNumber": [7, 7, 8],
+            "rlnLabel": [11, 12, 13],
+            "rlnImagePixelSize": [5.4] * 3,
+        }
+    )
+    star.write_star(tmp_path / "TS_01_instance_regions.star", picks)
+    regions = pd.DataFrame({"label": [13, 11, 12]})
+    rows = clustered_star(tmp_path / "TS_01_instance_regions.star", regions, np.array([2, 0, 1]))
+    assert rows["rlnLabel"].tolist() == [13, 11, 12] and rows["rlnClass"].tolist() == [2, 0, 1]
+    star.write_star(tmp_path / "clustered.star", rows)
+    _, back = check_relion_star(tmp_path / "clustered.star", clustered=True, pixel_size=5.4)
+    assert back["rlnClassNumber"].tolist() == [2, 0, 1]

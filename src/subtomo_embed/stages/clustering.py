@@ -192,15 +192,18 @@ def remove_previous_outputs(folders: Folders, method: str, written: list[Path]) 
 
 def clustered_star(source: Path, regions: pd.DataFrame, classes: np.ndarray) -> pd.DataFrame:
     """A tomogram's clustered STAR: the rows of its ``predict`` STAR (``source``: every column, in
-    its convention, and its optics group's columns; for picks, the picks' own rows) with ``rlnClass``;
-    without that file, CryoSiam's columns from the regions table."""
+    its convention, and its optics group's columns; for picks, the picks' own rows) with ``rlnClass``
+    (the writer adds RELION's ``rlnClassNumber``, in place of one the picks had); without that
+    file, CryoSiam's columns from the regions table."""
     labels = regions["label"].to_numpy(np.int64)
     if source.is_file():
         star = tables.read_particles(source)  # with its optics group's columns (the pixel size), kept
         if isinstance(star, pd.DataFrame) and "rlnLabel" in star.columns and not star["rlnLabel"].duplicated().any():
             indexed = star.set_index(star["rlnLabel"].to_numpy(np.int64))
             if np.isin(labels, indexed.index.to_numpy()).all():
-                rows = indexed.loc[labels].reset_index(drop=True)
+                # a picks file's own rlnClassNumber (an earlier RELION classification) is not this
+                # clustering's: the writer writes rlnClass again as RELION's rlnClassNumber
+                rows = indexed.loc[labels].reset_index(drop=True).drop(columns=["rlnClassNumber"], errors="ignore")
                 return rows.assign(rlnClass=np.asarray(classes, dtype=np.int64))
         log.info("%s does not describe the embedded instances: clustered STAR made from the regions table", source.name)
     star = tables.regions_to_star_table(regions.drop(columns=["semantic_class"], errors="ignore"))
