@@ -13,7 +13,7 @@ NEXTFLOW := $(BIN)/nextflow
 WHEELS := .wheels
 WHEELS_STAMP := $(WHEELS)/.torch-2.13.0
 
-.PHONY: install wheels bytecode demo lint test test-fast test-nextflow nextflow nf-lang bench clean
+.PHONY: install wheels bytecode demo lint settings test test-fast test-nextflow nextflow nf-lang bench clean
 
 # the venv's own pip downloads them (a system python3 may have no pip)
 $(BIN)/python:
@@ -57,6 +57,10 @@ test-nextflow: $(STAMP) $(NEXTFLOW) bytecode
 
 demo: $(STAMP) bytecode
 	$(BIN)/subtomo-embed demo --output demo_output
+
+# what the pipeline and the docs say about config keys, generated from core/config.py (docs/development.md)
+settings: $(STAMP)
+	$(BIN)/python -m subtomo_embed.core.config_contract --write
 
 # ruff (settings in pyproject.toml) and mypy (non-strict: check_untyped_defs)
 lint: $(STAMP)

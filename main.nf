@@ -25,9 +25,9 @@ workflow {
     }
     SUBTOMO_EMBED()
 
-    // one entry per process: "PROCESS": {subtomo-embed: version}
+    // one entry per process: "PROCESS": {subtomo-embed: version}, from each process's `versions` output
     SUBTOMO_EMBED.out.versions
-        .map { f -> f.text.trim() }
+        .map { process, version -> "\"${process}\":\n    subtomo-embed: ${version.trim().replaceFirst('subtomo-embed ', '')}" }
         .unique()
         .collectFile(name: 'software_versions.yml', storeDir: "${params.prediction_folder}/pipeline_info",
                      sort: true, newLine: true)

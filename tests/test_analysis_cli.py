@@ -25,7 +25,7 @@ REGION_COLS = ["label", "area", *[f"bbox-{i}" for i in range(6)], "centroid-0", 
 
 
 def run(tool: str, *args, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    """A bin/ executable (``subtomo-kmeans`` ...) as a process, or a command of ``subtomo-embed`` in this one."""
+    """A bin/ executable (``subtomo-cluster`` ...) as a process, or a command of ``subtomo-embed`` in this one."""
     if tool.startswith("subtomo-"):
         cmd = [sys.executable, str(BIN / tool), *map(str, args)]
         proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
@@ -190,7 +190,8 @@ def test_pipeline_staging_with_merged_files_only(project, tmp_path):
     for name in ["embeddings.h5", "embeddings_table.csv", *[f"{s}_instance_regions.csv" for s in project["stems"]]]:
         os.symlink(project["pred"] / name, tmp_path / name)
     run(
-        "subtomo-kmeans",
+        "subtomo-cluster",
+        "kmeans",
         "--input-dir",
         ".",
         "--output-dir",
@@ -267,7 +268,7 @@ def test_bad_input_fails_cleanly(tmp_path, case, code, needle):
         write_h5(pred / "TS_02_embeds.h5", {"embeddings": np.ones((9, 25), np.float32)})
     before = _files(pred)
     cfg = write_config(tmp_path / "c.yaml", prediction_folder=str(pred), clustering_kmeans={"num_clusters": k})
-    proc = run("subtomo-kmeans", "-c", cfg, check=False)
+    proc = run("subtomo-cluster", "kmeans", "-c", cfg, check=False)
     assert proc.returncode == code, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert needle in lines[-1] and "Traceback" not in proc.stderr

@@ -7,8 +7,9 @@
  *   all tomograms: the picks' boxes with params.picks, else the masked instances) and the fine-tuned
  *   checkpoint is the one EMBED / PREDICT_CENTERS use
  *
- * Each process receives only the settings that change its result, as `--set key=value`
- * flags (a `val` input), so `-resume` re-runs only what a change touches. Files are found on the
+ * Each process receives exactly the config keys its step reads (workflows/settings.nf, generated from
+ * the package's Config), from params, as `--set key=value` flags (a `val` input), so `-resume` re-runs
+ * only what a change touches. Files are found on the
  * head node with Nextflow's file API (file(), files(), Path.exists()), so every folder may be local,
  * s3:// or gs://; tasks get them staged.
  */
@@ -19,16 +20,26 @@ include { TRAIN            } from '../modules/local/train/main'
 include { PREDICT_CENTERS  } from '../modules/local/predict_centers/main'
 include { MERGE_EMBEDDINGS } from '../modules/local/merge_embeddings/main'
 include { VISUALIZE        } from '../modules/local/visualize/main'
-include { CLUSTER_KMEANS   } from '../modules/local/cluster_kmeans/main'
-include { CLUSTER_SPECTRAL } from '../modules/local/cluster_spectral/main'
+include { CLUSTER as CLUSTER_KMEANS   } from '../modules/local/cluster/main'
+include { CLUSTER as CLUSTER_SPECTRAL } from '../modules/local/cluster/main'
+include { stepKeys; wholeNumberKeys   } from './settings'
 
-// A nested param with a default, so a params file may give only part of a section.
-def setting(String dotted, fallback) {
-    def missing = new Object()
-    def value = dotted.tokenize('.').inject(params) { node, key ->
-        (node instanceof Map && node.containsKey(key)) ? node[key] : missing
+// A nested param: its value, or `absent` when params has no such key (conf/config_params.config gives
+// every config key a default except those that mean something only when given).
+def paramAt(String dotted, absent) {
+    return dotted.tokenize('.').inject(params) { node, key ->
+        (node instanceof Map && node.containsKey(key)) ? node[key] : absent
     }
-    return (value.is(missing) || value == null) ? fallback : value
+}
+
+// The `--set` flags of a step: each key it reads (stepKeys) that params holds, as the CLI takes it (a key
+// params lacks is left out: the step then uses the CLI's default), plus `extra` (staging paths).
+def stepFlags(String step, Map extra = [:]) {
+    def absent = new Object()
+    def given = stepKeys()[step].collectEntries { key -> [key, paramAt(key, absent)] }
+        .findAll { _key, value -> !value.is(absent) }
+        .collectEntries { key, value -> [key, key in wholeNumberKeys() ? wholeNumber(value) : value] }
+    return flags(given + extra)
 }
 
 // `--set key=value` flags for the CLI, values written as YAML (JSON is YAML), each one shell word: a
@@ -45,8 +56,7 @@ def shellWord(String text) {
 
 // A whole number given on the command line: from Nextflow 26.04 (strict parser) a `--key 12` whose
 // default is null stays the string '12'; the schema takes digits as a string too, and the CLI gets a number.
-def wholeNumber(String key) {
-    def value = setting(key, null)
+def wholeNumber(value) {
     return (value instanceof CharSequence && value.toString().isInteger()) ? value.toString().toInteger() : value
 }
 
@@ -140,93 +150,14 @@ def picksFilesIn(location) {
 
 workflow SUBTOMO_EMBED {
     main:
-    def extension = setting('file_extension', '.mrc')
+    def extension = params.file_extension
     def suffix = params.instances
         ? "_min-${params.instances.min_center_distance}_max-${params.instances.max_center_distance}" : ''
-
-    def normalization = [
-        'parameters.data.patch_size'   : setting('parameters.data.patch_size', [64, 64, 64]),
-        'parameters.data.min'          : setting('parameters.data.min', 0),
-        'parameters.data.max'          : setting('parameters.data.max', 1),
-        'parameters.data.mean'         : setting('parameters.data.mean', 0),
-        'parameters.data.std'          : setting('parameters.data.std', 1),
-    ]
-    def network = [
-        contrastive                    : setting('contrastive', true),
-        'parameters.network.dim'       : setting('parameters.network.dim', 1024),
-        mixed_precision                : setting('mixed_precision', false),
-        embedding_rotations            : setting('embedding_rotations', 1),
-    ]
-    // the figures of the clusterings use the projection settings too
-    def suffixDefault = 'instance_regions.csv'
-    def visualization = [
-        seed                                     : setting('seed', 0),
-        file_extension                           : extension,
-        'parameters.data.patch_size'             : setting('parameters.data.patch_size', [64, 64, 64]),
-        'visualization.distance'                 : setting('visualization.distance', 'euclidean'),
-        'visualization.pca_components'           : setting('visualization.pca_components', null),
-        'visualization.visualize_umap'           : setting('visualization.visualize_umap', true),
-        'visualization.3d_umap'                  : setting('visualization.3d_umap', false),
-        'visualization.max_plot_points'          : setting('visualization.max_plot_points', 20000),
-        'visualization.explorer_thumbnails'      : setting('visualization.explorer_thumbnails', 20000),
-        'visualization.explorer_max_points'      : setting('visualization.explorer_max_points', 200000),
-        'visualization.visualization_suffix'     : setting('visualization.visualization_suffix', suffixDefault),
-        visualization_files                      : setting('visualization_files', null),
-        instances                                : setting('instances', null),
-        'scale.memory_gb'                        : setting('scale.memory_gb', 4),
-        'scale.working_dim'                      : setting('scale.working_dim', 64),
-        'scale.projection_sample'                : setting('scale.projection_sample', 100000),
-    ]
-
-    def embedFlags = flags(network)
-    // how picks become boxes (predict-centers, and TRAIN on picks)
-    def boxes = [
-        file_extension                 : extension,
-        centers_patch_size             : wholeNumber('centers_patch_size'),
-        'centers.units'                : setting('centers.units', 'auto'),
-        'centers.origin'               : setting('centers.origin', 'auto'),
-        'centers.voxel_size'           : setting('centers.voxel_size', null),
-        'centers.picks_voxel_size'     : setting('centers.picks_voxel_size', null),
-        'centers.tomogram_column'      : setting('centers.tomogram_column', null),
-        'centers.mask_radius'          : setting('centers.mask_radius', null),
-        'centers.border'               : setting('centers.border', 'pad'),
-    ]
-    // how instance masks become patches (extract, and TRAIN on masks)
-    def masking = [
-        file_extension                 : extension,
-        min_particle_size              : wholeNumber('min_particle_size'),
-        max_particle_size              : wholeNumber('max_particle_size'),
-        masking_type                   : setting('masking_type', 1),
-        expand_labels                  : setting('expand_labels', 0),
-    ]
-    def extractFlags = flags(masking + normalization)
-    def centersFlags = flags(boxes + normalization + network)
-    def kmeansVisualization = setting('clustering_kmeans.visualization', true)
-    def spectralVisualization = setting('clustering_spectral.visualization', true)
-    def kmeansFlags = flags([
-        'clustering_kmeans.num_clusters'   : setting('clustering_kmeans.num_clusters', 6),
-        'clustering_kmeans.visualization'  : kmeansVisualization,
-    ] + visualization)
-    def spectralFlags = flags([
-        'clustering_spectral.num_clusters'           : setting('clustering_spectral.num_clusters', 6),
-        'clustering_spectral.estimate_num_clusters'  : setting('clustering_spectral.estimate_num_clusters', false),
-        'clustering_spectral.n_neighbors'            : setting('clustering_spectral.n_neighbors', 10),
-        'clustering_spectral.visualization'          : spectralVisualization,
-    ] + visualization)
-    def visualizeFlags = flags(visualization)
-    def training = [
-        contrastive                      : setting('contrastive', true),
-        seed                             : setting('seed', 0),
-        'hyper_parameters.batch_size'    : setting('hyper_parameters.batch_size', 10),
-        'hyper_parameters.learning_rate' : setting('hyper_parameters.learning_rate', 0.001),
-        'hyper_parameters.max_steps'     : setting('hyper_parameters.max_steps', 1000),
-        'hyper_parameters.contrast_weight'      : setting('hyper_parameters.contrast_weight', 0.0),
-        'hyper_parameters.contrast_temperature' : setting('hyper_parameters.contrast_temperature', 0.2),
-    ] + normalization
+    def kmeansVisualization = params.clustering_kmeans.visualization
+    def spectralVisualization = params.clustering_spectral.visualization
 
     def startingCheckpoint = file(params.trained_model, checkIfExists: true)
-    def tomograms = tomogramsIn(params.data_folder, extension, setting('test_files', null),
-                                setting('train_files', null))
+    def tomograms = tomogramsIn(params.data_folder, extension, params.test_files, params.train_files)
     def maskFolder = params.instances_mask_folder
         ? existingFolder('instances_mask_folder', params.instances_mask_folder) : null
     // [stem, tomogram, mask or null] per tomogram, found on the head node
@@ -275,7 +206,7 @@ workflow SUBTOMO_EMBED {
             trainTomograms = picked.collect { item -> item[1] }
             trainPicks = picked.collect { item -> item[2] }.unique()
             def target = picksFile.isDirectory() ? 'picks' : "picks/${picksFile.name}"
-            trainFlags = flags(training + boxes + [instances_mask_folder: null, centers_file: target])
+            trainFlags = stepFlags('train', [instances_mask_folder: null, centers_file: target])
         } else {
             def trainable = masked.findAll { item -> item[2] != null }
             if (!trainable) {
@@ -286,8 +217,7 @@ workflow SUBTOMO_EMBED {
                 .findAll { f -> f.exists() }
             trainTomograms = trainable.collect { item -> item[1] }
             trainMasks = trainable.collect { item -> item[2] } + regionsTables
-            def source = [instances: setting('instances', null), instances_mask_folder: 'masks']
-            trainFlags = flags(training + masking + source)
+            trainFlags = stepFlags('train', [instances_mask_folder: 'masks'])
         }
         TRAIN(trainTomograms, trainMasks, trainPicks, startingCheckpoint, trainFlags)
         checkpoint = TRAIN.out.checkpoint.first()
@@ -296,14 +226,14 @@ workflow SUBTOMO_EMBED {
 
     if (params.picks) {
         ch_picked = channel.fromList(picked).map { stem, tomogram, picks -> [[id: stem], tomogram, picks] }
-        PREDICT_CENTERS(ch_picked, checkpoint, centersFlags)
+        PREDICT_CENTERS(ch_picked, checkpoint, stepFlags('predict_centers'))
         ch_embedded = PREDICT_CENTERS.out
         ch_embed_versions = PREDICT_CENTERS.out.versions
         ch_data = ch_picked.map { _meta, tomogram, _picks -> tomogram }
         ch_masks = channel.fromList(masked.findAll { item -> item[2] != null }.collect { item -> item[2] })
     } else {
         def missing = masked.findAll { item -> item[2] == null }.collect { item -> item[0] }
-        if (missing && !setting('skip_missing_masks', false)) {
+        if (missing && !params.skip_missing_masks) {
             def expected = "${missing[0]}_instance_preds${suffix}.h5 or ${missing[0]}${extension}"
             def folder = params.instances_mask_folder
             error("${missing[0]}: no instance mask in ${folder} (expected ${expected}); skip_missing_masks skips it")
@@ -320,8 +250,8 @@ workflow SUBTOMO_EMBED {
                 def regions = maskFolder.resolve("${stem}_instance_regions${suffix}.csv")
                 [[id: stem], tomogram, mask, regions.exists() ? regions : []]
             }
-        EXTRACT_PATCHES(ch_inputs, extractFlags)
-        EMBED(EXTRACT_PATCHES.out.patches, checkpoint, embedFlags)
+        EXTRACT_PATCHES(ch_inputs, stepFlags('extract'))
+        EMBED(EXTRACT_PATCHES.out.patches, checkpoint, stepFlags('embed'))
         ch_embedded = EMBED.out
         ch_embed_versions = EXTRACT_PATCHES.out.versions.mix(EMBED.out.versions)
         ch_data = ch_inputs.map { _meta, tomogram, _mask, _regions -> tomogram }
@@ -339,17 +269,17 @@ workflow SUBTOMO_EMBED {
     // staged as data/ and masks/ as the one-machine run reads data_folder and instances_mask_folder
     ch_data_all = ch_data.collect(sort: { a, b -> byName(a, b) })
     ch_masks_all = ch_masks.collect(sort: { a, b -> byName(a, b) }).ifEmpty([])
-    MERGE_EMBEDDINGS(ch_per_tomogram, flags([clustering_files: setting('clustering_files', null)]))
+    MERGE_EMBEDDINGS(ch_per_tomogram, stepFlags('merge'))
 
-    CLUSTER_KMEANS(MERGE_EMBEDDINGS.out.merged, ch_stars,
-                   kmeansVisualization ? ch_data_all : channel.value([]), ch_masks_all, kmeansFlags)
-    CLUSTER_SPECTRAL(MERGE_EMBEDDINGS.out.merged, ch_stars,
-                     spectralVisualization ? ch_data_all : channel.value([]), ch_masks_all, spectralFlags)
+    CLUSTER_KMEANS('kmeans', MERGE_EMBEDDINGS.out.merged, ch_stars,
+                   kmeansVisualization ? ch_data_all : channel.value([]), ch_masks_all, stepFlags('kmeans'))
+    CLUSTER_SPECTRAL('spectral', MERGE_EMBEDDINGS.out.merged, ch_stars,
+                     spectralVisualization ? ch_data_all : channel.value([]), ch_masks_all, stepFlags('spectral'))
     // the projections are coloured by both clusterings, as after `kmeans` and `spectral` on one machine
     ch_clusters = CLUSTER_KMEANS.out.clusters
         .mix(CLUSTER_SPECTRAL.out.clusters)
         .collect(sort: { a, b -> byName(a, b) })
-    VISUALIZE(MERGE_EMBEDDINGS.out.merged, ch_clusters, ch_stars, ch_data_all, ch_masks_all, visualizeFlags)
+    VISUALIZE(MERGE_EMBEDDINGS.out.merged, ch_clusters, ch_stars, ch_data_all, ch_masks_all, stepFlags('visualize'))
 
     ch_versions = ch_embed_versions
         .mix(ch_train_versions, MERGE_EMBEDDINGS.out.versions, CLUSTER_KMEANS.out.versions,

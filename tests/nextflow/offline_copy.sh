@@ -3,11 +3,11 @@
 # lines taken out (the plugins block, its include and the validateParameters() call). Nothing else
 # differs; tests/nextflow/test_nextflow.py checks that diff and validates the params against
 # nextflow_schema.json with jsonschema instead.
-#   tests/nextflow/offline_copy.sh DEST
+#   tests/nextflow/offline_copy.sh DEST [CHECKOUT]   (CHECKOUT: another copy of the repository; default this one)
 set -euo pipefail
 
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-dest=${1:?usage: offline_copy.sh DEST}
+dest=${1:?usage: offline_copy.sh DEST [CHECKOUT]}
+repo=${2:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 mkdir -p "$dest"
 tar -C "$repo" --exclude=__pycache__ -cf - main.nf nextflow.config nextflow_schema.json conf modules workflows bin \
     | tar -C "$dest" -xf -

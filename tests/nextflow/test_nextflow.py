@@ -33,6 +33,7 @@ import jsonschema
 import mrcfile
 import numpy as np
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
@@ -41,6 +42,8 @@ sys.path.insert(0, str(REPO / "tests" / "pipeline"))
 import make_test_data  # noqa: E402
 import nf_runtime  # noqa: E402
 from tools import require_executable  # noqa: E402
+
+import subtomo_embed  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -454,6 +457,11 @@ def test_stub_run(project, profiles, image):
     seen = statuses(trace(results, "stub"))
     assert len(seen) == 2 * len(PER_TOMOGRAM) + len(ALL_TOMOGRAMS)
     assert all(s == ["COMPLETED"] for s in seen.values()), seen
+    # every process that ran reports its version (its `eval` output), collected once by main.nf
+    versions = yaml.safe_load((results / "pipeline_info" / "software_versions.yml").read_text())
+    ran = {name.split(" (")[0] for name in seen}
+    assert {name.split(":")[-1] for name in versions} == ran
+    assert {v["subtomo-embed"] for v in versions.values()} == {subtomo_embed.__version__}
 
 
 def test_documented_profile_combinations_resolve(project):

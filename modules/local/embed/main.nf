@@ -12,7 +12,7 @@ process EMBED {
     tuple val(meta), path("${meta.id}_instance_labels.h5"), emit: labels
     tuple val(meta), path("${meta.id}_instance_regions.csv"), emit: regions
     tuple val(meta), path("${meta.id}_instance_regions.star"), emit: star
-    path "versions.yml", emit: versions
+    tuple val("${task.process}"), eval('subtomo-embed --version'), emit: versions  // main.nf collects them
 
     script:
     def args = task.ext.args ?: ''
@@ -29,20 +29,11 @@ process EMBED {
         ${settings} \\
         \${SUBTOMO_EMBED_BATCH_SIZE:+--set hyper_parameters.batch_size=\$SUBTOMO_EMBED_BATCH_SIZE} \\
         ${args}
-
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        subtomo-embed: \$(subtomo-embed --version | sed 's/subtomo-embed //')
-    END_VERSIONS
     """
 
     stub:
     """
     touch ${meta.id}_embeds.h5 ${meta.id}_instance_labels.h5 \\
         ${meta.id}_instance_regions.csv ${meta.id}_instance_regions.star
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        subtomo-embed: \$(subtomo-embed --version | sed 's/subtomo-embed //')
-    END_VERSIONS
     """
 }

@@ -8,7 +8,7 @@ process EXTRACT_PATCHES {
 
     output:
     tuple val(meta), path("${meta.id}_patches.h5"), emit: patches
-    path "versions.yml", emit: versions
+    tuple val("${task.process}"), eval('subtomo-embed --version'), emit: versions  // main.nf collects them
 
     script:
     def args = task.ext.args ?: ''
@@ -21,19 +21,10 @@ process EXTRACT_PATCHES {
         --output-dir . \\
         ${settings} \\
         ${args}
-
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        subtomo-embed: \$(subtomo-embed --version | sed 's/subtomo-embed //')
-    END_VERSIONS
     """
 
     stub:
     """
     touch ${meta.id}_patches.h5
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        subtomo-embed: \$(subtomo-embed --version | sed 's/subtomo-embed //')
-    END_VERSIONS
     """
 }

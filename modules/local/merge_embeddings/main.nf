@@ -8,7 +8,7 @@ process MERGE_EMBEDDINGS {
 
     output:
     tuple path('embeddings.h5'), path('embeddings_table.csv'), emit: merged
-    path "versions.yml", emit: versions
+    tuple val("${task.process}"), eval('subtomo-embed --version'), emit: versions  // main.nf collects them
 
     script:
     def args = task.ext.args ?: ''
@@ -18,19 +18,10 @@ process MERGE_EMBEDDINGS {
         --output-dir . \\
         ${settings} \\
         ${args}
-
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        subtomo-embed: \$(subtomo-embed --version | sed 's/subtomo-embed //')
-    END_VERSIONS
     """
 
     stub:
     """
     touch embeddings.h5 embeddings_table.csv
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        subtomo-embed: \$(subtomo-embed --version | sed 's/subtomo-embed //')
-    END_VERSIONS
     """
 }

@@ -14,7 +14,7 @@ process PREDICT_CENTERS {
     tuple val(meta), path("out/${meta.id}_instance_labels.h5"), emit: labels, optional: true
     tuple val(meta), path("out/${meta.id}_instance_regions.csv"), emit: regions, optional: true
     tuple val(meta), path("out/${meta.id}_instance_regions.star"), emit: star, optional: true
-    path "versions.yml", emit: versions
+    tuple val("${task.process}"), eval('subtomo-embed --version'), emit: versions  // main.nf collects them
 
     script:
     def args = task.ext.args ?: ''
@@ -34,11 +34,6 @@ process PREDICT_CENTERS {
         ${settings} \\
         \${SUBTOMO_EMBED_BATCH_SIZE:+--set hyper_parameters.batch_size=\$SUBTOMO_EMBED_BATCH_SIZE} \\
         ${args}
-
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        subtomo-embed: \$(subtomo-embed --version | sed 's/subtomo-embed //')
-    END_VERSIONS
     """
 
     stub:
@@ -46,9 +41,5 @@ process PREDICT_CENTERS {
     mkdir -p out
     touch out/${meta.id}_embeds.h5 out/${meta.id}_instance_labels.h5 \\
         out/${meta.id}_instance_regions.csv out/${meta.id}_instance_regions.star
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        subtomo-embed: \$(subtomo-embed --version | sed 's/subtomo-embed //')
-    END_VERSIONS
     """
 }

@@ -11,7 +11,7 @@ process TRAIN {
 
     output:
     path "finetuned.ckpt", emit: checkpoint
-    path "versions.yml", emit: versions
+    tuple val("${task.process}"), eval('subtomo-embed --version'), emit: versions  // main.nf collects them
 
     script:
     def args = task.ext.args ?: ''
@@ -23,7 +23,7 @@ process TRAIN {
     // One image serves both: the GPU when the task was given one (the gpu profile), else the CPU.
     def device = task.accelerator ? 'cuda' : 'cpu'
     """
-    subtomo-embed train \\
+    subtomo-train \\
         --from-data \\
         --from ${checkpoint} \\
         --set 'data_folder=data' \\
@@ -32,19 +32,10 @@ process TRAIN {
         --device ${device} \\
         ${settings} \\
         ${args}
-
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        subtomo-embed: \$(subtomo-embed --version | sed 's/subtomo-embed //')
-    END_VERSIONS
     """
 
     stub:
     """
     touch finetuned.ckpt
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        subtomo-embed: \$(subtomo-embed --version | sed 's/subtomo-embed //')
-    END_VERSIONS
     """
 }

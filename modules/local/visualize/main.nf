@@ -13,7 +13,7 @@ process VISUALIZE {
     output:
     path "out/*", optional: true, emit: results
     path "vis/*", optional: true, emit: figures
-    path "versions.yml", emit: versions
+    tuple val("${task.process}"), eval('subtomo-embed --version'), emit: versions  // main.nf collects them
 
     script:
     def args = task.ext.args ?: ''
@@ -26,20 +26,11 @@ process VISUALIZE {
         --set 'instances_mask_folder=masks' \\
         ${settings} \\
         ${args}
-
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        subtomo-embed: \$(subtomo-embed --version | sed 's/subtomo-embed //')
-    END_VERSIONS
     """
 
     stub:
     """
     mkdir -p out vis
     touch out/visualize.stub vis/visualize.stub.png
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        subtomo-embed: \$(subtomo-embed --version | sed 's/subtomo-embed //')
-    END_VERSIONS
     """
 }

@@ -24,17 +24,36 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, PrivateAttr, ValidationError, field_validator, model_validator
 
+from .config_sections import (
+    DISTANCES,  # noqa: F401  (the metrics a config may name; imported from here)
+    FIGURES,
+    MASKS,
+    MAX_COUNT,
+    MERGE,
+    NETWORK_RUNS,
+    PICKS,
+    ROTATION_GROUP_ORDERS,
+    TRAIN,
+    CentersConfig,
+    HyperParametersConfig,
+    InstancesConfig,
+    KMeansConfig,
+    NetworkConfig,  # noqa: F401
+    ParametersConfig,
+    ScaleConfig,
+    SpectralConfig,
+    VisualizationConfig,
+    _Section,
+    config_key,
+    plain_name,
+)
 from .errors import ConfigError
 from .yaml_bounded import read_config_text, read_yaml
 
 log = logging.getLogger(__name__)
 
-# the orders of the rotation groups of the cube that embedding_rotations can name (core.model.cube_rotations)
-ROTATION_GROUP_ORDERS = (1, 4, 12, 24)
-
-MAX_COUNT = 2**31 - 1  # the largest size or count a key may ask for (NumPy, torch and scikit-learn take int32s)
 MAX_CONFIG_BYTES = 4 * 2**20  # a config is a few kilobytes; a long test_files list a few hundred
 # Keys of CryoSiam's own embedding-step configs that do nothing here: dropped with a warning
 # (docs/config.md, "Keys ignored on purpose"). Every other unknown key stops the command.
@@ -42,232 +61,175 @@ IGNORED_CRYOSIAM_KEYS = (
     ("visualization", "visualize_3d_mask"),  # CryoSiam's first example config: 3D masks of the clusters
     ("visualization", "3d_mask_extension"),  # ... and their file type (.mrc or .h5)
 )
-# Metrics that both UMAP and scikit-learn's pairwise distances compute on real-valued embeddings
-# without further parameters (boolean and parametrized metrics are left out).
-DISTANCES = (
-    "euclidean",
-    "l2",
-    "sqeuclidean",
-    "cosine",
-    "correlation",
-    "manhattan",
-    "l1",
-    "cityblock",
-    "chebyshev",
-    "minkowski",
-    "canberra",
-    "braycurtis",
-)
-
-
-def plain_name(value: str, what: str = "a file name") -> str:
-    """``value`` if it is a plain file name: no folder part, not ``.``/``..``, no NUL, not empty."""
-    if not value or value in (".", "..") or any(c in value for c in "/\\\0"):
-        raise ValueError(f"must be {what} without a folder part")
-    return value
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class KMeansConfig(_Section):
-    num_clusters: int = Field(default=6, ge=1, le=MAX_COUNT)
-    visualization: bool = True
-
-
-class SpectralConfig(_Section):
-    num_clusters: int = Field(default=6, ge=1, le=MAX_COUNT)
-    estimate_num_clusters: bool = False
-    visualization: bool = True
-    n_neighbors: int = Field(default=10, ge=2, le=MAX_COUNT)  # extension: neighbours of the affinity graph
-
-
-class VisualizationConfig(_Section):
-    prediction_folder: str | None = None
-    distance: Literal[DISTANCES] = "euclidean"  # type: ignore[valid-type]
-    pca_components: int | None = Field(default=None, ge=1, le=MAX_COUNT)
-    visualization_suffix: str = "instance_regions.csv"
-    visualize_umap: bool = True
-    umap_3d: bool = Field(default=False, alias="3d_umap")
-    max_plot_points: int = Field(default=20000, ge=100, le=MAX_COUNT)  # extension: subsample for plots only
-    explorer_thumbnails: int = Field(default=20000, ge=0, le=MAX_COUNT)
-    """Extension: at most this many instances (a stratified sample) get a particle thumbnail in
-    ``embeddings_explorer.html``; the others show text only on hover. 0: no thumbnails."""
-    explorer_max_points: int = Field(default=200_000, ge=100, le=200_000)
-    """Extension: at most this many instances (a stratified sample by tomogram and cluster) are drawn
-    in ``embeddings_explorer.html``: thin a large set for a fluid page (200,000, the page's bound)."""
-
-    @field_validator("visualization_suffix")
-    @classmethod
-    def _plain_suffix(cls, v: str) -> str:
-        return plain_name(v, "the end of a file name")
-
-
-class ScaleConfig(_Section):
-    """Extension: how the analysis steps handle more embeddings than memory (docs/analysis.md, "At scale")."""
-
-    memory_gb: float = Field(default=4.0, ge=0)  # merged embeddings larger than this are read in chunks
-    working_dim: int = Field(default=64, ge=2, le=MAX_COUNT)  # out of core: PCA dimensions clustering uses
-    projection_sample: int = Field(default=100_000, ge=100, le=MAX_COUNT)  # UMAP fitted on at most this many
-
-
-class DataConfig(_Section):
-    patch_size: list[int] = Field(default_factory=lambda: [64, 64, 64])
-    patch_overlap: Any = None  # accepted for compatibility; unused by the embedding step
-    min: float = 0.0
-    max: float = 1.0
-    mean: float = 0.0
-    std: float = 1.0
-
-    @field_validator("patch_size")
-    @classmethod
-    def _positive_patch(cls, v: list[int]) -> list[int]:
-        if len(v) != 3 or any(not 1 <= int(s) <= MAX_COUNT for s in v):
-            raise ValueError(f"must be three positive integers [z, y, x], got {v}")
-        return v
-
-    @model_validator(mode="after")
-    def _ranges(self) -> DataConfig:
-        if not self.max > self.min:
-            raise ValueError(f"max ({self.max}) must be greater than min ({self.min})")
-        if not self.std > 0:
-            raise ValueError(f"std must be positive, got {self.std}")
-        return self
-
-
-class NetworkConfig(_Section):
-    """Network shape. ``predict`` takes the architecture from the checkpoint; ``train`` uses all of it."""
-
-    spatial_dims: int = 3
-    in_channels: int = 1
-    dim: int = Field(default=1024, ge=1, le=MAX_COUNT)
-    block_type: Literal["basic", "bottleneck"] = "bottleneck"
-    num_layers: list[int] = Field(default_factory=lambda: [1, 1, 1, 1])
-    num_filters: list[int] = Field(default_factory=lambda: [64, 128, 256, 512])
-    no_max_pool: bool = True
-    pred_dim: int = Field(default=512, ge=1, le=MAX_COUNT)
-    conv1_t_size: int = Field(default=7, ge=1, le=MAX_COUNT)
-    conv1_t_stride: int = Field(default=1, ge=1, le=MAX_COUNT)
-
-    @field_validator("num_layers", "num_filters")
-    @classmethod
-    def _four_positive(cls, v: list[int]) -> list[int]:
-        if len(v) != 4 or any(not 1 <= n <= MAX_COUNT for n in v):
-            raise ValueError("must be four positive integers (one per ResNet stage)")
-        return v
-
-
-class ParametersConfig(_Section):
-    gpu_devices: Any = 0  # a GPU index, a list of them (the first is used), or null (CPU)
-    data: DataConfig = Field(default_factory=DataConfig)
-    network: NetworkConfig = Field(default_factory=NetworkConfig)
-
-    @field_validator("gpu_devices")
-    @classmethod
-    def _gpu_indices(cls, v):
-        indices = v if isinstance(v, list) else [] if v is None else [v]
-        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices):
-            raise ValueError(
-                "must be a GPU index (0, 1, ...), a list of them, or null for the CPU "
-                "(Lightning's -1, all GPUs, does not apply: one process uses one GPU)"
-            )
-        return v
-
-
-class HyperParametersConfig(_Section):
-    batch_size: int = Field(default=10, ge=1, le=MAX_COUNT)
-    # extensions used by `train`
-    learning_rate: float = Field(default=0.001, gt=0)
-    max_steps: int = Field(default=1000, ge=1, le=MAX_COUNT)
-    # simulated training: the share of pairs that are sub-unit assemblies instead of envelope shapes
-    assembly_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
-    # a supervised-contrastive term beside SimSiam's loss: pairs of one class are positives (core.train)
-    contrast_weight: float = Field(default=0.0, ge=0.0, le=100.0)
-    contrast_temperature: float = Field(default=0.2, gt=0.0, le=10.0)
-    # simulated training: a linear classifier of the simulator's classes on the projector output (core.train)
-    class_weight: float = Field(default=0.0, ge=0.0, le=100.0)
-
-
-class InstancesConfig(_Section):
-    """CryoSiam's optional instance-step section: selects ``<stem>_instance_preds_min-A_max-B.h5``."""
-
-    min_center_distance: Any = None  # numbers: they become part of a file name
-    max_center_distance: Any = None
-
-    @field_validator("min_center_distance", "max_center_distance")
-    @classmethod
-    def _number(cls, v):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-            raise ValueError("must be a number or null")
-        return v
-
-
-class CentersConfig(_Section):
-    """Extension: how ``predict-centers`` reads picks (docs/picks.md)."""
-
-    units: Literal["auto", "voxels", "angstrom"] = "auto"
-    origin: Literal["auto", "corner", "centered"] = "auto"
-    voxel_size: Any = None  # Å per tomogram voxel (number or [z, y, x]); null: MRC header
-    picks_voxel_size: Any = None  # Å per voxel of voxel-unit picks; null: the tomogram's
-    tomogram_column: str | None = None  # the column naming each pick's tomogram; null: rlnTomoName, ...
-    mask_radius: float | None = Field(default=None, gt=0)  # voxels; null: no sphere mask
-    border: Literal["pad", "skip"] = "pad"
-
-    @field_validator("voxel_size", "picks_voxel_size")
-    @classmethod
-    def _positive_triple(cls, v):
-        if v is None:
-            return v
-        values = [v] * 3 if isinstance(v, (int, float)) else v
-        if (
-            not isinstance(values, list)
-            or len(values) != 3
-            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < float("inf") for x in values)
-        ):
-            raise ValueError("must be a positive number or [z, y, x]")
-        return v
 
 
 class Config(_Section):
-    data_folder: str | None = None
-    instances_mask_folder: str | None = None
-    log_dir: str | None = None
-    prediction_folder: str | None = None
-    trained_model: str | None = None
-    contrastive: bool = True
-    file_extension: str = ".mrc"
+    """CryoSiam's subtomogram-embedding config plus our extensions: every key, its default, its bounds, its
+    help text and the pipeline steps that read it (with the sections of :mod:`.config_sections`)."""
 
-    test_files: list[str] | None = None
-    train_files: list[str] | None = None
-    clustering_files: list[str] | None = None
-    visualization_files: list[str] | None = None
+    data_folder: str | None = config_key(
+        help="Folder of tomograms (raw or denoised). Required by `predict`, `extract` and the pipeline.",
+        group="input_output",
+        path="directory",
+    )
+    instances_mask_folder: str | None = config_key(
+        help="Folder of instance masks: `<stem>_instance_preds.h5` (dataset `instances`, CryoSiam's instance "
+        "step) or an MRC label volume `<stem><file_extension>`. An optional `<stem>_instance_regions.csv` beside "
+        "the mask supplies the boxes. Needed unless the pipeline's `picks` is given.",
+        group="input_output",
+        path="directory",
+    )
+    log_dir: str | None = config_key(
+        help="Where `subtomo-embed.log` is written (every command appends to it, a failed command its one-line "
+        "error too; a log file that is a symbolic link is an error). If `trained_model` is null, "
+        "`<log_dir>/model/last.ckpt` is used, as in CryoSiam.",
+        group="input_output",
+    )
+    prediction_folder: str | None = config_key(
+        help="Output folder of the per-tomogram embeddings and of the merge and clustering results.",
+        group="input_output",
+        path="directory",
+    )
+    trained_model: str | None = config_key(
+        help="The SimSiam checkpoint (`.ckpt`, CryoSiam's Lightning layout).", group="input_output"
+    )
+    contrastive: bool = config_key(
+        True,
+        help="true: the architecture comes from the checkpoint's `hyper_parameters['backbone_config']` and the "
+        "embedding is the L2-normalized predictor output; false: from `hyper_parameters['config']`, the "
+        "embedding is the projector output.",
+        steps=(*NETWORK_RUNS, TRAIN),
+        group="input_output",
+        path="file",
+    )
+    file_extension: str = config_key(
+        ".mrc",
+        help="Tomograms are the files of `data_folder` ending with it (others are ignored); the stem is the name "
+        "without it.",
+        steps=(*MASKS, *PICKS, *FIGURES),
+        group="input_output",
+    )
 
-    min_particle_size: int | None = Field(default=None, ge=0, lt=2**63)
-    max_particle_size: int | None = Field(default=None, ge=0, lt=2**63)
-    masking_type: Literal[0, 1, 2] = 1
-    expand_labels: int = Field(default=0, ge=0, le=MAX_COUNT)
+    test_files: list[str] | None = config_key(
+        help="Tomogram file names to process; null = all. (`--filename X.mrc` processes one.)", group="input_output"
+    )
+    train_files: list[str] | None = config_key(
+        help="CryoSiam appends these to the files to predict; so do we.", group="input_output"
+    )
+    clustering_files: list[str] | None = config_key(
+        help="Tomograms (stems or file names) whose embeddings are merged for clustering; null = all found.",
+        steps=(MERGE,),
+        group="input_output",
+    )
+    visualization_files: list[str] | None = config_key(
+        help="Tomograms drawn individually by `visualize`; null = all.", steps=FIGURES, group="input_output"
+    )
 
-    instances: InstancesConfig | None = None
+    min_particle_size: int | None = config_key(
+        help="Keep instances with area ≥ this (voxels, measured after `expand_labels`). null or 0 = no bound.",
+        steps=MASKS,
+        group="extraction",
+        ge=0,
+        lt=2**63,
+    )
+    max_particle_size: int | None = config_key(
+        help="Keep instances with area ≤ this. null or 0 = no bound.", steps=MASKS, group="extraction", ge=0, lt=2**63
+    )
+    masking_type: Literal[0, 1, 2] = config_key(
+        1,
+        help="0: the whole box; 1: voxels outside the instance's 3D convex hull set to 0; 2: voxels outside the "
+        "instance set to 0.",
+        steps=MASKS,
+        group="extraction",
+    )
+    expand_labels: int = config_key(
+        0,
+        help="Grow every label by this many voxels into background only (skimage `expand_labels`) before "
+        "measuring and masking.",
+        steps=MASKS,
+        group="extraction",
+        ge=0,
+        le=MAX_COUNT,
+    )
+    skip_missing_masks: bool = config_key(
+        False,
+        help="*Extension*: a tomogram without a mask is skipped with a warning instead of failing "
+        "(`--skip-missing-masks`).",
+        group="extraction",
+    )
+
+    instances: InstancesConfig | None = config_key(
+        help="CryoSiam's optional `min_center_distance`/`max_center_distance`: selects "
+        "`<stem>_instance_preds_min-A_max-B.h5`.",
+        steps=(TRAIN, *FIGURES),
+        group="input_output",
+    )
 
     # CryoSiam's centres-based prediction (simsiam_embeddings_from_centers_predict)
-    centers_file: str | None = None
-    centers_patch_size: int | None = Field(default=None, ge=1, le=MAX_COUNT)
-    centers: CentersConfig = Field(default_factory=CentersConfig)
+    centers_file: str | None = config_key(
+        help="Picks for `predict-centers`: STAR (RELION 3/4/5), CSV or copick JSON; one file or a folder of "
+        "per-tomogram files ([picks.md](picks.md)). The pipeline takes them from `picks`.",
+        group="input_output",
+    )
+    centers_patch_size: int | None = config_key(
+        help="Edge of the cubic box cut around each pick (voxels).",
+        steps=PICKS,
+        group="input_output",
+        ge=1,
+        le=MAX_COUNT,
+    )
+    centers: CentersConfig = config_key(
+        help="*Extension*: how picks are read: every coordinate conversion, explicit ([picks.md](picks.md)).",
+        group="input_output",
+        default_factory=CentersConfig,
+    )
 
-    clustering_kmeans: KMeansConfig = Field(default_factory=KMeansConfig)
-    clustering_spectral: SpectralConfig = Field(default_factory=SpectralConfig)
-    visualization: VisualizationConfig = Field(default_factory=VisualizationConfig)
-    parameters: ParametersConfig = Field(default_factory=ParametersConfig)
-    hyper_parameters: HyperParametersConfig = Field(default_factory=HyperParametersConfig)
+    clustering_kmeans: KMeansConfig = config_key(help="KMeans.", group="analysis", default_factory=KMeansConfig)
+    clustering_spectral: SpectralConfig = config_key(
+        help="Spectral clustering on a k-NN graph.", group="analysis", default_factory=SpectralConfig
+    )
+    visualization: VisualizationConfig = config_key(
+        help="Projections, figures and the explorer.", group="analysis", default_factory=VisualizationConfig
+    )
+    seed: int = config_key(
+        0,
+        help="*Extension*: seed of KMeans, spectral clustering, UMAP, plot subsampling and training (0 … 2³²−1: "
+        "NumPy's and scikit-learn's seeds are 32-bit).",
+        steps=(TRAIN, *FIGURES),
+        group="analysis",
+        ge=0,
+        lt=2**32,
+    )
+    scale: ScaleConfig = config_key(
+        help='*Extension*: more embeddings than memory (docs/analysis.md, "At scale").',
+        group="analysis",
+        default_factory=ScaleConfig,
+    )
 
-    # extensions (documented in docs/config.md)
-    seed: int = Field(default=0, ge=0, lt=2**32)  # NumPy's and scikit-learn's seeds are 32-bit
-    skip_missing_masks: bool = False
-    mixed_precision: bool = False
-    # the embedding averaged over this rotation group of the cube (1: none, CryoSiam's embedding; 4, 12, 24)
-    embedding_rotations: int = 1
-    scale: ScaleConfig = Field(default_factory=ScaleConfig)
+    parameters: ParametersConfig = config_key(
+        help="Data and network parameters.", group="model", default_factory=ParametersConfig
+    )
+    hyper_parameters: HyperParametersConfig = config_key(
+        help="The batch size of embedding, and the settings of `train` (the pipeline's `--train true`).",
+        group="model",
+        default_factory=HyperParametersConfig,
+    )
+    mixed_precision: bool = config_key(
+        False,
+        help="*Extension*: run the network under autocast (bf16 on CPU, fp16 on GPU). Off by default: results then "
+        "equal full precision.",
+        steps=NETWORK_RUNS,
+        group="model",
+    )
+    embedding_rotations: int = config_key(
+        1,
+        help="*Extension*: average each embedding over a rotation group of the cube: 1 none (CryoSiam's "
+        "embedding), 4 (half turns about z, y, x), 12 (and the turns that cycle the axes), 24 (every 90° turn; "
+        "12 and 24 need a cubic `patch_size`). The network runs that many times per patch "
+        "([embedding.md](embedding.md#rotation-averaged-embeddings)).",
+        steps=NETWORK_RUNS,
+        group="model",
+    )
 
     # where the config came from, for error messages (not YAML keys)
     _source: str = PrivateAttr("<defaults>")

@@ -109,7 +109,7 @@ def _checked_ids(table: pd.DataFrame, source: Path) -> pd.DataFrame:
         return table
     if (
         pd.api.types.is_integer_dtype(table[column].dtype)
-        and table[column].dtype.itemsize <= 8
+        and getattr(table[column].dtype, "itemsize", 16) <= 8
         and table[column].dtype != np.uint64
     ):
         return table

@@ -1,8 +1,11 @@
-process CLUSTER_KMEANS {
-    tag "all tomograms"
+// One clustering of the merged embeddings; the workflow includes it twice, as CLUSTER_KMEANS and
+// CLUSTER_SPECTRAL (method kmeans or spectral: `subtomo-cluster METHOD` = `subtomo-embed METHOD`).
+process CLUSTER {
+    tag "${method}, all tomograms"
     label 'process_medium'
 
     input:
+    val method
     tuple path(embeddings), path(table)
     path stars  // <stem>_instance_regions.star of predict: the clustered STAR files keep their columns
     path tomograms, stageAs: 'data/*'  // cluster galleries (only when the figures are asked for)
@@ -10,15 +13,15 @@ process CLUSTER_KMEANS {
     val settings
 
     output:
-    path "out/kmeans_clusters.h5", emit: clusters
+    path "out/${method}_clusters.h5", emit: clusters
     path "out/*", optional: true, emit: results
     path "vis/*", optional: true, emit: figures
-    path "versions.yml", emit: versions
+    tuple val("${task.process}"), eval('subtomo-embed --version'), emit: versions  // main.nf collects them
 
     script:
     def args = task.ext.args ?: ''
     """
-    subtomo-kmeans \\
+    subtomo-cluster ${method} \\
         --input-dir . \\
         --output-dir out \\
         --vis-dir vis \\
@@ -26,20 +29,11 @@ process CLUSTER_KMEANS {
         --set 'instances_mask_folder=masks' \\
         ${settings} \\
         ${args}
-
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        subtomo-embed: \$(subtomo-embed --version | sed 's/subtomo-embed //')
-    END_VERSIONS
     """
 
     stub:
     """
     mkdir -p out vis
-    touch out/kmeans_clusters.h5 vis/kmeans.stub.png
-    cat <<-END_VERSIONS > versions.yml
-    "${task.process}":
-        subtomo-embed: \$(subtomo-embed --version | sed 's/subtomo-embed //')
-    END_VERSIONS
+    touch out/${method}_clusters.h5 vis/${method}.stub.png
     """
 }
