@@ -1,5 +1,6 @@
 """The plugin's widgets: *Save selection as STAR* (the selected points of an instances layer, or one
-cluster, with the columns of the per-cluster STAR files, see ``_data.selection_star``) and
+cluster, with the columns of the per-cluster STAR files, see ``_data.selection_star``; RELION 5's
+``data_optics`` and ``data_particles`` blocks, as every STAR file of the package) and
 *Choose tomogram* (the reader shows one tomogram at a time; this replaces it by another)."""
 
 from pathlib import Path
