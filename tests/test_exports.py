@@ -101,6 +101,30 @@ def test_every_star_file_of_a_run_has_relion5_blocks_and_names(run):
         assert len(headers) == 1
 
 
+@pytest.mark.slow  # a copy of the small real run, clustered again
+def test_one_optics_table_for_every_file_of_a_clustering(run, tmp_path):
+    """Tomograms of two voxel sizes: the particles file and every cluster's file have the same optics
+    block (a group keeps its number and name whichever tomograms a cluster holds)."""
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(run["root"], root)
+    config = root / "config.yaml"
+    config.write_text(config.read_text().replace(str(run["root"]), str(root)))
+    predicted = root / "out" / "TS_02_instance_regions.star"
+    star.write_star(predicted, star.read_particles(predicted).assign(rlnImagePixelSize=5.0), exact=True)
+    assert run_cli(["kmeans", "--config_file", config]).returncode == 0
+    out = root / "out"
+    optics, every = check_relion_star(out / "kmeans_particles.star", clustered=True)
+    assert optics["rlnImagePixelSize"].tolist() == [10.0, 5.0]
+    group_of = dict(zip(every["rlnTomoName"], every["rlnOpticsGroup"]))
+    assert group_of == {"TS_01": 1, "TS_02": 2}
+    for path in sorted(out.glob("kmeans_cluster_*_particles.star")):
+        its_optics, rows = check_relion_star(path, clustered=True)
+        pd.testing.assert_frame_equal(its_optics, optics)
+        assert all(group_of[t] == g for t, g in zip(rows["rlnTomoName"], rows["rlnOpticsGroup"]))
+
+
 @pytest.mark.slow  # a small real run, then copick itself
 def test_export_copick_reads_back_with_copick_one_object_per_cluster(run, tmp_path):
     require_module("copick")

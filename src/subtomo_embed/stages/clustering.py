@@ -20,6 +20,7 @@ from ..core import io, layout, records, tables, volumes
 from ..core.config import Config
 from ..core.errors import ConfigError, InputDataError
 from ..core.picks import PICK_PREFIX
+from ..core.star import relion_blocks
 from .context import Folders
 from .figures import cluster_figures
 from .merging import Merged, load_merged, plan_merged
@@ -156,12 +157,13 @@ def _write_cluster_files(
     else:
         particles = particles_table(cfg, merged.table, labels)
     classes = particles["rlnClass"].to_numpy()
-    particles = tables.exact_floats(particles)  # once, not again for each cluster's file
-    tables.write_star(layout.particles_star(out, method), particles)
+    # once, not again for each cluster's file; one optics table for all of them (a group has the
+    # same number and name in every file of the clustering, whichever tomograms a cluster holds)
+    optics, particles = relion_blocks(tables.exact_floats(particles))
+    tables.write_star(layout.particles_star(out, method), particles, optics=optics)
     for c in ids:
-        tables.write_star(
-            layout.cluster_particles_star(out, method, int(c)), particles[classes == c].reset_index(drop=True)
-        )
+        one = particles[classes == c].reset_index(drop=True)
+        tables.write_star(layout.cluster_particles_star(out, method, int(c)), one, optics=optics)
         also_written.append(layout.cluster_particles_star(out, method, int(c)))
     log.info("wrote %s, per-tomogram tables and per-cluster STAR files to %s", path.name, out)
 
