@@ -21,9 +21,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from nf_runtime import nextflow, offline_copy, require_nextflow  # noqa: E402
 
+from subtomo_embed.core.config_sections import STEPS  # noqa: E402
+
 pytestmark = pytest.mark.slow
 
-FUNCTIONS = "tomogramsIn; listedIn; maskOf; picksFileFor; picksFilesIn; flags; setting; wholeNumber; stemOf"
+FUNCTIONS = "tomogramsIn; listedIn; maskOf; picksFileFor; picksFilesIn; flags; stepFlags; stemOf"
 # each call's value (paths as their text), or the message of the error() it ended with
 SCRIPT = """\
 include { FUNCTIONS } from 'WORKFLOW'
@@ -51,7 +53,7 @@ CALLS
     file("${launchDir}/answers.json").text = groovy.json.JsonOutput.toJson(answers)
 }
 """
-# params for setting() and wholeNumber(), and a value that needs quoting (flags)
+# params for stepFlags() (a params file alone: no defaults), and a value that needs quoting (flags)
 PARAMS = {
     "hyper_parameters": {"batch_size": 4},
     "visualization": {"distance": None},
@@ -148,9 +150,10 @@ def tomogram_calls(f: dict[str, Path]) -> dict[str, tuple]:
 
 
 def flag_settings() -> dict[str, dict]:
-    from test_pipeline import SETTINGS
+    from test_pipeline import STEP_OF, settings
 
-    return {**SETTINGS, "quoted": {"centers_file": PARAMS["awkward"], "visualization_files": [PARAMS["awkward"]]}}
+    quoted = {"centers_file": PARAMS["awkward"], "visualization_files": [PARAMS["awkward"]]}
+    return {**{process: settings(process) for process in STEP_OF}, "quoted": quoted}
 
 
 @pytest.fixture(scope="module")
@@ -182,12 +185,10 @@ def answers(folders, pipeline) -> dict[str, dict]:
         calls[f"picks: {stem}"] = f"picksFileFor(picksFilesIn({picks_}), '{stem}', {picks_}, {others})"
     for name, settings in flag_settings().items():
         calls[f"flags: {name}"] = f"flags(new groovy.json.JsonSlurper().parseText({groovy(json.dumps(settings))}))"
-    calls["settings"] = (
-        "[setting('hyper_parameters.batch_size', 10), setting('visualization.distance', 'x'),"
-        " setting('clustering_kmeans.num_clusters', 6), stemOf('TS_01.mrc', '.mrc')]"
-    )
-    calls["whole numbers"] = "[wholeNumber('min_particle_size'), wholeNumber('max_particle_size'),"
-    calls["whole numbers"] += " wholeNumber('centers_patch_size'), wholeNumber('hyper_parameters.batch_size')]"
+    for step in STEPS:
+        calls[f"step: {step}"] = f"stepFlags('{step}')"
+    calls["step: train on masks"] = "stepFlags('train', [instances_mask_folder: 'masks'])"
+    calls["stem"] = "stemOf('TS_01.mrc', '.mrc')"
 
     run = root / "run"
     run.mkdir()
@@ -351,10 +352,11 @@ def test_a_tomograms_own_picks_file_is_not_given_to_a_tomogram_whose_name_it_sta
 def test_flags_are_written_as_the_tests_write_them(answers):
     """The --set flags of the workflow (Groovy's JsonOutput) equal test_pipeline.flags() for every
     process's settings, so the rendered scripts test_pipeline.py runs are the ones Nextflow would run."""
-    from test_pipeline import SETTINGS, flags
+    from test_pipeline import flags
 
-    for process, settings in SETTINGS.items():
-        assert answers[f"flags: {process}"] == {"value": flags(settings)}, process
+    for process, settings in flag_settings().items():
+        if process != "quoted":
+            assert answers[f"flags: {process}"] == {"value": flags(settings)}, process
 
 
 def test_a_value_with_quotes_and_shell_characters_reaches_the_cli_as_given(answers):
@@ -369,10 +371,29 @@ def test_a_value_with_quotes_and_shell_characters_reaches_the_cli_as_given(answe
     assert (key, json.loads(value)) == ("visualization_files", [PARAMS["awkward"]])
 
 
-def test_settings_default_when_a_section_is_partial(answers):
-    assert answers["settings"] == {"value": [4, "x", 6, "TS_01"]}
+def test_a_step_gets_exactly_the_keys_params_holds_of_its_step(answers):
+    """stepFlags: each key of the step's list (workflows/settings.nf) that params holds, in that order, as the
+    CLI takes it ('12' given as text becomes 12); a key params lacks (a params file alone here, no defaults)
+    is left out; the staging comes last."""
+    from test_pipeline import flags
 
+    from subtomo_embed.core.config_contract import step_keys
 
-def test_whole_numbers_given_as_text_become_numbers(answers):
-    """'12' (a command-line value on Nextflow >= 26.04) becomes 12; 12 and null stay (issue 26, 1)."""
-    assert answers["whole numbers"] == {"value": [12, 12, None, 4]}
+    def held(key):
+        node = PARAMS
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return KeyError
+            node = node[part]
+        return node
+
+    as_numbers = {"min_particle_size": 12}  # '12' on the command line of Nextflow >= 26.04 (issue 26, 1)
+    for step, keys in step_keys().items():
+        want = {k: as_numbers.get(k, held(k)) for k in keys if held(k) is not KeyError}
+        assert answers[f"step: {step}"] == {"value": flags(want)}, step
+    assert "--set 'min_particle_size=12' --set 'max_particle_size=12'" in answers["step: extract"]["value"]
+    train = answers["step: train on masks"]["value"]
+    assert train.startswith("--set 'min_particle_size=12'") and train.endswith(
+        "--set 'instances_mask_folder=\"masks\"'"
+    )
+    assert answers["stem"] == {"value": "TS_01"}

@@ -166,8 +166,8 @@ def closure_cases(config) -> list[tuple[str, str, dict]]:
     for code in range(256):
         cases.append((f"errorStrategy {code}", default["process"]["errorStrategy"], {"task": {"exitStatus": code}}))
     before = default["process"]["withName:EMBED|PREDICT_CENTERS"]["beforeScript"]
-    for batch in (None, 4, 1):
-        params = {**default["params"], "hyper_parameters": {"batch_size": batch} if batch else {}}
+    for batch in (None, 4, 1):  # None: the pipeline's default (conf/config_params.config)
+        params = {**default["params"], **({"hyper_parameters": {"batch_size": batch}} if batch else {})}
         for attempt in (1, 2, 3):
             values = {"task": {"attempt": attempt}, "params": params}
             cases.append((f"beforeScript {batch} {attempt}", before, values))
