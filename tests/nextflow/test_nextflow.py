@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -151,6 +152,20 @@ def finished_task(work: Path, script_word: str) -> Path | None:
     return None
 
 
+def wait_for_task(run: subprocess.Popen, find: Callable[[], Path | None], what: str, timeout: float = 600) -> Path:
+    """The task folder ``find()`` names, polled while the run goes on; fails with the run's output when the
+    run ends (or ``timeout`` passes) without one."""
+    deadline = time.monotonic() + timeout
+    task = find()
+    while task is None and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.3)
+        task = find()
+    if task is None:
+        output = run.communicate(timeout=60)[0][-4000:] if run.poll() is not None else "(still running)"
+        pytest.fail(f"{what} never appeared within {timeout:.0f} s:\n{output}")
+    return task
+
+
 def stop_orphan_containers() -> None:
     """Task containers a killed Nextflow left running (they are named nxf-<hash>)."""
     podman = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs"]
@@ -248,12 +263,7 @@ def test_killed_during_embed_then_resumed_equals_the_one_machine_run(project, im
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 600
-        task = None
-        while task is None and first.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.3)
-            task = running_task(project / "work", "subtomo-embed-patches")
-        assert task is not None, f"EMBED never started:\n{first.communicate()[0][-3000:]}"
+        wait_for_task(first, lambda: running_task(project / "work", "subtomo-embed-patches"), "a running EMBED")
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=60)
     finally:
@@ -420,12 +430,7 @@ def test_train_passes_the_contrast_settings_on_to_fine_tuning(project):
         text=True,
     )
     try:
-        deadline = time.monotonic() + 600
-        task = None
-        while task is None and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.5)
-            task = finished_task(project / "work", "subtomo-embed train")
-        assert task is not None, proc.communicate()[0][-4000:] if proc.poll() is not None else "TRAIN timed out"
+        task = wait_for_task(proc, lambda: finished_task(project / "work", "subtomo-train"), "a finished TRAIN")
     finally:
         proc.terminate()
         proc.wait(timeout=120)
