@@ -161,7 +161,7 @@ def run_flow(top: Path, name: str, run: Runner) -> dict[str, Path]:
     pipeline.stage(t, *[data / f"{s}.mrc" for s in pipeline.STEMS], into="data")
     pipeline.stage(t, picks, into="picks")
     pipeline.stage(t, ckpt, into="start")
-    run("TRAIN", t, pipeline.script_values("TRAIN", settings=pipeline.flags(pipeline.SETTINGS["TRAIN_ON_PICKS"])), {})
+    run("TRAIN", t, pipeline.script_values("TRAIN", settings=pipeline.flags(pipeline.settings("TRAIN_ON_PICKS"))), {})
     return tasks
 
 
