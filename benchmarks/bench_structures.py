@@ -155,6 +155,9 @@ def train_on_structures(args, out: Path) -> Path:
     torch.set_num_threads(args.threads)
     cfg = load_config(D.DEMO_CONFIG)
     views = T.training_settings(cfg)
+    hp = cfg.hyper_parameters  # what this run trains with, as the checkpoint's config will say
+    hp.batch_size, hp.learning_rate, hp.max_steps = args.batch_size, args.learning_rate, args.steps
+    hp.contrast_weight, hp.contrast_temperature, hp.class_weight = args.contrast_weight, 0.2, 0.0
     molecules = read_molecules(copy_named(listed_structures("train", args.sdists), out / "structures" / "train"))
     print(f"training molecules: {', '.join(m.name for m in molecules)}", flush=True)
     pairs = StructurePairs(molecules, views, StructureViewSettings(structure_fraction=args.structure_fraction))
