@@ -115,9 +115,15 @@ def listedIn(folder, List names, String key) {
     }
 }
 
-// A tomogram's instance mask, where the one-machine run looks for it (core/layout.py mask_candidates, through core/io.py find_mask).
+// The names a tomogram's instance mask may have, in the order the one-machine run tries them: the
+// Groovy copy of core/layout.py mask_candidates (tests/pipeline/test_head_node.py keeps them equal).
+def maskCandidates(String stem, String extension, String suffix) {
+    return ["${stem}_instance_preds${suffix}.h5", "${stem}${extension}", "${stem}.mrc", "${stem}.rec"].unique()
+}
+
+// A tomogram's instance mask, where the one-machine run looks for it (core/volumes.py find_mask).
 def maskOf(folder, String stem, String extension, String suffix) {
-    return ["${stem}_instance_preds${suffix}.h5", "${stem}${extension}", "${stem}.mrc", "${stem}.rec"]
+    return maskCandidates(stem, extension, suffix)
         .collect { name -> folder.resolve(name) }
         .find { candidate -> candidate.exists() }
 }
@@ -234,9 +240,9 @@ workflow SUBTOMO_EMBED {
     } else {
         def missing = masked.findAll { item -> item[2] == null }.collect { item -> item[0] }
         if (missing && !params.skip_missing_masks) {
-            def expected = "${missing[0]}_instance_preds${suffix}.h5 or ${missing[0]}${extension}"
+            def expected = maskCandidates(missing[0], extension, suffix).join(', ')
             def folder = params.instances_mask_folder
-            error("${missing[0]}: no instance mask in ${folder} (expected ${expected}); skip_missing_masks skips it")
+            error("${missing[0]}: no instance mask in ${folder} (expected one of ${expected}); skip_missing_masks skips it")
         }
         // one (meta, tomogram, mask, regions table or []) per tomogram that has a mask
         ch_inputs = channel.fromList(masked)

@@ -25,7 +25,7 @@ from subtomo_embed.core.config_sections import STEPS  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-FUNCTIONS = "tomogramsIn; listedIn; maskOf; picksFileFor; picksFilesIn; flags; stepFlags; stemOf"
+FUNCTIONS = "tomogramsIn; listedIn; maskCandidates; maskOf; picksFileFor; picksFilesIn; flags; stepFlags; stemOf"
 # each call's value (paths as their text), or the message of the error() it ended with
 SCRIPT = """\
 include { FUNCTIONS } from 'WORKFLOW'
@@ -178,6 +178,8 @@ def answers(folders, pipeline) -> dict[str, dict]:
         calls[f"mask: {stem}{extension}{suffix}"] = f"maskOf(file({masks_}), '{stem}', '{extension}', '{suffix}')"
     for name, (folder, case, _) in mask_order_cases(root / "mask_order").items():
         calls[name] = f"maskOf(file({groovy(str(folder))}), {', '.join(groovy(v) for v in case)})"
+    for case in MASK_ORDER_CASES:
+        calls[f"mask names: {''.join(case)}"] = f"maskCandidates({', '.join(groovy(v) for v in case)})"
     for stem in PICK_STEMS:
         # the other tomograms, as the workflow pairs them (TS_08 and TS_08_b together, apart from the rest)
         group = [s for s in PICK_STEMS if s.startswith("TS_08") == stem.startswith("TS_08")]
@@ -314,6 +316,15 @@ def test_the_workflows_mask_rule_is_layouts_mask_candidates(answers, folders):
         expected = next((p for p in candidates if p.name in present), None)
         assert answers[name] == {"value": None if expected is None else str(expected)}, name
         assert find_mask(folder, *case) == expected, name
+
+
+def test_the_workflows_mask_names_are_layouts_mask_candidates(answers):
+    """maskCandidates (maskOf's names, and the missing-mask error's) is layout.mask_candidates, in order."""
+    from subtomo_embed.core import layout
+
+    for case in MASK_ORDER_CASES:
+        names = list(dict.fromkeys(p.name for p in layout.mask_candidates(Path("masks"), *case)))
+        assert answers[f"mask names: {''.join(case)}"] == {"value": names}, case
 
 
 def test_picks_files_are_paired_as_the_one_machine_run_pairs_them(answers, folders):
