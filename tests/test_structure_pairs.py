@@ -6,6 +6,8 @@ import torch
 from synthetic import TINY_POOLED_NETWORK
 
 from subtomo_embed.core.model import build_simsiam
+from subtomo_embed.core.patch_contract import Normalization, PatchContract
+from subtomo_embed.core.simulated_views import ViewSettings
 from subtomo_embed.core.structure_pairs import (
     STRUCTURE_CLASS_OFFSET,
     StructurePairs,
@@ -22,16 +24,7 @@ PATCH = (16, 16, 16)
 
 def view_settings(**ranges):
     """The simulator's view settings with a 16³ patch, hull masking, the demo's normalization."""
-    try:  # since the patch-contract refactor
-        from subtomo_embed.core.patch_contract import Normalization, PatchContract
-        from subtomo_embed.core.simulated_views import ViewSettings
-
-        return ViewSettings(PatchContract(PATCH, 1, 1, Normalization(-2, 3, 0.4, 0.2)), **ranges)
-    except ImportError:
-        from subtomo_embed.core.extract import Normalization
-        from subtomo_embed.core.train import ViewSettings
-
-        return ViewSettings(PATCH, 1, 1, Normalization(-2, 3, 0.4, 0.2), **ranges)
+    return ViewSettings(PatchContract(PATCH, 1, 1, Normalization(-2, 3, 0.4, 0.2)), **ranges)
 
 
 def blob(name: str, half_axes, n: int = 600, seed: int = 0) -> Molecule:

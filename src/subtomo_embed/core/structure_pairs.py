@@ -1,10 +1,10 @@
-"""Training pairs from real atomic structures, mixed with the simulator's pairs (:func:`.train.simulated_pairs`).
+"""Training pairs from real atomic structures, mixed with the simulator's pairs (:func:`.pair_stream.simulated_pairs`).
 
 A structure pair is one molecule (:class:`.structures.Molecule`, as :mod:`.structures_io` reads it)
 rendered twice, independently: each view its own uniformly random orientation, its own map resolution
 and voxel-size jitter, its own SNR, missing wedge (or none), optional CTF-like band-pass, mask growth,
 intensity gain and offset, so the two views share the molecule and nothing else. Each view is cut by
-``predict``'s own functions (:func:`.train.extract_view`), so the patch contract is the config's.
+``predict``'s own functions (:func:`.simulated_views.extract_view`), so the patch contract is the config's.
 
 The instance mask of a view is the clean map's densest voxels, as many as the molecule's volume
 (:func:`.structures.volume_voxels` at the view's voxel size) times a factor drawn per view
@@ -33,20 +33,9 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from .assemblies import degrade_volume
+from .pair_stream import PairMaker, simulated_pairs
+from .simulated_views import ViewSettings, draw_degradation, extract_view, jitter_intensity
 from .structures import MapSettings, Molecule, density_map, map_box, volume_voxels
-
-try:  # the views' module since the patch-contract refactor
-    from .pair_stream import PairMaker, simulated_pairs
-    from .simulated_views import ViewSettings, draw_degradation, extract_view, jitter_intensity
-except ImportError:  # before it, all in .train
-    from .train import (  # type: ignore[attr-defined,no-redef]
-        PairMaker,
-        ViewSettings,
-        draw_degradation,
-        extract_view,
-        jitter_intensity,
-        simulated_pairs,
-    )
 
 STRUCTURE_CLASS_OFFSET = 1000  # pair class ids of structures: this + the molecule's index
 
@@ -54,7 +43,7 @@ STRUCTURE_CLASS_OFFSET = 1000  # pair class ids of structures: this + the molecu
 @dataclass(frozen=True)
 class StructureViewSettings:
     """How the views of a molecule are rendered (drawn per view); the degradation (SNR, wedge,
-    mask growth, gain, offset) and the patch contract are the :class:`.train.ViewSettings`'."""
+    mask growth, gain, offset) and the patch contract are the :class:`.simulated_views.ViewSettings`'."""
 
     voxel_size: float = 5.0  # Å
     voxel_jitter: float = 0.05  # each view's voxel size times a factor in [1/1.05, 1.05]
@@ -95,7 +84,7 @@ def make_structure_pair(
 
 
 class StructurePairs:
-    """A :data:`.train.PairMaker`: with probability ``settings.structure_fraction`` a structure pair
+    """A :data:`.pair_stream.PairMaker`: with probability ``settings.structure_fraction`` a structure pair
     (:func:`make_structure_pair`), else the simulator's (``views``: envelope shapes and assemblies)."""
 
     def __init__(
