@@ -19,6 +19,7 @@ DATA = REPO / "src" / "subtomo_embed" / "data"
 SHIPPED = {
     "subtomo_embed/data/configs/demo.yaml": DATA / "configs" / "demo.yaml",
     "subtomo_embed/data/models/demo_simsiam.ckpt": DATA / "models" / "demo_simsiam.ckpt",
+    "subtomo_embed/data/structures.json": DATA / "structures.json",  # the model card's training / held-out lists
 }
 
 
