@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from subtomo_embed.core import io
+from subtomo_embed.core import io, volumes
 from subtomo_embed.core.assemblies import random_class_set, simulate_particle
 from subtomo_embed.core.train import Sitting
 from subtomo_embed.stages.demo import DEMO_MODEL, dataset_config
@@ -56,7 +56,7 @@ def simulate_user_data(root: Path, n_classes: int, per_class: int, tomograms: in
             volume[tile] = v
             mask[tile] = m * (i + 1)
             rows.append({"tomogram": stem, "label": i + 1, "class": int(c), "class_name": classes[int(c)].name})
-        io.write_mrc(root / "data" / f"{stem}.mrc", volume, voxel_size=10.0)
+        volumes.write_mrc(root / "data" / f"{stem}.mrc", volume, voxel_size=10.0)
         io.write_h5(root / "masks" / f"{stem}_instance_preds.h5", {"instances": mask})
     truth = pd.DataFrame(rows)
     truth.to_csv(root / "truth.csv", index=False)

@@ -231,7 +231,7 @@ def one_tomogram(args, device: torch.device) -> None:
 
     from bench_extract import make_data
 
-    from subtomo_embed.core import io
+    from subtomo_embed.core import volumes
     from subtomo_embed.core.embed import embed_patches
     from subtomo_embed.core.extract import iter_patches, plan_extraction
     from subtomo_embed.core.model import build_simsiam
@@ -240,8 +240,8 @@ def one_tomogram(args, device: torch.device) -> None:
     size = (args.patch,) * 3
     with tempfile.TemporaryDirectory() as tmp:
         tomogram, mask_path, n = make_data(Path(tmp), tuple(args.shape), args.instances)
-        volume, _ = io.open_mrc_volume(tomogram)
-        mask = io.read_instance_mask(mask_path)
+        volume, _ = volumes.open_mrc_volume(tomogram)
+        mask = volumes.read_instance_mask(mask_path)
         model = build_simsiam(NETWORKS[args.network]).eval().to(device)
         dim = NETWORKS[args.network]["dim"]
         contract = PatchContract(size, 1, norm=Normalization(-3, 3, 0.5, 0.2))
