@@ -56,8 +56,8 @@ def test_every_call_matches_its_declaration():
 def test_a_call_with_a_missing_input_is_caught(copy):
     _edit(
         copy / "workflows" / "subtomo_embed.nf",
-        "EMBED(EXTRACT_PATCHES.out.patches, checkpoint, embedFlags)",
-        "EMBED(EXTRACT_PATCHES.out.patches, embedFlags)",
+        "EMBED(EXTRACT_PATCHES.out.patches, checkpoint, stepFlags('embed'))",
+        "EMBED(EXTRACT_PATCHES.out.patches, stepFlags('embed'))",
     )
     problems = check_calls([copy / "main.nf", copy / "workflows" / "subtomo_embed.nf"])
     assert len(problems) == 1 and "EMBED called with 2 argument(s), but its process declares 3 input(s)" in problems[0]
