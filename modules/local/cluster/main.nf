@@ -1,7 +1,7 @@
 // One clustering of the merged embeddings; the workflow includes it twice, as CLUSTER_KMEANS and
 // CLUSTER_SPECTRAL (method kmeans or spectral: `subtomo-cluster METHOD` = `subtomo-embed METHOD`).
 process CLUSTER {
-    tag "${method}, all tomograms"
+    tag "all tomograms"
     label 'process_medium'
 
     input:
