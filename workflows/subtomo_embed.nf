@@ -226,7 +226,7 @@ workflow SUBTOMO_EMBED {
             trainFlags = stepFlags('train', [instances_mask_folder: 'masks'])
         }
         TRAIN(trainTomograms, trainMasks, trainPicks, startingCheckpoint, trainFlags)
-        checkpoint = TRAIN.out.checkpoint.first()
+        checkpoint = TRAIN.out.checkpoint  // a value channel: TRAIN runs once, on values
         ch_train_versions = TRAIN.out.versions
     }
 
