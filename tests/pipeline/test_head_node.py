@@ -386,21 +386,13 @@ def test_a_step_gets_exactly_the_keys_params_holds_of_its_step(answers):
     """stepFlags: each key of the step's list (workflows/settings.nf) that params holds, in that order, as the
     CLI takes it ('12' given as text becomes 12); a key params lacks (a params file alone here, no defaults)
     is left out; the staging comes last."""
-    from test_pipeline import flags
+    from test_pipeline import flags, param_at
 
     from subtomo_embed.core.config_contract import step_keys
 
-    def held(key):
-        node = PARAMS
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                return KeyError
-            node = node[part]
-        return node
-
     as_numbers = {"min_particle_size": 12}  # '12' on the command line of Nextflow >= 26.04 (issue 26, 1)
     for step, keys in step_keys().items():
-        want = {k: as_numbers.get(k, held(k)) for k in keys if held(k) is not KeyError}
+        want = {k: as_numbers.get(k, param_at(PARAMS, k)) for k in keys if param_at(PARAMS, k) is not KeyError}
         assert answers[f"step: {step}"] == {"value": flags(want)}, step
     assert "--set 'min_particle_size=12' --set 'max_particle_size=12'" in answers["step: extract"]["value"]
     train = answers["step: train on masks"]["value"]

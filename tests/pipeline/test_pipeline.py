@@ -221,19 +221,23 @@ def profile_params() -> dict:
     return nf_runtime.resolved_config(pipeline, "test", home)["params"]
 
 
+def param_at(params: dict, dotted: str, absent: object = KeyError) -> object:
+    """The value at a dotted key of nested params, or ``absent`` (the workflow's paramAt)."""
+    node: object = params
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return absent
+        node = node[part]
+    return node
+
+
 def settings(process: str) -> dict:
     """The settings ``process`` gets on `-profile test`: its step's keys that params holds, and the staging."""
     from subtomo_embed.core.config_contract import step_keys
 
     step, extra = STEP_OF[process]
-    out = {}
-    for key in step_keys()[step]:
-        node: object = profile_params()
-        for part in key.split("."):
-            node = node.get(part, KeyError) if isinstance(node, dict) else KeyError
-        if node is not KeyError:
-            out[key] = node
-    return {**out, **extra}
+    held = {key: param_at(profile_params(), key) for key in step_keys()[step]}
+    return {**{key: value for key, value in held.items() if value is not KeyError}, **extra}
 
 
 # Every `${...}` of each process's script block, for a task staged as Nextflow stages it (the input
