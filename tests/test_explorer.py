@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -251,6 +252,7 @@ def browser(tmp_path_factory):
     driver.downloads = Path(downloads)
     yield driver
     driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
 
 
 def open_page(driver, path: Path) -> None:

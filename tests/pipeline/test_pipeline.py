@@ -216,9 +216,10 @@ STEP_OF = {
 def profile_params() -> dict:
     """`-profile test`'s params as Nextflow resolves them (conf/test.config over conf/config_params.config)."""
     nf_runtime.require_nextflow()
-    home = Path(tempfile.mkdtemp(prefix="nxf_home_"))
-    pipeline = nf_runtime.offline_copy(home / "pipeline")
-    return nf_runtime.resolved_config(pipeline, "test", home)["params"]
+    with tempfile.TemporaryDirectory(prefix="nxf_home_") as folder:
+        home = Path(folder)
+        pipeline = nf_runtime.offline_copy(home / "pipeline")
+        return nf_runtime.resolved_config(pipeline, "test", home)["params"]
 
 
 def param_at(params: dict, dotted: str, absent: object = KeyError) -> object:
