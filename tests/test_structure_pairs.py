@@ -10,10 +10,13 @@ from subtomo_embed.core.patch_contract import Normalization, PatchContract
 from subtomo_embed.core.simulated_views import ViewSettings
 from subtomo_embed.core.structure_pairs import (
     STRUCTURE_CLASS_OFFSET,
+    STRUCTURE_LIST,
+    STRUCTURE_ROLES,
     StructurePairs,
     StructureViewSettings,
     batch_embeddings,
     effective_rank,
+    listed_structures,
     make_structure_pair,
     monitor_batch,
 )
@@ -96,3 +99,45 @@ def test_effective_rank_and_the_monitor_batch():
     emb = batch_embeddings(model, batch)
     assert emb.shape == (4, model.dim)
     assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+
+RESERVED = {"1TII", "3HSY", "2NWL", "2XHE", "7DDO", "1BD2", "6MSM", "6FLR", "3O21", "3P3W", "3PWP", "3KPR"}
+
+
+def test_the_structure_list_roles_and_the_held_out_group_of_one_mass():
+    import json
+
+    entries = json.loads(STRUCTURE_LIST.read_text())["structures"]
+    assert {e["role"] for e in entries} == set(STRUCTURE_ROLES)
+    pdbs = [e["pdb"] for e in entries]
+    assert len(pdbs) == len(set(pdbs)) and not RESERVED & set(pdbs)  # each once; none reserved for evaluation
+    paths = [f"{e['sdist_folder']}/{e['path']}" for e in entries]
+    assert len(paths) == len(set(paths))
+    one_mass = [e for e in entries if e["role"] == "heldout_mass"]
+    assert len(one_mass) >= 4
+    mean = np.mean([e["mass_kda"] for e in one_mass])
+    assert all(abs(e["mass_kda"] / mean - 1) <= 0.15 for e in one_mass)  # size alone should not tell them apart
+    assert all(65 <= e["diameter_angstrom"] <= 125 for e in one_mass)  # 13-25 voxels at 5 Å
+
+
+def test_listed_structures_finds_each_roles_files_under_the_unpacked_sdists(tmp_path):
+    import json
+
+    listing = tmp_path / "structures.json"
+    entries = [
+        {"pdb": "AAAA", "role": "train", "sdist_folder": "pkg-1.0", "path": "tests/data/target.pdb"},
+        {"pdb": "BBBB", "role": "heldout", "sdist_folder": "other-2.0", "path": "tests/data/target.pdb"},
+        {"pdb": "CCCC", "role": "heldout_mass", "sdist_folder": "pkg-1.0", "path": "data/c.cif.gz"},
+    ]
+    listing.write_text(json.dumps({"structures": entries}))
+    sdists = tmp_path / "sdists"
+    for e in entries:
+        (sdists / e["sdist_folder"] / e["path"]).parent.mkdir(parents=True, exist_ok=True)
+        (sdists / e["sdist_folder"] / e["path"]).write_text("x")
+    assert listed_structures("heldout_mass", sdists, listing) == [sdists / "pkg-1.0" / "data" / "c.cif.gz"]
+    assert listed_structures("heldout", sdists, listing) == [sdists / "other-2.0" / "tests" / "data" / "target.pdb"]
+    with pytest.raises(ValueError, match="no role"):
+        listed_structures("held-out", sdists, listing)
+    (sdists / "pkg-1.0" / "tests" / "data" / "target.pdb").unlink()
+    with pytest.raises(FileNotFoundError, match="1 listed structures"):
+        listed_structures("train", sdists, listing)

@@ -148,13 +148,17 @@ def batch_embeddings(model, batch: np.ndarray, contrastive: bool = True) -> np.n
 
 
 STRUCTURE_LIST = Path(__file__).resolve().parent.parent / "data" / "structures.json"
+STRUCTURE_ROLES = ("train", "heldout", "heldout_mass")  # the listing's roles (its "about" says what each is)
 
 
 def listed_structures(role: str, sdists: Path, listing: Path = STRUCTURE_LIST) -> list[Path]:
-    """The files of ``listing``'s structures of ``role`` ('train' or 'heldout') under ``sdists``, the
+    """The files of ``listing``'s structures of ``role`` (one of :data:`STRUCTURE_ROLES`: 'train',
+    'heldout', or 'heldout_mass', the held-out molecules of about one mass) under ``sdists``, the
     folder where the packages' source distributions were unpacked (``<sdist_folder>/<path>``)."""
     import json
 
+    if role not in STRUCTURE_ROLES:
+        raise ValueError(f"no role {role!r} in the structure list (roles: {', '.join(STRUCTURE_ROLES)})")
     entries = [e for e in json.loads(Path(listing).read_text())["structures"] if e["role"] == role]
     paths = [Path(sdists) / e["sdist_folder"] / e["path"] for e in entries]
     missing = [str(p) for p in paths if not p.is_file()]
