@@ -1,15 +1,23 @@
 """Does fine-tuning on the user's own particles help? ARI before and after ``train --from-data``.
 
     .venv/bin/python benchmarks/bench_finetune.py [--output /tmp/bench_finetune] [--steps 120] [--minutes 15]
+        [--rehearsal F] [--contrast-weight W] [--learning-rate LR] [--structures SDISTS]
 
 1. Simulates "user data" the starting model never saw: sub-unit assemblies (:mod:`subtomo_embed.core.assemblies`,
    class set drawn by ``--class-seed``) that share one envelope and one mass and differ in arrangement,
    at a random orientation each, SNR ``--snr`` (band-passed, optional ``--wedge``), tiled into
    tomograms with CryoSiam-layout instance masks and a truth.csv (what ``evaluate`` reads).
+   With ``--structures SDISTS``: the held-out real molecules of ``src/subtomo_embed/data/structures.json``
+   instead (``--structure-role``; ``SDISTS``: the unpacked source distributions that hold them, see
+   benchmarks/bench_structures.py), as ``subtomo-embed simulate --structures`` makes them (5 Å voxels,
+   20 Å, 4 tomograms of 64x256x256 with 40 molecules each, seed ``--class-seed``).
 2. Scores the starting model (default: the embedded demo model) with ``predict`` + KMeans/spectral
    ARI against the true classes (``evaluate``'s scoring), next to an untrained twin and the descriptor.
 3. Fine-tunes it on those tomograms + masks (:func:`subtomo_embed.stages.training.fine_tune_from_config`,
-   what ``subtomo-embed train --from-data`` runs), bounded by ``--steps`` and ``--minutes``.
+   what ``subtomo-embed train --from-data`` runs), bounded by ``--steps`` and ``--minutes``, with
+   ``hyper_parameters.learning_rate``, ``contrast_weight`` and ``rehearsal_fraction`` (that share of each batch
+   the simulator's pairs) from ``--learning-rate``, ``--contrast-weight``, ``--rehearsal``, else the keys'
+   defaults (what a config without them fine-tunes with).
 4. Scores the fine-tuned checkpoint the same way and prints before/after.
 
 Self-supervised: the classes are never shown to training; the same tomograms are fine-tuned on and
@@ -20,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -63,6 +73,20 @@ def simulate_user_data(root: Path, n_classes: int, per_class: int, tomograms: in
     return truth, classes
 
 
+def simulate_molecules(root: Path, sdists: Path, role: str, snr: float, wedge, seed: int) -> pd.DataFrame:
+    """The listed molecules of ``role`` as ``simulate --structures`` makes them; its truth table."""
+    from subtomo_embed.core.structure_pairs import listed_structures
+
+    cmd = [sys.executable, "-c", "import sys; from subtomo_embed.cli import main; sys.exit(main())", "simulate"]
+    cmd += [arg for path in listed_structures(role, sdists) for arg in ("--structures", str(path))]
+    cmd += ["-o", str(root), "--voxel-size", "5", "--resolution", "20", "--snr", str(snr), "--tomograms", "4"]
+    cmd += ["--shape", "64", "256", "256", "--particles", "40", "--seed", str(seed)]
+    if wedge:
+        cmd += ["--wedge", str(wedge)]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return pd.read_csv(root / "truth.csv")
+
+
 def score(root: Path, model: Path, truth: pd.DataFrame) -> dict:
     cfg = dataset_config(root, model)
     run_predict(cfg, device="cpu", overwrite=True)
@@ -82,22 +106,37 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--minutes", type=float, default=15.0)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--learning-rate", type=float, default=0.001)
-    ap.add_argument("--contrast-weight", type=float, default=0.0, help="hyper_parameters.contrast_weight")
+    ap.add_argument("--learning-rate", type=float, default=None, help="hyper_parameters.learning_rate")
+    ap.add_argument("--contrast-weight", type=float, default=None, help="hyper_parameters.contrast_weight")
+    ap.add_argument("--rehearsal", type=float, default=None, help="hyper_parameters.rehearsal_fraction")
+    ap.add_argument("--structures", type=Path, default=None, help="SDISTS: held-out real molecules as user data")
+    ap.add_argument("--structure-role", default="heldout", help="the structures.json role to simulate")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     root = args.output.absolute()
-    truth, classes = simulate_user_data(
-        root, args.classes, args.per_class, args.tomograms, args.snr, args.wedge, args.class_seed
-    )
-    print(f"user data: {len(truth)} particles of {[c.name for c in classes]}, SNR {args.snr}, wedge {args.wedge}")
+    if args.structures is not None:
+        truth = simulate_molecules(root, args.structures, args.structure_role, args.snr, args.wedge, args.class_seed)
+        names = sorted(truth["class_name"].unique())
+    else:
+        truth, classes = simulate_user_data(
+            root, args.classes, args.per_class, args.tomograms, args.snr, args.wedge, args.class_seed
+        )
+        names = [c.name for c in classes]
+    print(f"user data: {len(truth)} particles of {names}, SNR {args.snr}, wedge {args.wedge}", flush=True)
     before = score(root, args.model, truth)
     print("before:", {m: (round(k, 3), round(s, 3)) for m, (k, s) in before.items()}, flush=True)
     cfg = dataset_config(root, args.model)
     cfg.hyper_parameters.batch_size = args.batch_size
-    cfg.hyper_parameters.learning_rate = args.learning_rate
+    # what a config that leaves these keys out fine-tunes with (the demo config's are for training from scratch)
+    keys = type(cfg.hyper_parameters)()
+    for name, value in (
+        ("learning_rate", args.learning_rate),
+        ("contrast_weight", args.contrast_weight),
+        ("rehearsal_fraction", args.rehearsal),
+    ):
+        setattr(cfg.hyper_parameters, name, getattr(keys, name) if value is None else value)
     cfg.hyper_parameters.class_weight = 0.0  # the demo config's classifier is for simulated training only
-    cfg.hyper_parameters.contrast_weight = args.contrast_weight
+    hp = cfg.hyper_parameters
     tuned = root / "training" / "last.ckpt"
     start = time.perf_counter()
     fine_tune_from_config(
@@ -113,7 +152,10 @@ def main() -> None:
 
     step = int(read_checkpoint(tuned)["global_step"])
     after = score(root, tuned, truth)
-    print(f"fine-tuned {step} steps (batch {args.batch_size}, lr {args.learning_rate}) in {seconds:.0f} s on CPU")
+    print(
+        f"fine-tuned {step} steps (batch {args.batch_size}, lr {hp.learning_rate:g}, contrast {hp.contrast_weight:g}, "
+        f"rehearsal {hp.rehearsal_fraction:g}) in {seconds:.0f} s on CPU"
+    )
     print(f"{'':26s}{'KMeans before':>15s}{'after':>8s}{'spectral before':>17s}{'after':>8s}")
     for method in before:
         (kb, sb), (ka, sa) = before[method], after[method]

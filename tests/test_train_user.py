@@ -16,7 +16,13 @@ from subtomo_embed.core.model import load_model, read_checkpoint
 from subtomo_embed.core.real_views import make_real_pair, make_real_view
 from subtomo_embed.core.train import TRAIN_STATE_KEY, Sitting, simsiam_loss
 from subtomo_embed.stages.evaluation import dataset_patches
-from subtomo_embed.stages.training import collect_particles, fine_tune_from_config, real_view_settings
+from subtomo_embed.stages.training import (
+    REAL_CLASS_OFFSET,
+    collect_particles,
+    fine_tune_from_config,
+    real_view_settings,
+    rehearsed_pairs,
+)
 
 # rotation by 90° about x in (z, y, x): z' = -y, y' = z
 QUARTER_TURN = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
@@ -84,6 +90,31 @@ def test_pairs_are_two_different_views_of_one_particle(user_data):
     assert again[2] == index
 
 
+@pytest.mark.parametrize("fraction", [0.0, 0.5])
+def test_rehearsal_mixes_in_the_simulators_pairs_under_their_own_classes(user_data, fraction):
+    """hyper_parameters.rehearsal_fraction: that share of the pairs is simulated (the simulator's class ids,
+    below REAL_CLASS_OFFSET), the rest the user's particles (offset + the particle's index), cut to one size."""
+    cfg = load_config(user_data["config"], [f"hyper_parameters.rehearsal_fraction={fraction}"])
+    sources = collect_particles(cfg)
+    settings = real_view_settings(cfg)
+    make = rehearsed_pairs(sources, settings, cfg)
+    rng = np.random.default_rng(7)
+    pairs = [make(rng) for _ in range(200)]
+    classes = np.array([c for _, _, c in pairs])
+    real = classes >= REAL_CLASS_OFFSET
+    assert set(classes[real] - REAL_CLASS_OFFSET) <= set(range(len(sources)))
+    assert all(a.shape == b.shape == (16, 16, 16) for a, b, _ in pairs)
+    if fraction == 0:
+        assert real.all()
+        # without rehearsal the stream is the user's pairs as make_real_pair draws them
+        first = make_real_pair(sources, np.random.default_rng(7), settings)
+        np.testing.assert_array_equal(pairs[0][0], first[0])
+        assert pairs[0][2] == REAL_CLASS_OFFSET + first[2]
+    else:
+        assert 0.35 < 1 - real.mean() < 0.65  # binomial(200, 0.5): about 4 standard deviations either side
+        assert len(set(classes[~real])) > 1  # several simulated classes
+
+
 def fixed_batch_loss(checkpoint, sources, settings) -> float:
     """SimSiam loss of a checkpoint on 8 fixed pairs (train-mode BatchNorm, as in training)."""
     model, _ = load_model(checkpoint)
@@ -114,7 +145,9 @@ def test_fine_tuning_changes_the_weights_lowers_the_loss_and_resumes(user_data):
 
 
 def test_fine_tuning_lowers_the_loss_on_fixed_pairs(user_data):
-    cfg = load_config(user_data["config"], ["hyper_parameters.learning_rate=0.02"])
+    # SimSiam alone on the user's pairs (no contrast term, no simulated pairs rehearsed): its loss must fall
+    plain = ["hyper_parameters.contrast_weight=0", "hyper_parameters.rehearsal_fraction=0"]
+    cfg = load_config(user_data["config"], ["hyper_parameters.learning_rate=0.02", *plain])
     out = user_data["root"] / "tuned.ckpt"
     fine_tune_from_config(cfg, out, steps=30, device="cpu", sitting=Sitting(save_every=30, progress=False))
     sources, settings = collect_particles(cfg), real_view_settings(cfg)

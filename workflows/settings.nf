@@ -69,8 +69,10 @@ def stepKeys() {
             'hyper_parameters.batch_size',
             'hyper_parameters.learning_rate',
             'hyper_parameters.max_steps',
+            'hyper_parameters.assembly_fraction',
             'hyper_parameters.contrast_weight',
             'hyper_parameters.contrast_temperature',
+            'hyper_parameters.rehearsal_fraction',
         ],
         merge: [
             'clustering_files',

@@ -306,22 +306,31 @@ class HyperParametersConfig(_Section):
         le=MAX_COUNT,
     )
     learning_rate: float = config_key(
-        0.001, help="*Extension*: `train` (AdamW, warm-up then cosine decay to 0 at `max_steps`).", steps=(TRAIN,), gt=0
+        0.0003,
+        help="*Extension*: `train` (AdamW, warm-up then cosine decay to 0 at `max_steps`). The default is "
+        "fine-tuning's (`--from-data`, with `contrast_weight` 0.5 and `rehearsal_fraction` 0.5: "
+        "[training.md](training.md#does-fine-tuning-help-benchmarksbench_finetunepy)); the demo model was "
+        "trained from scratch with 0.001.",
+        steps=(TRAIN,),
+        gt=0,
     )
     max_steps: int = config_key(1000, help="*Extension*: `train`'s steps.", steps=(TRAIN,), ge=1, le=MAX_COUNT)
     assembly_fraction: float = config_key(
-        0.0,
-        help="*Extension*: simulated `train`: the share of pairs that are sub-unit assemblies instead of envelope "
-        "shapes ([training.md](training.md#simulated-training)).",
+        0.5,
+        help="*Extension*: simulated `train` (and fine-tuning's rehearsed pairs): the share of simulated pairs "
+        "that are sub-unit assemblies instead of envelope shapes, as the demo model was trained "
+        "([training.md](training.md#simulated-training)).",
+        steps=(TRAIN,),
         ge=0.0,
         le=1.0,
     )
     contrast_weight: float = config_key(
-        0.0,
+        0.5,
         help="*Extension*: `train`: the weight of a supervised-contrastive term (SupCon) added to SimSiam's loss. "
         "The batch's views of one class are each other's positives, all its other views negatives: simulated "
         "pairs are labelled by the simulator, real particles (`--from-data`) each by itself (SimCLR's NT-Xent). "
-        "0: SimSiam alone, as CryoSiam trains ([training.md](training.md#the-class-terms)).",
+        "0: SimSiam alone, as CryoSiam trains ([training.md](training.md#the-class-terms)); the default 0.5 is "
+        "fine-tuning's.",
         steps=(TRAIN,),
         ge=0.0,
         le=100.0,
@@ -332,6 +341,16 @@ class HyperParametersConfig(_Section):
         steps=(TRAIN,),
         gt=0.0,
         le=10.0,
+    )
+    rehearsal_fraction: float = config_key(
+        0.5,
+        help="*Extension*: `train --from-data`: the share of each batch that is the simulator's pairs (envelope "
+        "shapes, and assemblies at `assembly_fraction`) instead of the user's particles, so that fine-tuning "
+        "keeps what the starting model learned ([training.md](training.md#fine-tuning-on-your-own-tomograms)). "
+        "0: the user's particles only.",
+        steps=(TRAIN,),
+        ge=0.0,
+        le=0.9,
     )
     class_weight: float = config_key(
         0.0,

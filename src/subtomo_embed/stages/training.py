@@ -24,10 +24,11 @@ from pathlib import Path
 from ..core import io
 from ..core.config import Config, load_config
 from ..core.errors import ConfigError, InputDataError
+from ..core.pair_stream import PairMaker, simulated_pairs
 from ..core.patch_contract import patch_contract
 from ..core.real_views import ParticleSource, PickSource, RealViewSettings, make_real_pair
 from ..core.simulated_views import ViewSettings
-from ..core.train import PairMaker, Sitting, StartingPoint
+from ..core.train import Sitting, StartingPoint
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,29 @@ def starting_checkpoint(cfg: Config, start_from: Path | None) -> Path:
     return cfg.path("trained_model")
 
 
+# class ids of the user's particles in a fine-tuning batch: apart from the simulator's (shapes 0..,
+# assemblies 100..), so that the contrast term never makes a particle a positive of a simulated class
+REAL_CLASS_OFFSET = 1_000_000
+
+
+def rehearsed_pairs(
+    sources: list[ParticleSource] | list[PickSource], views: RealViewSettings, cfg: Config
+) -> PairMaker:
+    """The user's particles' pairs (each particle its own class), with ``hyper_parameters.rehearsal_fraction``
+    of them the simulator's pairs instead (:func:`training_settings`: the config's patch contract and
+    ``assembly_fraction``), so that fine-tuning rehearses what the starting model was trained on."""
+    fraction = cfg.hyper_parameters.rehearsal_fraction
+    simulated = simulated_pairs(training_settings(cfg))
+
+    def pairs(rng):
+        if fraction > 0 and rng.random() < fraction:
+            return simulated(rng)
+        first, second, index = make_real_pair(sources, rng, views)
+        return first, second, REAL_CLASS_OFFSET + index
+
+    return pairs
+
+
 def fine_tune_from_config(
     cfg: Config,
     checkpoint: Path,
@@ -196,9 +220,13 @@ def fine_tune_from_config(
     start = StartingPoint(starting_checkpoint(cfg, start_from), cfg.contrastive)
     sources = training_particles(cfg)
     settings_views = views or real_view_settings(cfg)
-    log.info("fine-tuning on %d particles from %s", len(sources), start.checkpoint)
+    log.info(
+        "fine-tuning on %d particles from %s (simulated pairs rehearsed: %.0f %%)",
+        len(sources),
+        start.checkpoint,
+        100 * cfg.hyper_parameters.rehearsal_fraction,
+    )
 
-    def pairs(rng):
-        return make_real_pair(sources, rng, settings_views)
+    pairs = rehearsed_pairs(sources, settings_views, cfg)
 
     return train_from_config(cfg, checkpoint, steps, device, sitting, settings_views, pairs, start)
