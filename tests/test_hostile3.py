@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import struct
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -766,3 +767,13 @@ def test_a_run_pinned_to_one_tomogram_skips_it_when_the_picks_name_others(run):
     assert code == 0 and "picks.csv: picks file holds no picks (a header only)" in stderr, stderr
     code, stderr = invoke("predict-centers", "-c", config)  # the whole run: an error
     assert code == 4 and "picks file holds no picks (a header only): nothing to embed" in last_line(stderr)
+
+
+def test_the_reserved_names_are_the_global_outputs_prefixes():
+    """core/names.py keeps its own copy of the global outputs' prefixes (it cannot import core/layout.py,
+    which imports it): the copy equals what layout names."""
+    from subtomo_embed.core import layout, names
+
+    prefixes = {layout.ALL_TOMOGRAMS} | {layout.clusters(Path("."), m).stem for m in layout.CLUSTER_METHODS}
+    assert names.RESERVED == prefixes
+    assert all(names.why_refused(p) is not None for p in prefixes)

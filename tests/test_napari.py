@@ -268,3 +268,17 @@ def test_clusters_plotter_offers_and_colours_the_cluster_categories(run, viewer)
     assert len({tuple(colours[i]) for i in rows}) == 1
     others = np.setdiff1d(np.arange(len(points.data)), rows)
     assert not {tuple(colours[i]) for i in rows} & {tuple(colours[i]) for i in others}  # highlighted
+
+
+def test_the_manifest_reads_the_embeddings_files_layout_names():
+    """napari.yaml keeps its own text of the embeddings file pattern (a manifest cannot import): it is
+    core/layout.py's suffix."""
+    from importlib.resources import files
+
+    import yaml
+
+    from subtomo_embed.core import layout
+
+    manifest = yaml.safe_load(files("subtomo_embed.napari").joinpath("napari.yaml").read_text())
+    (reader,) = manifest["contributions"]["readers"]
+    assert f"*{layout.EMBEDS_SUFFIX}" in reader["filename_patterns"]

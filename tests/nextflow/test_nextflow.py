@@ -408,15 +408,16 @@ def test_a_run_that_embeds_nothing_fails_with_a_message(project):
 
 
 def test_train_passes_the_contrast_settings_on_to_fine_tuning(project):
-    """--train true: TRAIN fine-tunes with the params file's contrast_weight and contrast_temperature (the
-    workflow's TRAIN key list once left them out, so the pipeline fine-tuned with 0); the run is stopped
-    once TRAIN has made its checkpoint."""
+    """--train true: TRAIN fine-tunes with the params file's contrast_weight, contrast_temperature and
+    rehearsal_fraction, none of them the default (the workflow's TRAIN key list once left the contrast keys
+    out, so the pipeline fine-tuned with 0); the run is stopped once TRAIN has made its checkpoint."""
     import torch
 
     params = project.parent / "train_params.yaml"
     params.write_text(
         "train: true\n"
-        "hyper_parameters: {batch_size: 4, max_steps: 2, contrast_weight: 0.5, contrast_temperature: 0.1}\n"
+        "hyper_parameters: {batch_size: 4, max_steps: 2, contrast_weight: 0.25, contrast_temperature: 0.1,"
+        " rehearsal_fraction: 0.2}\n"
     )
     results = project.parent / "train_results"
     proc = subprocess.Popen(
@@ -434,10 +435,11 @@ def test_train_passes_the_contrast_settings_on_to_fine_tuning(project):
     finally:
         proc.terminate()
         proc.wait(timeout=120)
-    assert "hyper_parameters.contrast_weight=0.5" in (task / ".command.sh").read_text()
+    assert "hyper_parameters.contrast_weight=0.25" in (task / ".command.sh").read_text()
     stored = torch.load(task / "finetuned.ckpt", map_location="cpu", weights_only=False)["hyper_parameters"]["config"]
-    assert stored["hyper_parameters"]["contrast_weight"] == 0.5
+    assert stored["hyper_parameters"]["contrast_weight"] == 0.25
     assert stored["hyper_parameters"]["contrast_temperature"] == 0.1
+    assert stored["hyper_parameters"]["rehearsal_fraction"] == 0.2
 
 
 # ------------------------------------------------------------------------------------------------
