@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -74,16 +72,13 @@ def simulate_user_data(root: Path, n_classes: int, per_class: int, tomograms: in
 
 
 def simulate_molecules(root: Path, sdists: Path, role: str, snr: float, wedge, seed: int) -> pd.DataFrame:
-    """The listed molecules of ``role`` as ``simulate --structures`` makes them; its truth table."""
+    """The listed molecules of ``role`` as bench_structures.py simulates them (classes named by PDB id)."""
+    from bench_structures import copy_named, simulate_structures
+
     from subtomo_embed.core.structure_pairs import listed_structures
 
-    cmd = [sys.executable, "-c", "import sys; from subtomo_embed.cli import main; sys.exit(main())", "simulate"]
-    cmd += [arg for path in listed_structures(role, sdists) for arg in ("--structures", str(path))]
-    cmd += ["-o", str(root), "--voxel-size", "5", "--resolution", "20", "--snr", str(snr), "--tomograms", "4"]
-    cmd += ["--shape", "64", "256", "256", "--particles", "40", "--seed", str(seed)]
-    if wedge:
-        cmd += ["--wedge", str(wedge)]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    files = copy_named(listed_structures(role, sdists), root / "structures")
+    simulate_structures(files, root, snr, wedge, seed)
     return pd.read_csv(root / "truth.csv")
 
 

@@ -91,11 +91,11 @@ def copy_named(paths: list[Path], folder: Path) -> list[Path]:
     return out
 
 
-def simulate_structures(folder: Path, out: Path, snr: float, wedge: float | None, seed: int) -> None:
-    if (out / "truth.csv").is_file():
-        return
-    cmd = [sys.executable, "-c", "import sys; from subtomo_embed.cli import main; sys.exit(main())"]
-    cmd += ["simulate", "--structures", str(folder), "-o", str(out)]
+def simulate_structures(structures: list[Path], out: Path, snr: float, wedge: float | None, seed: int) -> None:
+    """``simulate --structures`` of these files or folders into ``out``: the held-out sets' geometry."""
+    cmd = [sys.executable, "-c", "import sys; from subtomo_embed.cli import main; sys.exit(main())", "simulate"]
+    cmd += [arg for path in structures for arg in ("--structures", str(path))]
+    cmd += ["-o", str(out)]
     cmd += ["--voxel-size", "5", "--resolution", "20", "--snr", str(snr), "--tomograms", "4"]
     cmd += ["--shape", "64", "256", "256", "--particles", "40", "--seed", str(seed)]
     if wedge:
@@ -269,7 +269,8 @@ def main() -> None:
         for name, (snr, wedge, seed) in HELD_OUT_SETS.items():
             root = out / "sets" / f"{role}_snr{snr:g}_seed{seed}"
             t = time.perf_counter()
-            simulate_structures(out / "structures" / role, root, snr, wedge, seed)
+            if not (root / "truth.csv").is_file():
+                simulate_structures([out / "structures" / role], root, snr, wedge, seed)
             print(f"{HELD_OUT_GROUPS[role]}, {name}: simulated in {time.perf_counter() - t:.0f} s", flush=True)
             sets[f"{HELD_OUT_GROUPS[role]}, {name}"] = root
     for name, (snr, wedge, seed) in {} if args.no_demo else DEMO_SETS.items():
