@@ -224,12 +224,9 @@ def profile_params() -> dict:
 
 def param_at(params: dict, dotted: str, absent: object = KeyError) -> object:
     """The value at a dotted key of nested params, or ``absent`` (the workflow's paramAt)."""
-    node: object = params
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return absent
-        node = node[part]
-    return node
+    from subtomo_embed.core.config import dotted_value
+
+    return dotted_value(params, dotted, absent)
 
 
 def settings(process: str) -> dict:

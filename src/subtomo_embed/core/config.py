@@ -356,6 +356,16 @@ def _origin(key: str, overrides: dict[str, str], source: str) -> str:
     return f"{source} with {', '.join(inside)}" if inside else source
 
 
+def dotted_value(tree: Any, dotted: str, absent: Any = None) -> Any:
+    """The value at a dotted key (``visualization.distance``) of nested dicts, or ``absent``."""
+    node = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return absent
+        node = node[part]
+    return node
+
+
 def _set_dotted(raw: dict, dotted: str, value: Any, origin: str) -> None:
     parts = dotted.split(".")
     node = raw

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import ROTATION_GROUP_ORDERS, Config, NetworkConfig
+from .config import ROTATION_GROUP_ORDERS, Config, NetworkConfig, dotted_value
 from .errors import ConfigError, ModelError
 from .patch_contract import patch_contract
 
@@ -412,15 +412,6 @@ def run_input_contract(cfg: Config, masking: bool = True, given_only: bool = Fal
     return contract
 
 
-def _stored_value(stored: dict, dotted: str) -> Any:
-    node: Any = stored
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def _same(stored: Any, run: Any) -> bool:
     if isinstance(run, list):
         return isinstance(stored, (list, tuple)) and [float(s) for s in stored] == [float(r) for r in run]
@@ -441,7 +432,7 @@ def check_input_contract(
     """
     differences, unrecorded = [], []
     for key, run_value in run_input_contract(cfg, masking, given_only).items():
-        stored_value = _stored_value(stored, key)
+        stored_value = dotted_value(stored, key)
         if stored_value is None:
             unrecorded.append(key)
         elif not _same(stored_value, run_value):
