@@ -175,6 +175,44 @@ def test_cli_fine_tunes_and_predict_loads_the_checkpoint(user_data):
     assert np.isfinite(embeddings).all()
 
 
+@pytest.mark.parametrize("share", [0.25, 1.0])
+def test_the_export_averages_the_fine_tuned_weights_with_the_starting_ones(user_data, share):
+    """hyper_parameters.finetuned_share: --export's weights are share x the fine-tuned (the training
+    checkpoint's, kept as trained for resuming) + (1 - share) x the starting checkpoint's; 1 keeps them."""
+    out = user_data["root"] / "tuned.ckpt"
+    exported = user_data["root"] / "model.ckpt"
+    args = ["train", "-q", "-c", user_data["config"], "--from-data", "-o", out, "--export", exported, "--device", "cpu"]
+    result = run_cli([*args, "--set", f"hyper_parameters.finetuned_share={share}"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    tuned, start = read_checkpoint(out)["state_dict"], read_checkpoint(user_data["start"])["state_dict"]
+    averaged = read_checkpoint(exported)["state_dict"]
+    assert averaged.keys() == tuned.keys()
+    moved = 0
+    for key, value in tuned.items():
+        if not value.is_floating_point():
+            assert torch.equal(averaged[key], value), key
+            continue
+        expected = share * value + (1 - share) * start[key]
+        assert torch.allclose(averaged[key], expected, atol=1e-7), key
+        moved += not torch.equal(value, start[key])
+    assert moved > 0  # fine-tuning changed weights, so the average is neither end
+    assert ("weight_averaging" in read_checkpoint(exported)) == (share < 1)
+    load_model(exported)  # predict's loader takes it
+
+
+def test_averaging_with_another_network_is_a_one_line_error(user_data):
+    from subtomo_embed.core.errors import ModelError
+    from subtomo_embed.stages.training import export_model
+
+    out = user_data["root"] / "tuned.ckpt"
+    cfg = load_config(user_data["config"])
+    fine_tune_from_config(cfg, out, steps=1, device="cpu", sitting=Sitting(progress=False))
+    other = make_checkpoint(user_data["root"] / "other.ckpt", {**TINY_POOLED_NETWORK, "dim": 8}, seed=2)
+    with pytest.raises(ModelError, match="not the fine-tuned one"):
+        export_model(out, user_data["root"] / "model.ckpt", other, 0.5)
+    assert not (user_data["root"] / "model.ckpt").exists()
+
+
 def test_cli_fine_tunes_with_the_contrastive_term(user_data):
     """With contrast_weight, real pairs (each particle its own class) train with NT-Xent beside SimSiam."""
     out = user_data["root"] / "contrast.ckpt"

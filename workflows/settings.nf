@@ -73,6 +73,7 @@ def stepKeys() {
             'hyper_parameters.contrast_weight',
             'hyper_parameters.contrast_temperature',
             'hyper_parameters.rehearsal_fraction',
+            'hyper_parameters.finetuned_share',
         ],
         merge: [
             'clustering_files',

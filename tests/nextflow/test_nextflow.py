@@ -408,16 +408,17 @@ def test_a_run_that_embeds_nothing_fails_with_a_message(project):
 
 
 def test_train_passes_the_contrast_settings_on_to_fine_tuning(project):
-    """--train true: TRAIN fine-tunes with the params file's contrast_weight, contrast_temperature and
-    rehearsal_fraction, none of them the default (the workflow's TRAIN key list once left the contrast keys
-    out, so the pipeline fine-tuned with 0); the run is stopped once TRAIN has made its checkpoint."""
+    """--train true: TRAIN fine-tunes with the params file's contrast_weight, contrast_temperature,
+    rehearsal_fraction and finetuned_share, none of them the default (the workflow's TRAIN key list once
+    left the contrast keys out, so the pipeline fine-tuned with 0); the run is stopped once TRAIN has made
+    its checkpoint."""
     import torch
 
     params = project.parent / "train_params.yaml"
     params.write_text(
         "train: true\n"
         "hyper_parameters: {batch_size: 4, max_steps: 2, contrast_weight: 0.25, contrast_temperature: 0.1,"
-        " rehearsal_fraction: 0.2}\n"
+        " rehearsal_fraction: 0.2, finetuned_share: 0.75}\n"
     )
     results = project.parent / "train_results"
     proc = subprocess.Popen(
@@ -436,7 +437,9 @@ def test_train_passes_the_contrast_settings_on_to_fine_tuning(project):
         proc.terminate()
         proc.wait(timeout=120)
     assert "hyper_parameters.contrast_weight=0.25" in (task / ".command.sh").read_text()
-    stored = torch.load(task / "finetuned.ckpt", map_location="cpu", weights_only=False)["hyper_parameters"]["config"]
+    finetuned = torch.load(task / "finetuned.ckpt", map_location="cpu", weights_only=False)
+    assert finetuned["weight_averaging"]["finetuned_share"] == 0.75  # averaged with the starting weights
+    stored = finetuned["hyper_parameters"]["config"]
     assert stored["hyper_parameters"]["contrast_weight"] == 0.25
     assert stored["hyper_parameters"]["contrast_temperature"] == 0.1
     assert stored["hyper_parameters"]["rehearsal_fraction"] == 0.2

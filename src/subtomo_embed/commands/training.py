@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import ConfigFile, Debug, Overrides, Quiet, guarded, setup_logging
+from .common import ConfigFile, Debug, Overrides, Quiet, guarded, log, setup_logging
 
 Device = Annotated[str, typer.Option("--device", help="auto (GPU if there is one), cpu, cuda or cuda:N.")]
 
@@ -71,7 +71,7 @@ def train(
         from ..core.config import load_config
         from ..core.train import Sitting, StartingPoint
         from ..stages.demo import DEMO_CONFIG
-        from ..stages.training import export_model, fine_tune_from_config, train_from_config
+        from ..stages.training import export_model, fine_tune_from_config, starting_checkpoint, train_from_config
 
         # simulated training defaults to the demo's config; fine-tuning to the package defaults + --set
         cfg = load_config(config_file if config_file or from_data else DEMO_CONFIG, overrides)
@@ -84,9 +84,13 @@ def train(
         else:
             start = StartingPoint(start_from, cfg.contrastive) if start_from is not None else None
             ckpt = train_from_config(cfg, output, steps, device, sitting, starting_point=start)
-        if export:
+        if export and from_data:  # averaged with the weights it started from (hyper_parameters.finetuned_share)
+            export_model(ckpt, export, starting_checkpoint(cfg, start_from), cfg.hyper_parameters.finetuned_share)
+        elif export:
             export_model(ckpt, export)
-        typer.echo(f"checkpoint: {ckpt}")
+        elif from_data and cfg.hyper_parameters.finetuned_share < 1.0:
+            log.info("give predict an --export copy: its weights are averaged with the starting ones (finetuned_share)")
+        typer.echo(f"checkpoint: {ckpt}" + (f", exported: {export}" if export else ""))
 
 
 def register(app: typer.Typer) -> None:

@@ -352,6 +352,16 @@ class HyperParametersConfig(_Section):
         ge=0.0,
         le=0.9,
     )
+    finetuned_share: float = config_key(
+        0.5,
+        help="*Extension*: `train --from-data --export` (and the pipeline's `finetuned.ckpt`): the fine-tuned "
+        "weights' share of the exported checkpoint, the rest the starting checkpoint's (weight-space averaging, "
+        "WiSE-FT), which kept fine-tuning from lowering what the starting model separated "
+        "([training.md](training.md#averaging-with-the-starting-weights)). 1: the fine-tuned weights as trained.",
+        steps=(TRAIN,),
+        ge=0.0,
+        le=1.0,
+    )
     class_weight: float = config_key(
         0.0,
         help="*Extension*: simulated `train`: the weight of the cross-entropy of a linear classifier of the "

@@ -99,8 +99,11 @@ def retrain_demo_model(checkpoint: Path, steps: int | None = None, device: str =
     return train_from_config(load_config(DEMO_CONFIG), checkpoint, steps, device)
 
 
-def export_model(checkpoint: Path, dest: Path) -> Path:
-    """Copy a training checkpoint without the optimizer state and class_weight's classifier (what gets committed)."""
+def export_model(checkpoint: Path, dest: Path, start: Path | None = None, share: float = 1.0) -> Path:
+    """Copy a training checkpoint without the optimizer state and class_weight's classifier (what gets committed).
+
+    With ``start`` (the checkpoint a fine-tuning run started from) and ``share`` < 1, the copy's weights
+    are ``share`` × the fine-tuned + (1 − ``share``) × the starting ones (:func:`averaged_weights`)."""
     import torch
 
     from ..core.model import read_checkpoint
@@ -109,9 +112,37 @@ def export_model(checkpoint: Path, dest: Path) -> Path:
     ckpt = read_checkpoint(checkpoint)
     ckpt.pop(OPTIMIZER_KEY, None)
     ckpt.pop(CLASS_HEAD_KEY, None)
+    if start is not None and share < 1.0:
+        ckpt["state_dict"] = averaged_weights(checkpoint, Path(start), share)
+        ckpt[AVERAGED_KEY] = {"finetuned_share": share, "start": Path(start).name}
+        log.info("exported weights: %.2f x fine-tuned + %.2f x %s", share, 1.0 - share, Path(start).name)
     with io.atomic_output(dest) as tmp:
         torch.save(ckpt, tmp)
     return dest
+
+
+# the exported checkpoint's record of the averaging (its share and the starting checkpoint's file name)
+AVERAGED_KEY = "weight_averaging"
+
+
+def averaged_weights(tuned: Path, start: Path, share: float) -> dict:
+    """The state_dict (CryoSiam's ``_model.`` keys) of ``share`` × ``tuned``'s weights + (1 − ``share``) ×
+    ``start``'s, each checkpoint loaded and checked as ``predict`` loads it: weight-space averaging of a
+    fine-tuned model with its starting point (WiSE-FT, Wortsman et al. 2022). Integer buffers (BatchNorm's
+    batch counts) are the fine-tuned ones."""
+    from ..core.errors import ModelError
+    from ..core.model import STATE_PREFIX, load_model
+
+    tuned_state = load_model(tuned)[0].state_dict()
+    start_state = load_model(start)[0].state_dict()
+    if tuned_state.keys() != start_state.keys() or any(start_state[k].shape != v.shape for k, v in tuned_state.items()):
+        raise ModelError(
+            f"its network is not the fine-tuned one of {Path(tuned).name} (is it the one it started from?)", start
+        )
+    return {
+        STATE_PREFIX + k: (share * v + (1.0 - share) * start_state[k]) if v.is_floating_point() else v
+        for k, v in tuned_state.items()
+    }
 
 
 def collect_particles(cfg: Config, filename: str | None = None) -> list[ParticleSource]:
