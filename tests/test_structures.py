@@ -350,6 +350,38 @@ def test_tomogram_places_each_molecule_at_its_truth_centre(chain):
     assert np.allclose(voxels, [S.volume_voxels(molecules[c], settings) for c in truth["class"]], rtol=0.1)
 
 
+def test_mask_error_spreads_each_masks_volume_within_its_bounds(chain):
+    """mask_error e: each mask encloses the molecule's volume times a factor in [1/(1+e), 1+e], drawn per
+    particle (a segmentation's error in size), always a contour of its own map; 0 keeps the exact volume."""
+    settings = S.MapSettings(voxel_size=4.0, resolution=12.0)
+    atoms = kept(chain)
+    molecules = [molecule_of(atoms, name="one"), molecule_of(atoms, trimer_operators(), name="three")]
+    ratios = {}
+    for error in (0.0, 0.3):
+        tomo = S.simulate_structure_tomogram(
+            (48, 128, 128), 12, np.random.default_rng(5), molecules, settings, mask_error=error
+        )
+        truth = pd.DataFrame(tomo.truth)
+        voxels = ndimage.sum(np.ones_like(tomo.mask), tomo.mask, truth["label"].to_numpy())
+        expected = np.array([S.volume_voxels(molecules[c], settings) for c in truth["class"]])
+        ratios[error] = voxels / expected
+    assert np.allclose(ratios[0.0], 1.0, rtol=0.1)
+    spread = ratios[0.3]
+    assert (spread >= 1 / 1.3 - 0.02).all() and (spread <= 1.3 + 0.02).all()
+    assert spread.max() / spread.min() > 1.25  # drawn per particle, not one factor
+
+
+def test_simulate_takes_a_mask_error_and_refuses_one_beyond_1(tmp_path, chain):
+    folder = write_structure_set(tmp_path / "structures", chain)
+    args = ["simulate", "--structures", folder, "--tomograms", "1", "--shape", "40", "96", "96", "--particles", "6"]
+    proc = run_cli([*args, "-o", tmp_path / "sim", "--mask-error", "0.3"])
+    assert proc.returncode == 0, proc.stderr
+    assert len(pd.read_csv(tmp_path / "sim" / "truth.csv")) == 6
+    proc = run_cli([*args, "-o", tmp_path / "bad", "--mask-error", "2"])
+    assert proc.returncode != 0 and "mask-error" in proc.stderr
+    assert not (tmp_path / "bad").exists()
+
+
 # --------------------------------------------------------------------------------------------
 # simulate --structures
 

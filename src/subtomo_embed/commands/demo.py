@@ -59,6 +59,15 @@ def simulate(
         bool, typer.Option("--bandpass", help="Structures: a CTF-like band-pass over the tomogram, as assemblies get.")
     ] = False,
     waters: Annotated[bool, typer.Option("--waters", help="Structures: keep the files' waters.")] = False,
+    mask_error: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=1,
+            help="Structures: a segmentation's error in size: each mask encloses the molecule's volume times a "
+            "factor drawn log-uniformly in [1/(1+E), 1+E] (0: the molecule's volume).",
+        ),
+    ] = 0.0,
     debug: Debug = False,
     quiet: Quiet = False,
 ) -> None:
@@ -79,7 +88,9 @@ def simulate(
         structure = (
             Structure(classes, class_seed, (min_diameter, max_diameter), membrane) if kind is Kind.assemblies else None
         )
-        molecules = Molecules(tuple(structures), voxel_size, resolution, bandpass, waters) if structures else None
+        molecules = (
+            Molecules(tuple(structures), voxel_size, resolution, bandpass, waters, mask_error) if structures else None
+        )
         run_simulate(
             output,
             tomograms,

@@ -17,7 +17,9 @@ first model, no hydrogens. Its density map on a grid of ``voxel_size`` Å:
 The instance mask is the clean map's contour at one level per molecule: the level that encloses
 the molecule's volume (its electrons / :data:`PROTEIN_ELECTRONS`, in voxels) in its map as the file
 has it, a contour at the molecule's surface; turned, its voxel count varies a little, as a
-segmentation's would (a fixed count per class would give each class away by its mask alone).
+segmentation's would (a fixed count per class would give each class away by its mask alone). With a
+``mask_error`` e, each particle's contour encloses its volume times a factor drawn log-uniformly in
+[1/(1+e), 1+e]: a segmentation's error in size, so the mask's volume no longer names the class.
 :func:`simulate_structure_tomogram` places molecules at uniformly random orientations without
 overlap (:func:`.simulate.place_particles`), then adds noise, the optional band-pass and the
 missing wedge over the whole volume (:func:`.assemblies.degrade_volume`).
@@ -132,18 +134,30 @@ def contour_level(molecule: Molecule, settings: MapSettings) -> float:
     """The density level whose contour encloses the molecule's volume (:func:`volume_voxels`) in its
     map as the file has it: one level per molecule, so the mask's voxel count varies with the
     orientation as a segmentation's would."""
-    density = density_map(molecule, settings)
-    n_voxels = min(volume_voxels(molecule, settings), density.size)
-    return float(np.partition(density, density.size - n_voxels, axis=None)[density.size - n_voxels])
+    return level_enclosing(density_map(molecule, settings), volume_voxels(molecule, settings))
+
+
+def level_enclosing(density: np.ndarray, n_voxels: float) -> float:
+    """The density level whose contour encloses ``n_voxels`` voxels of ``density`` (its densest ones)."""
+    n = int(min(max(round(n_voxels), 1), density.size))
+    return float(np.partition(density, density.size - n, axis=None)[density.size - n])
 
 
 def render_molecule(
-    molecule: Molecule, settings: MapSettings, rotation: np.ndarray | None = None, level: float | None = None
+    molecule: Molecule,
+    settings: MapSettings,
+    rotation: np.ndarray | None = None,
+    level: float | None = None,
+    volume_factor: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(density float32, mask bool: at or above ``level``, by default :func:`contour_level`) of the
-    molecule turned by ``rotation``, centred in its box."""
-    level = contour_level(molecule, settings) if level is None else level
+    molecule turned by ``rotation``, centred in its box. With ``volume_factor`` the mask is the contour
+    of this map that encloses the molecule's volume times it (a segmentation's error in size)."""
     density = density_map(molecule, settings, rotation)
+    if volume_factor is not None:
+        level = level_enclosing(density, volume_voxels(molecule, settings) * volume_factor)
+    elif level is None:
+        level = contour_level(molecule, settings)
     return density, density >= level
 
 
@@ -170,9 +184,11 @@ def simulate_structure_tomogram(
     wedge: float | None = None,
     bandpass: bool = False,
     margin: int = 4,
+    mask_error: float = 0.0,
 ) -> Tomogram:
     """Molecules (balanced, random order) at uniformly random orientations, placed without overlap;
-    then noise, the optional band-pass and the missing wedge over the whole volume.
+    then noise, the optional band-pass and the missing wedge over the whole volume. With ``mask_error``
+    each mask encloses the molecule's volume times a factor log-uniform in [1/(1+e), 1+e] (module doc).
 
     Truth rows: label, class (index in ``molecules``), class_name (the molecule's name), size (its
     radius in voxels), aspect (1), atoms, copies, mass_kda, z, y, x (the molecule's centre)."""
@@ -184,7 +200,10 @@ def simulate_structure_tomogram(
     def drawn() -> Iterator[Rendered]:
         for c in order:
             rotation = Rotation.random(random_state=rng).as_matrix()
-            density, body = render_molecule(molecules[c], settings, rotation, levels[c])
+            factor = None
+            if mask_error > 0:
+                factor = float(np.exp(rng.uniform(-np.log1p(mask_error), np.log1p(mask_error))))
+            density, body = render_molecule(molecules[c], settings, rotation, levels[c], factor)
             yield Rendered(density, body, truth_info(c, molecules[c], settings))
 
     clean, mask, truth = place_particles(shape, drawn(), rng, margin)

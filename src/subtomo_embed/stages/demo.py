@@ -131,7 +131,15 @@ def run_simulate(
         stem = f"{prefix}_{t + 1:02d}"
         if molecules is not None:
             tomo = simulate_structure_tomogram(
-                shape, n_particles, rng, loaded, settings, snr=snr, wedge=wedge, bandpass=molecules.bandpass
+                shape,
+                n_particles,
+                rng,
+                loaded,
+                settings,
+                snr=snr,
+                wedge=wedge,
+                bandpass=molecules.bandpass,
+                mask_error=molecules.mask_error,
             )
         elif classes is None:
             tomo = simulate_tomogram(shape, n_particles, rng, snr=snr, wedge=wedge, size_range=size_range)

@@ -23,13 +23,15 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Molecules:
     """Atomic structures as classes: ``paths`` (files or folders of them), the map's ``voxel_size`` and
-    ``resolution`` (Å), a CTF-like ``bandpass`` over the tomogram, ``waters`` kept or not."""
+    ``resolution`` (Å), a CTF-like ``bandpass`` over the tomogram, ``waters`` kept or not, and the masks'
+    error in size (``mask_error``: :func:`..core.structures.simulate_structure_tomogram`)."""
 
     paths: tuple[Path, ...]
     voxel_size: float = 5.0
     resolution: float = 20.0
     bandpass: bool = False
     waters: bool = False
+    mask_error: float = 0.0
 
     def settings(self) -> MapSettings:
         try:
