@@ -352,15 +352,17 @@ def test_tomogram_places_each_molecule_at_its_truth_centre(chain):
 
 def test_mask_error_spreads_each_masks_volume_within_its_bounds(chain):
     """mask_error e: each mask encloses the molecule's volume times a factor in [1/(1+e), 1+e], drawn per
-    particle (a segmentation's error in size), always a contour of its own map; 0 keeps the exact volume."""
+    particle (a segmentation's error in size); 0 keeps the exact volume. Only the masks differ: the same
+    molecules at the same places and turns, the same noise."""
     settings = S.MapSettings(voxel_size=4.0, resolution=12.0)
     atoms = kept(chain)
     molecules = [molecule_of(atoms, name="one"), molecule_of(atoms, trimer_operators(), name="three")]
-    ratios = {}
+    ratios, tomograms = {}, {}
     for error in (0.0, 0.3):
         tomo = S.simulate_structure_tomogram(
             (48, 128, 128), 12, np.random.default_rng(5), molecules, settings, mask_error=error
         )
+        tomograms[error] = tomo
         truth = pd.DataFrame(tomo.truth)
         voxels = ndimage.sum(np.ones_like(tomo.mask), tomo.mask, truth["label"].to_numpy())
         expected = np.array([S.volume_voxels(molecules[c], settings) for c in truth["class"]])
@@ -369,6 +371,9 @@ def test_mask_error_spreads_each_masks_volume_within_its_bounds(chain):
     spread = ratios[0.3]
     assert (spread >= 1 / 1.3 - 0.02).all() and (spread <= 1.3 + 0.02).all()
     assert spread.max() / spread.min() > 1.25  # drawn per particle, not one factor
+    exact, erred = tomograms[0.0], tomograms[0.3]
+    assert np.array_equal(exact.volume, erred.volume) and exact.truth == erred.truth
+    assert not np.array_equal(exact.mask, erred.mask)
 
 
 def test_simulate_takes_a_mask_error_and_refuses_one_beyond_1(tmp_path, chain):

@@ -188,7 +188,8 @@ def simulate_structure_tomogram(
 ) -> Tomogram:
     """Molecules (balanced, random order) at uniformly random orientations, placed without overlap;
     then noise, the optional band-pass and the missing wedge over the whole volume. With ``mask_error``
-    each mask encloses the molecule's volume times a factor log-uniform in [1/(1+e), 1+e] (module doc).
+    each mask encloses the molecule's volume times a factor log-uniform in [1/(1+e), 1+e] (module doc),
+    drawn from a stream of its own: the molecules, their turns and the noise are those of ``mask_error`` 0.
 
     Truth rows: label, class (index in ``molecules``), class_name (the molecule's name), size (its
     radius in voxels), aspect (1), atoms, copies, mass_kda, z, y, x (the molecule's centre)."""
@@ -196,13 +197,14 @@ def simulate_structure_tomogram(
     shape = (z, y, x)
     order = balanced_order(n_particles, list(range(len(molecules))), rng)
     levels = [contour_level(m, settings) for m in molecules]
+    mask_rng = rng.spawn(1)[0]  # its own stream: with or without mask_error the same molecules, turns and noise
 
     def drawn() -> Iterator[Rendered]:
         for c in order:
             rotation = Rotation.random(random_state=rng).as_matrix()
             factor = None
             if mask_error > 0:
-                factor = float(np.exp(rng.uniform(-np.log1p(mask_error), np.log1p(mask_error))))
+                factor = float(np.exp(mask_rng.uniform(-np.log1p(mask_error), np.log1p(mask_error))))
             density, body = render_molecule(molecules[c], settings, rotation, levels[c], factor)
             yield Rendered(density, body, truth_info(c, molecules[c], settings))
 
