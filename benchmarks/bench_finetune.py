@@ -41,7 +41,7 @@ from subtomo_embed.core.assemblies import random_class_set, simulate_particle
 from subtomo_embed.core.train import Sitting
 from subtomo_embed.stages.demo import DEMO_MODEL, dataset_config
 from subtomo_embed.stages.embedding import run_predict
-from subtomo_embed.stages.evaluation import score_dataset
+from subtomo_embed.stages.evaluation import model_scores, score_dataset
 from subtomo_embed.stages.training import export_model, fine_tune_from_config
 
 BOX = 40  # each particle's tile (voxels); diameters are 12-24
@@ -88,6 +88,14 @@ def score(root: Path, model: Path, truth: pd.DataFrame) -> dict:
     cfg = dataset_config(root, model)
     run_predict(cfg, device="cpu", overwrite=True)
     return score_dataset(cfg, truth)
+
+
+def model_score(root: Path, model: Path, truth: pd.DataFrame) -> tuple[float, float]:
+    """The model's (KMeans, spectral) ARI alone, as :func:`score` has it (the untrained twin and the descriptors
+    do not change with the weights)."""
+    cfg = dataset_config(root, model)
+    run_predict(cfg, device="cpu", overwrite=True)
+    return model_scores(cfg, truth)
 
 
 def main() -> None:
@@ -150,7 +158,7 @@ def main() -> None:
     from subtomo_embed.core.model import read_checkpoint
 
     step = int(read_checkpoint(tuned)["global_step"])
-    trained = score(root, tuned, truth)["trained model"]
+    trained = model_score(root, tuned, truth)
     exported = export_model(tuned, root / "training" / "finetuned.ckpt", args.model, hp.finetuned_share)
     after = score(root, exported, truth)
     print(

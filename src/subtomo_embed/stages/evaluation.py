@@ -117,6 +117,12 @@ def classes_of(keys: pd.DataFrame, truth: pd.DataFrame) -> np.ndarray:
     return merged["class"].to_numpy(dtype=np.int64)
 
 
+def model_scores(cfg: Config, truth: pd.DataFrame) -> tuple[float, float]:
+    """ARI (KMeans, spectral) of the model as ``predict`` ran it (its output files)."""
+    embeddings, keys = predicted_embeddings(cfg)
+    return ari_scores(embeddings, classes_of(keys, truth), int(truth["class"].nunique()), cfg.seed)
+
+
 def score_dataset(cfg: Config, truth: pd.DataFrame) -> dict[str, tuple[float, float]]:
     """ARI (KMeans, spectral) of: the model as ``predict`` ran it (its output files), an untrained
     network of the same shape, and the two classical descriptors of the same patches (radial profile
@@ -128,8 +134,7 @@ def score_dataset(cfg: Config, truth: pd.DataFrame) -> dict[str, tuple[float, fl
 
     contract = patch_contract(cfg)
     k = int(truth["class"].nunique())
-    embeddings, keys = predicted_embeddings(cfg)
-    scores = {METHODS[0]: ari_scores(embeddings, classes_of(keys, truth), k, cfg.seed)}
+    scores = {METHODS[0]: model_scores(cfg, truth)}
     patches, keys = dataset_patches(cfg)
     classes = classes_of(keys, truth)
     _, network = load_model(cfg.path("trained_model"), cfg.contrastive)
