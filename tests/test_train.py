@@ -112,6 +112,49 @@ def test_assembly_fraction_mixes_the_two_kinds_of_pairs():
     assert all(make_pair(rng, shapes_only)[2] < 5 for _ in range(5))
 
 
+def test_family_set_fraction_draws_class_sets_of_one_family_that_differ_only_in_order():
+    """family_set_fraction 1: every assembly pair's class set is rings or double rings of several orders,
+    one diameter and one mass; 0 keeps the mixed class sets and the very same stream of pairs."""
+    from dataclasses import replace
+
+    from subtomo_embed.core.simulated_views import ORDER_FAMILIES, training_class_set
+
+    orders = replace(ASSEMBLY_SETTINGS, family_set_fraction=1.0)
+    rng = np.random.default_rng(4)
+    families_seen = set()
+    for _ in range(12):
+        classes = training_class_set(rng, orders)
+        families = {c.family for c in classes}
+        assert len(families) == 1 and families <= set(ORDER_FAMILIES) and 3 <= len(classes) <= 5
+        assert len({c.centres.round(3).tobytes() for c in classes}) == len(classes)  # distinct arrangements
+        assert len({round(c.outer_radius, 6) for c in classes}) == 1  # one envelope
+        masses = {round(len(c.centres) * c.subunit_radius**3, 4) for c in classes}
+        assert len(masses) == 1  # one mass: only the order (and a double ring's height) differ
+        families_seen |= families
+    assert families_seen == set(ORDER_FAMILIES)
+    mixed = replace(ASSEMBLY_SETTINGS, family_set_fraction=0.0)
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    first, second = make_pair(a, mixed), make_pair(b, ASSEMBLY_SETTINGS)
+    assert first[2] == second[2] and np.array_equal(first[0], second[0])
+
+
+def test_the_classifier_term_leaves_out_pairs_that_are_not_the_simulators():
+    from subtomo_embed.core.simulated_views import ASSEMBLY_CLASS_OFFSET, SIMULATED_CLASS_END
+    from subtomo_embed.core.train import class_loss
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, simulated_class_count())
+    z1, z2 = torch.randn(6, 8, requires_grad=True), torch.randn(6, 8)
+    classes = np.array([1, SIMULATED_CLASS_END, ASSEMBLY_CLASS_OFFSET + 3, SIMULATED_CLASS_END + 7, 2, 1_000_000])
+    keep = [0, 2, 4]
+    mixed = class_loss(head, z1, z2, classes)
+    assert mixed.item() == pytest.approx(class_loss(head, z1[keep], z2[keep], classes[keep]).item(), rel=1e-6)
+    none = class_loss(head, z1[[1, 3, 5]], z2[[1, 3, 5]], classes[[1, 3, 5]])
+    assert none.item() == 0.0
+    none.backward()  # a batch of structures only still trains (a zero gradient)
+    assert z1.grad is not None and float(z1.grad.abs().sum()) == 0.0
+
+
 def test_scaled_assembly_keeps_its_arrangement():
     from subtomo_embed.core.assemblies import random_class_set, scaled
 

@@ -70,6 +70,7 @@ def stepKeys() {
             'hyper_parameters.learning_rate',
             'hyper_parameters.max_steps',
             'hyper_parameters.assembly_fraction',
+            'hyper_parameters.family_set_fraction',
             'hyper_parameters.contrast_weight',
             'hyper_parameters.contrast_temperature',
             'hyper_parameters.rehearsal_fraction',

@@ -324,6 +324,16 @@ class HyperParametersConfig(_Section):
         ge=0.0,
         le=1.0,
     )
+    family_set_fraction: float = config_key(
+        0.0,
+        help="*Extension*: simulated `train` (and fine-tuning's rehearsed pairs): the share of assembly pairs drawn "
+        "from a class set of one family (rings of 3-8 sub-units, or double rings of 4-6 a ring) at one outer "
+        "diameter and one mass, whose classes differ only in order "
+        "([training.md](training.md#order-within-one-envelope)). 0: every class set mixes families.",
+        steps=(TRAIN,),
+        ge=0.0,
+        le=1.0,
+    )
     contrast_weight: float = config_key(
         0.5,
         help="*Extension*: `train`: the weight of a supervised-contrastive term (SupCon) added to SimSiam's loss. "

@@ -8,7 +8,9 @@ them by their noise or their mask outline (views of one noisy copy are matched t
 loss falls to -0.98 while the embedding learns nothing about shape). A share ``assembly_fraction``
 of the pairs are sub-unit assemblies (:mod:`.assemblies`) instead of envelope shapes: one class of a
 fresh random class set, simulated twice the same way, so the network learns how sub-units are
-arranged, not only the outline. Each pair carries its class (the envelope shape, or the assembly's
+arranged, not only the outline; a share ``family_set_fraction`` of those class sets are of one family
+(rings, or double rings, of several orders at one mass), so that order within one envelope is a
+difference to see. Each pair carries its class (the envelope shape, or the assembly's
 arrangement: :func:`class_targets`), for the supervised terms of :mod:`.train`.
 
 Each view is a small volume holding the particle plus its instance mask (label 1); its patch is
@@ -53,6 +55,9 @@ class ViewSettings:
     # the share of pairs that are sub-unit assemblies (core.assemblies) instead of envelope shapes
     assembly_fraction: float = 0.0
     assembly_scale_jitter: float = 0.1  # each assembly view's size times a factor in [1/1.1, 1.1]
+    # the share of assembly pairs drawn from a class set of one family (rings of several orders, or double
+    # rings), one envelope and one mass: order within one envelope as the difference to see
+    family_set_fraction: float = 0.0
 
     @property
     def box(self) -> int:
@@ -109,14 +114,26 @@ def make_view(p, rng: np.random.Generator, s: ViewSettings) -> np.ndarray:
 # use small class seeds, so the classes a model is scored on are not the ones it was trained on.
 TRAINING_CLASS_SEEDS = (1_000_000, 2**31 - 1)
 ASSEMBLY_CLASS_OFFSET = 100  # pair class ids: shapes 0.., assemblies 100 + index in assemblies.ARRANGEMENTS
+SIMULATED_CLASS_END = 1000  # ids from here on are other pair makers' (structures, the user's particles)
+ORDER_FAMILIES = ("ring", "dihedral")  # family_set_fraction's families: one envelope, several orders
+
+
+def training_class_set(rng: np.random.Generator, s: ViewSettings) -> list:
+    """A fresh class set for an assembly pair (3-7 classes of one diameter and mass,
+    :func:`~.assemblies.random_class_set`), or, with probability ``s.family_set_fraction``, 3-5 classes
+    of one family of :data:`ORDER_FAMILIES` (rings of 3-8, double rings of 4-6 sub-units a ring), which
+    differ only in order."""
+    if s.family_set_fraction > 0 and rng.random() < s.family_set_fraction:
+        family = ORDER_FAMILIES[int(rng.integers(len(ORDER_FAMILIES)))]
+        return random_class_set(int(rng.integers(*TRAINING_CLASS_SEEDS)), int(rng.integers(3, 6)), families=(family,))
+    return random_class_set(int(rng.integers(*TRAINING_CLASS_SEEDS)), int(rng.integers(3, 8)))
 
 
 def make_assembly_pair(rng: np.random.Generator, s: ViewSettings) -> tuple[np.ndarray, np.ndarray, int]:
-    """Two independent simulations of one assembly: a class drawn from a fresh class set (3-7
-    classes of one diameter and mass, :func:`~.assemblies.random_class_set`), each view its own
-    rotation and degradation. The pair's class id is the arrangement's (ring4, octahedral, ...: the
-    same for that arrangement at any size, in any class set)."""
-    classes = random_class_set(int(rng.integers(*TRAINING_CLASS_SEEDS)), int(rng.integers(3, 8)))
+    """Two independent simulations of one assembly: a class drawn from a fresh class set
+    (:func:`training_class_set`), each view its own rotation and degradation. The pair's class id is
+    the arrangement's (ring4, octahedral, ...: the same for that arrangement at any size, in any class set)."""
+    classes = training_class_set(rng, s)
     assembly = classes[int(rng.integers(len(classes)))]
     views = [extract_view(*assembly_view_volume(assembly, rng, s), s) for _ in range(2)]
     return views[0], views[1], ASSEMBLY_CLASS_OFFSET + ARRANGEMENTS.index(assembly.arrangement)
@@ -136,6 +153,11 @@ def make_pair(rng: np.random.Generator, s: ViewSettings) -> tuple[np.ndarray, np
 def simulated_class_count() -> int:
     """How many classes simulated pairs carry: the envelope shapes, then every assembly arrangement."""
     return len(SHAPE_CLASSES) + len(ARRANGEMENTS)
+
+
+def simulated_classes(classes) -> np.ndarray:
+    """Which of a batch's pair class ids are the simulator's (the classifier term names only those)."""
+    return np.asarray(classes) < SIMULATED_CLASS_END
 
 
 def class_targets(classes) -> torch.Tensor:

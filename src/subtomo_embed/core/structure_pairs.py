@@ -14,8 +14,8 @@ within a few percent, as a real one does; size stays a signal.
 The pair's class is ``STRUCTURE_CLASS_OFFSET`` + the molecule's index, apart from the simulator's
 classes (envelope shapes 0.., assembly arrangements 100..), so the supervised-contrastive term
 (``TrainingSettings.contrast_weight``, :func:`.train.class_contrastive_loss`) makes two molecules each
-other's negatives. The classifier term (``class_weight``) knows only the simulator's classes: train
-structure pairs with ``class_weight`` 0.
+other's negatives. The classifier term (``class_weight``) names only the simulator's classes and leaves
+structure pairs out.
 
 :func:`effective_rank` measures collapse: exp of the entropy of an embedding batch's normalized
 singular values (1: every embedding on one line; the embedding's dimension at most).
@@ -34,10 +34,10 @@ from scipy.spatial.transform import Rotation
 
 from .assemblies import degrade_volume
 from .pair_stream import PairMaker, simulated_pairs
-from .simulated_views import ViewSettings, draw_degradation, extract_view, jitter_intensity
+from .simulated_views import SIMULATED_CLASS_END, ViewSettings, draw_degradation, extract_view, jitter_intensity
 from .structures import MapSettings, Molecule, density_map, map_box, volume_voxels
 
-STRUCTURE_CLASS_OFFSET = 1000  # pair class ids of structures: this + the molecule's index
+STRUCTURE_CLASS_OFFSET = SIMULATED_CLASS_END  # pair class ids of structures: this + the molecule's index
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from .errors import ConfigError, Terminated
 from .pair_stream import PairMaker, batch_workers, simulated_pairs, training_batches
 from .patch_contract import views_record
 from .real_views import RealViewSettings
-from .simulated_views import ViewSettings, class_targets, simulated_class_count
+from .simulated_views import ViewSettings, class_targets, simulated_class_count, simulated_classes
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +74,15 @@ def class_contrastive_loss(p1, p2, classes, temperature: float) -> torch.Tensor:
 
 
 def class_loss(head: torch.nn.Module, z1, z2, classes) -> torch.Tensor:
-    """Cross-entropy of a linear classifier of the simulator's classes on both views' projector outputs."""
-    target = class_targets(classes).to(z1.device)
-    return 0.5 * (F.cross_entropy(head(z1), target) + F.cross_entropy(head(z2), target))
+    """Cross-entropy of a linear classifier of the simulator's classes on both views' projector outputs;
+    pairs of other makers (structures, the user's particles: :func:`.simulated_views.simulated_classes`)
+    are left out, and a batch without simulated pairs adds 0."""
+    keep = simulated_classes(classes)
+    if not keep.any():
+        return z1.sum() * 0.0
+    target = class_targets(np.asarray(classes)[keep]).to(z1.device)
+    rows = torch.as_tensor(keep, device=z1.device)
+    return 0.5 * (F.cross_entropy(head(z1[rows]), target) + F.cross_entropy(head(z2[rows]), target))
 
 
 def training_loss(p1, p2, z1, z2, classes, settings: TrainingSettings, head=None) -> torch.Tensor:

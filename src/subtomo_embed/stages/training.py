@@ -35,8 +35,11 @@ log = logging.getLogger(__name__)
 
 def training_settings(cfg: Config) -> ViewSettings:
     """Simulated particles' views: the config's patch contract, its ``hyper_parameters.assembly_fraction``
-    and the default ranges."""
-    return ViewSettings(patch_contract(cfg), assembly_fraction=cfg.hyper_parameters.assembly_fraction)
+    and ``family_set_fraction``, and the default ranges."""
+    hp = cfg.hyper_parameters
+    return ViewSettings(
+        patch_contract(cfg), assembly_fraction=hp.assembly_fraction, family_set_fraction=hp.family_set_fraction
+    )
 
 
 def real_view_settings(cfg: Config) -> RealViewSettings:
