@@ -45,6 +45,13 @@ def order_set(family: str, orders: tuple[int, ...], height: float, diameter: flo
     return [make_assembly(f"{family}{n}", family, diameter, mass, n, height) for n in orders]
 
 
+def order_patches(classes: list, per_class: int, seed: int, snr: float, wedge, views) -> tuple[list, list]:
+    """(patches, true classes): ``per_class`` particles of each class at uniformly random orientations
+    (:func:`~subtomo_embed.core.assemblies.simulate_set`), cut as ``predict`` cuts them."""
+    volumes, masks, truth = simulate_set(classes, per_class, seed, BOX, snr, wedge)
+    return [extract_view(v, m, views) for v, m in zip(volumes, masks)], truth
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", type=Path, default=DEMO_MODEL)
@@ -66,8 +73,7 @@ def main() -> None:
             classes = order_set(family, orders, height, diameter)
             for data, (snr, wedge) in DIFFICULTIES.items():
                 start = time.perf_counter()
-                vols, masks, truth = simulate_set(classes, args.per_class, args.seed, BOX, snr, wedge)
-                patches = [extract_view(v, m, views) for v, m in zip(vols, masks)]
+                patches, truth = order_patches(classes, args.per_class, args.seed, snr, wedge, views)
                 features = [
                     E.network_embeddings(model, patches),
                     E.network_embeddings(model, patches, rotations=args.rotations),

@@ -107,9 +107,7 @@ def class_seed_sets(args) -> tuple[list, dict]:
 def order_sets(args, settings) -> tuple[list, dict]:
     """(classes, {set: (patches, true classes)}): bench_orders' set of one envelope at ``--diameter``,
     30 particles a class drawn as that benchmark draws them."""
-    from bench_orders import BOX, FAMILIES, order_set
-
-    from subtomo_embed.core.assemblies import simulate_set
+    from bench_orders import FAMILIES, order_patches, order_set
 
     name = {"rings": "rings C4 / C6 / C8", "double-rings": "double rings D4 / D5 / D6"}[args.orders]
     family, orders, height = FAMILIES[name]
@@ -117,8 +115,8 @@ def order_sets(args, settings) -> tuple[list, dict]:
     print(f"{name}, {args.diameter:g} voxels across, one mass")
     held_out = {}
     for label, (snr, wedge) in HELD_OUT.items():
-        volumes, masks, truth = simulate_set(classes, 30, 7, BOX, snr, wedge)
-        held_out[label] = ([extract_view(v, m, settings) for v, m in zip(volumes, masks)], np.asarray(truth))
+        patches, truth = order_patches(classes, 30, 7, snr, wedge, settings)
+        held_out[label] = (patches, np.asarray(truth))
     return classes, held_out
 
 
