@@ -182,9 +182,9 @@ def train_on_structures(args, out: Path) -> Path:
     hp = cfg.hyper_parameters  # what this run trains with, as the checkpoint's config will say
     hp.batch_size, hp.learning_rate, hp.max_steps = args.batch_size, args.learning_rate, args.steps
     hp.contrast_weight, hp.contrast_temperature, hp.class_weight = args.contrast_weight, 0.2, args.class_weight
-    if args.assembly_fraction is not None:
-        hp.assembly_fraction = args.assembly_fraction
-    hp.family_set_fraction = args.family_set_fraction
+    for key in ("assembly_fraction", "family_set_fraction"):  # the config's unless given
+        if getattr(args, key) is not None:
+            setattr(hp, key, getattr(args, key))
     views = T.training_settings(cfg)
     molecules = read_molecules(copy_named(listed_structures("train", args.sdists), out / "structures" / "train"))
     print(f"training molecules: {', '.join(m.name for m in molecules)}", flush=True)
@@ -270,7 +270,10 @@ def main() -> None:
         "--assembly-fraction", type=float, default=None, help="of the simulator's pairs (default: the config's)"
     )
     ap.add_argument(
-        "--family-set-fraction", type=float, default=0.0, help="of the assembly pairs: one-family class sets"
+        "--family-set-fraction",
+        type=float,
+        default=None,
+        help="of the assembly pairs: one-family class sets (default: the config's)",
     )
     ap.add_argument("--class-weight", type=float, default=0.0, help="the classifier of the simulator's classes")
     ap.add_argument("--threads", type=int, default=1)
